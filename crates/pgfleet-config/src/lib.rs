@@ -1,0 +1,39 @@
+//! Loads pgfleet's configuration: one file (TOML, YAML, JSON, or the legacy
+//! `databases.json`), `PGFLEET__SECTION__KEY` overrides, `${VAR}` and
+//! `${VAR:-default}` substitution, then validation that reports every
+//! problem with its path (`clouds[1].databases[0].port: must be 1-65535`).
+//!
+//! ```no_run
+//! let loaded = pgfleet_config::load(std::path::Path::new("pgfleet.toml"))?;
+//! for cloud in &loaded.config.clouds {
+//!     println!("{}: {} databases", cloud.name, cloud.databases.len());
+//! }
+//! # Ok::<(), pgfleet_config::ConfigError>(())
+//! ```
+//!
+//! Secrets are [`Secret`]s: they print as `<redacted>` everywhere.
+
+mod error;
+mod legacy;
+mod lenient;
+mod load;
+mod model;
+mod overlay;
+mod path;
+mod secret;
+mod substitute;
+mod validate;
+
+pub use error::{ConfigError, Problem};
+pub use load::{CONFIG_ENV, Inputs, LoadedConfig, format_of, load, load_str, load_with, render_redacted};
+pub use model::{
+    AuthConfig, CloudConfig, ConnectionConfig, DatabaseConfig, FleetConfig, HealthConfig, HistoryStoreConfig,
+    PoolConfig, QueryLimits, ReadPreference, RedisConfig, ReplicaConfig, RetryConfig, ServerConfig, SslMode,
+    TlsConfig,
+};
+pub use overlay::PREFIX as OVERRIDE_PREFIX;
+pub use secret::{REDACTED, Secret};
+pub use substitute::{ProcessEnv, VariableSource};
+
+/// Re-exported so callers can name a format without depending on `config`.
+pub use config::FileFormat;

@@ -1,0 +1,507 @@
+//! The typed configuration: what a loaded, substituted file deserializes into.
+//!
+//! Every struct rejects unknown keys so a typo (`max_conections`) is an error
+//! with its path rather than a silently ignored setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lenient::{lenient_u16, lenient_u32, lenient_u64};
+use crate::secret::Secret;
+
+/// The whole pgfleet configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// The gRPC server itself.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The clouds, each holding its copy of the fleet's databases.
+    #[serde(default)]
+    pub clouds: Vec<CloudConfig>,
+    /// pgfleet's own store: users, audit trail, replication jobs.
+    pub history: HistoryStoreConfig,
+    /// Session store; without it sessions live in the server process.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    /// Limits applied to every query request.
+    #[serde(default)]
+    pub query: QueryLimits,
+    /// Background health probing of every target.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Retrying connection acquisition.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Passwords, sessions, login throttling.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// Listen addresses, TLS and shutdown behaviour of the gRPC server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the gRPC (and grpc-web) listener binds.
+    pub listen_addr: SocketAddr,
+    /// Address of the Prometheus metrics listener; none disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// TLS for the gRPC port; none serves plaintext.
+    pub tls: Option<TlsConfig>,
+    /// How long in-flight calls may run after SIGTERM before the server exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Apply the history-store migrations at start.
+    pub run_migrations: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_addr: None,
+            tls: None,
+            shutdown_grace: Duration::from_secs(10),
+            run_migrations: true,
+        }
+    }
+}
+
+/// Certificate files for the gRPC listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// One cloud (AWS, GCP, …) and the databases it hosts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// Short name used in requests and results (`aws`).
+    pub name: String,
+    /// Human-readable name.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The databases in this cloud; the same `name` in two clouds means two
+    /// copies of one logical database.
+    #[serde(default)]
+    pub databases: Vec<DatabaseConfig>,
+}
+
+/// One database in one cloud: a fleet target.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Logical name shared by every cloud's copy (`db1`).
+    pub name: String,
+    /// Human-readable name.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_pg_port", deserialize_with = "lenient_u16")]
+    pub port: u16,
+    /// Login role.
+    pub user: String,
+    /// Password of `user`; may be empty with trust or certificate auth.
+    #[serde(default)]
+    pub password: Secret,
+    /// Database name on the server.
+    pub database: String,
+    /// TLS to PostgreSQL.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// CA bundle for `verify-ca` / `verify-full`.
+    #[serde(default)]
+    pub ssl_root_cert: Option<PathBuf>,
+    /// Schemas clients may select; the first is the default unless
+    /// `default_schema` says otherwise.
+    #[serde(default = "default_schemas")]
+    pub schemas: Vec<String>,
+    /// Schema used when a request names none.
+    #[serde(default)]
+    pub default_schema: Option<String>,
+    /// A separate, read-only login used for READER executions.
+    #[serde(default)]
+    pub reader_user: Option<String>,
+    /// Password of `reader_user`.
+    #[serde(default)]
+    pub reader_password: Option<Secret>,
+    /// Where reads go when replicas are configured.
+    #[serde(default)]
+    pub read_preference: ReadPreference,
+    /// Pool sizing and timeouts.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Read replicas of this database.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaConfig>,
+}
+
+impl DatabaseConfig {
+    /// How to reach the primary of this database.
+    pub fn connection(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
+            sslmode: self.sslmode,
+            ssl_root_cert: self.ssl_root_cert.clone(),
+        }
+    }
+
+    /// How to reach each replica, unset fields taken from the primary.
+    pub fn replica_connections(&self) -> Vec<(String, ConnectionConfig)> {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(index, replica)| {
+                let name = replica
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("replica-{}", index + 1));
+                let connection = ConnectionConfig {
+                    host: replica.host.clone(),
+                    port: replica.port.unwrap_or(self.port),
+                    user: replica.user.clone().unwrap_or_else(|| self.user.clone()),
+                    password: replica.password.clone().unwrap_or_else(|| self.password.clone()),
+                    database: replica.database.clone().unwrap_or_else(|| self.database.clone()),
+                    sslmode: self.sslmode,
+                    ssl_root_cert: self.ssl_root_cert.clone(),
+                };
+                (name, connection)
+            })
+            .collect()
+    }
+
+    /// The schema used when a request names none.
+    pub fn effective_default_schema(&self) -> Option<&str> {
+        self.default_schema
+            .as_deref()
+            .or_else(|| self.schemas.first().map(String::as_str))
+    }
+}
+
+fn default_schemas() -> Vec<String> {
+    vec!["public".to_owned()]
+}
+
+/// How to reach one PostgreSQL server and database (derived from a
+/// database, replica or history-store section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Login role.
+    pub user: String,
+    /// Password of `user`; may be empty with trust or certificate auth.
+    pub password: Secret,
+    /// Database name on the server.
+    pub database: String,
+    /// TLS to PostgreSQL.
+    pub sslmode: SslMode,
+    /// CA bundle for `verify-ca` / `verify-full`.
+    pub ssl_root_cert: Option<PathBuf>,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// A read replica; unset fields inherit from the primary.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// Name shown in health reports (`replica-1` by default).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port; the primary's when unset.
+    #[serde(default, deserialize_with = "crate::lenient::lenient_opt_u16")]
+    pub port: Option<u16>,
+    /// Login role; the primary's when unset.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password; the primary's when unset.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Database name; the primary's when unset.
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+/// PostgreSQL `sslmode`, as libpq spells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// Where a read may be routed when a database has replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPreference {
+    /// Always the primary.
+    #[default]
+    Primary,
+    /// A healthy replica; the primary only when none is healthy.
+    Replica,
+    /// The primary; a healthy replica when the primary is unhealthy.
+    PrimaryThenReplica,
+}
+
+/// Pool sizing and timeouts for one target.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Connections kept open even when idle.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub min_connections: u32,
+    /// Upper bound of open connections.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub max_connections: u32,
+    /// Longest wait for a free connection (includes connecting).
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Idle connections above `min_connections` are closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Connections are replaced after this age.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min_connections: 0,
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+        }
+    }
+}
+
+/// pgfleet's own database (users, audit trail, replication jobs).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryStoreConfig {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_pg_port", deserialize_with = "lenient_u16")]
+    pub port: u16,
+    /// Login role.
+    pub user: String,
+    /// Password of `user`; may be empty with trust or certificate auth.
+    #[serde(default)]
+    pub password: Secret,
+    /// Database name on the server.
+    pub database: String,
+    /// TLS to PostgreSQL.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// CA bundle for `verify-ca` / `verify-full`.
+    #[serde(default)]
+    pub ssl_root_cert: Option<PathBuf>,
+    /// Pool sizing and timeouts.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+impl HistoryStoreConfig {
+    /// How to reach the history store.
+    pub fn connection(&self) -> ConnectionConfig {
+        ConnectionConfig {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
+            sslmode: self.sslmode,
+            ssl_root_cert: self.ssl_root_cert.clone(),
+        }
+    }
+}
+
+/// The Redis session store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port[/db]`; treated as a secret because it
+    /// may carry a password.
+    pub url: Secret,
+    /// Prefix of every key pgfleet writes, so one Redis can serve several
+    /// fleets (or test runs) without collisions.
+    #[serde(default = "default_redis_key_prefix")]
+    pub key_prefix: String,
+    /// Upper bound of pooled connections.
+    #[serde(default = "default_redis_pool", deserialize_with = "lenient_u32")]
+    pub max_connections: u32,
+    /// Longest wait for a connection before a call fails UNAVAILABLE.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_redis_key_prefix() -> String {
+    "pgfleet:".to_owned()
+}
+
+fn default_redis_pool() -> u32 {
+    16
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Limits on query requests.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryLimits {
+    /// Timeout of a request that names none.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Largest timeout a request may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// Largest accepted query text, in bytes.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub max_query_bytes: u64,
+    /// Rows per statement returned by unary `Execute`; the rest is reported
+    /// as truncated (`ExecuteStream` has no such cap).
+    #[serde(deserialize_with = "lenient_u64")]
+    pub max_rows_per_statement: u64,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(300),
+            max_query_bytes: 1024 * 1024,
+            max_rows_per_statement: 10_000,
+        }
+    }
+}
+
+/// Background health probing.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Time between two probes of one target.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A probe slower than this fails.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// A successful probe slower than this marks the target degraded.
+    #[serde(with = "humantime_serde")]
+    pub degraded_latency: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(5),
+            degraded_latency: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Retrying transient failures while acquiring a connection.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles each time, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Cap on one backoff.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// No new attempt starts after this much time in all.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            max_elapsed: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Passwords, sessions and login throttling.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// bcrypt work factor for new password hashes (4..=31). Each step doubles
+    /// the cost of a login and of an offline guess.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub bcrypt_cost: u32,
+    /// Shortest accepted password, in characters.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub min_password_length: u32,
+    /// Lifetime of a session token.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Renew a session's lifetime on every call that uses it.
+    pub sliding_sessions: bool,
+    /// Mark the session cookie `Secure` (sent over HTTPS only). Turn off only
+    /// for a local gateway over plain HTTP.
+    pub cookie_secure: bool,
+    /// Login attempts allowed per username within `login_window`.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub login_attempts_per_username: u32,
+    /// Login attempts allowed per client address within `login_window`.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub login_attempts_per_address: u32,
+    /// The window the login attempt limits count over.
+    #[serde(with = "humantime_serde")]
+    pub login_window: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            bcrypt_cost: 12,
+            min_password_length: 12,
+            session_ttl: Duration::from_secs(7 * 24 * 60 * 60),
+            sliding_sessions: false,
+            cookie_secure: true,
+            login_attempts_per_username: 10,
+            login_attempts_per_address: 50,
+            login_window: Duration::from_secs(5 * 60),
+        }
+    }
+}

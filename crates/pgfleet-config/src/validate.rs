@@ -1,0 +1,260 @@
+//! Semantic checks that serde cannot express; every problem is collected so a
+//! user fixes the whole file in one pass.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::error::Problem;
+use crate::model::{AuthConfig, ConnectionConfig, FleetConfig, PoolConfig, SslMode};
+use crate::path::ConfigPath;
+
+/// Every problem in `config`, in file order; empty when it is valid.
+pub fn validate(config: &FleetConfig) -> Vec<Problem> {
+    let mut problems = Problems::default();
+    let root = ConfigPath::root();
+
+    if config.clouds.is_empty() {
+        problems.add(&root.key("clouds"), "at least one cloud is required");
+    }
+    let mut cloud_names = HashSet::new();
+    for (cloud_index, cloud) in config.clouds.iter().enumerate() {
+        let cloud_path = root.key("clouds").index(cloud_index);
+        check_name(&mut problems, &cloud_path.key("name"), &cloud.name);
+        if !cloud_names.insert(cloud.name.as_str()) {
+            problems.add(
+                &cloud_path.key("name"),
+                format!("duplicate cloud name {:?}", cloud.name),
+            );
+        }
+        if cloud.databases.is_empty() {
+            problems.add(&cloud_path.key("databases"), "at least one database is required");
+        }
+        let mut database_names = HashSet::new();
+        for (db_index, db) in cloud.databases.iter().enumerate() {
+            let db_path = cloud_path.key("databases").index(db_index);
+            check_name(&mut problems, &db_path.key("name"), &db.name);
+            if !database_names.insert(db.name.as_str()) {
+                problems.add(
+                    &db_path.key("name"),
+                    format!("duplicate database name {:?} in cloud {:?}", db.name, cloud.name),
+                );
+            }
+            check_connection(&mut problems, &db_path, &db.connection());
+            check_pool(&mut problems, &db_path.key("pool"), &db.pool);
+            if db.schemas.is_empty() {
+                problems.add(&db_path.key("schemas"), "at least one schema is required");
+            }
+            let mut schemas = HashSet::new();
+            for (schema_index, schema) in db.schemas.iter().enumerate() {
+                let schema_path = db_path.key("schemas").index(schema_index);
+                if schema.is_empty() {
+                    problems.add(&schema_path, "must not be empty");
+                } else if schema.len() > 63 {
+                    problems.add(&schema_path, "longer than PostgreSQL's 63-byte identifier limit");
+                }
+                if !schemas.insert(schema.as_str()) {
+                    problems.add(&schema_path, format!("duplicate schema {schema:?}"));
+                }
+            }
+            if let Some(default) = &db.default_schema
+                && !db.schemas.contains(default)
+            {
+                problems.add(
+                    &db_path.key("default_schema"),
+                    format!("{default:?} is not one of schemas {:?}", db.schemas),
+                );
+            }
+            if db.reader_password.is_some() && db.reader_user.is_none() {
+                problems.add(&db_path.key("reader_password"), "set without reader_user");
+            }
+            for (replica_index, (_, connection)) in db.replica_connections().iter().enumerate() {
+                check_connection(
+                    &mut problems,
+                    &db_path.key("replicas").index(replica_index),
+                    connection,
+                );
+            }
+        }
+    }
+
+    check_auth(&mut problems, &root.key("auth"), &config.auth);
+    check_connection(&mut problems, &root.key("history"), &config.history.connection());
+    check_pool(
+        &mut problems,
+        &root.key("history").key("pool"),
+        &config.history.pool,
+    );
+
+    if let Some(redis) = &config.redis {
+        let url = redis.url.expose();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://"))
+        {
+            // Never echo the URL: it may hold a password.
+            problems.add(
+                &root.key("redis").key("url"),
+                "must start with redis://, rediss:// or redis+unix://",
+            );
+        }
+        if redis.max_connections == 0 {
+            problems.add(&root.key("redis").key("max_connections"), "must be at least 1");
+        }
+    }
+
+    let query = &config.query;
+    let query_path = root.key("query");
+    if query.default_timeout.is_zero() {
+        problems.add(&query_path.key("default_timeout"), "must be greater than zero");
+    }
+    if query.default_timeout > query.max_timeout {
+        problems.add(
+            &query_path.key("default_timeout"),
+            format!(
+                "{} is above max_timeout {}",
+                humantime::format_duration(query.default_timeout),
+                humantime::format_duration(query.max_timeout)
+            ),
+        );
+    }
+    if query.max_query_bytes == 0 {
+        problems.add(&query_path.key("max_query_bytes"), "must be at least 1");
+    }
+    if query.max_rows_per_statement == 0 {
+        problems.add(&query_path.key("max_rows_per_statement"), "must be at least 1");
+    }
+
+    let health_path = root.key("health");
+    if config.health.interval.is_zero() {
+        problems.add(&health_path.key("interval"), "must be greater than zero");
+    }
+    if config.health.probe_timeout.is_zero() {
+        problems.add(&health_path.key("probe_timeout"), "must be greater than zero");
+    }
+
+    if config.retry.max_attempts == 0 {
+        problems.add(&root.key("retry").key("max_attempts"), "must be at least 1");
+    }
+    if config.retry.initial_backoff > config.retry.max_backoff {
+        problems.add(&root.key("retry").key("initial_backoff"), "is above max_backoff");
+    }
+
+    let server_path = root.key("server");
+    if let Some(tls) = &config.server.tls {
+        for (key, file) in [
+            ("cert_file", Some(&tls.cert_file)),
+            ("key_file", Some(&tls.key_file)),
+            ("client_ca_file", tls.client_ca_file.as_ref()),
+        ] {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                problems.add(
+                    &server_path.key("tls").key(key),
+                    format!("{} is not a readable file", file.display()),
+                );
+            }
+        }
+    }
+    if config.server.metrics_addr.is_some() && config.server.metrics_addr == Some(config.server.listen_addr) {
+        problems.add(&server_path.key("metrics_addr"), "must differ from listen_addr");
+    }
+
+    problems.0
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: &ConfigPath, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+fn check_name(problems: &mut Problems, path: &ConfigPath, name: &str) {
+    if name.is_empty() {
+        problems.add(path, "must not be empty");
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        problems.add(
+            path,
+            format!("{name:?} may hold only letters, digits, '_' and '-'"),
+        );
+    }
+}
+
+fn check_connection(problems: &mut Problems, path: &ConfigPath, connection: &ConnectionConfig) {
+    if connection.host.is_empty() {
+        problems.add(&path.key("host"), "must not be empty");
+    }
+    if connection.port == 0 {
+        problems.add(&path.key("port"), "must be 1-65535");
+    }
+    if connection.user.is_empty() {
+        problems.add(&path.key("user"), "must not be empty");
+    }
+    if connection.database.is_empty() {
+        problems.add(&path.key("database"), "must not be empty");
+    }
+    if matches!(connection.sslmode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        match &connection.ssl_root_cert {
+            None => problems.add(
+                &path.key("ssl_root_cert"),
+                "required with sslmode verify-ca / verify-full",
+            ),
+            Some(file) if !file.is_file() => {
+                problems.add(
+                    &path.key("ssl_root_cert"),
+                    format!("{} is not a readable file", file.display()),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+fn check_pool(problems: &mut Problems, path: &ConfigPath, pool: &PoolConfig) {
+    if pool.max_connections == 0 {
+        problems.add(&path.key("max_connections"), "must be at least 1");
+    }
+    if pool.min_connections > pool.max_connections {
+        problems.add(
+            &path.key("min_connections"),
+            format!(
+                "{} is above max_connections {}",
+                pool.min_connections, pool.max_connections
+            ),
+        );
+    }
+    if pool.acquire_timeout.is_zero() {
+        problems.add(&path.key("acquire_timeout"), "must be greater than zero");
+    }
+}
+
+fn check_auth(problems: &mut Problems, path: &ConfigPath, auth: &AuthConfig) {
+    // bcrypt's own bounds; outside them hashing fails at the first login.
+    if !(4..=31).contains(&auth.bcrypt_cost) {
+        problems.add(&path.key("bcrypt_cost"), "must be between 4 and 31");
+    }
+    if auth.min_password_length < 8 {
+        problems.add(&path.key("min_password_length"), "must be at least 8");
+    }
+    if auth.session_ttl < Duration::from_secs(60) {
+        problems.add(&path.key("session_ttl"), "must be at least 1m");
+    }
+    for (key, value) in [
+        ("login_attempts_per_username", auth.login_attempts_per_username),
+        ("login_attempts_per_address", auth.login_attempts_per_address),
+    ] {
+        if value == 0 {
+            problems.add(&path.key(key), "must be at least 1");
+        }
+    }
+    if auth.login_window < Duration::from_secs(1) {
+        problems.add(&path.key("login_window"), "must be at least 1s");
+    }
+}

@@ -1,0 +1,336 @@
+//! End-to-end loading of real files in every supported shape.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use pgfleet_config::{ConfigError, FileFormat, Inputs, ReadPreference, SslMode, load_str, render_redacted};
+
+fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn load(
+    text: &str,
+    format: FileFormat,
+    variables: &HashMap<String, String>,
+) -> Result<pgfleet_config::LoadedConfig, ConfigError> {
+    load_str(
+        text,
+        format,
+        Path::new("test-config"),
+        &Inputs {
+            variables,
+            overrides: Vec::new(),
+        },
+    )
+}
+
+const TOML: &str = r#"
+[server]
+listen_addr = "0.0.0.0:50051"
+metrics_addr = "127.0.0.1:9464"
+shutdown_grace = "5s"
+
+[history]
+host = "${HISTORY_HOST:-127.0.0.1}"
+user = "postgres"
+password = "${HISTORY_PASSWORD}"
+database = "pgfleet"
+
+[redis]
+url = "redis://127.0.0.1:6379"
+
+[query]
+default_timeout = "20s"
+max_timeout = "2m"
+max_rows_per_statement = 500
+
+[[clouds]]
+name = "aws"
+label = "Amazon"
+
+[[clouds.databases]]
+name = "db1"
+host = "aws.internal"
+port = "${AWS_PORT}"
+user = "app"
+password = "${AWS_PASSWORD}"
+database = "myapp"
+schemas = ["public", "app"]
+default_schema = "app"
+read_preference = "primary_then_replica"
+pool = { max_connections = 4, acquire_timeout = "3s" }
+replicas = [{ host = "aws-replica.internal" }]
+
+[[clouds]]
+name = "gcp"
+
+[[clouds.databases]]
+name = "db1"
+host = "gcp.internal"
+user = "app"
+database = "myapp"
+sslmode = "require"
+"#;
+
+#[test]
+fn toml_with_substitution_loads_every_section() {
+    let loaded = load(
+        TOML,
+        FileFormat::Toml,
+        &vars(&[
+            ("HISTORY_PASSWORD", "s3cret-history"),
+            ("AWS_PORT", "6432"),
+            ("AWS_PASSWORD", "s3cret-aws"),
+        ]),
+    )
+    .unwrap();
+    let config = loaded.config;
+    assert!(!loaded.legacy);
+    assert_eq!(config.server.listen_addr.to_string(), "0.0.0.0:50051");
+    assert_eq!(config.server.shutdown_grace, Duration::from_secs(5));
+    assert_eq!(config.history.host, "127.0.0.1");
+    assert_eq!(config.history.password.expose(), "s3cret-history");
+    assert_eq!(config.query.max_timeout, Duration::from_secs(120));
+    assert_eq!(config.query.max_rows_per_statement, 500);
+    assert_eq!(config.clouds.len(), 2);
+    let aws = &config.clouds[0].databases[0];
+    assert_eq!(aws.port, 6432);
+    assert_eq!(aws.effective_default_schema(), Some("app"));
+    assert_eq!(aws.read_preference, ReadPreference::PrimaryThenReplica);
+    assert_eq!(aws.pool.max_connections, 4);
+    assert_eq!(aws.pool.acquire_timeout, Duration::from_secs(3));
+    let replicas = aws.replica_connections();
+    assert_eq!(replicas[0].0, "replica-1");
+    assert_eq!(replicas[0].1.port, 6432, "replica inherits the primary's port");
+    assert_eq!(replicas[0].1.password.expose(), "s3cret-aws");
+    let gcp = &config.clouds[1].databases[0];
+    assert_eq!(gcp.port, 5432);
+    assert_eq!(gcp.sslmode, SslMode::Require);
+    assert_eq!(gcp.schemas, vec!["public".to_owned()]);
+
+    let rendered = render_redacted(&config);
+    assert!(!rendered.contains("s3cret"), "{rendered}");
+    assert!(rendered.contains("<redacted>"), "{rendered}");
+}
+
+#[test]
+fn yaml_and_json_read_the_same_model() {
+    let yaml = r#"
+history: {host: h, user: u, database: d}
+clouds:
+  - name: aws
+    databases:
+      - {name: db1, host: a, port: "5433", user: u, database: d}
+"#;
+    let json = r#"{"history": {"host": "h", "user": "u", "database": "d"},
+        "clouds": [{"name": "aws", "databases": [{"name": "db1", "host": "a", "port": 5433, "user": "u", "database": "d"}]}]}"#;
+    for (format, text) in [(FileFormat::Yaml, yaml), (FileFormat::Json, json)] {
+        let config = load(text, format, &vars(&[]))
+            .unwrap_or_else(|e| panic!("{format:?}: {e}"))
+            .config;
+        assert_eq!(config.clouds[0].databases[0].port, 5433, "{format:?}");
+    }
+}
+
+/// The example from the Node.js Dual Database Manager README, unchanged.
+const LEGACY: &str = r#"{
+  "primary": {
+    "cloudName": "aws",
+    "db_configs": [
+      {
+        "name": "db1",
+        "label": "Production Database",
+        "host": "${AWS_DB_HOST}",
+        "port": 5432,
+        "user": "${AWS_DB_USER}",
+        "password": "${AWS_DB_PASSWORD}",
+        "database": "myapp",
+        "schemas": ["public", "app_schema"],
+        "defaultSchema": "public"
+      }
+    ]
+  },
+  "secondary": [
+    {
+      "cloudName": "gcp",
+      "db_configs": [
+        {
+          "name": "db1",
+          "label": "Replica Database",
+          "host": "${GCP_DB_HOST}",
+          "port": 5432,
+          "user": "${GCP_DB_USER}",
+          "password": "${GCP_DB_PASSWORD}",
+          "database": "myapp",
+          "schemas": ["public"],
+          "defaultSchema": "public"
+        }
+      ]
+    }
+  ],
+  "history": {
+    "host": "${AWS_DB_HOST}",
+    "port": 5432,
+    "user": "${AWS_DB_USER}",
+    "password": "${AWS_DB_PASSWORD}",
+    "database": "myapp"
+  }
+}"#;
+
+#[test]
+fn legacy_databases_json_loads_unchanged() {
+    let env = vars(&[
+        ("AWS_DB_HOST", "localhost"),
+        ("AWS_DB_USER", "postgres"),
+        ("AWS_DB_PASSWORD", "postgres"),
+        ("GCP_DB_HOST", "gcp-host"),
+        ("GCP_DB_USER", "postgres"),
+        ("GCP_DB_PASSWORD", "pw"),
+    ]);
+    let loaded = load(LEGACY, FileFormat::Json, &env).unwrap();
+    assert!(loaded.legacy);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let config = loaded.config;
+    let names: Vec<_> = config.clouds.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["aws", "gcp"]);
+    let aws = &config.clouds[0].databases[0];
+    assert_eq!(aws.label.as_deref(), Some("Production Database"));
+    assert_eq!(aws.schemas, ["public", "app_schema"]);
+    assert_eq!(aws.default_schema.as_deref(), Some("public"));
+    assert_eq!(config.clouds[1].databases[0].host, "gcp-host");
+    assert_eq!(config.history.database, "myapp");
+}
+
+#[test]
+fn legacy_missing_variable_names_variable_and_native_path() {
+    let err = load(
+        LEGACY,
+        FileFormat::Json,
+        &vars(&[("AWS_DB_HOST", "h"), ("AWS_DB_USER", "u")]),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("AWS_DB_PASSWORD"), "{text}");
+    assert!(text.contains("clouds[0].databases[0].password"), "{text}");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let text = r#"
+[history]
+host = ""
+user = "u"
+database = "d"
+
+[query]
+default_timeout = "10m"
+max_timeout = "5m"
+
+[[clouds]]
+name = "aws"
+[[clouds.databases]]
+name = "db1"
+host = "a"
+port = 0
+user = "u"
+database = "d"
+schemas = ["public"]
+default_schema = "nope"
+pool = { min_connections = 5, max_connections = 2 }
+
+[[clouds]]
+name = "aws"
+"#;
+    let err = load(text, FileFormat::Toml, &vars(&[])).unwrap_err();
+    let rendered: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+    let expected = [
+        "clouds[0].databases[0].port: must be 1-65535",
+        "clouds[0].databases[0].default_schema: \"nope\" is not one of schemas [\"public\"]",
+        "clouds[0].databases[0].pool.min_connections: 5 is above max_connections 2",
+        "clouds[1].name: duplicate cloud name \"aws\"",
+        "clouds[1].databases: at least one database is required",
+        "history.host: must not be empty",
+        "query.default_timeout: 10m is above max_timeout 5m",
+    ];
+    for line in expected {
+        assert!(
+            rendered.iter().any(|r| r == line),
+            "missing {line:?} in {rendered:#?}"
+        );
+    }
+    assert_eq!(rendered.len(), expected.len(), "{rendered:#?}");
+}
+
+#[test]
+fn typo_and_bad_type_name_their_path() {
+    let cases = [
+        (
+            "typo",
+            "max_conections = 3",
+            "clouds[0].databases[0].pool",
+            "max_conections",
+        ),
+        (
+            "bad port",
+            "",
+            "clouds[0].databases[0].port",
+            "not a valid number",
+        ),
+    ];
+    for (name, pool_line, path, needle) in cases {
+        let port = if name == "bad port" {
+            "\"fivefour\""
+        } else {
+            "5432"
+        };
+        let text = format!(
+            "[history]\nhost='h'\nuser='u'\ndatabase='d'\n[[clouds]]\nname='aws'\n[[clouds.databases]]\nname='db1'\nhost='a'\nport={port}\nuser='u'\ndatabase='d'\n[clouds.databases.pool]\n{pool_line}\n"
+        );
+        let err = load(&text, FileFormat::Toml, &vars(&[])).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains(path), "{name}: {message}");
+        assert!(message.contains(needle), "{name}: {message}");
+    }
+}
+
+#[test]
+fn overrides_apply_before_validation() {
+    let inputs_vars = vars(&[
+        ("HISTORY_PASSWORD", "x"),
+        ("AWS_PORT", "1"),
+        ("AWS_PASSWORD", "y"),
+    ]);
+    let loaded = load_str(
+        TOML,
+        FileFormat::Toml,
+        Path::new("t.toml"),
+        &Inputs {
+            variables: &inputs_vars,
+            overrides: vec![
+                (
+                    "PGFLEET__CLOUDS__GCP__DATABASES__DB1__PORT".to_owned(),
+                    "7000".to_owned(),
+                ),
+                (
+                    "PGFLEET__QUERY__MAX_ROWS_PER_STATEMENT".to_owned(),
+                    "9".to_owned(),
+                ),
+            ],
+        },
+    )
+    .unwrap();
+    assert_eq!(loaded.config.clouds[1].databases[0].port, 7000);
+    assert_eq!(loaded.config.query.max_rows_per_statement, 9);
+}
+
+#[test]
+fn syntax_error_names_the_file() {
+    let err = load("[history\nhost=", FileFormat::Toml, &vars(&[])).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    assert!(err.to_string().contains("test-config"), "{err}");
+}

@@ -1,0 +1,173 @@
+//! The background health monitor and the snapshot it keeps.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use pgfleet_config::HealthConfig;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::pools::{MemberEntry, Registry};
+use crate::target::{Member, Target};
+
+/// How a member looked at its last probe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum HealthStatus {
+    /// Not probed yet.
+    #[default]
+    Unknown,
+    /// Answered within the degraded-latency threshold.
+    Healthy,
+    /// Answered, but slowly.
+    Degraded,
+    /// Did not answer.
+    Unhealthy,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct MemberState {
+    pub(crate) status: HealthStatus,
+    pub(crate) latency: Option<Duration>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_error_at: Option<DateTime<Utc>>,
+    pub(crate) last_checked_at: Option<DateTime<Utc>>,
+}
+
+impl MemberState {
+    pub(crate) fn record_error(&mut self, message: String) {
+        self.status = HealthStatus::Unhealthy;
+        self.last_error = Some(message);
+        self.last_error_at = Some(Utc::now());
+    }
+}
+
+/// One member's health, as reported by `FleetService/GetHealth`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberHealth {
+    pub target: Target,
+    pub member: Member,
+    pub status: HealthStatus,
+    /// Round trip of the last successful probe.
+    pub latency: Option<Duration>,
+    /// Open connections, idle ones included.
+    pub pool_size: u32,
+    /// Open connections not in use.
+    pub pool_idle: u32,
+    /// Callers waiting for a connection.
+    pub pool_waiting: u32,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub last_checked_at: Option<DateTime<Utc>>,
+}
+
+impl MemberHealth {
+    pub(crate) fn from_entry(target: &Target, member: &MemberEntry) -> Self {
+        let state = member.state.lock();
+        let (status, latency, last_error, last_error_at, last_checked_at) = match &state {
+            Ok(s) => (
+                s.status,
+                s.latency,
+                s.last_error.clone(),
+                s.last_error_at,
+                s.last_checked_at,
+            ),
+            Err(_) => (HealthStatus::Unknown, None, None, None, None),
+        };
+        Self {
+            target: target.clone(),
+            member: member.member.clone(),
+            status,
+            latency,
+            pool_size: member.pool.size(),
+            pool_idle: u32::try_from(member.pool.num_idle()).unwrap_or(u32::MAX),
+            pool_waiting: member.waiting.load(Ordering::Relaxed),
+            last_error,
+            last_error_at,
+            last_checked_at,
+        }
+    }
+}
+
+/// Probes every member of a registry on an interval until stopped.
+pub struct HealthMonitor {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl HealthMonitor {
+    /// Starts probing now (a first round right away), then every `interval`.
+    pub fn spawn(registry: Arc<Registry>, config: HealthConfig) -> Self {
+        let cancel = CancellationToken::new();
+        let token = cancel.clone();
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(config.interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = ticker.tick() => probe_all(&registry, &config).await,
+                }
+            }
+        });
+        Self { cancel, task }
+    }
+
+    /// Stops probing and waits for the current round to end.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        if let Err(error) = self.task.await {
+            tracing::warn!(%error, "health monitor task ended abnormally");
+        }
+    }
+}
+
+/// One probe of every member, concurrently.
+pub async fn probe_all(registry: &Registry, config: &HealthConfig) {
+    futures::future::join_all(
+        registry
+            .members()
+            .map(|(target, member)| probe(target, member, config)),
+    )
+    .await;
+}
+
+async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
+    let outcome = tokio::time::timeout(config.probe_timeout, async {
+        let mut connection = member.pool.acquire().await?;
+        let started = Instant::now();
+        sqlx::query("SELECT 1").execute(&mut *connection).await?;
+        Ok::<_, sqlx::Error>(started.elapsed())
+    })
+    .await;
+    let Ok(mut state) = member.state.lock() else {
+        return;
+    };
+    state.last_checked_at = Some(Utc::now());
+    match outcome {
+        Ok(Ok(latency)) => {
+            state.latency = Some(latency);
+            state.status = if latency > config.degraded_latency {
+                HealthStatus::Degraded
+            } else {
+                HealthStatus::Healthy
+            };
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%target, member = %member.member, %error, "health probe failed");
+            state.record_error(error.to_string());
+        }
+        Err(_) => {
+            state.record_error(format!(
+                "no answer within {}",
+                humantime_duration(config.probe_timeout)
+            ));
+        }
+    }
+}
+
+fn humantime_duration(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
+}

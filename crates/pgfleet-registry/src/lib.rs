@@ -1,0 +1,23 @@
+//! One sqlx pool per fleet target (cloud, database) and per read replica,
+//! with a background health monitor, retrying connection acquisition and
+//! read routing.
+//!
+//! Pools are created lazily so the server starts and serves even when some
+//! clouds are unreachable: those targets show as unhealthy and their
+//! requests fail on their own, never the whole fleet.
+//!
+//! Invariant: this crate never runs a caller's statement. It hands out
+//! connections; a statement that may have reached a server is the caller's
+//! to report, never retried here.
+
+mod error;
+mod health;
+mod pools;
+mod retry;
+mod target;
+
+pub use error::RegistryError;
+pub use health::{HealthMonitor, HealthStatus, MemberHealth, probe_all};
+pub use pools::{Checkout, Registry, connect_options, pool_options};
+pub use retry::{Backoff, is_transient};
+pub use target::{Member, Route, Target};

@@ -1,0 +1,92 @@
+//! Exponential backoff with jitter for connection acquisition.
+
+use std::time::Duration;
+
+use pgfleet_config::RetryConfig;
+use rand::Rng;
+
+/// True for failures worth another connection attempt: network errors,
+/// pool timeouts, and the server saying it cannot take connections now.
+/// Authentication failures and unknown databases are not transient.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P03: cannot_connect_now (starting
+            // up, in recovery); 53300: too_many_connections.
+            code.starts_with("08") || code == "57P03" || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// The delays between attempts for one acquisition.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    config: RetryConfig,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A fresh schedule.
+    pub fn new(config: &RetryConfig) -> Self {
+        Self {
+            config: config.clone(),
+            attempt: 0,
+        }
+    }
+
+    /// The wait before the next attempt, or none when the attempt budget is
+    /// spent. Full jitter: uniform in [0, min(max, initial * 2^n)], so many
+    /// clients retrying one recovering server do not arrive together.
+    pub fn next_delay(&mut self) -> Option<Duration> {
+        self.attempt += 1;
+        if self.attempt >= self.config.max_attempts {
+            return None;
+        }
+        let exponent = self.attempt.saturating_sub(1).min(20);
+        let ceiling = self
+            .config
+            .initial_backoff
+            .saturating_mul(1u32 << exponent)
+            .min(self.config.max_backoff);
+        let jittered = rand::rng().random_range(0.0..=1.0) * ceiling.as_secs_f64();
+        Some(Duration::from_secs_f64(jittered))
+    }
+
+    /// Attempts started so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stops_after_max_attempts_and_stays_under_the_cap() {
+        let config = RetryConfig {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(250),
+            max_elapsed: Duration::from_secs(10),
+        };
+        let mut backoff = Backoff::new(&config);
+        let delays: Vec<_> = std::iter::from_fn(|| backoff.next_delay()).collect();
+        assert_eq!(delays.len(), 3, "4 attempts means 3 waits");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_millis(250)),
+            "{delays:?}"
+        );
+    }
+
+    #[test]
+    fn classifies_transient_errors() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+}

@@ -1,0 +1,57 @@
+//! Names of the things the registry holds.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// One database in one cloud: what a query runs on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Target {
+    /// Cloud name from the config (`aws`).
+    pub cloud: String,
+    /// Database name from the config (`db1`).
+    pub database: String,
+}
+
+impl Target {
+    /// A target from its two names.
+    pub fn new(cloud: impl Into<String>, database: impl Into<String>) -> Self {
+        Self {
+            cloud: cloud.into(),
+            database: database.into(),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.cloud, self.database)
+    }
+}
+
+/// One server behind a target: its primary or one of its replicas.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Member {
+    /// The read-write primary.
+    Primary,
+    /// A read replica, by its configured name.
+    Replica(String),
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Member::Primary => f.write_str("primary"),
+            Member::Replica(name) => write!(f, "replica {name}"),
+        }
+    }
+}
+
+/// What a connection will be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Anything that may write: always the primary.
+    Write,
+    /// A read: follows the database's `read_preference`.
+    Read,
+}

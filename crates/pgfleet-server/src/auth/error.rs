@@ -1,0 +1,96 @@
+//! Everything that can go wrong while authenticating a call or managing
+//! users and keys. Mapped to `tonic::Status` in [`crate::status`] only.
+
+use std::time::Duration;
+
+/// An authentication, authorization or account-management failure.
+///
+/// Messages are shown to callers: none of them carries a password, token,
+/// key secret or hash, and store errors keep their detail for the log only.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials, or credentials that do not identify anyone (bad or
+    /// expired token, revoked key, deactivated user).
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// Authenticated, but the role or allow-list does not cover the call.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A request field is wrong; `field` is its protobuf name (with an index
+    /// for repeated fields, e.g. `allowed_targets[1].cloud`).
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    /// A unique field is taken.
+    #[error("{field} {value:?} is already taken")]
+    AlreadyExists { field: &'static str, value: String },
+    /// The named user or key does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is valid but the current state forbids it (last MASTER,
+    /// password change through an API key, ...).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Too many login attempts; retry after the delay.
+    #[error("too many login attempts for this {scope}; retry in {}s", retry_after.as_secs().max(1))]
+    RateLimited {
+        scope: &'static str,
+        retry_after: Duration,
+    },
+    /// The session store (Redis) cannot be reached. Never a reason to let a
+    /// call through.
+    #[error("the session store is unavailable; retry shortly")]
+    SessionStoreUnavailable(#[source] SessionStoreError),
+    /// The history store (users, keys) cannot be reached.
+    #[error("the user store is unavailable; retry shortly")]
+    UserStoreUnavailable(#[source] sqlx::Error),
+    /// A bug or an unexpected state; details are logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AuthError {
+    /// Shorthand for [`AuthError::InvalidArgument`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for AuthError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(_)
+            | sqlx::Error::RowNotFound
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::TypeNotFound { .. } => AuthError::Internal(format!("user store: {error}")),
+            _ => AuthError::UserStoreUnavailable(error),
+        }
+    }
+}
+
+impl From<SessionStoreError> for AuthError {
+    fn from(error: SessionStoreError) -> Self {
+        AuthError::SessionStoreUnavailable(error)
+    }
+}
+
+/// Why the session store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionStoreError {
+    /// No pooled connection within the configured wait.
+    #[error("no Redis connection: {0}")]
+    Pool(String),
+    /// A command failed or its reply was malformed.
+    #[error("Redis command failed: {0}")]
+    Command(#[from] bb8_redis::redis::RedisError),
+    /// A command did not answer in time.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A stored session could not be decoded.
+    #[error("malformed session record: {0}")]
+    Malformed(#[from] serde_json::Error),
+}

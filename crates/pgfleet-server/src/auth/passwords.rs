@@ -1,0 +1,143 @@
+//! Password policy and bcrypt hashing, off the async runtime.
+
+use std::sync::Arc;
+
+use super::AuthError;
+
+/// bcrypt only reads the first 72 bytes; longer passwords are refused rather
+/// than silently truncated.
+const BCRYPT_MAX_BYTES: usize = 72;
+
+/// Hashes and checks passwords with one configured cost.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    cost: u32,
+    min_length: usize,
+    /// A real hash of a random password, checked when a username is unknown
+    /// so that an unknown user costs the same time as a wrong password.
+    decoy_hash: Arc<str>,
+}
+
+impl PasswordHasher {
+    /// A hasher for `cost` (4..=31, validated by the config).
+    pub async fn new(cost: u32, min_length: u32) -> Result<Self, AuthError> {
+        let decoy = super::credentials::SessionToken::generate();
+        let decoy_hash = hash_blocking(decoy.expose().to_owned(), cost).await?;
+        Ok(Self {
+            cost,
+            min_length: usize::try_from(min_length).unwrap_or(usize::MAX),
+            decoy_hash: decoy_hash.into(),
+        })
+    }
+
+    /// Checks the policy for `password` of `username`; `field` names the
+    /// request field in the error.
+    pub fn check_policy(&self, field: &str, username: &str, password: &str) -> Result<(), AuthError> {
+        let chars = password.chars().count();
+        if chars < self.min_length {
+            return Err(AuthError::invalid(
+                field,
+                format!("must be at least {} characters", self.min_length),
+            ));
+        }
+        if password.len() > BCRYPT_MAX_BYTES {
+            return Err(AuthError::invalid(
+                field,
+                format!("must be at most {BCRYPT_MAX_BYTES} bytes"),
+            ));
+        }
+        if !username.is_empty() && password.to_lowercase().contains(&username.to_lowercase()) {
+            return Err(AuthError::invalid(field, "must not contain the username"));
+        }
+        Ok(())
+    }
+
+    /// A new bcrypt hash of `password`.
+    pub async fn hash(&self, password: &str) -> Result<String, AuthError> {
+        hash_blocking(password.to_owned(), self.cost).await
+    }
+
+    /// True when `password` matches `stored`; with `stored == None` (unknown
+    /// user) checks the decoy and returns false, taking the same time.
+    pub async fn verify(&self, password: &str, stored: Option<&str>) -> Result<bool, AuthError> {
+        let known = stored.is_some();
+        let hash = stored.unwrap_or(&self.decoy_hash).to_owned();
+        let password = password.to_owned();
+        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash))
+            .await
+            .map_err(|error| AuthError::Internal(format!("bcrypt task: {error}")))?
+            // A malformed stored hash is a broken row, never a match.
+            .unwrap_or(false);
+        Ok(known && matches)
+    }
+
+    /// True when `stored` was hashed with another cost and should be
+    /// re-hashed now that the password is known.
+    pub fn needs_rehash(&self, stored: &str) -> bool {
+        bcrypt_cost_of(stored) != Some(self.cost)
+    }
+}
+
+fn bcrypt_cost_of(hash: &str) -> Option<u32> {
+    // $2b$12$<salt+hash>
+    hash.split('$').nth(2)?.parse().ok()
+}
+
+async fn hash_blocking(password: String, cost: u32) -> Result<String, AuthError> {
+    tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
+        .await
+        .map_err(|error| AuthError::Internal(format!("bcrypt task: {error}")))?
+        .map_err(|error| AuthError::Internal(format!("bcrypt: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_verify_and_unknown_users_never_match() {
+        let hasher = PasswordHasher::new(4, 12).await.expect("hasher");
+        let hash = hasher.hash("correct horse battery").await.expect("hash");
+        assert!(hash.starts_with("$2b$04$"));
+        assert!(
+            hasher
+                .verify("correct horse battery", Some(&hash))
+                .await
+                .expect("verify")
+        );
+        assert!(
+            !hasher
+                .verify("wrong horse battery", Some(&hash))
+                .await
+                .expect("verify")
+        );
+        assert!(
+            !hasher
+                .verify("correct horse battery", None)
+                .await
+                .expect("verify")
+        );
+        assert!(!hasher.verify("x", Some("not a hash")).await.expect("verify"));
+        assert!(!hasher.needs_rehash(&hash));
+        let stronger = PasswordHasher::new(5, 12).await.expect("hasher");
+        assert!(stronger.needs_rehash(&hash));
+    }
+
+    #[tokio::test]
+    async fn policy_names_the_field_and_the_rule() {
+        let hasher = PasswordHasher::new(4, 12).await.expect("hasher");
+        let short = hasher.check_policy("password", "alice", "short");
+        assert!(matches!(short, Err(AuthError::InvalidArgument { ref field, .. }) if field == "password"));
+        let named = hasher.check_policy("new_password", "alice", "my-ALICE-password-1");
+        assert!(
+            matches!(named, Err(AuthError::InvalidArgument { ref message, .. }) if message.contains("username"))
+        );
+        let long = "x".repeat(73);
+        assert!(hasher.check_policy("password", "alice", &long).is_err());
+        assert!(
+            hasher
+                .check_policy("password", "alice", "a perfectly fine passphrase")
+                .is_ok()
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! The command line: `pgfleet serve | migrate | check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pgfleet_config::{CONFIG_ENV, LoadedConfig};
+
+use crate::app::{self, RunningServer, ServeError};
+use crate::auth::{AuthError, Authenticator, SessionStore, UserSpec};
+use crate::history_store;
+use crate::identity::Role;
+use crate::telemetry::{self, LogFormat};
+
+/// pgfleet: run SQL across a fleet of PostgreSQL databases, audited.
+#[derive(Debug, Parser)]
+#[command(name = "pgfleet", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML, YAML, JSON or a legacy databases.json).
+    #[arg(long, short, global = true, env = CONFIG_ENV, default_value = "pgfleet.toml")]
+    pub config: PathBuf,
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "PGFLEET_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the gRPC server.
+    Serve,
+    /// Apply pending history-store migrations and exit.
+    Migrate,
+    /// Load and validate the configuration, print it with secrets redacted,
+    /// and exit non-zero on any problem.
+    CheckConfig,
+    /// Manage users without a running server (e.g. the first MASTER).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+/// `pgfleet user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user. The password is read from PGFLEET_PASSWORD, or asked
+    /// for twice on the terminal; it is never taken from the command line,
+    /// where other users could see it.
+    Create {
+        #[arg(long)]
+        username: String,
+        /// MASTER, USER or READER.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Defaults to `<username>@localhost`.
+        #[arg(long)]
+        email: Option<String>,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Succeed without changes when the username already exists
+        /// (for provisioning scripts that run more than once).
+        #[arg(long)]
+        if_not_exists: bool,
+    },
+}
+
+/// Environment variable holding the password for `pgfleet user create`.
+pub const PASSWORD_ENV: &str = "PGFLEET_PASSWORD";
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(&text.to_ascii_uppercase()).ok_or_else(|| "expected MASTER, USER or READER".to_owned())
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::CheckConfig => check_config(&cli),
+        Command::Serve | Command::Migrate | Command::User(_) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("pgfleet: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run_async(cli))
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Option<LoadedConfig> {
+    match pgfleet_config::load(&cli.config) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                tracing::warn!(config = %cli.config.display(), "{warning}");
+            }
+            Some(loaded)
+        }
+        Err(error) => {
+            eprintln!("pgfleet: {error}");
+            None
+        }
+    }
+}
+
+fn check_config(cli: &Cli) -> ExitCode {
+    let Some(loaded) = load(cli) else {
+        return ExitCode::from(2);
+    };
+    for warning in &loaded.warnings {
+        eprintln!("warning: {warning}");
+    }
+    print!("{}", app::describe(&loaded));
+    eprintln!(
+        "pgfleet: {} is valid ({} cloud(s), {} target(s))",
+        cli.config.display(),
+        loaded.config.clouds.len(),
+        loaded
+            .config
+            .clouds
+            .iter()
+            .map(|c| c.databases.len())
+            .sum::<usize>()
+    );
+    ExitCode::SUCCESS
+}
+
+async fn run_async(cli: Cli) -> ExitCode {
+    let Some(loaded) = load(&cli) else {
+        return ExitCode::from(2);
+    };
+    let result = match cli.command {
+        Command::Migrate => {
+            let history = history_store::pool(&loaded.config.history);
+            let result =
+                history_store::migrate(&history, &loaded.config.history, Duration::from_secs(30)).await;
+            history.close().await;
+            result
+                .map(|()| tracing::info!("history store is up to date"))
+                .map_err(app::ServeError::from)
+        }
+        Command::Serve => match RunningServer::start(loaded).await {
+            Ok(server) => server.run_until(app::shutdown_signal()).await,
+            Err(error) => Err(error),
+        },
+        Command::User(UserCommand::Create {
+            ref username,
+            role,
+            ref email,
+            ref name,
+            if_not_exists,
+        }) => {
+            let email = email.clone().unwrap_or_else(|| format!("{username}@localhost"));
+            create_user(&loaded, username, role, &email, name, if_not_exists).await
+        }
+        Command::CheckConfig => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "pgfleet failed");
+            eprintln!("pgfleet: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_password() -> Result<String, ServeError> {
+    if let Ok(password) = std::env::var(PASSWORD_ENV) {
+        return Ok(password);
+    }
+    let prompt_failed = |error: std::io::Error| {
+        ServeError::Auth(AuthError::invalid(
+            "password",
+            format!("set {PASSWORD_ENV} or run on a terminal ({error})"),
+        ))
+    };
+    let first = rpassword::prompt_password("Password: ").map_err(prompt_failed)?;
+    let second = rpassword::prompt_password("Repeat password: ").map_err(prompt_failed)?;
+    if first != second {
+        return Err(ServeError::Auth(AuthError::invalid(
+            "password",
+            "the two entries differ",
+        )));
+    }
+    Ok(first)
+}
+
+async fn create_user(
+    loaded: &LoadedConfig,
+    username: &str,
+    role: Role,
+    email: &str,
+    name: &str,
+    if_not_exists: bool,
+) -> Result<(), ServeError> {
+    let config = &loaded.config;
+    let history = history_store::pool(&config.history);
+    let result = async {
+        history_store::migrate(&history, &config.history, Duration::from_secs(30)).await?;
+        let password = read_password()?;
+        let authenticator =
+            Authenticator::new(history.clone(), SessionStore::memory(), config.auth.clone()).await?;
+        let spec = UserSpec {
+            username,
+            email,
+            name,
+            password: &password,
+            role,
+        };
+        match authenticator.create_user(&spec).await {
+            Ok(user) => {
+                println!("created {} user {:?} ({})", user.role(), user.username, user.id);
+                Ok(())
+            }
+            Err(AuthError::AlreadyExists {
+                field: "username", ..
+            }) if if_not_exists => {
+                println!("user {username:?} already exists; left unchanged");
+                Ok(())
+            }
+            Err(error) => Err(ServeError::Auth(error)),
+        }
+    }
+    .await;
+    history.close().await;
+    result
+}

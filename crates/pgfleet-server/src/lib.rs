@@ -1,0 +1,15 @@
+//! The pgfleet tonic server: one process serving `AuthService`,
+//! `QueryService`, `HistoryService`, `ReplicationService` and `FleetService`
+//! (package `pgfleet.v1`), plus `grpc.health.v1` and server reflection.
+//!
+//! `main.rs` only calls [`cli::main`]; tests drive the same code through
+//! [`app::RunningServer`].
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod history_store;
+pub mod identity;
+pub mod services;
+mod status;
+pub mod telemetry;

@@ -1,0 +1,97 @@
+//! The one place where pgfleet's error enums become gRPC statuses.
+//!
+//! Invalid fields carry a `google.rpc.BadRequest` detail naming the field;
+//! throttled logins carry a `google.rpc.RetryInfo`. Store failures are logged
+//! here with their cause and returned without it.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::auth::AuthError;
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        let message = error.to_string();
+        match error {
+            AuthError::Unauthenticated(_) => Status::unauthenticated(message),
+            AuthError::PermissionDenied(_) => Status::permission_denied(message),
+            AuthError::InvalidArgument {
+                field,
+                message: description,
+            } => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request_violation(field, description),
+            ),
+            AuthError::AlreadyExists { .. } => Status::already_exists(message),
+            AuthError::NotFound(_) => Status::not_found(message),
+            AuthError::FailedPrecondition(_) => Status::failed_precondition(message),
+            AuthError::RateLimited { retry_after, .. } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            AuthError::SessionStoreUnavailable(cause) => {
+                tracing::warn!(error = %cause, "session store unavailable");
+                Status::unavailable(message)
+            }
+            AuthError::UserStoreUnavailable(cause) => {
+                tracing::warn!(error = %cause, "user store unavailable");
+                Status::unavailable(message)
+            }
+            AuthError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::internal("internal error; see the server log")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field_in_message_and_details() {
+        let status = Status::from(AuthError::invalid(
+            "allowed_targets[1].cloud",
+            "unknown cloud \"azr\"",
+        ));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "allowed_targets[1].cloud: unknown cloud \"azr\""
+        );
+        let details = status.get_error_details();
+        let violations = &details
+            .bad_request()
+            .expect("bad request detail")
+            .field_violations;
+        assert_eq!(violations[0].field, "allowed_targets[1].cloud");
+    }
+
+    #[test]
+    fn throttling_carries_a_retry_hint() {
+        let status = Status::from(AuthError::RateLimited {
+            scope: "username",
+            retry_after: Duration::from_secs(42),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("retry in 42s"), "{}", status.message());
+        let retry = status
+            .get_error_details()
+            .retry_info()
+            .cloned()
+            .expect("retry info");
+        assert_eq!(retry.retry_delay, Some(Duration::from_secs(42)));
+    }
+
+    #[test]
+    fn internal_details_stay_in_the_log() {
+        let status = Status::from(AuthError::Internal("relation pgfleet.users is broken".to_owned()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("pgfleet.users"));
+    }
+}

@@ -1,0 +1,196 @@
+//! Shared test fixtures: a fleet of throwaway databases and a running server.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pgfleet_config::{FileFormat, Inputs, LoadedConfig, ProcessEnv};
+use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_proto::pgfleet::v1::auth_service_client::AuthServiceClient;
+use pgfleet_server::app::RunningServer;
+use pgfleet_server::auth::{Authenticator, SessionStore, UserSpec};
+use pgfleet_server::identity::Role;
+use pgfleet_testkit::TestDatabase;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+/// Two clouds with two databases each, plus a history store.
+pub struct Fleet {
+    pub history: TestDatabase,
+    /// (cloud, logical name, database)
+    pub databases: Vec<(String, String, TestDatabase)>,
+    /// Body of the `[auth]` table (bcrypt cost 4 keeps tests fast).
+    pub auth_toml: String,
+    /// Redis for sessions; `None` keeps them in the server process.
+    pub redis_url: Option<String>,
+}
+
+impl Fleet {
+    pub async fn create() -> anyhow::Result<Self> {
+        let history = TestDatabase::create("srv_history").await?;
+        let mut databases = Vec::new();
+        for cloud in ["aws", "gcp"] {
+            for name in ["app", "analytics"] {
+                let db = TestDatabase::create(&format!("srv_{cloud}_{name}")).await?;
+                databases.push((cloud.to_owned(), name.to_owned(), db));
+            }
+        }
+        Ok(Self {
+            history,
+            databases,
+            auth_toml: "bcrypt_cost = 4\nmin_password_length = 10\n".to_owned(),
+            redis_url: Some(pgfleet_testkit::redis_url()),
+        })
+    }
+
+    /// TOML for this fleet; `extra_clouds` is appended verbatim.
+    pub fn config_toml(&self, extra_clouds: &str) -> String {
+        let mut text = format!(
+            "[server]\nlisten_addr = '127.0.0.1:0'\nshutdown_grace = '2s'\n\
+             [history]\nhost = '{}'\nport = {}\nuser = '{}'\ndatabase = '{}'\nsslmode = 'disable'\n",
+            self.history.host(),
+            self.history.port(),
+            self.history.user(),
+            self.history.name()
+        );
+        text.push_str(&format!("[auth]\n{}\n", self.auth_toml));
+        if let Some(url) = &self.redis_url {
+            // The history database's name is unique per fleet: so are the keys.
+            text.push_str(&format!(
+                "[redis]\nurl = '{url}'\nkey_prefix = '{}:'\nconnect_timeout = '500ms'\n",
+                self.history.name()
+            ));
+        }
+        let mut current_cloud = "";
+        for (cloud, name, db) in &self.databases {
+            if cloud != current_cloud {
+                text.push_str(&format!("[[clouds]]\nname = '{cloud}'\n"));
+                current_cloud = cloud;
+            }
+            text.push_str(&format!(
+                "[[clouds.databases]]\nname = '{name}'\nhost = '{}'\nport = {}\nuser = '{}'\ndatabase = '{}'\n\
+                 sslmode = 'disable'\nschemas = ['public']\n",
+                db.host(),
+                db.port(),
+                db.user(),
+                db.name()
+            ));
+        }
+        text.push_str(extra_clouds);
+        text
+    }
+
+    pub fn config(&self, extra_clouds: &str) -> LoadedConfig {
+        let text = self.config_toml(extra_clouds);
+        pgfleet_config::load_str(
+            &text,
+            FileFormat::Toml,
+            Path::new("test.toml"),
+            &Inputs {
+                variables: &ProcessEnv,
+                overrides: Vec::new(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+    }
+
+    pub async fn start(&self, extra_clouds: &str) -> anyhow::Result<RunningServer> {
+        Ok(RunningServer::start(self.config(extra_clouds)).await?)
+    }
+}
+
+impl Fleet {
+    /// Creates a user straight in the history store (the server must have
+    /// started once, for the migrations); returns its password.
+    pub async fn create_user(&self, username: &str, role: Role) -> anyhow::Result<String> {
+        let config = self.config("").config;
+        let pool = self.history.pool().await?;
+        let authenticator = Authenticator::new(pool.clone(), SessionStore::memory(), config.auth).await?;
+        let password = format!("Pw-{}", uuid::Uuid::new_v4().simple());
+        authenticator
+            .create_user(&UserSpec {
+                username,
+                email: &format!("{username}@example.com"),
+                name: username,
+                password: &password,
+                role,
+            })
+            .await?;
+        pool.close().await;
+        Ok(password)
+    }
+}
+
+/// A gRPC channel to a running server.
+pub async fn channel(server: &RunningServer) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{}", server.local_addr()))?
+        .connect()
+        .await?)
+}
+
+pub fn auth_client(channel: &Channel) -> AuthServiceClient<Channel> {
+    AuthServiceClient::new(channel.clone())
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = MetadataValue::try_from(format!("Bearer {token}")).expect("token is a valid header");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// `message` with `x-api-key: <key>`.
+pub fn api_key<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = MetadataValue::try_from(key).expect("key is a valid header");
+    request.metadata_mut().insert("x-api-key", value);
+    request
+}
+
+/// Logs in and returns the session token.
+pub async fn login(channel: &Channel, username: &str, password: &str) -> Result<String, Status> {
+    let response = auth_client(channel)
+        .login(pb::LoginRequest {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        })
+        .await?;
+    Ok(response.into_inner().token)
+}
+
+/// The workspace root (for `.tools/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The real grpcurl binary: on PATH, or where `scripts/bootstrap` puts it.
+pub fn grpcurl() -> PathBuf {
+    let local = workspace_root().join(".tools/venv/bin/grpcurl");
+    if local.is_file() {
+        return local;
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("grpcurl"))
+        .find(|candidate| candidate.is_file());
+    on_path.unwrap_or_else(|| {
+        panic!("grpcurl not found: run scripts/bootstrap (it installs .tools/venv/bin/grpcurl)")
+    })
+}
+
+/// Runs grpcurl with `args`; returns (success, stdout, stderr).
+pub fn run_grpcurl(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(grpcurl())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run grpcurl: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

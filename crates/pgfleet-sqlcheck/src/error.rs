@@ -1,0 +1,179 @@
+//! Parse errors, with the place PostgreSQL complained about.
+//!
+//! pg_query 18 keeps only the message of libpg_query's error and drops its
+//! `cursorpos`. The cursor is recovered from the message itself, which
+//! PostgreSQL's scanner writes as `… at end of input` (cursor at the end of the
+//! text) or `… at or near "TOKEN"` (cursor at TOKEN, the text from the start of
+//! the offending token). When TOKEN occurs more than once, the first occurrence
+//! `o` at a token boundary for which the prefix `text[..o + len(TOKEN)]` fails
+//! with the same message is the cursor: a Bison parser stops at the first
+//! token it cannot shift, so prefixes ending at earlier occurrences parse or
+//! fail only "at end of input". Grammar errors that name no token (e.g.
+//! `LIMIT #,# syntax is not supported`) are reported at the start of the
+//! statement that fails on its own.
+
+use thiserror::Error;
+
+use crate::engine::{self, EngineError};
+use crate::position::{LineIndex, SourcePosition};
+use crate::split;
+
+/// Why a text could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ParseError {
+    /// PostgreSQL's parser rejected the text at `cursor`.
+    #[error("{message} (line {}, column {})", cursor.line, cursor.column)]
+    Syntax { message: String, cursor: SourcePosition },
+    /// PostgreSQL's parser rejected the statement starting at `statement`
+    /// without naming a token (a grammar rule raised the error).
+    #[error("{message} (in the statement at line {}, column {})", statement.line, statement.column)]
+    Rejected {
+        message: String,
+        statement: SourcePosition,
+    },
+    /// The text holds a NUL byte, which PostgreSQL never accepts in a query.
+    #[error("the SQL text contains a NUL byte (line {}, column {})", cursor.line, cursor.column)]
+    NulByte { cursor: SourcePosition },
+    /// The statement nests expressions or subqueries deeper than the parser
+    /// library can decode (about 47 chained operators such as `a || b || …`).
+    #[error(
+        "the statement at line {}, column {} nests expressions or subqueries too deeply to be analysed; split it or use fewer chained operators",
+        statement.line,
+        statement.column
+    )]
+    TooDeep { statement: SourcePosition },
+    /// libpg_query failed in a way that says nothing about the text.
+    #[error("the SQL parser failed: {0}")]
+    Internal(String),
+}
+
+impl ParseError {
+    /// PostgreSQL's message, or this crate's description for the other cases.
+    pub fn message(&self) -> String {
+        match self {
+            ParseError::Syntax { message, .. } | ParseError::Rejected { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Where the error is: the cursor for [`ParseError::Syntax`] and
+    /// [`ParseError::NulByte`], the statement's start for `Rejected` and `TooDeep`.
+    pub fn position(&self) -> Option<SourcePosition> {
+        match self {
+            ParseError::Syntax { cursor, .. } | ParseError::NulByte { cursor } => Some(*cursor),
+            ParseError::Rejected { statement, .. } | ParseError::TooDeep { statement } => Some(*statement),
+            ParseError::Internal(_) => None,
+        }
+    }
+}
+
+/// Turns an engine failure on `sql` into a [`ParseError`] with its position.
+pub(crate) fn locate(sql: &str, error: EngineError) -> ParseError {
+    let lines = LineIndex::new(sql);
+    match error {
+        EngineError::Pg(pg_query::Error::Conversion(nul)) => ParseError::NulByte {
+            cursor: lines.position(nul.nul_position()),
+        },
+        EngineError::Pg(
+            pg_query::Error::Parse(message)
+            | pg_query::Error::Scan(message)
+            | pg_query::Error::Split(message),
+        ) => match cursor_offset(sql, &message) {
+            Some(offset) => ParseError::Syntax {
+                message,
+                cursor: lines.position(offset),
+            },
+            None => ParseError::Rejected {
+                statement: lines.position(failing_statement_start(sql)),
+                message,
+            },
+        },
+        EngineError::TooDeep => ParseError::TooDeep {
+            statement: lines.position(failing_statement_start(sql)),
+        },
+        EngineError::Pg(other) => {
+            let mut message = other.to_string();
+            message.truncate(crate::position::floor_char_boundary(&message, 300));
+            ParseError::Internal(message)
+        }
+        EngineError::Unavailable(message) => ParseError::Internal(message),
+    }
+}
+
+const AT_END_OF_INPUT: &str = " at end of input";
+const AT_OR_NEAR: &str = " at or near \"";
+
+/// The byte offset PostgreSQL's error cursor pointed at, recovered from `message`.
+pub(crate) fn cursor_offset(sql: &str, message: &str) -> Option<usize> {
+    if message.ends_with(AT_END_OF_INPUT) {
+        return Some(sql.len());
+    }
+    let near_start = message.find(AT_OR_NEAR)? + AT_OR_NEAR.len();
+    let near_end = message.len().checked_sub(1)?;
+    if !message.ends_with('"') || near_start >= near_end {
+        return None;
+    }
+    let near = message.get(near_start..near_end)?;
+    let mut candidates = occurrences(sql, near);
+    if candidates.len() > 1
+        && let Ok(tokens) = engine::scan(sql)
+    {
+        let at_token: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|c| tokens.binary_search_by_key(c, |t| t.start).is_ok())
+            .collect();
+        if !at_token.is_empty() {
+            candidates = at_token;
+        }
+    }
+    match candidates.as_slice() {
+        [] => None,
+        [only] => Some(*only),
+        several => {
+            let fails_here = |&candidate: &usize| {
+                let prefix = sql.get(..candidate + near.len()).unwrap_or(sql);
+                engine::parse_error_message(prefix).as_deref() == Some(message)
+            };
+            let first = several.partition_point(|c| !fails_here(c));
+            several.get(first).or(several.first()).copied()
+        }
+    }
+}
+
+/// Every byte offset where `needle` starts in `haystack`, overlaps included.
+fn occurrences(haystack: &str, needle: &str) -> Vec<usize> {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(at) = haystack.get(from..).and_then(|rest| rest.find(needle)) {
+        found.push(from + at);
+        from += at + haystack[from + at..].chars().next().map_or(1, char::len_utf8);
+    }
+    found
+}
+
+/// Start of the first statement that fails to parse on its own (the scanner
+/// splits the text), or of the text's first token.
+fn failing_statement_start(sql: &str) -> usize {
+    let ranges = split::token_ranges(sql);
+    ranges
+        .iter()
+        .find(|r| {
+            sql.get((*r).clone())
+                .is_some_and(|text| engine::parse(text, false).is_err())
+        })
+        .or(ranges.first())
+        .map_or(0, |r| r.start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn occurrences_overlap_and_respect_characters() {
+        assert_eq!(occurrences("''''", "''"), [0, 1, 2]);
+        assert_eq!(occurrences("é x é x", "x"), [3, 8]);
+        assert!(occurrences("abc", "z").is_empty());
+    }
+}

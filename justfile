@@ -1,0 +1,27 @@
+# Thin wrappers; every recipe works without just through the script it calls.
+
+# Start the demo server (2 clouds x 2 databases on the local PostgreSQL).
+demo:
+    scripts/demo
+
+# Run the whole test suite against real PostgreSQL and Redis.
+test *ARGS:
+    scripts/test {{ARGS}}
+
+# Everything CI runs: bootstrap, buf lint, fmt, clippy, tests.
+ci:
+    .ci/run
+
+# Lints only.
+lint:
+    .tools/node_modules/.bin/buf lint
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Criterion benchmarks.
+bench:
+    cargo bench --workspace
+
+# Validate a configuration file.
+check-config FILE:
+    cargo run --quiet --bin pgfleet -- --config {{FILE}} check-config
