@@ -7,7 +7,7 @@ CREATE TABLE pgfleet.users (
     username            text        NOT NULL,
     email               text        NOT NULL,
     name                text        NOT NULL DEFAULT '',
-    -- bcrypt ($2b$<cost>$...); never leaves the server.
+    -- bcrypt hash (cost in its prefix); never leaves the server.
     password_hash       text        NOT NULL,
     role                text        NOT NULL,
     active              boolean     NOT NULL DEFAULT true,

@@ -334,3 +334,58 @@ fn syntax_error_names_the_file() {
     assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
     assert!(err.to_string().contains("test-config"), "{err}");
 }
+
+#[test]
+fn the_shipped_example_configuration_loads() {
+    let text = include_str!("../../../deploy/pgfleet.example.toml");
+    let env = vars(&[
+        ("AWS_DB_HOST", "aws.example.com"),
+        ("AWS_DB_PASSWORD", "p"),
+        ("AWS_REPLICA_HOST", "aws-replica.example.com"),
+        ("GCP_DB_HOST", "gcp.example.com"),
+        ("GCP_DB_PASSWORD", "p"),
+        ("HISTORY_DB_HOST", "history.example.com"),
+        ("HISTORY_DB_PASSWORD", "p"),
+        ("RDS_CA_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")),
+    ]);
+    let loaded = load(text, FileFormat::Toml, &env).unwrap_or_else(|e| panic!("{e}"));
+    let auth = &loaded.config.auth;
+    assert_eq!(auth.bcrypt_cost, 12);
+    assert_eq!(auth.session_ttl, Duration::from_secs(7 * 24 * 3600));
+    assert!(auth.cookie_secure);
+    let redis = loaded.config.redis.as_ref().expect("redis");
+    assert_eq!(redis.key_prefix, "pgfleet:");
+}
+
+#[test]
+fn auth_settings_are_checked() {
+    let text = r#"
+[history]
+host = "h"
+user = "u"
+database = "d"
+[auth]
+bcrypt_cost = 40
+min_password_length = 4
+session_ttl = "10s"
+login_attempts_per_username = 0
+[[clouds]]
+name = "aws"
+[[clouds.databases]]
+name = "app"
+host = "h"
+user = "u"
+database = "d"
+schemas = ["public"]
+"#;
+    let error = load(text, FileFormat::Toml, &vars(&[])).expect_err("invalid auth settings");
+    let shown = error.to_string();
+    for expected in [
+        "auth.bcrypt_cost: must be between 4 and 31",
+        "auth.min_password_length: must be at least 8",
+        "auth.session_ttl: must be at least 1m",
+        "auth.login_attempts_per_username: must be at least 1",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
+    }
+}

@@ -768,7 +768,7 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable() -> anyhow::Result
             .fetch_one(&pool)
             .await?;
     assert_eq!(stored.len(), 32);
-    let secret_part = created.secret.rsplit('_').next().unwrap_or_default().to_owned();
+    let secret_part = created.secret["pgf_".len() + 12 + 1..].to_owned();
     assert!(!String::from_utf8_lossy(&stored).contains(&secret_part));
 
     let me = client
