@@ -90,6 +90,7 @@ impl RunningServer {
             .collect();
 
         let registry = Arc::new(Registry::new(&config));
+        let shared_config = Arc::new(config.clone());
         let monitor = HealthMonitor::spawn(Arc::clone(&registry), config.health.clone());
 
         let listen_addr = config.server.listen_addr;
@@ -142,7 +143,10 @@ impl RunningServer {
             .add_service(QueryServiceServer::new(QueryService))
             .add_service(HistoryServiceServer::new(HistoryService))
             .add_service(ReplicationServiceServer::new(ReplicationService))
-            .add_service(FleetServiceServer::new(FleetService));
+            .add_service(FleetServiceServer::new(FleetService::new(
+                Arc::clone(&registry),
+                Arc::clone(&shared_config),
+            )));
 
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {

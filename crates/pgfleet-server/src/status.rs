@@ -8,6 +8,31 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
+use crate::request_error::RequestError;
+
+impl From<RequestError> for Status {
+    fn from(error: RequestError) -> Self {
+        let message = error.to_string();
+        match error {
+            RequestError::InvalidArgument {
+                field,
+                message: description,
+            } => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request_violation(field, description),
+            ),
+            RequestError::NotFound(_) => Status::not_found(message),
+            RequestError::PermissionDenied(_) => Status::permission_denied(message),
+            RequestError::FailedPrecondition(_) => Status::failed_precondition(message),
+            RequestError::Unavailable(_) => Status::unavailable(message),
+            RequestError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::internal("internal error; see the server log")
+            }
+        }
+    }
+}
 
 impl From<AuthError> for Status {
     fn from(error: AuthError) -> Self {

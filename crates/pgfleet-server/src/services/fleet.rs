@@ -4,6 +4,10 @@ use pgfleet_proto::pgfleet::v1::{
     GetConfigurationRequest, GetConfigurationResponse, GetHealthRequest, GetHealthResponse,
     ListSchemasRequest, ListSchemasResponse, ListTablesRequest, ListTablesResponse, fleet_service_server,
 };
+use std::sync::Arc;
+
+use pgfleet_config::FleetConfig;
+use pgfleet_registry::Registry;
 use tonic::{Request, Response, Status};
 
 use super::not_implemented;
@@ -12,8 +16,19 @@ use super::not_implemented;
 const ISSUE: u32 = 4;
 
 /// Serves `pgfleet.v1.FleetService`.
-#[derive(Debug, Default, Clone)]
-pub struct FleetService;
+#[derive(Clone)]
+pub struct FleetService {
+    #[allow(dead_code)] // used as the RPCs land (issue #4)
+    registry: Arc<Registry>,
+    #[allow(dead_code)]
+    config: Arc<FleetConfig>,
+}
+
+impl FleetService {
+    pub fn new(registry: Arc<Registry>, config: Arc<FleetConfig>) -> Self {
+        Self { registry, config }
+    }
+}
 
 #[tonic::async_trait]
 impl fleet_service_server::FleetService for FleetService {

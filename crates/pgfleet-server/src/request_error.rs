@@ -1,0 +1,50 @@
+//! Errors of the data-plane services (query, fleet): a request that cannot
+//! be served as a whole. Per-target failures are not errors of the call;
+//! they are reported in that target's result. Mapped to `tonic::Status` in
+//! [`crate::status`] only.
+
+use pgfleet_registry::RegistryError;
+
+/// Why a data-plane request was refused before or instead of running.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A request field is wrong; `field` is its protobuf path
+    /// (`targets[1].cloud`, `pg_schema`).
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    /// A named cloud, database or target does not exist in the config.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller's role or API key allow-list does not cover this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Valid, but the state forbids it (e.g. dangerous statements without
+    /// confirmation).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A dependency (target database, history store) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected state; details are logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RequestError {
+    /// Shorthand for [`RequestError::InvalidArgument`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<RegistryError> for RequestError {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            unknown @ RegistryError::UnknownTarget { .. } => RequestError::NotFound(unknown.to_string()),
+            other => RequestError::Unavailable(other.to_string()),
+        }
+    }
+}
