@@ -140,7 +140,10 @@ impl RunningServer {
                 authenticator,
                 configured_targets,
             )))
-            .add_service(QueryServiceServer::new(QueryService))
+            .add_service(QueryServiceServer::new(QueryService::new(
+                Arc::clone(&registry),
+                Arc::clone(&shared_config),
+            )))
             .add_service(HistoryServiceServer::new(HistoryService))
             .add_service(ReplicationServiceServer::new(ReplicationService))
             .add_service(FleetServiceServer::new(FleetService::new(

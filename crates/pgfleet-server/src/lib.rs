@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod history_store;
 pub mod identity;
+pub mod query;
 pub mod request_error;
 pub mod services;
 mod status;

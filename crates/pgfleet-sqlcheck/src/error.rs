@@ -123,7 +123,16 @@ pub(crate) fn cursor_offset(sql: &str, message: &str) -> Option<usize> {
             .copied()
             .filter(|c| tokens.binary_search_by_key(c, |t| t.start).is_ok())
             .collect();
-        if !at_token.is_empty() {
+        // PostgreSQL quotes the whole token: prefer candidates where a token
+        // is exactly `near` (so `SELEC` is not found inside `SELECT`).
+        let whole_token: Vec<usize> = at_token
+            .iter()
+            .copied()
+            .filter(|c| tokens.iter().any(|t| t.start == *c && t.end == *c + near.len()))
+            .collect();
+        if !whole_token.is_empty() {
+            candidates = whole_token;
+        } else if !at_token.is_empty() {
             candidates = at_token;
         }
     }
@@ -168,6 +177,15 @@ fn failing_statement_start(sql: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cursor_is_the_whole_token_not_a_prefix_of_another() {
+        let sql = "SELECT 1;\nSELEC 2";
+        assert_eq!(
+            super::cursor_offset(sql, "syntax error at or near \"SELEC\""),
+            Some(10)
+        );
+    }
+
     use super::*;
 
     #[test]

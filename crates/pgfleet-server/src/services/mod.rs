@@ -38,7 +38,6 @@ fn not_implemented(method: &str, issue: u32) -> Status {
 mod tests {
     use pgfleet_proto::pgfleet::v1 as pb;
     use pgfleet_proto::pgfleet::v1::history_service_server::HistoryService as _;
-    use pgfleet_proto::pgfleet::v1::query_service_server::QueryService as _;
     use tonic::{Code, Request};
 
     use super::*;
@@ -68,8 +67,8 @@ mod tests {
             ))
         );
 
-        let streaming = QueryService
-            .execute_stream(Request::new(pb::ExecuteStreamRequest::default()))
+        let streaming = HistoryService
+            .export_executions(Request::new(pb::ExportExecutionsRequest::default()))
             .await
             .err()
             .map(|status| status.code());

@@ -1,39 +1,408 @@
 //! `pgfleet.v1.QueryService`: fan-out SQL execution and validation.
 
-use pgfleet_proto::pgfleet::v1::{
-    ExecuteRequest, ExecuteResponse, ExecuteStreamRequest, ExecuteStreamResponse, ValidateRequest,
-    ValidateResponse, query_service_server,
-};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgfleet_config::FleetConfig;
+use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_proto::pgfleet::v1::query_service_server;
+use pgfleet_registry::{Registry, Target};
+use pgfleet_sqlcheck::StatementClass;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{ResponseStream, not_implemented};
-
-/// The issue that implements this service.
-const ISSUE: u32 = 4;
+use super::ResponseStream;
+use super::convert::role_to_wire;
+use crate::identity::{Identity, Role};
+use crate::query::{self, ExecuteFields, Plan, Scope, TargetEvent, TargetOutcome};
+use crate::request_error::RequestError;
 
 /// Serves `pgfleet.v1.QueryService`.
-#[derive(Debug, Default, Clone)]
-pub struct QueryService;
+#[derive(Clone)]
+pub struct QueryService {
+    registry: Arc<Registry>,
+    config: Arc<FleetConfig>,
+}
+
+impl QueryService {
+    pub fn new(registry: Arc<Registry>, config: Arc<FleetConfig>) -> Self {
+        Self { registry, config }
+    }
+
+    fn plan(&self, fields: &ExecuteFields<'_>, identity: &Identity) -> Result<Arc<Plan>, RequestError> {
+        Plan::new(fields, identity, &self.config, &self.registry).map(Arc::new)
+    }
+}
+
+fn wire_target(target: &Target) -> pb::Target {
+    pb::Target {
+        cloud: target.cloud.clone(),
+        database: target.database.clone(),
+    }
+}
+
+fn wire_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn scope_of<'a>(
+    all: Option<&'a pb::AllClouds>,
+    cloud: Option<&'a String>,
+    targets: Option<&'a pb::TargetList>,
+) -> Scope<'a> {
+    match (all, cloud, targets) {
+        (_, Some(cloud), _) => Scope::Cloud(cloud),
+        (_, _, Some(list)) => Scope::Targets(&list.targets),
+        _ => Scope::AllClouds,
+    }
+}
+
+fn outcome_into_result(
+    target: &Target,
+    outcome: TargetOutcome,
+    statements: Vec<pb::StatementResult>,
+) -> pb::TargetResult {
+    pb::TargetResult {
+        target: Some(wire_target(target)),
+        success: outcome.success,
+        error: outcome.error,
+        duration: Some(wire_duration(outcome.duration)),
+        statements,
+        failed_statement_index: outcome.failed_statement_index,
+        outcome_unknown: outcome.outcome_unknown,
+        replica: outcome.replica,
+    }
+}
 
 #[tonic::async_trait]
 impl query_service_server::QueryService for QueryService {
-    type ExecuteStreamStream = ResponseStream<ExecuteStreamResponse>;
+    type ExecuteStreamStream = ResponseStream<pb::ExecuteStreamResponse>;
 
-    async fn execute(&self, _request: Request<ExecuteRequest>) -> Result<Response<ExecuteResponse>, Status> {
-        Err(not_implemented("QueryService/Execute", ISSUE))
+    async fn execute(
+        &self,
+        request: Request<pb::ExecuteRequest>,
+    ) -> Result<Response<pb::ExecuteResponse>, Status> {
+        let identity = Identity::of(&request)?.clone();
+        let request = request.into_inner();
+        use pb::execute_request::Scope as Wire;
+        let scope = match &request.scope {
+            Some(Wire::AllClouds(all)) => scope_of(Some(all), None, None),
+            Some(Wire::Cloud(cloud)) => scope_of(None, Some(cloud), None),
+            Some(Wire::Targets(list)) => scope_of(None, None, Some(list)),
+            None => Scope::AllClouds,
+        };
+        let fields = ExecuteFields {
+            query: &request.query,
+            database: &request.database,
+            scope,
+            pg_schema: &request.pg_schema,
+            timeout: request.timeout.as_ref(),
+            params: &request.params,
+            confirm_dangerous: request.confirm_dangerous,
+            read_only: request.read_only,
+            batch_size: 0,
+            row_limit: Some(self.config.query.max_rows_per_statement),
+        };
+        let plan = self.plan(&fields, &identity)?;
+        let cancel = CancellationToken::new();
+        // Dropped when tonic drops this call (client cancel, deadline):
+        // every target then cancels its statement on the server.
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let mut events = query::dispatch(Arc::clone(&self.registry), Arc::clone(&plan), cancel);
+
+        let mut statements: Vec<Vec<pb::StatementResult>> = vec![Vec::new(); plan.targets.len()];
+        let mut results: Vec<Option<pb::TargetResult>> = vec![None; plan.targets.len()];
+        while let Some((index, event)) = events.recv().await {
+            let target_statements = &mut statements[index];
+            match event {
+                TargetEvent::Started { .. } => {}
+                TargetEvent::Header { statement, columns } => target_statements.push(pb::StatementResult {
+                    index: statement,
+                    columns,
+                    ..Default::default()
+                }),
+                TargetEvent::Rows { statement, rows } => {
+                    if let Some(current) = target_statements.iter_mut().rev().find(|s| s.index == statement) {
+                        current.rows.extend(rows);
+                    }
+                }
+                TargetEvent::StatementDone(done) => {
+                    let position = target_statements.iter().rposition(|s| s.index == done.index);
+                    let current = match position {
+                        Some(position) => &mut target_statements[position],
+                        None => {
+                            target_statements.push(pb::StatementResult {
+                                index: done.index,
+                                ..Default::default()
+                            });
+                            let last = target_statements.len() - 1;
+                            &mut target_statements[last]
+                        }
+                    };
+                    current.command_tag = done.command_tag;
+                    current.rows_affected = done.rows_affected;
+                    current.truncated = done.truncated;
+                    current.duration = Some(wire_duration(done.duration));
+                }
+                TargetEvent::Finished(outcome) => {
+                    let done = std::mem::take(target_statements);
+                    results[index] = Some(outcome_into_result(&plan.targets[index], *outcome, done));
+                }
+            }
+        }
+        let results: Vec<pb::TargetResult> = results
+            .into_iter()
+            .enumerate()
+            .map(|(index, result)| {
+                result.unwrap_or_else(|| pb::TargetResult {
+                    target: Some(wire_target(&plan.targets[index])),
+                    error: Some(pb::TargetError {
+                        code: pb::ErrorCode::Internal.into(),
+                        message: "the target's task ended without a result".to_owned(),
+                        postgres: None,
+                    }),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::ExecuteResponse {
+            execution_id: uuid::Uuid::now_v7().to_string(),
+            success: results.iter().all(|r| r.success),
+            results,
+            confirmed_findings: plan.confirmed_findings.clone(),
+        }))
     }
 
     async fn execute_stream(
         &self,
-        _request: Request<ExecuteStreamRequest>,
+        request: Request<pb::ExecuteStreamRequest>,
     ) -> Result<Response<Self::ExecuteStreamStream>, Status> {
-        Err(not_implemented("QueryService/ExecuteStream", ISSUE))
+        let identity = Identity::of(&request)?.clone();
+        let request = request.into_inner();
+        use pb::execute_stream_request::Scope as Wire;
+        let scope = match &request.scope {
+            Some(Wire::AllClouds(all)) => scope_of(Some(all), None, None),
+            Some(Wire::Cloud(cloud)) => scope_of(None, Some(cloud), None),
+            Some(Wire::Targets(list)) => scope_of(None, None, Some(list)),
+            None => Scope::AllClouds,
+        };
+        let fields = ExecuteFields {
+            query: &request.query,
+            database: &request.database,
+            scope,
+            pg_schema: &request.pg_schema,
+            timeout: request.timeout.as_ref(),
+            params: &request.params,
+            confirm_dangerous: request.confirm_dangerous,
+            read_only: request.read_only,
+            batch_size: request.batch_size,
+            row_limit: None,
+        };
+        let plan = self.plan(&fields, &identity)?;
+        let cancel = CancellationToken::new();
+        let events = query::dispatch(Arc::clone(&self.registry), Arc::clone(&plan), cancel.clone());
+        let started = pb::ExecuteStreamResponse {
+            event: Some(pb::execute_stream_response::Event::ExecutionStarted(
+                pb::ExecutionStarted {
+                    execution_id: uuid::Uuid::now_v7().to_string(),
+                    targets: plan.targets.iter().map(wire_target).collect(),
+                    confirmed_findings: plan.confirmed_findings.clone(),
+                },
+            )),
+        };
+        let state = StreamState {
+            events,
+            plan,
+            statements: Vec::new(),
+            all_succeeded: true,
+            started: Instant::now(),
+            finished: false,
+            _cancel_on_drop: cancel.drop_guard(),
+        };
+        let stream = futures::stream::once(async move { Ok(started) })
+            .chain(futures::stream::unfold(state, next_stream_event));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn validate(
         &self,
-        _request: Request<ValidateRequest>,
-    ) -> Result<Response<ValidateResponse>, Status> {
-        Err(not_implemented("QueryService/Validate", ISSUE))
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let query = request.into_inner().query;
+        if query.len() as u64 > self.config.query.max_query_bytes {
+            return Err(RequestError::invalid(
+                "query",
+                format!(
+                    "is {} bytes; the limit is {}",
+                    query.len(),
+                    self.config.query.max_query_bytes
+                ),
+            )
+            .into());
+        }
+        Ok(Response::new(validate(&query)))
+    }
+}
+
+use futures::StreamExt as _;
+
+struct StreamState {
+    events: tokio::sync::mpsc::Receiver<(usize, TargetEvent)>,
+    plan: Arc<Plan>,
+    /// Per target, the statement summaries so far.
+    statements: Vec<(usize, pb::StatementSummary)>,
+    all_succeeded: bool,
+    started: Instant,
+    finished: bool,
+    /// Dropped with the stream (client gone): targets cancel their statements.
+    _cancel_on_drop: tokio_util::sync::DropGuard,
+}
+
+async fn next_stream_event(
+    mut state: StreamState,
+) -> Option<(Result<pb::ExecuteStreamResponse, Status>, StreamState)> {
+    use pb::execute_stream_response::Event;
+    if state.finished {
+        return None;
+    }
+    let Some((index, event)) = state.events.recv().await else {
+        state.finished = true;
+        let done = Event::ExecutionFinished(pb::ExecutionFinished {
+            success: state.all_succeeded,
+            duration: Some(wire_duration(state.started.elapsed())),
+        });
+        return Some((Ok(pb::ExecuteStreamResponse { event: Some(done) }), state));
+    };
+    let target = wire_target(&state.plan.targets[index]);
+    let event = match event {
+        TargetEvent::Started { replica } => Event::TargetStarted(pb::TargetStarted {
+            target: Some(target),
+            replica,
+        }),
+        TargetEvent::Header { statement, columns } => Event::ResultHeader(pb::ResultHeader {
+            target: Some(target),
+            statement_index: statement,
+            columns,
+        }),
+        TargetEvent::Rows { statement, rows } => Event::RowBatch(pb::RowBatch {
+            target: Some(target),
+            statement_index: statement,
+            rows,
+        }),
+        TargetEvent::StatementDone(done) => {
+            let summary = pb::StatementSummary {
+                target: Some(target),
+                statement_index: done.index,
+                command_tag: done.command_tag,
+                rows_affected: done.rows_affected,
+                duration: Some(wire_duration(done.duration)),
+            };
+            state.statements.push((index, summary.clone()));
+            Event::StatementSummary(summary)
+        }
+        TargetEvent::Finished(outcome) => {
+            state.all_succeeded &= outcome.success;
+            let statements = state
+                .statements
+                .iter()
+                .filter(|(i, _)| *i == index)
+                .map(|(_, s)| s.clone())
+                .collect();
+            Event::TargetSummary(pb::TargetSummary {
+                target: Some(target),
+                success: outcome.success,
+                error: outcome.error,
+                duration: Some(wire_duration(outcome.duration)),
+                statements,
+                failed_statement_index: outcome.failed_statement_index,
+                outcome_unknown: outcome.outcome_unknown,
+                replica: outcome.replica,
+            })
+        }
+    };
+    Some((Ok(pb::ExecuteStreamResponse { event: Some(event) }), state))
+}
+
+fn wire_class(class: StatementClass) -> pb::StatementClass {
+    match class {
+        StatementClass::Read => pb::StatementClass::Read,
+        StatementClass::Write => pb::StatementClass::Write,
+        StatementClass::Ddl => pb::StatementClass::Ddl,
+        StatementClass::TransactionControl => pb::StatementClass::TransactionControl,
+        StatementClass::Session => pb::StatementClass::Session,
+        StatementClass::Utility => pb::StatementClass::Utility,
+    }
+}
+
+fn required_role(class: StatementClass) -> Role {
+    match class {
+        StatementClass::Read => Role::Reader,
+        StatementClass::Write => Role::User,
+        _ => Role::Master,
+    }
+}
+
+/// Parses and analyses `query` without touching any database.
+fn validate(query: &str) -> pb::ValidateResponse {
+    let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    match pgfleet_sqlcheck::analyze(query) {
+        Err(error) => {
+            let position = error.position();
+            pb::ValidateResponse {
+                valid: false,
+                parse_error: Some(pb::ParseError {
+                    message: error.message(),
+                    line: position.map_or(0, |p| as_u32(p.line)),
+                    column: position.map_or(0, |p| as_u32(p.column)),
+                    byte_offset: position.map_or(0, |p| as_u32(p.offset)),
+                }),
+                ..Default::default()
+            }
+        }
+        Ok(analysis) => {
+            let statements: Vec<pb::ValidatedStatement> = analysis
+                .statements
+                .iter()
+                .enumerate()
+                .map(|(index, statement)| pb::ValidatedStatement {
+                    index: as_u32(index),
+                    text: statement.span.text.clone(),
+                    statement_class: wire_class(statement.class).into(),
+                    command: statement.command.clone(),
+                    findings: statement
+                        .findings
+                        .iter()
+                        .map(|finding| pb::DangerFinding {
+                            code: finding.code.as_str().to_uppercase(),
+                            reason: finding.reason.clone(),
+                            statement_index: as_u32(index),
+                        })
+                        .collect(),
+                    byte_offset: as_u32(statement.span.range.start),
+                    byte_length: as_u32(statement.span.range.len()),
+                    line: as_u32(statement.span.start.line),
+                    column: as_u32(statement.span.start.column),
+                    required_role: role_to_wire(if statement.findings.is_empty() {
+                        required_role(statement.class)
+                    } else {
+                        Role::Master
+                    })
+                    .into(),
+                    cannot_run_in_transaction: statement.requires_no_transaction_block,
+                })
+                .collect();
+            let required = statements.iter().map(|s| s.required_role).max().unwrap_or(0);
+            pb::ValidateResponse {
+                valid: !statements.is_empty(),
+                parse_error: None,
+                requires_confirmation: statements.iter().any(|s| !s.findings.is_empty()),
+                statements,
+                fingerprint: format!("{:016x}", analysis.fingerprint.0),
+                required_role: required,
+            }
+        }
     }
 }

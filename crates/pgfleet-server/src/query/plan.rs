@@ -1,0 +1,495 @@
+//! From a request to a checked plan: everything that can be refused is
+//! refused here, before any connection is taken.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use pgfleet_config::{FleetConfig, QueryLimits};
+use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_registry::{Registry, Target};
+use pgfleet_sqlcheck::{Analysis, StatementClass};
+use sqlx::Arguments;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArguments, PgTypeInfo};
+
+use crate::identity::{Identity, Role};
+use crate::request_error::RequestError;
+
+/// Rows per batch when the request names none.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+const MAX_BATCH_SIZE: usize = 10_000;
+
+/// The fields shared by `ExecuteRequest` and `ExecuteStreamRequest`.
+pub struct ExecuteFields<'a> {
+    pub query: &'a str,
+    pub database: &'a str,
+    pub scope: Scope<'a>,
+    pub pg_schema: &'a str,
+    pub timeout: Option<&'a prost_types::Duration>,
+    pub params: &'a [pb::QueryParam],
+    pub confirm_dangerous: bool,
+    pub read_only: bool,
+    pub batch_size: u32,
+    /// Unary calls cap rows per statement; streams do not.
+    pub row_limit: Option<u64>,
+}
+
+/// Which targets a request names.
+pub enum Scope<'a> {
+    /// Every cloud that has the database (also when the scope is unset).
+    AllClouds,
+    Cloud(&'a str),
+    Targets(&'a [pb::Target]),
+}
+
+/// One statement, ready to run.
+#[derive(Debug, Clone)]
+pub struct PlannedStatement {
+    pub index: u32,
+    pub text: String,
+    pub command: String,
+    pub class: StatementClass,
+    /// A plain read fetched through a cursor in batches (flow control).
+    pub cursorable: bool,
+}
+
+/// A positional parameter.
+#[derive(Debug, Clone)]
+pub enum ParamValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// Everything needed to run one request on each of its targets.
+#[derive(Debug)]
+pub struct Plan {
+    pub statements: Vec<PlannedStatement>,
+    pub targets: Vec<Target>,
+    /// Per target: the schema applied as search_path.
+    schemas: Vec<(Target, String)>,
+    pub timeout: Duration,
+    params: Vec<ParamValue>,
+    pub read_only: bool,
+    /// False only for a lone statement that cannot run in a transaction block.
+    pub transactional: bool,
+    /// Some statement may write (routes to the primary).
+    pub writes: bool,
+    pub confirmed_findings: Vec<pb::DangerFinding>,
+    pub row_limit: Option<u64>,
+    pub batch_size: usize,
+    pub fingerprint: u64,
+}
+
+impl Plan {
+    /// Checks a request against the config, the caller's role and the SQL's
+    /// analysis.
+    pub fn new(
+        fields: &ExecuteFields<'_>,
+        identity: &Identity,
+        config: &FleetConfig,
+        registry: &Registry,
+    ) -> Result<Self, RequestError> {
+        let limits = &config.query;
+        check_query_text(fields.query, limits)?;
+        let timeout = timeout(fields.timeout, limits)?;
+        let targets = resolve_targets(fields, registry)?;
+        for target in &targets {
+            if !identity.may_access(target) {
+                return Err(RequestError::PermissionDenied(format!(
+                    "{} may not reach {target} (API key allow-list)",
+                    identity.label()
+                )));
+            }
+        }
+        let schemas = targets
+            .iter()
+            .map(|target| {
+                let database = registry
+                    .database_config(target)
+                    .ok_or_else(|| RequestError::NotFound(format!("no target {target}")))?;
+                if fields.pg_schema.is_empty() {
+                    return Ok((
+                        target.clone(),
+                        database.effective_default_schema().unwrap_or("public").to_owned(),
+                    ));
+                }
+                if !database.schemas.iter().any(|s| s == fields.pg_schema) {
+                    return Err(RequestError::invalid(
+                        "pg_schema",
+                        format!(
+                            "{:?} is not a configured schema of {target} (configured: {})",
+                            fields.pg_schema,
+                            database.schemas.join(", ")
+                        ),
+                    ));
+                }
+                Ok((target.clone(), fields.pg_schema.to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let analysis = pgfleet_sqlcheck::analyze(fields.query).map_err(|error| {
+            let message = match error.position() {
+                Some(at) => format!("{} (line {}, column {})", error.message(), at.line, at.column),
+                None => error.message(),
+            };
+            RequestError::invalid("query", message)
+        })?;
+        if analysis.statements.is_empty() {
+            return Err(RequestError::invalid(
+                "query",
+                "contains no statement (only comments or whitespace)",
+            ));
+        }
+        check_structure(&analysis)?;
+        let read_only = fields.read_only || identity.role == Role::Reader;
+        check_roles(&analysis, identity, read_only)?;
+        let confirmed_findings = check_danger(&analysis, identity, fields.confirm_dangerous)?;
+
+        let params = params(fields.params, analysis.statements.len())?;
+        let transactional = !analysis.requires_no_transaction_block();
+        let statements = analysis
+            .statements
+            .iter()
+            .enumerate()
+            .map(|(index, statement)| PlannedStatement {
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                text: statement.span.text.clone(),
+                command: statement.command.clone(),
+                class: statement.class,
+                cursorable: transactional
+                    && statement.class == StatementClass::Read
+                    && statement.command == "SELECT",
+            })
+            .collect();
+        let batch_size = match fields.batch_size {
+            0 => DEFAULT_BATCH_SIZE,
+            n => usize::try_from(n).unwrap_or(MAX_BATCH_SIZE).min(MAX_BATCH_SIZE),
+        };
+        Ok(Self {
+            statements,
+            targets,
+            schemas,
+            timeout,
+            params,
+            read_only,
+            transactional,
+            writes: analysis.can_write(),
+            confirmed_findings,
+            row_limit: fields.row_limit,
+            batch_size,
+            fingerprint: analysis.fingerprint.0,
+        })
+    }
+
+    /// The schema applied on `target`.
+    pub fn schema_for(&self, target: &Target) -> String {
+        self.schemas
+            .iter()
+            .find(|(t, _)| t == target)
+            .map(|(_, schema)| schema.clone())
+            .unwrap_or_else(|| "public".to_owned())
+    }
+
+    /// Declared types of the parameters.
+    pub fn param_types(&self) -> Vec<PgTypeInfo> {
+        self.params
+            .iter()
+            .map(|param| match param {
+                // Unspecified: PostgreSQL infers it (a NULL fits any type).
+                ParamValue::Null => PgTypeInfo::with_oid(Oid(0)),
+                ParamValue::Bool(_) => PgTypeInfo::with_name("bool"),
+                ParamValue::Int(_) => PgTypeInfo::with_name("int8"),
+                ParamValue::Double(_) => PgTypeInfo::with_name("float8"),
+                ParamValue::Text(_) => PgTypeInfo::with_name("text"),
+                ParamValue::Bytes(_) => PgTypeInfo::with_name("bytea"),
+            })
+            .collect()
+    }
+
+    /// The parameters, bound in order.
+    pub fn arguments(&self) -> Result<PgArguments, sqlx::Error> {
+        let mut arguments = PgArguments::default();
+        for param in &self.params {
+            let added = match param {
+                ParamValue::Null => arguments.add(Option::<String>::None),
+                ParamValue::Bool(value) => arguments.add(*value),
+                ParamValue::Int(value) => arguments.add(*value),
+                ParamValue::Double(value) => arguments.add(*value),
+                ParamValue::Text(value) => arguments.add(value.clone()),
+                ParamValue::Bytes(value) => arguments.add(value.clone()),
+            };
+            added.map_err(sqlx::Error::Encode)?;
+        }
+        Ok(arguments)
+    }
+}
+
+fn check_query_text(query: &str, limits: &QueryLimits) -> Result<(), RequestError> {
+    if query.trim().is_empty() {
+        return Err(RequestError::invalid("query", "must not be empty"));
+    }
+    let size = query.len() as u64;
+    if size > limits.max_query_bytes {
+        return Err(RequestError::invalid(
+            "query",
+            format!(
+                "is {size} bytes; the limit is {} (query.max_query_bytes)",
+                limits.max_query_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn timeout(
+    requested: Option<&prost_types::Duration>,
+    limits: &QueryLimits,
+) -> Result<Duration, RequestError> {
+    let Some(requested) = requested else {
+        return Ok(limits.default_timeout);
+    };
+    let valid = requested.seconds >= 0 && (0..1_000_000_000).contains(&requested.nanos);
+    let duration = u64::try_from(requested.seconds)
+        .ok()
+        .filter(|_| valid)
+        .map(|seconds| Duration::new(seconds, u32::try_from(requested.nanos).unwrap_or(0)))
+        .ok_or_else(|| RequestError::invalid("timeout", "must be a positive duration"))?;
+    if duration.is_zero() {
+        return Ok(limits.default_timeout);
+    }
+    if duration > limits.max_timeout {
+        return Err(RequestError::invalid(
+            "timeout",
+            format!(
+                "{} is above the limit of {} (query.max_timeout)",
+                humantime::format_duration(duration),
+                humantime::format_duration(limits.max_timeout)
+            ),
+        ));
+    }
+    Ok(duration)
+}
+
+fn resolve_targets(fields: &ExecuteFields<'_>, registry: &Registry) -> Result<Vec<Target>, RequestError> {
+    match fields.scope {
+        Scope::Targets(targets) => {
+            if !fields.database.is_empty() {
+                return Err(RequestError::invalid(
+                    "database",
+                    "leave empty with an explicit target list (each target names its database)",
+                ));
+            }
+            if targets.is_empty() {
+                return Err(RequestError::invalid(
+                    "targets.targets",
+                    "name at least one target",
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            targets
+                .iter()
+                .enumerate()
+                .map(|(index, target)| {
+                    let field = |name: &str| format!("targets.targets[{index}].{name}");
+                    if target.cloud.is_empty() {
+                        return Err(RequestError::invalid(field("cloud"), "must not be empty"));
+                    }
+                    if target.database.is_empty() {
+                        return Err(RequestError::invalid(field("database"), "must not be empty"));
+                    }
+                    let resolved = Target::new(&target.cloud, &target.database);
+                    if registry.database_config(&resolved).is_none() {
+                        return Err(RequestError::NotFound(format!(
+                            "targets.targets[{index}]: no database {:?} in cloud {:?}",
+                            target.database, target.cloud
+                        )));
+                    }
+                    if !seen.insert(resolved.clone()) {
+                        return Err(RequestError::invalid(
+                            field("database"),
+                            format!("{resolved} is listed twice"),
+                        ));
+                    }
+                    Ok(resolved)
+                })
+                .collect()
+        }
+        Scope::AllClouds | Scope::Cloud(_) => {
+            if fields.database.is_empty() {
+                return Err(RequestError::invalid(
+                    "database",
+                    "must name a configured database",
+                ));
+            }
+            let all = registry.targets_for_database(fields.database);
+            if all.is_empty() {
+                return Err(RequestError::NotFound(format!(
+                    "database {:?} is not configured in any cloud",
+                    fields.database
+                )));
+            }
+            match fields.scope {
+                Scope::Cloud(cloud) => {
+                    let chosen: Vec<Target> = all.into_iter().filter(|t| t.cloud == cloud).collect();
+                    if chosen.is_empty() {
+                        let cloud_known = registry.targets().any(|t| t.cloud == cloud);
+                        return Err(RequestError::NotFound(if cloud_known {
+                            format!("cloud {cloud:?} has no database {:?}", fields.database)
+                        } else {
+                            format!("no cloud {cloud:?}")
+                        }));
+                    }
+                    Ok(chosen)
+                }
+                _ => Ok(all),
+            }
+        }
+    }
+}
+
+/// Refuses texts whose shape pgfleet cannot run faithfully.
+fn check_structure(analysis: &Analysis) -> Result<(), RequestError> {
+    if let Some(statement) = analysis.statements.iter().find(|s| s.is_transaction_control) {
+        return Err(RequestError::invalid(
+            "query",
+            format!(
+                "{} at line {}: pgfleet runs the whole text in one transaction per target and commits it itself; remove transaction control statements",
+                statement.command, statement.span.start.line
+            ),
+        ));
+    }
+    if analysis.requires_no_transaction_block() && analysis.statements.len() > 1 {
+        let statement = analysis
+            .statements
+            .iter()
+            .find(|s| s.requires_no_transaction_block)
+            .map_or_else(String::new, |s| {
+                format!("{} at line {}", s.command, s.span.start.line)
+            });
+        return Err(RequestError::invalid(
+            "query",
+            format!("{statement} cannot run inside a transaction block; send it alone, as its own request"),
+        ));
+    }
+    Ok(())
+}
+
+fn required_role(class: StatementClass) -> Role {
+    match class {
+        StatementClass::Read => Role::Reader,
+        StatementClass::Write => Role::User,
+        _ => Role::Master,
+    }
+}
+
+fn check_roles(analysis: &Analysis, identity: &Identity, read_only: bool) -> Result<(), RequestError> {
+    for (index, statement) in analysis.statements.iter().enumerate() {
+        let required = required_role(statement.class);
+        if identity.role < required {
+            let functions = statement
+                .side_effect_functions()
+                .map(|(_, function)| function.name)
+                .collect::<Vec<_>>();
+            let why = if functions.is_empty() {
+                String::new()
+            } else {
+                format!(" (calls {})", functions.join(", "))
+            };
+            return Err(RequestError::PermissionDenied(format!(
+                "statement {index} ({}, class {}){why} requires role {required}; {} has role {}",
+                statement.command,
+                statement.class,
+                identity.label(),
+                identity.role
+            )));
+        }
+        if read_only && statement.class != StatementClass::Read {
+            return Err(RequestError::invalid(
+                "read_only",
+                format!("statement {index} ({}) is not a read", statement.command),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_danger(
+    analysis: &Analysis,
+    identity: &Identity,
+    confirmed: bool,
+) -> Result<Vec<pb::DangerFinding>, RequestError> {
+    let findings: Vec<pb::DangerFinding> = analysis
+        .statements
+        .iter()
+        .enumerate()
+        .flat_map(|(index, statement)| {
+            statement.findings.iter().map(move |finding| pb::DangerFinding {
+                code: finding.code.as_str().to_uppercase(),
+                reason: finding.reason.clone(),
+                statement_index: u32::try_from(index).unwrap_or(u32::MAX),
+            })
+        })
+        .collect();
+    if findings.is_empty() {
+        return Ok(findings);
+    }
+    let listed = findings
+        .iter()
+        .map(|f| format!("statement {}: {} ({})", f.statement_index, f.code, f.reason))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if identity.role < Role::Master {
+        return Err(RequestError::PermissionDenied(format!(
+            "dangerous statements need role MASTER: {listed}"
+        )));
+    }
+    if !confirmed {
+        return Err(RequestError::FailedPrecondition(format!(
+            "dangerous statements need confirm_dangerous = true; nothing ran: {listed}"
+        )));
+    }
+    Ok(findings)
+}
+
+fn params(params: &[pb::QueryParam], statements: usize) -> Result<Vec<ParamValue>, RequestError> {
+    if params.is_empty() {
+        return Ok(Vec::new());
+    }
+    if statements > 1 {
+        return Err(RequestError::invalid(
+            "params",
+            "parameters need a single-statement query",
+        ));
+    }
+    params
+        .iter()
+        .enumerate()
+        .map(|(index, param)| {
+            if !param.type_name.is_empty() {
+                return Err(RequestError::invalid(
+                    format!("params[{index}].type_name"),
+                    "not supported yet: cast in the SQL instead, e.g. $1::numeric",
+                ));
+            }
+            use pb::query_param::Value;
+            Ok(match &param.value {
+                None => {
+                    return Err(RequestError::invalid(
+                        format!("params[{index}].value"),
+                        "must be set",
+                    ));
+                }
+                Some(Value::NullValue(_)) => ParamValue::Null,
+                Some(Value::BoolValue(v)) => ParamValue::Bool(*v),
+                Some(Value::IntValue(v)) => ParamValue::Int(*v),
+                Some(Value::DoubleValue(v)) => ParamValue::Double(*v),
+                Some(Value::TextValue(v)) => ParamValue::Text(v.clone()),
+                Some(Value::BytesValue(v)) => ParamValue::Bytes(v.clone()),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,564 @@
+//! Running a plan on one target: one connection, one transaction, each
+//! statement on its own through the extended protocol, events out as they
+//! happen, the connection reset (or dropped) before it goes back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_registry::{Checkout, Member, Registry, Route, Target};
+use sqlx::postgres::{PgDatabaseError, PgErrorPosition, PgQueryResult, PgRow};
+use sqlx::{Connection, Executor, PgConnection, SqlSafeStr, Statement};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{Plan, PlannedStatement};
+use super::values::{ResultShape, ValueError};
+
+/// Name of the cursor large reads are fetched through.
+const CURSOR: &str = "pgfleet_cursor";
+
+/// What one target reports, in order.
+#[derive(Debug)]
+pub enum TargetEvent {
+    Started {
+        replica: String,
+    },
+    Header {
+        statement: u32,
+        columns: Vec<pb::Column>,
+    },
+    Rows {
+        statement: u32,
+        rows: Vec<pb::Row>,
+    },
+    StatementDone(StatementOutcome),
+    Finished(Box<TargetOutcome>),
+}
+
+#[derive(Debug, Clone)]
+pub struct StatementOutcome {
+    pub index: u32,
+    pub command_tag: String,
+    pub rows_affected: u64,
+    pub duration: Duration,
+    /// The unary row cap cut the rows short.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetOutcome {
+    pub success: bool,
+    pub error: Option<pb::TargetError>,
+    pub duration: Duration,
+    pub failed_statement_index: Option<u32>,
+    pub outcome_unknown: bool,
+    pub replica: String,
+}
+
+/// Where a target's events go; `index` tags them with the target.
+pub struct EventSink {
+    pub index: usize,
+    pub sender: mpsc::Sender<(usize, TargetEvent)>,
+}
+
+impl EventSink {
+    /// Sends one event; waits while the consumer is behind (flow control).
+    /// False when the consumer is gone.
+    async fn send(&self, event: TargetEvent) -> bool {
+        self.sender.send((self.index, event)).await.is_ok()
+    }
+}
+
+/// Why the work on a target stopped.
+enum Stop {
+    /// PostgreSQL (or the connection) failed a statement. `shift` is the
+    /// length of text pgfleet put before the statement (the cursor's
+    /// DECLARE), taken off the error position.
+    Statement {
+        index: u32,
+        error: sqlx::Error,
+        shift: u32,
+    },
+    /// Setting up the transaction failed.
+    Setup(sqlx::Error),
+    Value {
+        index: u32,
+        error: ValueError,
+    },
+    /// The caller went away or the deadline passed.
+    Cancelled {
+        index: Option<u32>,
+    },
+}
+
+/// Runs `plan` on `target` and reports through `sink`. Never panics on
+/// database input; every outcome ends with one `Finished` event.
+pub async fn run_target(
+    registry: &Registry,
+    plan: &Plan,
+    target: &Target,
+    sink: EventSink,
+    cancel: CancellationToken,
+) {
+    let started = Instant::now();
+    let route = if plan.writes { Route::Write } else { Route::Read };
+    let acquired = tokio::select! {
+        acquired = registry.acquire(target, route) => acquired,
+        () = cancel.cancelled() => {
+            sink.send(TargetEvent::Finished(Box::new(cancelled_outcome(started, None, String::new())))).await;
+            return;
+        }
+    };
+    let mut checkout: Checkout = match acquired {
+        Ok(checkout) => checkout,
+        Err(error) => {
+            let outcome = TargetOutcome {
+                success: false,
+                error: Some(pb::TargetError {
+                    code: pb::ErrorCode::Unavailable.into(),
+                    message: error.to_string(),
+                    postgres: None,
+                }),
+                duration: started.elapsed(),
+                failed_statement_index: None,
+                outcome_unknown: false,
+                replica: String::new(),
+            };
+            sink.send(TargetEvent::Finished(Box::new(outcome))).await;
+            return;
+        }
+    };
+    let member = checkout.member.clone();
+    let replica = match &member {
+        Member::Primary => String::new(),
+        Member::Replica(name) => name.clone(),
+    };
+    if !sink
+        .send(TargetEvent::Started {
+            replica: replica.clone(),
+        })
+        .await
+    {
+        cancel.cancel();
+    }
+
+    let commit_sent = AtomicBool::new(false);
+    let mut completed = false;
+    let result = {
+        let connection = checkout.connection_mut();
+        match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+            .fetch_one(&mut *connection)
+            .await
+        {
+            Err(error) => Err(Stop::Setup(error)),
+            Ok(backend_pid) => {
+                let schema = plan.schema_for(target);
+                let work = run_statements(connection, plan, &schema, &sink, &commit_sent);
+                tokio::pin!(work);
+                // A backstop: statement_timeout should fire first.
+                let deadline = tokio::time::sleep(plan.timeout + Duration::from_secs(1));
+                tokio::pin!(deadline);
+                let first = tokio::select! {
+                    result = &mut work => Some(result),
+                    () = cancel.cancelled() => None,
+                    () = &mut deadline => None,
+                };
+                match first {
+                    Some(result) => {
+                        completed = true;
+                        result
+                    }
+                    None => {
+                        // The statement may still run on the server: cancel it
+                        // there (from another connection, as libpq does), then
+                        // let the work see the error and leave the connection
+                        // in a known state.
+                        cancel_backend(registry, target, &member, backend_pid).await;
+                        match tokio::time::timeout(Duration::from_secs(5), &mut work).await {
+                            Ok(result) => {
+                                completed = true;
+                                match result {
+                                    Ok(()) => Ok(()),
+                                    Err(Stop::Statement { index, .. } | Stop::Value { index, .. }) => {
+                                        Err(Stop::Cancelled { index: Some(index) })
+                                    }
+                                    Err(_) => Err(Stop::Cancelled { index: None }),
+                                }
+                            }
+                            Err(_) => Err(Stop::Cancelled { index: None }),
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let reusable = completed && reset(checkout.connection_mut(), result.is_ok()).await;
+    let outcome = match result {
+        Ok(()) => TargetOutcome {
+            success: true,
+            error: None,
+            duration: started.elapsed(),
+            failed_statement_index: None,
+            outcome_unknown: false,
+            replica,
+        },
+        Err(stop) => failure_outcome(stop, started, replica, commit_sent.load(Ordering::Relaxed)),
+    };
+    if !reusable {
+        // Unknown state (broken connection, cancelled mid-protocol): never
+        // hand it to the next caller.
+        let _ = checkout.connection.detach().close().await;
+    }
+    sink.send(TargetEvent::Finished(Box::new(outcome))).await;
+}
+
+/// Ends any open transaction and resets the session (`DISCARD ALL`: role,
+/// search_path, prepared statements, LISTEN, advisory locks, cursors, temp
+/// tables). False when the connection must not be reused.
+async fn reset(connection: &mut PgConnection, succeeded: bool) -> bool {
+    if !succeeded {
+        // Harmless outside a transaction (a warning only).
+        if sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
+            return false;
+        }
+    }
+    // sqlx caches prepared statements by text; DISCARD ALL drops them on the
+    // server, so the cache must go first or the next caller gets errors.
+    if connection.clear_cached_statements().await.is_err() {
+        return false;
+    }
+    sqlx::raw_sql("DISCARD ALL")
+        .execute(&mut *connection)
+        .await
+        .is_ok()
+}
+
+/// Runs every statement of the plan, in one transaction unless the plan says
+/// otherwise.
+async fn run_statements(
+    connection: &mut PgConnection,
+    plan: &Plan,
+    schema: &str,
+    sink: &EventSink,
+    commit_sent: &AtomicBool,
+) -> Result<(), Stop> {
+    if plan.transactional {
+        let begin = if plan.read_only {
+            "BEGIN READ ONLY"
+        } else {
+            "BEGIN"
+        };
+        sqlx::query(begin)
+            .execute(&mut *connection)
+            .await
+            .map_err(Stop::Setup)?;
+    }
+    // Local to the transaction when there is one; otherwise for the session,
+    // which DISCARD ALL resets afterwards. The schema is an identifier,
+    // quoted by PostgreSQL, never spliced.
+    let timeout_ms = plan.timeout.as_millis().to_string();
+    sqlx::query(
+        "SELECT set_config('statement_timeout', $1, $3), set_config('search_path', quote_ident($2), $3)",
+    )
+    .bind(&timeout_ms)
+    .bind(schema)
+    .bind(plan.transactional)
+    .execute(&mut *connection)
+    .await
+    .map_err(Stop::Setup)?;
+    for statement in &plan.statements {
+        run_statement(connection, plan, statement, sink).await?;
+    }
+    if plan.transactional {
+        commit_sent.store(true, Ordering::Relaxed);
+        sqlx::query("COMMIT")
+            .execute(&mut *connection)
+            .await
+            .map_err(|error| Stop::Statement {
+                index: plan.statements.last().map_or(0, |s| s.index),
+                error,
+                shift: 0,
+            })?;
+    }
+    Ok(())
+}
+
+async fn run_statement(
+    connection: &mut PgConnection,
+    plan: &Plan,
+    statement: &PlannedStatement,
+    sink: &EventSink,
+) -> Result<(), Stop> {
+    let index = statement.index;
+    let fail = |error| Stop::Statement {
+        index,
+        error,
+        shift: 0,
+    };
+    let started = Instant::now();
+    let (tag, rows_affected, truncated) = if statement.cursorable {
+        let prefix = format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR ");
+        let shift = u32::try_from(prefix.chars().count()).unwrap_or(0);
+        let fail_declare = |error| Stop::Statement { index, error, shift };
+        let declared = (&mut *connection)
+            .prepare_with(
+                sqlx::AssertSqlSafe(format!("{prefix}{}", statement.text)).into_sql_str(),
+                &plan.param_types(),
+            )
+            .await
+            .map_err(fail_declare)?;
+        declared
+            .query_with(plan.arguments().map_err(fail)?)
+            .execute(&mut *connection)
+            .await
+            .map_err(fail_declare)?;
+        let fetch_sql = format!("FETCH FORWARD {} FROM {CURSOR}", plan.batch_size);
+        let fetch = (&mut *connection)
+            .prepare(sqlx::AssertSqlSafe(fetch_sql).into_sql_str())
+            .await
+            .map_err(fail)?;
+        let shape = ResultShape::of(fetch.columns(), connection).await.map_err(fail)?;
+        sink.send(TargetEvent::Header {
+            statement: index,
+            columns: shape.columns.clone(),
+        })
+        .await;
+        let mut total: u64 = 0;
+        let mut truncated = false;
+        loop {
+            let rows: Vec<PgRow> = fetch.query().fetch_all(&mut *connection).await.map_err(fail)?;
+            let fetched = rows.len();
+            let keep = match plan.row_limit {
+                Some(limit) => {
+                    let room = usize::try_from(limit.saturating_sub(total)).unwrap_or(usize::MAX);
+                    truncated = fetched > room;
+                    fetched.min(room)
+                }
+                None => fetched,
+            };
+            if keep > 0 {
+                let converted = shape
+                    .convert(&rows[..keep], connection)
+                    .await
+                    .map_err(|error| Stop::Value { index, error })?;
+                total += keep as u64;
+                sink.send(TargetEvent::Rows {
+                    statement: index,
+                    rows: converted,
+                })
+                .await;
+            }
+            if truncated || fetched < plan.batch_size {
+                break;
+            }
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!("CLOSE {CURSOR}")))
+            .execute(&mut *connection)
+            .await
+            .map_err(fail)?;
+        ("SELECT".to_owned(), total, truncated)
+    } else {
+        let prepared = (&mut *connection)
+            .prepare_with(
+                sqlx::AssertSqlSafe(statement.text.clone()).into_sql_str(),
+                &plan.param_types(),
+            )
+            .await
+            .map_err(fail)?;
+        let shape = ResultShape::of(prepared.columns(), connection)
+            .await
+            .map_err(fail)?;
+        // A statement returns rows (SELECT, ... RETURNING, SHOW) or a count.
+        let (mut rows, affected): (Vec<PgRow>, u64) = if shape.columns.is_empty() {
+            let done = prepared
+                .query_with(plan.arguments().map_err(fail)?)
+                .execute(&mut *connection)
+                .await
+                .map_err(fail)?;
+            (Vec::new(), PgQueryResult::rows_affected(&done))
+        } else {
+            let rows = prepared
+                .query_with(plan.arguments().map_err(fail)?)
+                .fetch_all(&mut *connection)
+                .await
+                .map_err(fail)?;
+            (rows, 0)
+        };
+        let returned = rows.len() as u64;
+        let mut truncated = false;
+        if let Some(limit) = plan.row_limit
+            && returned > limit
+        {
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            truncated = true;
+        }
+        if !shape.columns.is_empty() {
+            sink.send(TargetEvent::Header {
+                statement: index,
+                columns: shape.columns.clone(),
+            })
+            .await;
+            for chunk in rows.chunks(plan.batch_size.max(1)) {
+                let converted = shape
+                    .convert(chunk, connection)
+                    .await
+                    .map_err(|error| Stop::Value { index, error })?;
+                sink.send(TargetEvent::Rows {
+                    statement: index,
+                    rows: converted,
+                })
+                .await;
+            }
+        }
+        let count = if affected == 0 { returned } else { affected };
+        (statement.command.clone(), count, truncated)
+    };
+    sink.send(TargetEvent::StatementDone(StatementOutcome {
+        index,
+        command_tag: command_tag(&tag, rows_affected),
+        rows_affected,
+        duration: started.elapsed(),
+        truncated,
+    }))
+    .await;
+    Ok(())
+}
+
+/// PostgreSQL's command tag, rebuilt (sqlx does not expose the server's):
+/// `INSERT 0 n`, `UPDATE n`, `SELECT n`, or the bare command for DDL.
+fn command_tag(command: &str, rows: u64) -> String {
+    match command {
+        "INSERT" => format!("INSERT 0 {rows}"),
+        "UPDATE" | "DELETE" | "MERGE" | "SELECT" | "FETCH" | "MOVE" | "COPY" => format!("{command} {rows}"),
+        other => other.to_owned(),
+    }
+}
+
+async fn cancel_backend(registry: &Registry, target: &Target, member: &Member, pid: i32) {
+    let Some(pool) = registry.pool(target, member) else {
+        return;
+    };
+    let options = pool.connect_options();
+    match PgConnection::connect_with(&options).await {
+        Ok(mut connection) => {
+            let cancelled = sqlx::query_scalar::<_, bool>("SELECT pg_cancel_backend($1)")
+                .bind(pid)
+                .fetch_one(&mut connection)
+                .await;
+            tracing::debug!(%target, pid, ?cancelled, "cancelled the running statement");
+            let _ = connection.close().await;
+        }
+        Err(error) => tracing::warn!(%target, %error, "could not connect to cancel a statement"),
+    }
+}
+
+fn cancelled_outcome(started: Instant, index: Option<u32>, replica: String) -> TargetOutcome {
+    TargetOutcome {
+        success: false,
+        error: Some(pb::TargetError {
+            code: pb::ErrorCode::Cancelled.into(),
+            message: "cancelled: the call was cancelled or its deadline passed; the statement was cancelled on the server".to_owned(),
+            postgres: None,
+        }),
+        duration: started.elapsed(),
+        failed_statement_index: index,
+        outcome_unknown: false,
+        replica,
+    }
+}
+
+fn failure_outcome(stop: Stop, started: Instant, replica: String, commit_sent: bool) -> TargetOutcome {
+    let (index, error) = match stop {
+        Stop::Cancelled { index } => return cancelled_outcome(started, index, replica),
+        Stop::Setup(error) => (None, target_error(&error)),
+        Stop::Statement { index, error, shift } => {
+            let mut error = target_error(&error);
+            if let Some(postgres) = error.postgres.as_mut()
+                && postgres.position > shift
+            {
+                postgres.position -= shift;
+            }
+            (Some(index), error)
+        }
+        Stop::Value { index, error } => (
+            Some(index),
+            pb::TargetError {
+                code: pb::ErrorCode::Internal.into(),
+                message: error.to_string(),
+                postgres: None,
+            },
+        ),
+    };
+    // Lost after COMMIT was sent: it may or may not have committed.
+    let outcome_unknown = commit_sent && error.code == i32::from(pb::ErrorCode::Unavailable);
+    TargetOutcome {
+        success: false,
+        error: Some(error),
+        duration: started.elapsed(),
+        failed_statement_index: index,
+        outcome_unknown,
+        replica,
+    }
+}
+
+/// A PostgreSQL or connection error as a target error, every field kept.
+pub fn target_error(error: &sqlx::Error) -> pb::TargetError {
+    match error {
+        sqlx::Error::Database(database) => {
+            let Some(pg) = database.try_downcast_ref::<PgDatabaseError>() else {
+                return pb::TargetError {
+                    code: pb::ErrorCode::Aborted.into(),
+                    message: database.message().to_owned(),
+                    postgres: None,
+                };
+            };
+            let code = match pg.code() {
+                "57014" => pb::ErrorCode::DeadlineExceeded,
+                "25006" | "42501" => pb::ErrorCode::PermissionDenied,
+                _ => pb::ErrorCode::Aborted,
+            };
+            let (position, internal_position, internal_query) = match pg.position() {
+                Some(PgErrorPosition::Original(at)) => (at, 0, String::new()),
+                Some(PgErrorPosition::Internal { position, query }) => (0, position, query.to_owned()),
+                None => (0, 0, String::new()),
+            };
+            let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            pb::TargetError {
+                code: code.into(),
+                message: pg.message().to_owned(),
+                postgres: Some(pb::PostgresError {
+                    sqlstate: pg.code().to_owned(),
+                    severity: format!("{:?}", pg.severity()).to_uppercase(),
+                    message: pg.message().to_owned(),
+                    detail: pg.detail().unwrap_or_default().to_owned(),
+                    hint: pg.hint().unwrap_or_default().to_owned(),
+                    position: as_u32(position),
+                    internal_position: as_u32(internal_position),
+                    internal_query,
+                    r#where: pg.r#where().unwrap_or_default().to_owned(),
+                    schema_name: pg.schema().unwrap_or_default().to_owned(),
+                    table_name: pg.table().unwrap_or_default().to_owned(),
+                    column_name: pg.column().unwrap_or_default().to_owned(),
+                    data_type_name: pg.data_type().unwrap_or_default().to_owned(),
+                    constraint_name: pg.constraint().unwrap_or_default().to_owned(),
+                }),
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => pb::TargetError {
+            code: pb::ErrorCode::Unavailable.into(),
+            message: format!("connection lost: {error}"),
+            postgres: None,
+        },
+        other => pb::TargetError {
+            code: pb::ErrorCode::Unknown.into(),
+            message: other.to_string(),
+            postgres: None,
+        },
+    }
+}

@@ -1,0 +1,470 @@
+//! QueryService against real databases standing for clouds.
+
+mod support;
+
+use std::time::Duration;
+
+use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
+use pgfleet_server::identity::Role;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+use support::{Fleet, bearer, channel, login};
+
+fn client(channel: &Channel) -> QueryServiceClient<Channel> {
+    QueryServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
+}
+
+fn execute(query: &str, database: &str) -> pb::ExecuteRequest {
+    pb::ExecuteRequest {
+        query: query.to_owned(),
+        database: database.to_owned(),
+        scope: Some(pb::execute_request::Scope::AllClouds(pb::AllClouds {})),
+        ..Default::default()
+    }
+}
+
+fn cell_text(cell: &pb::Cell) -> String {
+    use pb::cell::Kind;
+    match &cell.kind {
+        Some(Kind::NullValue(_)) | None => "NULL".to_owned(),
+        Some(Kind::BoolValue(v)) => if *v { "t" } else { "f" }.to_owned(),
+        Some(Kind::IntValue(v)) => v.to_string(),
+        Some(Kind::DoubleValue(v)) => v.to_string(),
+        Some(Kind::TextValue(v) | Kind::JsonValue(v) | Kind::FormattedValue(v)) => v.clone(),
+        Some(Kind::BytesValue(v)) => {
+            format!("\\x{}", v.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+    }
+}
+
+/// A running fleet with a logged-in user of each role.
+struct Session {
+    fleet: Fleet,
+    server: pgfleet_server::app::RunningServer,
+    channel: Channel,
+    master: String,
+    user: String,
+    reader: String,
+}
+
+async fn session(extra: &str) -> anyhow::Result<Session> {
+    let fleet = Fleet::create().await?;
+    let server = fleet.start(extra).await?;
+    let channel = channel(&server).await?;
+    let mut tokens = Vec::new();
+    for (name, role) in [
+        ("q-master", Role::Master),
+        ("q-user", Role::User),
+        ("q-reader", Role::Reader),
+    ] {
+        let password = fleet.create_user(name, role).await?;
+        tokens.push(login(&channel, name, &password).await?);
+    }
+    let reader = tokens.pop().unwrap_or_default();
+    let user = tokens.pop().unwrap_or_default();
+    let master = tokens.pop().unwrap_or_default();
+    Ok(Session {
+        fleet,
+        server,
+        channel,
+        master,
+        user,
+        reader,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fans_out_to_every_cloud_and_reports_each_target() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let response = client(&s.channel)
+        .execute(bearer(
+            execute("SELECT current_database() AS db, 41 + 1 AS answer", "app"),
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    assert!(response.success, "{response:?}");
+    assert_eq!(response.results.len(), 2);
+    for result in &response.results {
+        let target = result.target.as_ref().expect("target");
+        let expected_db = s
+            .fleet
+            .databases
+            .iter()
+            .find(|(cloud, name, _)| *cloud == target.cloud && *name == target.database)
+            .map(|(_, _, db)| db.name().to_owned())
+            .expect("configured");
+        let statement = &result.statements[0];
+        assert_eq!(statement.command_tag, "SELECT 1");
+        assert_eq!(statement.columns[0].name, "db");
+        assert_eq!(statement.columns[0].type_name, "name");
+        assert_eq!(statement.columns[1].type_name, "integer");
+        let row = &statement.rows[0];
+        assert_eq!(cell_text(&row.cells[0]), expected_db);
+        assert_eq!(cell_text(&row.cells[1]), "42");
+    }
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+/// A third cloud, "azure", whose `app` database sits behind a fault proxy.
+struct ProxiedCloud {
+    database: pgfleet_testkit::TestDatabase,
+    proxy: pgfleet_testkit::FaultProxy,
+}
+
+impl ProxiedCloud {
+    async fn start() -> anyhow::Result<Self> {
+        let database = pgfleet_testkit::TestDatabase::create("q_azure_app").await?;
+        let proxy =
+            pgfleet_testkit::FaultProxy::start(format!("{}:{}", database.host(), database.port())).await?;
+        Ok(Self { database, proxy })
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "[[clouds]]\nname = 'azure'\n[[clouds.databases]]\nname = 'app'\nhost = '127.0.0.1'\nport = {}\n\
+             user = '{}'\ndatabase = '{}'\nsslmode = 'disable'\nschemas = ['public']\n",
+            self.proxy.port(),
+            self.database.user(),
+            self.database.name()
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_target_fails_alone_and_the_others_succeed() -> anyhow::Result<()> {
+    let azure = ProxiedCloud::start().await?;
+    let s = session(&azure.toml()).await?;
+    azure.proxy.cut();
+    let response = client(&s.channel)
+        .execute(bearer(execute("SELECT 1 AS one", "app"), &s.reader))
+        .await?
+        .into_inner();
+    assert!(!response.success, "partial failure is not success");
+    assert_eq!(response.results.len(), 3);
+    for result in &response.results {
+        let cloud = result
+            .target
+            .as_ref()
+            .map(|t| t.cloud.as_str())
+            .unwrap_or_default();
+        if cloud == "azure" {
+            assert!(!result.success);
+            let error = result.error.as_ref().expect("error");
+            assert_eq!(error.code, pb::ErrorCode::Unavailable as i32, "{error:?}");
+            assert!(error.message.contains("azure/app"), "{}", error.message);
+        } else {
+            assert!(result.success, "{cloud}: {result:?}");
+            assert_eq!(cell_text(&result.statements[0].rows[0].cells[0]), "1");
+        }
+    }
+    // Back again: all three answer.
+    azure.proxy.pass();
+    let response = client(&s.channel)
+        .execute(bearer(execute("SELECT 1 AS one", "app"), &s.reader))
+        .await?
+        .into_inner();
+    assert!(response.success, "{response:?}");
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_statement_rolls_back_its_target_only() -> anyhow::Result<()> {
+    let s = session("").await?;
+    for (cloud, name, db) in &s.fleet.databases {
+        if name != "app" {
+            continue;
+        }
+        let pool = db.pool().await?;
+        sqlx::query("CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL)")
+            .execute(&pool)
+            .await?;
+        if cloud == "gcp" {
+            sqlx::query("INSERT INTO accounts VALUES (2, 'already here')")
+                .execute(&pool)
+                .await?;
+        }
+        pool.close().await;
+    }
+    let text = "INSERT INTO accounts VALUES (1, 'first');\nINSERT INTO accounts VALUES (2, 'second')";
+    let response = client(&s.channel)
+        .execute(bearer(execute(text, "app"), &s.user))
+        .await?
+        .into_inner();
+    assert!(!response.success);
+    for result in &response.results {
+        let cloud = result
+            .target
+            .as_ref()
+            .map(|t| t.cloud.clone())
+            .unwrap_or_default();
+        let db = &s
+            .fleet
+            .databases
+            .iter()
+            .find(|(c, n, _)| *c == cloud && n == "app")
+            .expect("db")
+            .2;
+        let pool = db.pool().await?;
+        let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM accounts ORDER BY id")
+            .fetch_all(&pool)
+            .await?;
+        pool.close().await;
+        if cloud == "aws" {
+            assert!(result.success, "{result:?}");
+            assert_eq!(
+                result
+                    .statements
+                    .iter()
+                    .map(|s| s.command_tag.as_str())
+                    .collect::<Vec<_>>(),
+                ["INSERT 0 1", "INSERT 0 1"]
+            );
+            assert_eq!(ids, [1, 2]);
+        } else {
+            assert!(!result.success);
+            assert_eq!(result.failed_statement_index, Some(1));
+            let postgres = result
+                .error
+                .as_ref()
+                .and_then(|e| e.postgres.clone())
+                .expect("postgres error");
+            assert_eq!(postgres.sqlstate, "23505");
+            assert_eq!(postgres.detail, "Key (id)=(2) already exists.");
+            assert_eq!(postgres.constraint_name, "accounts_pkey");
+            assert_eq!(postgres.table_name, "accounts");
+            assert_eq!(ids, [2], "statement 0 was rolled back on gcp");
+        }
+    }
+
+    // Errors keep hint and position too.
+    let response = client(&s.channel)
+        .execute(bearer(
+            execute("SELECT nosuchcolumn FROM accounts", "app"),
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    let postgres = response.results[0]
+        .error
+        .as_ref()
+        .and_then(|e| e.postgres.clone())
+        .expect("error");
+    assert_eq!(postgres.sqlstate, "42703");
+    assert_eq!(postgres.position, 8);
+    let response = client(&s.channel)
+        .execute(bearer(execute("SELECT * FROM acounts", "app"), &s.reader))
+        .await?
+        .into_inner();
+    let postgres = response.results[0]
+        .error
+        .as_ref()
+        .and_then(|e| e.postgres.clone())
+        .expect("error");
+    assert_eq!(postgres.sqlstate, "42P01");
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_are_refused_precisely_before_anything_runs() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let mut query = client(&s.channel);
+    let cases: Vec<(pb::ExecuteRequest, Code, &str)> = vec![
+        (execute("", "app"), Code::InvalidArgument, "query"),
+        (
+            execute("   -- only a comment\n", "app"),
+            Code::InvalidArgument,
+            "query",
+        ),
+        (
+            execute(&format!("SELECT '{}'", "x".repeat(2 * 1024 * 1024)), "app"),
+            Code::InvalidArgument,
+            "query",
+        ),
+        (execute("SELECT 1", "nope"), Code::NotFound, ""),
+        (execute("SELECT 1", ""), Code::InvalidArgument, "database"),
+        (
+            pb::ExecuteRequest {
+                scope: Some(pb::execute_request::Scope::Cloud("oracle-cloud".to_owned())),
+                ..execute("SELECT 1", "app")
+            },
+            Code::NotFound,
+            "",
+        ),
+        (
+            pb::ExecuteRequest {
+                pg_schema: "secret_schema".to_owned(),
+                ..execute("SELECT 1", "app")
+            },
+            Code::InvalidArgument,
+            "pg_schema",
+        ),
+        (
+            pb::ExecuteRequest {
+                timeout: Some(prost_types::Duration {
+                    seconds: 301,
+                    nanos: 0,
+                }),
+                ..execute("SELECT 1", "app")
+            },
+            Code::InvalidArgument,
+            "timeout",
+        ),
+        (
+            execute("SELECT 1;\nSELEC 2", "app"),
+            Code::InvalidArgument,
+            "query",
+        ),
+        (
+            execute("BEGIN; SELECT 1; COMMIT", "app"),
+            Code::InvalidArgument,
+            "query",
+        ),
+        (execute("VACUUM; SELECT 1", "app"), Code::InvalidArgument, "query"),
+    ];
+    for (request, code, field) in cases {
+        let shown = request.query.chars().take(40).collect::<String>();
+        let status = query
+            .execute(bearer(request, &s.master))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), code, "{shown:?}: {}", status.message());
+        if !field.is_empty() {
+            let details = status.get_error_details();
+            let violation = details.bad_request().map(|b| b.field_violations[0].field.clone());
+            assert_eq!(violation.as_deref(), Some(field), "{shown:?}");
+        }
+    }
+    let parse = query
+        .execute(bearer(execute("SELECT 1;\nSELEC 2", "app"), &s.master))
+        .await
+        .expect_err("parse error");
+    assert!(
+        parse.message().contains("line 2, column 1"),
+        "{}",
+        parse.message()
+    );
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dangerous_statements_need_master_and_confirmation() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let mut query = client(&s.channel);
+    query
+        .execute(bearer(execute("CREATE TABLE doomed (id int)", "app"), &s.master))
+        .await?;
+    let as_user = query
+        .execute(bearer(execute("DROP TABLE doomed", "app"), &s.user))
+        .await
+        .expect_err("USER");
+    assert_eq!(as_user.code(), Code::PermissionDenied);
+    let unconfirmed = query
+        .execute(bearer(
+            execute("DELETE FROM doomed; DROP TABLE doomed", "app"),
+            &s.master,
+        ))
+        .await
+        .expect_err("unconfirmed");
+    assert_eq!(unconfirmed.code(), Code::FailedPrecondition);
+    for finding in ["DELETE_WITHOUT_WHERE", "DROP"] {
+        assert!(
+            unconfirmed.message().contains(finding),
+            "{}",
+            unconfirmed.message()
+        );
+    }
+    for (_, name, db) in &s.fleet.databases {
+        if name == "app" {
+            let pool = db.pool().await?;
+            let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('doomed')::text")
+                .fetch_one(&pool)
+                .await?;
+            assert_eq!(exists.as_deref(), Some("doomed"), "nothing ran");
+            pool.close().await;
+        }
+    }
+    let confirmed = query
+        .execute(bearer(
+            pb::ExecuteRequest {
+                confirm_dangerous: true,
+                ..execute("DROP TABLE doomed", "app")
+            },
+            &s.master,
+        ))
+        .await?
+        .into_inner();
+    assert!(confirmed.success, "{confirmed:?}");
+    assert_eq!(confirmed.confirmed_findings[0].code, "DROP");
+    assert_eq!(confirmed.results[0].statements[0].command_tag, "DROP TABLE");
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_and_cancellation_stop_the_statement_on_the_server() -> anyhow::Result<()> {
+    let s = session("").await?;
+    // statement_timeout from the request's timeout.
+    let response = client(&s.channel)
+        .execute(bearer(
+            pb::ExecuteRequest {
+                timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                scope: Some(pb::execute_request::Scope::Cloud("aws".to_owned())),
+                ..execute("SELECT pg_sleep(20)", "app")
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    let error = response.results[0].error.clone().expect("timed out");
+    assert_eq!(error.code, pb::ErrorCode::DeadlineExceeded as i32, "{error:?}");
+    assert_eq!(error.postgres.map(|p| p.sqlstate).as_deref(), Some("57014"));
+
+    // The client's deadline passes: the server-side statement is cancelled.
+    let marker = format!("cancel-me-{}", uuid::Uuid::new_v4().simple());
+    let mut request = bearer(
+        pb::ExecuteRequest {
+            scope: Some(pb::execute_request::Scope::Cloud("aws".to_owned())),
+            ..execute(&format!("SELECT pg_sleep(30), '{marker}'"), "app")
+        },
+        &s.reader,
+    );
+    request.set_timeout(Duration::from_millis(1500));
+    let status = client(&s.channel).execute(request).await.expect_err("deadline");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    let admin = sqlx::PgPool::connect(&pgfleet_testkit::pg_admin_url()).await?;
+    let running = || {
+        let admin = admin.clone();
+        let marker = marker.clone();
+        async move {
+            let count: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+            )
+            .bind(&marker)
+            .fetch_one(&admin)
+            .await?;
+            Ok::<bool, sqlx::Error>(count == 0)
+        }
+    };
+    pgfleet_testkit::wait_until(Duration::from_secs(1), Duration::from_millis(50), running).await?;
+    admin.close().await;
+
+    // The pool is usable afterwards.
+    let after = client(&s.channel)
+        .execute(bearer(execute("SELECT 1", "app"), &s.reader))
+        .await?
+        .into_inner();
+    assert!(after.success);
+    s.server.shutdown().await?;
+    Ok(())
+}
