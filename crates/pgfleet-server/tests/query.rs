@@ -468,3 +468,186 @@ async fn timeouts_and_cancellation_stop_the_statement_on_the_server() -> anyhow:
     s.server.shutdown().await?;
     Ok(())
 }
+
+/// Expressions of at least 40 PostgreSQL types; each must come back as psql
+/// prints it (typed cells compared by value).
+const TYPED_EXPRESSIONS: &[&str] = &[
+    "true",
+    "32767::int2",
+    "(-2147483648)::int4",
+    "9223372036854775807::int8",
+    "1.5::float4",
+    "'NaN'::float8",
+    "'-Infinity'::float8",
+    "0.1::float8",
+    "123456789012345678901234567890.123456789::numeric",
+    "'NaN'::numeric",
+    "'Infinity'::numeric",
+    "'hello, world'::text",
+    "'ab'::varchar(5)",
+    "'ab'::char(5)",
+    "'x'::\"char\"",
+    "'a_name'::name",
+    "'\\x00ff10'::bytea",
+    "'{\"b\": 1, \"a\": [1, 2]}'::json",
+    "'{\"b\": 1, \"a\": [1, 2]}'::jsonb",
+    "'2024-02-29'::date",
+    "'0044-03-15 BC'::date",
+    "'infinity'::date",
+    "'13:45:07.123456'::time",
+    "'13:45:07+05:30'::timetz",
+    "'2024-02-29 13:45:07.5'::timestamp",
+    "'2024-02-29 13:45:07.5+02'::timestamptz",
+    "'-infinity'::timestamptz",
+    "'1 year 2 months 3 days 04:05:06.789'::interval",
+    "'-1 day -00:00:01'::interval",
+    "ARRAY[1, NULL, 3]::int4[]",
+    "ARRAY['a b', 'c\"d', NULL, '']::text[]",
+    "'{{1,2},{3,4}}'::int8[]",
+    "ARRAY['2024-01-01'::date]",
+    "int4range(1, 10)",
+    "'[2024-01-01,2024-02-01)'::daterange",
+    "tstzrange('2024-01-01 00:00+00', '2024-01-02 00:00+00')",
+    "numrange(1.5, 2.5, '[]')",
+    "'happy'::mood",
+    "5::positive_int",
+    "ROW(1, 'x y')::pair",
+    "point(1.5, 2)",
+    "line '{1,2,3}'",
+    "lseg '[(0,0),(1,1)]'",
+    "box '(1,1),(0,0)'",
+    "path '[(0,0),(1,1),(2,0)]'",
+    "polygon '((0,0),(1,1),(1,0))'",
+    "circle '<(1,1),2>'",
+    "'192.168.1.1'::inet",
+    "'2001:db8::1/64'::inet",
+    "'10.0.0.0/8'::cidr",
+    "'08:00:2b:01:02:03'::macaddr",
+    "'08:00:2b:01:02:03:04:05'::macaddr8",
+    "B'1011'::bit(4)",
+    "B'101'::varbit",
+    "12.34::money",
+    "'a1b2c3d4-0000-4000-8000-000000000001'::uuid",
+    "'<a>x</a>'::xml",
+    "'fat cat'::tsvector",
+    "'fat & cat'::tsquery",
+    "'0/16B3748'::pg_lsn",
+    "'pg_class'::regclass",
+    "42::oid",
+    "'\"a\"=>\"1\", \"b\"=>NULL'::hstore",
+    "'Mixed Case'::citext",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_type_comes_back_as_psql_prints_it() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let aws_app = &s
+        .fleet
+        .databases
+        .iter()
+        .find(|(c, n, _)| c == "aws" && n == "app")
+        .expect("aws app")
+        .2;
+    let pool = aws_app.pool().await?;
+    for setup in [
+        "CREATE TYPE mood AS ENUM ('sad', 'happy')",
+        "CREATE DOMAIN positive_int AS int CHECK (VALUE > 0)",
+        "CREATE TYPE pair AS (a int, b text)",
+        "CREATE EXTENSION IF NOT EXISTS hstore",
+        "CREATE EXTENSION IF NOT EXISTS citext",
+    ] {
+        sqlx::query(setup).execute(&pool).await?;
+    }
+    pool.close().await;
+    assert!(TYPED_EXPRESSIONS.len() >= 60);
+
+    let select = format!(
+        "SELECT {}, NULL::int AS nothing",
+        TYPED_EXPRESSIONS
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{e} AS c{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let response = client(&s.channel)
+        .execute(bearer(
+            pb::ExecuteRequest {
+                scope: Some(pb::execute_request::Scope::Cloud("aws".to_owned())),
+                ..execute(&select, "app")
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    assert!(response.success, "{:?}", response.results[0].error);
+    let statement = &response.results[0].statements[0];
+    let cells = &statement.rows[0].cells;
+
+    // psql itself, same server, UTC and ISO dates as pgfleet's sessions.
+    let output = std::process::Command::new("psql")
+        .env("PGTZ", "UTC")
+        .env("PGDATESTYLE", "ISO, MDY")
+        .args(["-X", "-A", "-t", "-F", "\u{1f}", "-v", "ON_ERROR_STOP=1"])
+        .args([
+            "-h",
+            aws_app.host(),
+            "-p",
+            &aws_app.port().to_string(),
+            "-U",
+            aws_app.user(),
+            "-d",
+            aws_app.name(),
+        ])
+        .args(["-c", &select])
+        .output()?;
+    assert!(
+        output.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let psql = String::from_utf8(output.stdout)?;
+    let expected: Vec<&str> = psql.trim_end_matches('\n').split('\u{1f}').collect();
+    assert_eq!(expected.len(), TYPED_EXPRESSIONS.len() + 1);
+
+    let mut mismatches = Vec::new();
+    for (index, expression) in TYPED_EXPRESSIONS.iter().enumerate() {
+        let cell = &cells[index];
+        let want = expected[index];
+        let matches = match &cell.kind {
+            Some(pb::cell::Kind::DoubleValue(got)) => match want {
+                "NaN" => got.is_nan(),
+                "Infinity" => *got == f64::INFINITY,
+                "-Infinity" => *got == f64::NEG_INFINITY,
+                text => text.parse::<f64>().is_ok_and(|w| w == *got),
+            },
+            _ => cell_text(cell) == want,
+        };
+        if !matches {
+            mismatches.push(format!(
+                "{expression} ({}): pgfleet {:?} vs psql {want:?}",
+                statement.columns[index].type_name, cell.kind
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    assert!(matches!(
+        cells.last().and_then(|c| c.kind.clone()),
+        Some(pb::cell::Kind::NullValue(_))
+    ));
+    // Typed cells where protobuf has a type for it.
+    assert!(matches!(cells[0].kind, Some(pb::cell::Kind::BoolValue(true))));
+    assert!(matches!(cells[3].kind, Some(pb::cell::Kind::IntValue(i64::MAX))));
+    assert!(matches!(cells[5].kind, Some(pb::cell::Kind::DoubleValue(v)) if v.is_nan()));
+    assert!(matches!(&cells[16].kind, Some(pb::cell::Kind::BytesValue(b)) if b == &[0, 0xff, 0x10]));
+    assert!(matches!(&cells[18].kind, Some(pb::cell::Kind::JsonValue(_))));
+    assert_eq!(statement.columns[25].type_name, "timestamp with time zone");
+    assert_eq!(statement.columns[37].type_name, "mood");
+    s.server.shutdown().await?;
+    Ok(())
+}

@@ -8,9 +8,11 @@ use pgfleet_config::{FleetConfig, QueryLimits};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Registry, Target};
 use pgfleet_sqlcheck::{Analysis, StatementClass};
-use sqlx::Arguments;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgArguments, PgTypeInfo};
+use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgTypeInfo};
+use sqlx::{Arguments, Encode, Postgres, Type};
 
 use crate::identity::{Identity, Role};
 use crate::request_error::RequestError;
@@ -194,28 +196,12 @@ impl Plan {
             .unwrap_or_else(|| "public".to_owned())
     }
 
-    /// Declared types of the parameters.
-    pub fn param_types(&self) -> Vec<PgTypeInfo> {
-        self.params
-            .iter()
-            .map(|param| match param {
-                // Unspecified: PostgreSQL infers it (a NULL fits any type).
-                ParamValue::Null => PgTypeInfo::with_oid(Oid(0)),
-                ParamValue::Bool(_) => PgTypeInfo::with_name("bool"),
-                ParamValue::Int(_) => PgTypeInfo::with_name("int8"),
-                ParamValue::Double(_) => PgTypeInfo::with_name("float8"),
-                ParamValue::Text(_) => PgTypeInfo::with_name("text"),
-                ParamValue::Bytes(_) => PgTypeInfo::with_name("bytea"),
-            })
-            .collect()
-    }
-
     /// The parameters, bound in order.
     pub fn arguments(&self) -> Result<PgArguments, sqlx::Error> {
         let mut arguments = PgArguments::default();
         for param in &self.params {
             let added = match param {
-                ParamValue::Null => arguments.add(Option::<String>::None),
+                ParamValue::Null => arguments.add(UntypedNull),
                 ParamValue::Bool(value) => arguments.add(*value),
                 ParamValue::Int(value) => arguments.add(*value),
                 ParamValue::Double(value) => arguments.add(*value),
@@ -492,4 +478,20 @@ fn params(params: &[pb::QueryParam], statements: usize) -> Result<Vec<ParamValue
             })
         })
         .collect()
+}
+
+/// A NULL parameter of no declared type, so PostgreSQL infers it from the
+/// statement (`WHERE id = $1` makes it an integer) instead of failing on text.
+struct UntypedNull;
+
+impl Type<Postgres> for UntypedNull {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(0))
+    }
+}
+
+impl Encode<'_, Postgres> for UntypedNull {
+    fn encode_by_ref(&self, _: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        Ok(IsNull::Yes)
+    }
 }

@@ -5,10 +5,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt as _;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Checkout, Member, Registry, Route, Target};
 use sqlx::postgres::{PgDatabaseError, PgErrorPosition, PgQueryResult, PgRow};
-use sqlx::{Connection, Executor, PgConnection, SqlSafeStr, Statement};
+use sqlx::{Connection, Either, Executor, PgConnection, Row as _, SqlSafeStr};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -300,34 +301,35 @@ async fn run_statement(
     let (tag, rows_affected, truncated) = if statement.cursorable {
         let prefix = format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR ");
         let shift = u32::try_from(prefix.chars().count()).unwrap_or(0);
-        let fail_declare = |error| Stop::Statement { index, error, shift };
-        let declared = (&mut *connection)
-            .prepare_with(
-                sqlx::AssertSqlSafe(format!("{prefix}{}", statement.text)).into_sql_str(),
-                &plan.param_types(),
-            )
-            .await
-            .map_err(fail_declare)?;
-        declared
-            .query_with(plan.arguments().map_err(fail)?)
-            .execute(&mut *connection)
-            .await
-            .map_err(fail_declare)?;
+        sqlx::query_with(
+            sqlx::AssertSqlSafe(format!("{prefix}{}", statement.text)),
+            plan.arguments().map_err(fail)?,
+        )
+        .execute(&mut *connection)
+        .await
+        .map_err(|error| Stop::Statement { index, error, shift })?;
         let fetch_sql = format!("FETCH FORWARD {} FROM {CURSOR}", plan.batch_size);
-        let fetch = (&mut *connection)
-            .prepare(sqlx::AssertSqlSafe(fetch_sql).into_sql_str())
-            .await
-            .map_err(fail)?;
-        let shape = ResultShape::of(fetch.columns(), connection).await.map_err(fail)?;
-        sink.send(TargetEvent::Header {
-            statement: index,
-            columns: shape.columns.clone(),
-        })
-        .await;
+        let mut shape: Option<ResultShape> = None;
         let mut total: u64 = 0;
         let mut truncated = false;
         loop {
-            let rows: Vec<PgRow> = fetch.query().fetch_all(&mut *connection).await.map_err(fail)?;
+            let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(fetch_sql.clone()))
+                .fetch_all(&mut *connection)
+                .await
+                .map_err(fail)?;
+            if shape.is_none() {
+                let described = match rows.first() {
+                    Some(row) => ResultShape::of(row.columns(), connection).await.map_err(fail)?,
+                    // No row to learn the columns from: describe the cursor.
+                    None => describe(connection, &fetch_sql).await,
+                };
+                sink.send(TargetEvent::Header {
+                    statement: index,
+                    columns: described.columns.clone(),
+                })
+                .await;
+                shape = Some(described);
+            }
             let fetched = rows.len();
             let keep = match plan.row_limit {
                 Some(limit) => {
@@ -337,7 +339,9 @@ async fn run_statement(
                 }
                 None => fetched,
             };
-            if keep > 0 {
+            if let Some(shape) = &shape
+                && keep > 0
+            {
                 let converted = shape
                     .convert(&rows[..keep], connection)
                     .await
@@ -359,32 +363,25 @@ async fn run_statement(
             .map_err(fail)?;
         ("SELECT".to_owned(), total, truncated)
     } else {
-        let prepared = (&mut *connection)
-            .prepare_with(
-                sqlx::AssertSqlSafe(statement.text.clone()).into_sql_str(),
-                &plan.param_types(),
+        // A statement returns rows (SELECT ... FOR UPDATE, ... RETURNING,
+        // SHOW) or a count; fetch_many sees both. Its deprecation is about
+        // several statements in one text, which pgfleet never sends.
+        let mut rows: Vec<PgRow> = Vec::new();
+        let mut affected: u64 = 0;
+        {
+            #[allow(deprecated)]
+            let mut results = sqlx::query_with(
+                sqlx::AssertSqlSafe(statement.text.clone()),
+                plan.arguments().map_err(fail)?,
             )
-            .await
-            .map_err(fail)?;
-        let shape = ResultShape::of(prepared.columns(), connection)
-            .await
-            .map_err(fail)?;
-        // A statement returns rows (SELECT, ... RETURNING, SHOW) or a count.
-        let (mut rows, affected): (Vec<PgRow>, u64) = if shape.columns.is_empty() {
-            let done = prepared
-                .query_with(plan.arguments().map_err(fail)?)
-                .execute(&mut *connection)
-                .await
-                .map_err(fail)?;
-            (Vec::new(), PgQueryResult::rows_affected(&done))
-        } else {
-            let rows = prepared
-                .query_with(plan.arguments().map_err(fail)?)
-                .fetch_all(&mut *connection)
-                .await
-                .map_err(fail)?;
-            (rows, 0)
-        };
+            .fetch_many(&mut *connection);
+            while let Some(item) = results.try_next().await.map_err(fail)? {
+                match item {
+                    Either::Left(done) => affected += PgQueryResult::rows_affected(&done),
+                    Either::Right(row) => rows.push(row),
+                }
+            }
+        }
         let returned = rows.len() as u64;
         let mut truncated = false;
         if let Some(limit) = plan.row_limit
@@ -393,6 +390,11 @@ async fn run_statement(
             rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
             truncated = true;
         }
+        let shape = match rows.first() {
+            Some(row) => ResultShape::of(row.columns(), connection).await.map_err(fail)?,
+            None if returns_rows(&statement.command) => describe(connection, &statement.text).await,
+            None => ResultShape::empty(),
+        };
         if !shape.columns.is_empty() {
             sink.send(TargetEvent::Header {
                 statement: index,
@@ -423,6 +425,32 @@ async fn run_statement(
     }))
     .await;
     Ok(())
+}
+
+/// Commands that may return rows even when none came back.
+fn returns_rows(command: &str) -> bool {
+    matches!(
+        command,
+        "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "SHOW" | "EXPLAIN" | "FETCH"
+    )
+}
+
+/// The columns of `sql` without running it, for results with no rows.
+/// sqlx cannot describe some types (multiranges); then the header is left
+/// empty rather than failing a statement that succeeded.
+async fn describe(connection: &mut PgConnection, sql: &str) -> ResultShape {
+    let described = (&mut *connection)
+        .describe(sqlx::AssertSqlSafe(sql.to_owned()).into_sql_str())
+        .await;
+    match described {
+        Ok(description) => ResultShape::of(description.columns(), connection)
+            .await
+            .unwrap_or_else(|_| ResultShape::empty()),
+        Err(error) => {
+            tracing::debug!(%error, "could not describe an empty result");
+            ResultShape::empty()
+        }
+    }
 }
 
 /// PostgreSQL's command tag, rebuilt (sqlx does not expose the server's):

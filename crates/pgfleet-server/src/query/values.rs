@@ -84,6 +84,14 @@ pub struct ResultShape {
 }
 
 impl ResultShape {
+    /// No columns (a statement that returns none).
+    pub fn empty() -> Self {
+        Self {
+            columns: Vec::new(),
+            decodings: Vec::new(),
+        }
+    }
+
     /// The shape of `row`'s result; type names come from PostgreSQL's
     /// `format_type` (e.g. `timestamp with time zone`, `integer[]`).
     pub async fn of(columns: &[PgColumn], connection: &mut PgConnection) -> Result<Self, sqlx::Error> {
