@@ -34,6 +34,8 @@ pub(crate) struct MemberState {
     pub(crate) last_error: Option<String>,
     pub(crate) last_error_at: Option<DateTime<Utc>>,
     pub(crate) last_checked_at: Option<DateTime<Utc>>,
+    /// Probes failed since the last successful one.
+    pub(crate) consecutive_failures: u32,
 }
 
 impl MemberState {
@@ -61,20 +63,24 @@ pub struct MemberHealth {
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
     pub last_checked_at: Option<DateTime<Utc>>,
+    /// Probes failed in a row (connection failures of callers not counted).
+    pub consecutive_failures: u32,
 }
 
 impl MemberHealth {
     pub(crate) fn from_entry(target: &Target, member: &MemberEntry) -> Self {
         let state = member.state.lock();
-        let (status, latency, last_error, last_error_at, last_checked_at) = match &state {
+        let (status, latency, last_error, last_error_at, last_checked_at, consecutive_failures) = match &state
+        {
             Ok(s) => (
                 s.status,
                 s.latency,
                 s.last_error.clone(),
                 s.last_error_at,
                 s.last_checked_at,
+                s.consecutive_failures,
             ),
-            Err(_) => (HealthStatus::Unknown, None, None, None, None),
+            Err(_) => (HealthStatus::Unknown, None, None, None, None, 0),
         };
         Self {
             target: target.clone(),
@@ -87,6 +93,7 @@ impl MemberHealth {
             last_error,
             last_error_at,
             last_checked_at,
+            consecutive_failures,
         }
     }
 }
@@ -148,6 +155,7 @@ async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
     state.last_checked_at = Some(Utc::now());
     match outcome {
         Ok(Ok(latency)) => {
+            state.consecutive_failures = 0;
             state.latency = Some(latency);
             state.status = if latency > config.degraded_latency {
                 HealthStatus::Degraded
@@ -157,9 +165,11 @@ async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
         }
         Ok(Err(error)) => {
             tracing::debug!(%target, member = %member.member, %error, "health probe failed");
+            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
             state.record_error(error.to_string());
         }
         Err(_) => {
+            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
             state.record_error(format!(
                 "no answer within {}",
                 humantime_duration(config.probe_timeout)

@@ -651,3 +651,153 @@ async fn every_type_comes_back_as_psql_prints_it() -> anyhow::Result<()> {
     s.server.shutdown().await?;
     Ok(())
 }
+
+/// Writes hidden in texts a READER may send. Each must be refused before
+/// running or fail inside PostgreSQL's READ ONLY transaction.
+const HIDDEN_WRITES: &[&str] = &[
+    "WITH gone AS (DELETE FROM guard RETURNING *) SELECT * FROM gone",
+    "SELECT * INTO stolen FROM guard",
+    "CREATE TABLE stolen AS SELECT * FROM guard",
+    "SELECT nextval('seq')",
+    "SELECT setval('seq', 100)",
+    "SELECT * FROM guard FOR UPDATE",
+    "SELECT writes()",
+    "SELECT v FROM guard WHERE writes() > 0",
+    "COPY guard TO PROGRAM 'touch /tmp/pgfleet-pwned'",
+    "COPY guard FROM STDIN",
+    "DO $$ BEGIN DELETE FROM guard; END $$",
+    "CALL wipe()",
+    "SET ROLE postgres",
+    "SET SESSION AUTHORIZATION postgres",
+    "SELECT set_config('default_transaction_read_only', 'off', false)",
+    "LOCK TABLE guard IN ACCESS EXCLUSIVE MODE",
+    "NOTIFY pgfleet_channel, 'hello'",
+    "PREPARE wipe_it AS DELETE FROM guard",
+    "EXECUTE wipe_it",
+    "SELECT 1; /* just a comment */ DELETE FROM guard",
+    "SELECT 1 -- comment\n; DELETE FROM guard",
+    "COMMIT; DELETE FROM guard",
+    "SELECT 1; SET TRANSACTION READ WRITE; DELETE FROM guard",
+    "SET TRANSACTION READ WRITE",
+    "EXPLAIN ANALYZE DELETE FROM guard",
+    "SELECT pg_advisory_lock(1)",
+    "SELECT dblink_exec('dbname=postgres', 'DELETE FROM guard')",
+    "SELECT pg_read_file('/etc/hostname')",
+    "SELECT lo_import('/etc/hostname')",
+    "SELECT pg_terminate_backend(pg_backend_pid())",
+    "SELECT pg_cancel_backend(1)",
+    "TRUNCATE guard",
+    "INSERT INTO guard VALUES (2)",
+    "UPDATE guard SET v = 3",
+    "DELETE FROM guard WHERE v = 1",
+    "MERGE INTO guard USING (SELECT 1 AS v) s ON guard.v = s.v WHEN MATCHED THEN DELETE",
+    "LISTEN pgfleet_channel",
+    "DISCARD ALL",
+    "VACUUM guard",
+    "ALTER SEQUENCE seq RESTART WITH 50",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_cannot_write_whatever_the_sql_hides() -> anyhow::Result<()> {
+    let s = session("").await?;
+    for (_, name, db) in &s.fleet.databases {
+        if name != "app" {
+            continue;
+        }
+        let pool = db.pool().await?;
+        for setup in [
+            "CREATE TABLE guard (v int)",
+            "INSERT INTO guard VALUES (1)",
+            "CREATE SEQUENCE seq",
+            "CREATE FUNCTION writes() RETURNS int LANGUAGE sql AS 'INSERT INTO guard VALUES (99) RETURNING v'",
+            "CREATE PROCEDURE wipe() LANGUAGE sql AS 'DELETE FROM guard'",
+        ] {
+            sqlx::query(setup).execute(&pool).await?;
+        }
+        pool.close().await;
+    }
+    let mut outcomes = Vec::new();
+    for text in HIDDEN_WRITES {
+        let result = client(&s.channel)
+            .execute(bearer(execute(text, "app"), &s.reader))
+            .await;
+        let outcome = match result {
+            Err(status) => {
+                assert!(
+                    matches!(status.code(), Code::PermissionDenied | Code::InvalidArgument),
+                    "{text}: {status:?}"
+                );
+                format!("refused ({:?})", status.code())
+            }
+            Ok(response) => {
+                let response = response.into_inner();
+                assert!(!response.success, "{text} succeeded for a READER: {response:?}");
+                let codes: Vec<String> = response
+                    .results
+                    .iter()
+                    .map(|r| {
+                        r.error
+                            .as_ref()
+                            .and_then(|e| e.postgres.as_ref())
+                            .map_or_else(String::new, |p| p.sqlstate.clone())
+                    })
+                    .collect();
+                // 25006: read-only transaction; 42501: insufficient privilege.
+                assert!(
+                    codes.iter().all(|c| c == "25006" || c == "42501"),
+                    "{text}: {codes:?}"
+                );
+                format!("failed in PostgreSQL ({})", codes.join(","))
+            }
+        };
+        outcomes.push(format!("{text:?} -> {outcome}"));
+    }
+    // A dollar-quoted string that only looks like statements is just a read.
+    let harmless = client(&s.channel)
+        .execute(bearer(
+            execute("SELECT $$; DELETE FROM guard; $$ AS text", "app"),
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    assert!(harmless.success);
+    // read_only = true holds for a USER too.
+    let read_only = client(&s.channel)
+        .execute(bearer(
+            pb::ExecuteRequest {
+                read_only: true,
+                ..execute("DELETE FROM guard WHERE v = 1", "app")
+            },
+            &s.user,
+        ))
+        .await
+        .expect_err("read_only");
+    assert_eq!(read_only.code(), Code::InvalidArgument);
+
+    for (_, name, db) in &s.fleet.databases {
+        if name != "app" {
+            continue;
+        }
+        let pool = db.pool().await?;
+        let rows: Vec<i32> = sqlx::query_scalar("SELECT v FROM guard ORDER BY v")
+            .fetch_all(&pool)
+            .await?;
+        assert_eq!(rows, [1], "guard changed; outcomes:\n{}", outcomes.join("\n"));
+        let (last, called): (i64, bool) = sqlx::query_as("SELECT last_value, is_called FROM seq")
+            .fetch_one(&pool)
+            .await?;
+        assert_eq!((last, called), (1, false), "sequence advanced");
+        let stolen: Option<String> = sqlx::query_scalar("SELECT to_regclass('stolen')::text")
+            .fetch_one(&pool)
+            .await?;
+        assert_eq!(stolen, None);
+        let locks: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            .fetch_one(&pool)
+            .await?;
+        assert_eq!(locks, 0, "no advisory lock leaked");
+        pool.close().await;
+    }
+    assert!(!std::path::Path::new("/tmp/pgfleet-pwned").exists());
+    s.server.shutdown().await?;
+    Ok(())
+}

@@ -1,26 +1,45 @@
-//! `pgfleet.v1.FleetService`: configuration, health and catalog introspection.
+//! `pgfleet.v1.FleetService`: what the fleet is (configuration), how it is
+//! doing (the health monitor's last probes) and what a target holds (schemas
+//! and tables, read live from its catalog for clients that build pickers).
+//!
+//! Secrets never leave: responses are built field by field from the
+//! configuration and no password field is ever read here. Connection details
+//! (host, port, user) go to MASTER only. API keys see only the targets in
+//! their allow-list: other targets are left out of the configuration and the
+//! health report, and introspecting them is PERMISSION_DENIED.
+//!
+//! Catalog queries are fixed statements with bind parameters: a schema or
+//! table name from a request is never spliced into SQL.
 
-use pgfleet_proto::pgfleet::v1::{
-    GetConfigurationRequest, GetConfigurationResponse, GetHealthRequest, GetHealthResponse,
-    ListSchemasRequest, ListSchemasResponse, ListTablesRequest, ListTablesResponse, fleet_service_server,
-};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use pgfleet_config::FleetConfig;
-use pgfleet_registry::Registry;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use pgfleet_config::{ConnectionConfig, DatabaseConfig, FleetConfig, ReadPreference, SslMode};
+use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_proto::pgfleet::v1::fleet_service_server;
+use pgfleet_registry::{HealthStatus, Member, MemberHealth, Registry, Route, Target};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::types::Oid;
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tonic::{Request, Response, Status};
 
-use super::not_implemented;
+use super::convert::timestamp;
+use crate::identity::{Identity, Principal, Role};
+use crate::request_error::RequestError;
 
-/// The issue that implements this service.
-const ISSUE: u32 = 4;
+/// Page size when a request asks for none.
+const DEFAULT_PAGE_SIZE: i64 = 100;
+/// Largest page a request may ask for.
+const MAX_PAGE_SIZE: i64 = 1000;
 
 /// Serves `pgfleet.v1.FleetService`.
 #[derive(Clone)]
 pub struct FleetService {
-    #[allow(dead_code)] // used as the RPCs land (issue #4)
     registry: Arc<Registry>,
-    #[allow(dead_code)]
     config: Arc<FleetConfig>,
 }
 
@@ -28,35 +47,690 @@ impl FleetService {
     pub fn new(registry: Arc<Registry>, config: Arc<FleetConfig>) -> Self {
         Self { registry, config }
     }
+
+    /// The configured target a request names, with its configuration, once
+    /// the caller may touch it.
+    fn resolve_target(
+        &self,
+        identity: &Identity,
+        wire: Option<&pb::Target>,
+    ) -> Result<(Target, DatabaseConfig), RequestError> {
+        let wire = wire.ok_or_else(|| RequestError::invalid("target", "required"))?;
+        if wire.cloud.is_empty() {
+            return Err(RequestError::invalid("target.cloud", "required"));
+        }
+        if wire.database.is_empty() {
+            return Err(RequestError::invalid("target.database", "required"));
+        }
+        let target = Target::new(&wire.cloud, &wire.database);
+        let Some(database) = self.registry.database_config(&target) else {
+            return Err(RequestError::NotFound(
+                if self.config.clouds.iter().any(|cloud| cloud.name == wire.cloud) {
+                    format!("no database {:?} in cloud {:?}", wire.database, wire.cloud)
+                } else {
+                    format!("no cloud {:?}", wire.cloud)
+                },
+            ));
+        };
+        if !identity.may_access(&target) {
+            return Err(RequestError::PermissionDenied(format!(
+                "this API key may not access {target}"
+            )));
+        }
+        Ok((target, database.clone()))
+    }
+
+    /// NOT_FOUND for a GetHealth filter that names nothing configured.
+    fn check_health_filter(&self, cloud: &str, database: &str) -> Result<(), RequestError> {
+        let clouds = &self.config.clouds;
+        if !cloud.is_empty() && !clouds.iter().any(|c| c.name == cloud) {
+            return Err(RequestError::NotFound(format!("no cloud {cloud:?}")));
+        }
+        if database.is_empty() {
+            return Ok(());
+        }
+        let exists = clouds
+            .iter()
+            .filter(|c| cloud.is_empty() || c.name == cloud)
+            .any(|c| c.databases.iter().any(|d| d.name == database));
+        match (exists, cloud.is_empty()) {
+            (true, _) => Ok(()),
+            (false, true) => Err(RequestError::NotFound(format!(
+                "no database {database:?} in any cloud"
+            ))),
+            (false, false) => Err(RequestError::NotFound(format!(
+                "no database {database:?} in cloud {cloud:?}"
+            ))),
+        }
+    }
+
+    fn target_health(&self, health: MemberHealth, now: DateTime<Utc>) -> pb::TargetHealth {
+        // Every snapshot entry comes from a configured target; the default
+        // only guards against a registry built from another config.
+        let max_size = self
+            .registry
+            .database_config(&health.target)
+            .map_or(0, |database| database.pool.max_connections);
+        let status = wire_status(&health, max_size, self.config.health.interval, now);
+        pb::TargetHealth {
+            target: Some(wire_target(&health.target)),
+            replica: match &health.member {
+                Member::Primary => String::new(),
+                Member::Replica(name) => name.clone(),
+            },
+            status: status.into(),
+            latency: health.latency.map(duration),
+            pool: Some(pb::PoolStats {
+                size: health.pool_size,
+                idle: health.pool_idle,
+                waiting: health.pool_waiting,
+                max_size,
+            }),
+            last_error: health.last_error.unwrap_or_default(),
+            last_error_at: health.last_error_at.map(timestamp),
+            last_checked_at: health.last_checked_at.map(timestamp),
+            consecutive_failures: health.consecutive_failures,
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl fleet_service_server::FleetService for FleetService {
     async fn get_configuration(
         &self,
-        _request: Request<GetConfigurationRequest>,
-    ) -> Result<Response<GetConfigurationResponse>, Status> {
-        Err(not_implemented("FleetService/GetConfiguration", ISSUE))
+        request: Request<pb::GetConfigurationRequest>,
+    ) -> Result<Response<pb::GetConfigurationResponse>, Status> {
+        let identity = Identity::of(&request)?;
+        let show_connections = identity.role >= Role::Master;
+        let is_api_key = matches!(identity.principal, Principal::ApiKey { .. });
+        let clouds = self
+            .config
+            .clouds
+            .iter()
+            .enumerate()
+            .filter_map(|(index, cloud)| {
+                let databases: Vec<pb::DatabaseInfo> = cloud
+                    .databases
+                    .iter()
+                    .filter(|database| identity.may_access(&Target::new(&cloud.name, &database.name)))
+                    .map(|database| database_info(database, show_connections))
+                    .collect();
+                // A key sees no trace of a cloud it may touch nothing in.
+                (!is_api_key || !databases.is_empty()).then(|| pb::Cloud {
+                    name: cloud.name.clone(),
+                    // The legacy loader puts the `primary` cloud first; native
+                    // configurations have no other notion of a primary cloud.
+                    primary: index == 0,
+                    databases,
+                })
+            })
+            .collect();
+        let limits = &self.config.query;
+        Ok(Response::new(pb::GetConfigurationResponse {
+            clouds,
+            limits: Some(pb::QueryLimits {
+                default_timeout: Some(duration(limits.default_timeout)),
+                max_timeout: Some(duration(limits.max_timeout)),
+                max_query_bytes: limits.max_query_bytes,
+                max_rows: limits.max_rows_per_statement,
+            }),
+        }))
     }
 
     async fn get_health(
         &self,
-        _request: Request<GetHealthRequest>,
-    ) -> Result<Response<GetHealthResponse>, Status> {
-        Err(not_implemented("FleetService/GetHealth", ISSUE))
+        request: Request<pb::GetHealthRequest>,
+    ) -> Result<Response<pb::GetHealthResponse>, Status> {
+        let identity = Identity::of(&request)?;
+        let filter = request.get_ref();
+        self.check_health_filter(&filter.cloud, &filter.database)?;
+        let now = Utc::now();
+        let targets = self
+            .registry
+            .health_snapshot()
+            .into_iter()
+            .filter(|health| filter.cloud.is_empty() || health.target.cloud == filter.cloud)
+            .filter(|health| filter.database.is_empty() || health.target.database == filter.database)
+            .filter(|health| identity.may_access(&health.target))
+            .map(|health| self.target_health(health, now))
+            .collect();
+        Ok(Response::new(pb::GetHealthResponse { targets }))
     }
 
     async fn list_schemas(
         &self,
-        _request: Request<ListSchemasRequest>,
-    ) -> Result<Response<ListSchemasResponse>, Status> {
-        Err(not_implemented("FleetService/ListSchemas", ISSUE))
+        request: Request<pb::ListSchemasRequest>,
+    ) -> Result<Response<pb::ListSchemasResponse>, Status> {
+        let identity = Identity::of(&request)?.clone();
+        let message = request.into_inner();
+        let limit = page_size(message.page_size)?;
+        let token = PageToken::decode(&message.page_token)?;
+        let (target, database) = self.resolve_target(&identity, message.target.as_ref())?;
+        let after = match token {
+            Some(token) => Some(token.position_for(&target, None)?),
+            None => None,
+        };
+
+        let mut checkout = self
+            .registry
+            .acquire(&target, Route::Read)
+            .await
+            .map_err(RequestError::from)?;
+        let read = async {
+            let mut transaction =
+                begin_catalog_read(checkout.connection_mut(), self.config.query.default_timeout).await?;
+            let rows: Vec<(String, String)> = sqlx::query_as(concat!(
+                "SELECT n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text ",
+                "FROM pg_catalog.pg_namespace AS n ",
+                "WHERE ($1::name IS NULL OR n.nspname > $1::name) ",
+                // Temporary schemas of other sessions are system schemas too.
+                "AND ($2 OR n.nspname::text !~ ",
+                "'^(pg_catalog|information_schema|pg_toast|pg_temp_[0-9]+|pg_toast_temp_[0-9]+)$') ",
+                "ORDER BY n.nspname LIMIT $3"
+            ))
+            .bind(after)
+            .bind(message.include_system)
+            .bind(limit + 1)
+            .fetch_all(&mut *transaction)
+            .await?;
+            transaction.commit().await?;
+            Ok::<_, sqlx::Error>(rows)
+        }
+        .await;
+        let mut rows = match read {
+            Ok(rows) => rows,
+            Err(error) => {
+                // The connection's state is unknown after a failure.
+                checkout.connection.close_on_drop();
+                return Err(catalog_error(&target, error).into());
+            }
+        };
+        drop(checkout);
+
+        let next_page_token = next_page(&mut rows, limit, |(name, _)| {
+            PageToken::new(&target, None, name).encode()
+        });
+        let schemas = rows
+            .into_iter()
+            .map(|(name, owner)| pb::SchemaInfo {
+                configured: database.schemas.contains(&name),
+                name,
+                owner,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSchemasResponse {
+            schemas,
+            next_page_token,
+        }))
     }
 
     async fn list_tables(
         &self,
-        _request: Request<ListTablesRequest>,
-    ) -> Result<Response<ListTablesResponse>, Status> {
-        Err(not_implemented("FleetService/ListTables", ISSUE))
+        request: Request<pb::ListTablesRequest>,
+    ) -> Result<Response<pb::ListTablesResponse>, Status> {
+        let identity = Identity::of(&request)?.clone();
+        let message = request.into_inner();
+        let limit = page_size(message.page_size)?;
+        let token = PageToken::decode(&message.page_token)?;
+        let (target, database) = self.resolve_target(&identity, message.target.as_ref())?;
+        let schema = if message.schema.is_empty() {
+            database
+                .effective_default_schema()
+                .ok_or_else(|| {
+                    RequestError::invalid("schema", "required: the database has no default schema")
+                })?
+                .to_owned()
+        } else {
+            message.schema.clone()
+        };
+        let after = match token {
+            Some(token) => Some(token.position_for(&target, Some(&schema))?),
+            None => None,
+        };
+
+        let mut checkout = self
+            .registry
+            .acquire(&target, Route::Read)
+            .await
+            .map_err(RequestError::from)?;
+        let read = async {
+            let mut transaction =
+                begin_catalog_read(checkout.connection_mut(), self.config.query.default_timeout).await?;
+            let namespace: Option<Oid> =
+                sqlx::query_scalar("SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1::name")
+                    .bind(&schema)
+                    .fetch_optional(&mut *transaction)
+                    .await?;
+            let Some(namespace) = namespace else {
+                return Ok(None);
+            };
+            let tables: Vec<TableRow> = sqlx::query_as(concat!(
+                "SELECT c.oid, c.relname::text AS name, c.relkind::text AS kind, ",
+                // Never analyzed is -1 from PostgreSQL 14 on, 0 before.
+                "CASE WHEN c.reltuples < 0 THEN -1 ELSE c.reltuples::bigint END AS estimated_rows, ",
+                "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint AS k ",
+                "WHERE k.conrelid = c.oid AND k.contype = 'p') AS has_primary_key, ",
+                "COALESCE(pg_catalog.obj_description(c.oid, 'pg_class'), '') AS comment ",
+                "FROM pg_catalog.pg_class AS c ",
+                "WHERE c.relnamespace = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ",
+                "AND ($2::name IS NULL OR c.relname > $2::name) ",
+                "ORDER BY c.relname LIMIT $3"
+            ))
+            .bind(namespace)
+            .bind(&after)
+            .bind(limit + 1)
+            .fetch_all(&mut *transaction)
+            .await?;
+            let columns: Vec<ColumnRow> = if message.include_columns && !tables.is_empty() {
+                let oids: Vec<Oid> = tables.iter().map(|table| table.oid).collect();
+                sqlx::query_as(concat!(
+                    "SELECT a.attrelid AS table_oid, a.attname::text AS name, ",
+                    "pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name, ",
+                    "a.atttypid AS type_oid, NOT a.attnotnull AS nullable, ",
+                    // conkey is an ordinary 1-based array (indkey is 0-based).
+                    "COALESCE(pg_catalog.array_position(k.conkey, a.attnum), 0) AS primary_key_position, ",
+                    // A generated column's expression is not a default.
+                    "COALESCE(CASE WHEN a.attgenerated = '' ",
+                    "THEN pg_catalog.pg_get_expr(d.adbin, d.adrelid) END, '') AS default_expression ",
+                    "FROM pg_catalog.pg_attribute AS a ",
+                    "LEFT JOIN pg_catalog.pg_constraint AS k ON k.conrelid = a.attrelid AND k.contype = 'p' ",
+                    "LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum ",
+                    "WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped ",
+                    "ORDER BY a.attrelid, a.attnum"
+                ))
+                .bind(oids)
+                .fetch_all(&mut *transaction)
+                .await?
+            } else {
+                Vec::new()
+            };
+            transaction.commit().await?;
+            Ok::<_, sqlx::Error>(Some((tables, columns)))
+        }
+        .await;
+        let (mut tables, columns) = match read {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return Err(RequestError::NotFound(format!("no schema {schema:?} on {target}")).into());
+            }
+            Err(error) => {
+                // The connection's state is unknown after a failure.
+                checkout.connection.close_on_drop();
+                return Err(catalog_error(&target, error).into());
+            }
+        };
+        drop(checkout);
+
+        let next_page_token = next_page(&mut tables, limit, |table| {
+            PageToken::new(&target, Some(&schema), &table.name).encode()
+        });
+        let mut columns_by_table = group_columns(columns);
+        let tables = tables
+            .into_iter()
+            .map(|table| {
+                let columns = columns_by_table.remove(&table.oid.0).unwrap_or_default();
+                table.into_wire(&schema, columns)
+            })
+            .collect();
+        Ok(Response::new(pb::ListTablesResponse {
+            tables,
+            next_page_token,
+        }))
+    }
+}
+
+/// One relation of a ListTables page.
+#[derive(sqlx::FromRow)]
+struct TableRow {
+    oid: Oid,
+    name: String,
+    kind: String,
+    estimated_rows: i64,
+    has_primary_key: bool,
+    comment: String,
+}
+
+impl TableRow {
+    fn into_wire(self, schema: &str, columns: Vec<pb::ColumnInfo>) -> pb::TableInfo {
+        let kind = match self.kind.as_str() {
+            "r" => pb::TableKind::Table,
+            "p" => pb::TableKind::PartitionedTable,
+            "v" => pb::TableKind::View,
+            "m" => pb::TableKind::MaterializedView,
+            "f" => pb::TableKind::ForeignTable,
+            _ => pb::TableKind::Unspecified,
+        };
+        pb::TableInfo {
+            schema: schema.to_owned(),
+            name: self.name,
+            kind: kind.into(),
+            estimated_rows: self.estimated_rows,
+            has_primary_key: self.has_primary_key,
+            comment: self.comment,
+            columns,
+        }
+    }
+}
+
+/// One column of a table of a ListTables page.
+#[derive(sqlx::FromRow)]
+struct ColumnRow {
+    table_oid: Oid,
+    name: String,
+    type_name: String,
+    type_oid: Oid,
+    nullable: bool,
+    primary_key_position: i32,
+    default_expression: String,
+}
+
+/// Columns by table OID, each table's in position order.
+fn group_columns(rows: Vec<ColumnRow>) -> HashMap<u32, Vec<pb::ColumnInfo>> {
+    let mut tables: HashMap<u32, Vec<pb::ColumnInfo>> = HashMap::new();
+    for row in rows {
+        tables.entry(row.table_oid.0).or_default().push(pb::ColumnInfo {
+            name: row.name,
+            type_name: row.type_name,
+            type_oid: row.type_oid.0,
+            nullable: row.nullable,
+            // array_position gives 1..=32 (the index column limit) or 0.
+            primary_key_position: u32::try_from(row.primary_key_position).unwrap_or(0),
+            default_expression: row.default_expression,
+        });
+    }
+    tables
+}
+
+/// What a page token holds: where the page ends and what it was issued for,
+/// so a token cannot silently be replayed against another listing.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct PageToken {
+    cloud: String,
+    database: String,
+    /// The listed schema for ListTables; none for ListSchemas.
+    schema: Option<String>,
+    /// Name of the last entry of the previous page.
+    after: String,
+}
+
+impl PageToken {
+    fn new(target: &Target, schema: Option<&str>, after: &str) -> Self {
+        Self {
+            cloud: target.cloud.clone(),
+            database: target.database.clone(),
+            schema: schema.map(str::to_owned),
+            after: after.to_owned(),
+        }
+    }
+
+    fn encode(&self) -> String {
+        // Serializing plain strings cannot fail; an empty token would only
+        // end the listing early.
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// None for the first page.
+    fn decode(token: &str) -> Result<Option<Self>, RequestError> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .map(Some)
+            .ok_or_else(|| RequestError::invalid("page_token", "not a token this server issued"))
+    }
+
+    /// The position to continue after, if the token belongs to this listing.
+    fn position_for(self, target: &Target, schema: Option<&str>) -> Result<String, RequestError> {
+        if self.cloud != target.cloud || self.database != target.database || self.schema.as_deref() != schema
+        {
+            return Err(RequestError::invalid(
+                "page_token",
+                "was issued for another target or schema",
+            ));
+        }
+        Ok(self.after)
+    }
+}
+
+/// The row limit for a requested page size.
+fn page_size(requested: i32) -> Result<i64, RequestError> {
+    match requested {
+        ..0 => Err(RequestError::invalid("page_size", "must not be negative")),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n => Ok(i64::from(n).min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// Cuts `rows` (fetched with one extra row) to `limit` and returns the token
+/// of the next page, empty when this one is the last.
+fn next_page<T>(rows: &mut Vec<T>, limit: i64, token_after: impl Fn(&T) -> String) -> String {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() <= limit {
+        return String::new();
+    }
+    rows.truncate(limit);
+    rows.last().map(token_after).unwrap_or_default()
+}
+
+/// A read-only transaction whose statements stop after `timeout`, so a slow
+/// or locked catalog cannot hold a picker (and a pooled connection) forever.
+async fn begin_catalog_read(
+    connection: &mut PgConnection,
+    timeout: Duration,
+) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+    let mut transaction = connection.begin_with("BEGIN READ ONLY").await?;
+    sqlx::query("SELECT pg_catalog.set_config('statement_timeout', $1, true)")
+        .bind(format!("{}ms", timeout.as_millis().max(1)))
+        .execute(&mut *transaction)
+        .await?;
+    Ok(transaction)
+}
+
+/// A failed catalog read: UNAVAILABLE (naming the target) when the target or
+/// the connection failed, INTERNAL (details logged only) otherwise.
+fn catalog_error(target: &Target, error: sqlx::Error) -> RequestError {
+    let timed_out = matches!(&error, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"));
+    if timed_out {
+        return RequestError::Unavailable(format!("{target}: the catalog query timed out"));
+    }
+    let connection_failed = pgfleet_registry::is_transient(&error)
+        || matches!(error, sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed)
+        || matches!(&error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("57P")));
+    if connection_failed {
+        RequestError::Unavailable(format!("{target}: reading the catalog failed: {error}"))
+    } else {
+        RequestError::Internal(format!("{target}: catalog query failed: {error}"))
+    }
+}
+
+/// The wire status of a member. A member that answers is still DEGRADED when
+/// its pool is saturated or it failed within the last probe interval.
+fn wire_status(
+    health: &MemberHealth,
+    max_size: u32,
+    interval: Duration,
+    now: DateTime<Utc>,
+) -> pb::HealthStatus {
+    match health.status {
+        HealthStatus::Unknown if health.last_checked_at.is_none() => pb::HealthStatus::Unspecified,
+        HealthStatus::Unknown => pb::HealthStatus::Unknown,
+        HealthStatus::Unhealthy => pb::HealthStatus::Unhealthy,
+        HealthStatus::Degraded => pb::HealthStatus::Degraded,
+        HealthStatus::Healthy => {
+            let saturated = health.pool_waiting > 0 && health.pool_idle == 0 && health.pool_size >= max_size;
+            let window = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
+            let failed_recently = health
+                .last_error_at
+                .is_some_and(|at| now.signed_duration_since(at) < window);
+            if saturated || failed_recently {
+                pb::HealthStatus::Degraded
+            } else {
+                pb::HealthStatus::Healthy
+            }
+        }
+    }
+}
+
+fn database_info(database: &DatabaseConfig, show_connections: bool) -> pb::DatabaseInfo {
+    let replicas = database
+        .replica_connections()
+        .into_iter()
+        .map(|(name, connection)| pb::ReplicaInfo {
+            name,
+            connection: show_connections.then(|| connection_info(&connection)),
+        })
+        .collect();
+    pb::DatabaseInfo {
+        name: database.name.clone(),
+        // Pickers always have something to show.
+        label: database.label.clone().unwrap_or_else(|| database.name.clone()),
+        schemas: database.schemas.clone(),
+        default_schema: database.effective_default_schema().unwrap_or_default().to_owned(),
+        replicas,
+        read_preference: read_preference(database.read_preference).into(),
+        connection: show_connections.then(|| connection_info(&database.connection())),
+        has_reader_login: database.reader_user.is_some(),
+    }
+}
+
+/// Connection details without the password (ConnectionInfo has no field
+/// for it, by design).
+fn connection_info(connection: &ConnectionConfig) -> pb::ConnectionInfo {
+    pb::ConnectionInfo {
+        host: connection.host.clone(),
+        port: u32::from(connection.port),
+        user: connection.user.clone(),
+        database: connection.database.clone(),
+        sslmode: sslmode_name(connection.sslmode).to_owned(),
+    }
+}
+
+/// libpq's spelling, as in the configuration.
+fn sslmode_name(mode: SslMode) -> &'static str {
+    match mode {
+        SslMode::Disable => "disable",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    }
+}
+
+fn read_preference(preference: ReadPreference) -> pb::ReadPreference {
+    match preference {
+        ReadPreference::Primary => pb::ReadPreference::Primary,
+        ReadPreference::Replica => pb::ReadPreference::Replica,
+        ReadPreference::PrimaryThenReplica => pb::ReadPreference::PrimaryThenReplica,
+    }
+}
+
+fn wire_target(target: &Target) -> pb::Target {
+    pb::Target {
+        cloud: target.cloud.clone(),
+        database: target.database.clone(),
+    }
+}
+
+/// A wire duration; durations past its range (about 292 billion years)
+/// saturate.
+fn duration(value: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(value).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(status: HealthStatus) -> MemberHealth {
+        MemberHealth {
+            target: Target::new("aws", "app"),
+            member: Member::Primary,
+            status,
+            latency: Some(Duration::from_millis(3)),
+            pool_size: 2,
+            pool_idle: 1,
+            pool_waiting: 0,
+            last_error: None,
+            last_error_at: None,
+            last_checked_at: Some(Utc::now()),
+            consecutive_failures: 0,
+        }
+    }
+
+    #[test]
+    fn answering_members_are_degraded_when_saturated_or_recently_failing() {
+        let now = Utc::now();
+        let interval = Duration::from_secs(30);
+        let status = |health: &MemberHealth| wire_status(health, 2, interval, now);
+        assert_eq!(status(&member(HealthStatus::Healthy)), pb::HealthStatus::Healthy);
+        assert_eq!(
+            status(&member(HealthStatus::Degraded)),
+            pb::HealthStatus::Degraded
+        );
+        assert_eq!(
+            status(&member(HealthStatus::Unhealthy)),
+            pb::HealthStatus::Unhealthy
+        );
+
+        let mut never_probed = member(HealthStatus::Unknown);
+        never_probed.last_checked_at = None;
+        assert_eq!(status(&never_probed), pb::HealthStatus::Unspecified);
+        assert_eq!(status(&member(HealthStatus::Unknown)), pb::HealthStatus::Unknown);
+
+        let mut saturated = member(HealthStatus::Healthy);
+        saturated.pool_idle = 0;
+        saturated.pool_waiting = 3;
+        assert_eq!(status(&saturated), pb::HealthStatus::Degraded);
+
+        let mut recovering = member(HealthStatus::Healthy);
+        recovering.last_error_at = Some(now - chrono::Duration::seconds(5));
+        assert_eq!(status(&recovering), pb::HealthStatus::Degraded);
+        recovering.last_error_at = Some(now - chrono::Duration::seconds(60));
+        assert_eq!(status(&recovering), pb::HealthStatus::Healthy);
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_stay_with_their_listing() {
+        let target = Target::new("aws", "app");
+        let token = PageToken::new(&target, Some("public"), "orders").encode();
+        let decoded = PageToken::decode(&token).ok().flatten().expect("our token");
+        assert_eq!(
+            decoded.position_for(&target, Some("public")).ok().as_deref(),
+            Some("orders")
+        );
+        let again = PageToken::decode(&token).ok().flatten().expect("our token");
+        assert!(again.position_for(&target, Some("sales")).is_err());
+        let again = PageToken::decode(&token).ok().flatten().expect("our token");
+        assert!(
+            again
+                .position_for(&Target::new("gcp", "app"), Some("public"))
+                .is_err()
+        );
+        assert!(matches!(PageToken::decode(""), Ok(None)));
+        assert!(PageToken::decode("!!!").is_err());
+        assert!(
+            PageToken::decode("aGVsbG8").is_err(),
+            "base64url of something else"
+        );
+    }
+
+    #[test]
+    fn page_sizes_default_cap_and_refuse_negatives() {
+        assert_eq!(page_size(0).ok(), Some(100));
+        assert_eq!(page_size(7).ok(), Some(7));
+        assert_eq!(page_size(5000).ok(), Some(1000));
+        assert!(page_size(-1).is_err());
+
+        let mut rows = vec![1, 2, 3];
+        assert_eq!(next_page(&mut rows, 3, |n| n.to_string()), "");
+        assert_eq!(rows, [1, 2, 3]);
+        assert_eq!(next_page(&mut rows, 2, |n| n.to_string()), "2");
+        assert_eq!(rows, [1, 2]);
     }
 }
