@@ -801,3 +801,320 @@ async fn a_reader_cannot_write_whatever_the_sql_hides() -> anyhow::Result<()> {
     s.server.shutdown().await?;
     Ok(())
 }
+
+/// Resident memory of this process (the server runs in it), in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn stream_request(
+    query: &str,
+    scope: pb::execute_stream_request::Scope,
+    batch_size: u32,
+) -> pb::ExecuteStreamRequest {
+    pb::ExecuteStreamRequest {
+        query: query.to_owned(),
+        database: "app".to_owned(),
+        scope: Some(scope),
+        batch_size,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_interleave_targets_in_order_per_target() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let mut stream = client(&s.channel)
+        .execute_stream(bearer(
+            stream_request(
+                "SELECT g FROM generate_series(1, 3000) g; SELECT 'done' AS status",
+                pb::execute_stream_request::Scope::AllClouds(pb::AllClouds {}),
+                250,
+            ),
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    use pb::execute_stream_response::Event;
+    let mut kinds = Vec::new();
+    let mut rows_per_target = std::collections::BTreeMap::<String, Vec<i64>>::new();
+    let mut finished = None;
+    while let Some(message) = stream.message().await? {
+        let event = message.event.expect("event");
+        let (kind, cloud) = match &event {
+            Event::ExecutionStarted(started) => {
+                assert_eq!(started.targets.len(), 2);
+                ("started", String::new())
+            }
+            Event::TargetStarted(t) => ("target_started", t.target.clone().unwrap_or_default().cloud),
+            Event::ResultHeader(h) => ("header", h.target.clone().unwrap_or_default().cloud),
+            Event::RowBatch(batch) => {
+                let cloud = batch.target.clone().unwrap_or_default().cloud;
+                assert!(batch.rows.len() <= 250);
+                if batch.statement_index == 0 {
+                    let values = rows_per_target.entry(cloud.clone()).or_default();
+                    values.extend(batch.rows.iter().map(|r| match r.cells[0].kind {
+                        Some(pb::cell::Kind::IntValue(v)) => v,
+                        _ => -1,
+                    }));
+                }
+                ("rows", cloud)
+            }
+            Event::StatementSummary(summary) => {
+                ("statement", summary.target.clone().unwrap_or_default().cloud)
+            }
+            Event::TargetSummary(summary) => {
+                assert!(summary.success, "{summary:?}");
+                assert_eq!(summary.statements.len(), 2);
+                assert_eq!(summary.statements[0].command_tag, "SELECT 3000");
+                ("target_summary", summary.target.clone().unwrap_or_default().cloud)
+            }
+            Event::ExecutionFinished(done) => {
+                finished = Some(done.success);
+                ("finished", String::new())
+            }
+        };
+        kinds.push((kind, cloud));
+    }
+    assert_eq!(finished, Some(true));
+    assert_eq!(kinds.first().map(|k| k.0), Some("started"));
+    assert_eq!(kinds.last().map(|k| k.0), Some("finished"));
+    for (cloud, values) in &rows_per_target {
+        assert_eq!(values.len(), 3000, "{cloud}");
+        assert!(
+            values.windows(2).all(|w| w[1] == w[0] + 1),
+            "{cloud}: rows in order"
+        );
+    }
+    assert_eq!(rows_per_target.len(), 2);
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_million_rows_to_a_slow_client_keep_server_memory_flat() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let baseline = resident_bytes();
+    let mut stream = client(&s.channel)
+        .execute_stream(bearer(
+            stream_request(
+                "SELECT g AS n, 'row number ' || g AS label FROM generate_series(1, 5000000) g",
+                pb::execute_stream_request::Scope::Cloud("aws".to_owned()),
+                5000,
+            ),
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    let mut rows: u64 = 0;
+    let mut messages: u64 = 0;
+    let mut peak = baseline;
+    let mut last_value = 0;
+    let mut success = false;
+    while let Some(message) = stream.message().await? {
+        messages += 1;
+        match message.event {
+            Some(pb::execute_stream_response::Event::RowBatch(batch)) => {
+                rows += batch.rows.len() as u64;
+                if let Some(Some(pb::cell::Kind::IntValue(v))) =
+                    batch.rows.last().map(|r| r.cells[0].kind.clone())
+                {
+                    last_value = v;
+                }
+            }
+            Some(pb::execute_stream_response::Event::ExecutionFinished(done)) => success = done.success,
+            _ => {}
+        }
+        // A deliberately slow reader for the first stretch: if the server
+        // did not wait for it, the whole result would pile up in memory.
+        if messages < 150 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if messages.is_multiple_of(20) {
+            peak = peak.max(resident_bytes());
+        }
+    }
+    assert!(success);
+    assert_eq!(rows, 5_000_000);
+    assert_eq!(last_value, 5_000_000);
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "resident memory: baseline {} MiB, peak {} MiB",
+        baseline >> 20,
+        peak >> 20
+    );
+    // The result is ~150 MB as protobuf; buffering it would blow far past this.
+    assert!(
+        growth < 96 * 1024 * 1024,
+        "server memory grew by {} MiB",
+        growth / (1024 * 1024)
+    );
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn positional_params_travel_separately_from_the_sql() -> anyhow::Result<()> {
+    let s = session("").await?;
+    use pb::query_param::Value;
+    let param = |value: Value| pb::QueryParam {
+        value: Some(value),
+        type_name: String::new(),
+    };
+    let request = pb::ExecuteRequest {
+        params: vec![
+            param(Value::IntValue(41)),
+            param(Value::TextValue("'; DROP TABLE x; --".to_owned())),
+            param(Value::NullValue(0)),
+            param(Value::BytesValue(vec![1, 2, 3])),
+            param(Value::BoolValue(true)),
+            param(Value::DoubleValue(0.5)),
+        ],
+        scope: Some(pb::execute_request::Scope::Cloud("aws".to_owned())),
+        ..execute(
+            "SELECT $1 + 1 AS n, $2 AS text, $3::int IS NULL AS null_ok, $4 AS bytes, $5 AS flag, $6 * 2 AS half",
+            "app",
+        )
+    };
+    let response = client(&s.channel)
+        .execute(bearer(request, &s.reader))
+        .await?
+        .into_inner();
+    assert!(response.success, "{response:?}");
+    let cells: Vec<String> = response.results[0].statements[0].rows[0]
+        .cells
+        .iter()
+        .map(cell_text)
+        .collect();
+    assert_eq!(cells, ["42", "'; DROP TABLE x; --", "t", "\\x010203", "t", "1"]);
+
+    let two_statements = client(&s.channel)
+        .execute(bearer(
+            pb::ExecuteRequest {
+                params: vec![param(Value::IntValue(1))],
+                ..execute("SELECT $1; SELECT 2", "app")
+            },
+            &s.reader,
+        ))
+        .await
+        .expect_err("params need one statement");
+    assert_eq!(two_statements.code(), Code::InvalidArgument);
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_reports_positions_classes_and_findings_without_a_database() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let mut query = client(&s.channel);
+    let broken = query
+        .validate(bearer(
+            pb::ValidateRequest {
+                query: "SELECT 1;\nSELECT * FROM t WHERE".to_owned(),
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    assert!(!broken.valid);
+    let error = broken.parse_error.expect("parse error");
+    assert_eq!((error.line, error.column), (2, 22), "{error:?}"); // just past the end
+
+    let fine = query
+        .validate(bearer(
+            pb::ValidateRequest {
+                query: "SELECT 1;\nDELETE FROM accounts;\nVACUUM".to_owned(),
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    assert!(fine.valid);
+    assert!(fine.requires_confirmation);
+    assert_eq!(fine.required_role, pb::Role::Master as i32);
+    let classes: Vec<i32> = fine.statements.iter().map(|st| st.statement_class).collect();
+    assert_eq!(
+        classes,
+        [
+            pb::StatementClass::Read as i32,
+            pb::StatementClass::Write as i32,
+            pb::StatementClass::Utility as i32
+        ]
+    );
+    assert_eq!(fine.statements[1].findings[0].code, "DELETE_WITHOUT_WHERE");
+    assert_eq!((fine.statements[1].line, fine.statements[1].column), (2, 1));
+    assert!(fine.statements[2].cannot_run_in_transaction);
+    assert_eq!(fine.fingerprint.len(), 16);
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_runs_queries_end_to_end() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let addr = s.server.local_addr().to_string();
+    let header = format!("authorization: Bearer {}", s.reader);
+    let body = serde_json::json!({
+        "query": "SELECT 6 * 7 AS answer, '2024-02-29 12:00+00'::timestamptz AS at",
+        "database": "app",
+        "allClouds": {},
+    })
+    .to_string();
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        let header = header.clone();
+        move || {
+            support::run_grpcurl(&[
+                "-plaintext",
+                "-H",
+                &header,
+                "-d",
+                &body,
+                &addr,
+                "pgfleet.v1.QueryService/Execute",
+            ])
+        }
+    })
+    .await?;
+    assert!(ok, "{stderr}");
+    let response: serde_json::Value = serde_json::from_str(&stdout)?;
+    assert_eq!(response["success"], true, "{stdout}");
+    let results = response["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    for result in results {
+        let cells = &result["statements"][0]["rows"][0]["cells"];
+        // int64 is a JSON string in proto3's JSON mapping.
+        assert_eq!(cells[0]["intValue"], "42", "{stdout}");
+        assert_eq!(cells[1]["formattedValue"], "2024-02-29 12:00:00+00", "{stdout}");
+    }
+
+    let stream_body = serde_json::json!({
+        "query": "SELECT g FROM generate_series(1, 10) g",
+        "database": "app",
+        "cloud": "gcp",
+        "batchSize": 4,
+    })
+    .to_string();
+    let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        support::run_grpcurl(&[
+            "-plaintext",
+            "-H",
+            &header,
+            "-d",
+            &stream_body,
+            &addr,
+            "pgfleet.v1.QueryService/ExecuteStream",
+        ])
+    })
+    .await?;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches("\"rowBatch\"").count(), 3, "{stdout}");
+    assert!(stdout.contains("\"executionFinished\""), "{stdout}");
+    s.server.shutdown().await?;
+    Ok(())
+}
