@@ -993,6 +993,72 @@ async fn positional_params_travel_separately_from_the_sql() -> anyhow::Result<()
         .collect();
     assert_eq!(cells, ["42", "'; DROP TABLE x; --", "t", "\\x010203", "t", "1"]);
 
+    // With a type name, PostgreSQL parses the value as that type.
+    let typed = |value: Value, type_name: &str| pb::QueryParam {
+        value: Some(value),
+        type_name: type_name.to_owned(),
+    };
+    let request = pb::ExecuteRequest {
+        params: vec![
+            typed(Value::TextValue("12345678901234567890.5".to_owned()), "numeric"),
+            typed(Value::TextValue("2024-02-29 10:00+02".to_owned()), "timestamptz"),
+            typed(Value::TextValue("{1,2,3}".to_owned()), "int4[]"),
+            typed(Value::NullValue(0), "uuid"),
+            typed(Value::IntValue(7), "int2"),
+        ],
+        scope: Some(pb::execute_request::Scope::Cloud("aws".to_owned())),
+        ..execute(
+            "SELECT $1 + 1 AS n, $2 AS at, array_length($3, 1) AS len, pg_typeof($4)::text AS null_type, pg_typeof($5)::text AS small",
+            "app",
+        )
+    };
+    let response = client(&s.channel)
+        .execute(bearer(request, &s.reader))
+        .await?
+        .into_inner();
+    assert!(response.success, "{response:?}");
+    let cells: Vec<String> = response.results[0].statements[0].rows[0]
+        .cells
+        .iter()
+        .map(cell_text)
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            "12345678901234567891.5",
+            "2024-02-29 08:00:00+00",
+            "3",
+            "uuid",
+            "smallint"
+        ]
+    );
+    let bad_literal = client(&s.channel)
+        .execute(bearer(
+            pb::ExecuteRequest {
+                params: vec![typed(Value::TextValue("not a date".to_owned()), "date")],
+                scope: Some(pb::execute_request::Scope::Cloud("aws".to_owned())),
+                ..execute("SELECT $1", "app")
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    let error = bad_literal.results[0].error.clone().expect("error");
+    assert_eq!(error.postgres.map(|p| p.sqlstate).as_deref(), Some("22007"));
+    let unknown_type = client(&s.channel)
+        .execute(bearer(
+            pb::ExecuteRequest {
+                params: vec![typed(Value::TextValue("x".to_owned()), "no_such_type")],
+                scope: Some(pb::execute_request::Scope::Cloud("aws".to_owned())),
+                ..execute("SELECT $1", "app")
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    let error = unknown_type.results[0].error.clone().expect("error");
+    assert_eq!(error.code, pb::ErrorCode::InvalidArgument as i32, "{error:?}");
+
     let two_statements = client(&s.channel)
         .execute(bearer(
             pb::ExecuteRequest {

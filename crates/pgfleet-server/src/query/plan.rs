@@ -66,6 +66,14 @@ pub enum ParamValue {
     Bytes(Vec<u8>),
 }
 
+/// A positional parameter and the type it is declared as, if any.
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub value: ParamValue,
+    /// PostgreSQL type name; the value is converted to it on the target.
+    pub type_name: Option<String>,
+}
+
 /// Everything needed to run one request on each of its targets.
 #[derive(Debug)]
 pub struct Plan {
@@ -74,7 +82,7 @@ pub struct Plan {
     /// Per target: the schema applied as search_path.
     schemas: Vec<(Target, String)>,
     pub timeout: Duration,
-    params: Vec<ParamValue>,
+    pub params: Vec<Param>,
     pub read_only: bool,
     /// False only for a lone statement that cannot run in a transaction block.
     pub transactional: bool,
@@ -195,22 +203,20 @@ impl Plan {
             .map(|(_, schema)| schema.clone())
             .unwrap_or_else(|| "public".to_owned())
     }
+}
 
-    /// The parameters, bound in order.
-    pub fn arguments(&self) -> Result<PgArguments, sqlx::Error> {
-        let mut arguments = PgArguments::default();
-        for param in &self.params {
-            let added = match param {
-                ParamValue::Null => arguments.add(UntypedNull),
-                ParamValue::Bool(value) => arguments.add(*value),
-                ParamValue::Int(value) => arguments.add(*value),
-                ParamValue::Double(value) => arguments.add(*value),
-                ParamValue::Text(value) => arguments.add(value.clone()),
-                ParamValue::Bytes(value) => arguments.add(value.clone()),
-            };
-            added.map_err(sqlx::Error::Encode)?;
+impl ParamValue {
+    /// Binds the value with its natural PostgreSQL type (NULL untyped).
+    pub fn bind(&self, arguments: &mut PgArguments) -> Result<(), sqlx::Error> {
+        match self {
+            ParamValue::Null => arguments.add(UntypedNull),
+            ParamValue::Bool(value) => arguments.add(*value),
+            ParamValue::Int(value) => arguments.add(*value),
+            ParamValue::Double(value) => arguments.add(*value),
+            ParamValue::Text(value) => arguments.add(value.clone()),
+            ParamValue::Bytes(value) => arguments.add(value.clone()),
         }
-        Ok(arguments)
+        .map_err(sqlx::Error::Encode)
     }
 }
 
@@ -441,7 +447,7 @@ fn check_danger(
     Ok(findings)
 }
 
-fn params(params: &[pb::QueryParam], statements: usize) -> Result<Vec<ParamValue>, RequestError> {
+fn params(params: &[pb::QueryParam], statements: usize) -> Result<Vec<Param>, RequestError> {
     if params.is_empty() {
         return Ok(Vec::new());
     }
@@ -455,14 +461,15 @@ fn params(params: &[pb::QueryParam], statements: usize) -> Result<Vec<ParamValue
         .iter()
         .enumerate()
         .map(|(index, param)| {
-            if !param.type_name.is_empty() {
+            use pb::query_param::Value;
+            let type_name = param.type_name.trim();
+            if type_name.len() > 200 {
                 return Err(RequestError::invalid(
                     format!("params[{index}].type_name"),
-                    "not supported yet: cast in the SQL instead, e.g. $1::numeric",
+                    "too long",
                 ));
             }
-            use pb::query_param::Value;
-            Ok(match &param.value {
+            let value = match &param.value {
                 None => {
                     return Err(RequestError::invalid(
                         format!("params[{index}].value"),
@@ -475,6 +482,10 @@ fn params(params: &[pb::QueryParam], statements: usize) -> Result<Vec<ParamValue
                 Some(Value::DoubleValue(v)) => ParamValue::Double(*v),
                 Some(Value::TextValue(v)) => ParamValue::Text(v.clone()),
                 Some(Value::BytesValue(v)) => ParamValue::Bytes(v.clone()),
+            };
+            Ok(Param {
+                value,
+                type_name: (!type_name.is_empty()).then(|| type_name.to_owned()),
             })
         })
         .collect()

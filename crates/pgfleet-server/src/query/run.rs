@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt as _;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Checkout, Member, Registry, Route, Target};
-use sqlx::postgres::{PgDatabaseError, PgErrorPosition, PgQueryResult, PgRow};
-use sqlx::{Connection, Either, Executor, PgConnection, Row as _, SqlSafeStr};
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArguments, PgDatabaseError, PgErrorPosition, PgQueryResult, PgRow};
+use sqlx::{Arguments as _, Connection, Either, Executor, PgConnection, Row as _, SqlSafeStr};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{Plan, PlannedStatement};
-use super::values::{ResultShape, ValueError};
+use super::plan::{ParamValue, Plan, PlannedStatement};
+use super::values::{RawValue, ResultShape, ValueError};
 
 /// Name of the cursor large reads are fetched through.
 const CURSOR: &str = "pgfleet_cursor";
@@ -86,6 +87,11 @@ enum Stop {
     Value {
         index: u32,
         error: ValueError,
+    },
+    /// A parameter's declared type does not exist on this target.
+    Param {
+        index: u32,
+        message: String,
     },
     /// The caller went away or the deadline passed.
     Cancelled {
@@ -181,9 +187,11 @@ pub async fn run_target(
                                 completed = true;
                                 match result {
                                     Ok(()) => Ok(()),
-                                    Err(Stop::Statement { index, .. } | Stop::Value { index, .. }) => {
-                                        Err(Stop::Cancelled { index: Some(index) })
-                                    }
+                                    Err(
+                                        Stop::Statement { index, .. }
+                                        | Stop::Value { index, .. }
+                                        | Stop::Param { index, .. },
+                                    ) => Err(Stop::Cancelled { index: Some(index) }),
                                     Err(_) => Err(Stop::Cancelled { index: None }),
                                 }
                             }
@@ -298,12 +306,13 @@ async fn run_statement(
         shift: 0,
     };
     let started = Instant::now();
+    let arguments = bind_params(connection, plan, index).await?;
     let (tag, rows_affected, truncated) = if statement.cursorable {
         let prefix = format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR ");
         let shift = u32::try_from(prefix.chars().count()).unwrap_or(0);
         sqlx::query_with(
             sqlx::AssertSqlSafe(format!("{prefix}{}", statement.text)),
-            plan.arguments().map_err(fail)?,
+            arguments,
         )
         .execute(&mut *connection)
         .await
@@ -370,11 +379,8 @@ async fn run_statement(
         let mut affected: u64 = 0;
         {
             #[allow(deprecated)]
-            let mut results = sqlx::query_with(
-                sqlx::AssertSqlSafe(statement.text.clone()),
-                plan.arguments().map_err(fail)?,
-            )
-            .fetch_many(&mut *connection);
+            let mut results = sqlx::query_with(sqlx::AssertSqlSafe(statement.text.clone()), arguments)
+                .fetch_many(&mut *connection);
             while let Some(item) = results.try_next().await.map_err(fail)? {
                 match item {
                     Either::Left(done) => affected += PgQueryResult::rows_affected(&done),
@@ -425,6 +431,70 @@ async fn run_statement(
     }))
     .await;
     Ok(())
+}
+
+/// The statement's parameters. A parameter with a type name is converted
+/// to that type by PostgreSQL on this target (`CAST($1 AS type)`, the
+/// type's own input function for text) and bound in that type's binary
+/// form, so the statement sees exactly the declared type.
+async fn bind_params(connection: &mut PgConnection, plan: &Plan, index: u32) -> Result<PgArguments, Stop> {
+    let fail = |error| Stop::Statement {
+        index,
+        error,
+        shift: 0,
+    };
+    let mut arguments = PgArguments::default();
+    for (position, param) in plan.params.iter().enumerate() {
+        let Some(type_name) = &param.type_name else {
+            param.value.bind(&mut arguments).map_err(fail)?;
+            continue;
+        };
+        let resolved: (Option<Oid>, Option<String>) =
+            sqlx::query_as("SELECT to_regtype($1)::oid, format_type(to_regtype($1), NULL)")
+                .bind(type_name)
+                .fetch_one(&mut *connection)
+                .await
+                .map_err(fail)?;
+        let (Some(oid), Some(canonical)) = resolved else {
+            return Err(Stop::Param {
+                index,
+                message: format!("params[{position}].type_name: no type {type_name:?} on this target"),
+            });
+        };
+        if matches!(param.value, ParamValue::Null) {
+            arguments
+                .add(RawValue {
+                    oid: oid.0,
+                    bytes: None,
+                })
+                .map_err(|e| fail(sqlx::Error::Encode(e)))?;
+            continue;
+        }
+        // `canonical` is PostgreSQL's own quoted rendering of an existing
+        // type, not the caller's text.
+        let mut cast_arguments = PgArguments::default();
+        param.value.bind(&mut cast_arguments).map_err(fail)?;
+        let row = sqlx::query_with(
+            sqlx::AssertSqlSafe(format!("SELECT CAST($1 AS {canonical})")),
+            cast_arguments,
+        )
+        .persistent(false)
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(fail)?;
+        let value = row.try_get_raw(0).map_err(fail)?;
+        let bytes = value
+            .as_bytes()
+            .map_err(|e| fail(sqlx::Error::Decode(e)))?
+            .to_vec();
+        arguments
+            .add(RawValue {
+                oid: oid.0,
+                bytes: Some(&bytes),
+            })
+            .map_err(|e| fail(sqlx::Error::Encode(e)))?;
+    }
+    Ok(arguments)
 }
 
 /// Commands that may return rows even when none came back.
@@ -509,6 +579,14 @@ fn failure_outcome(stop: Stop, started: Instant, replica: String, commit_sent: b
             }
             (Some(index), error)
         }
+        Stop::Param { index, message } => (
+            Some(index),
+            pb::TargetError {
+                code: pb::ErrorCode::InvalidArgument.into(),
+                message,
+                postgres: None,
+            },
+        ),
         Stop::Value { index, error } => (
             Some(index),
             pb::TargetError {

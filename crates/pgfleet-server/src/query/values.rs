@@ -247,10 +247,10 @@ fn decode(decoding: Decoding, value: PgValueRef<'_>) -> Result<pb::Cell, ValueEr
     Ok(pb::Cell { kind: Some(kind) })
 }
 
-/// A binary value bound as a parameter of its own type.
-struct RawValue<'a> {
-    oid: u32,
-    bytes: &'a [u8],
+/// A binary value bound as a parameter of its own type (`None`: NULL).
+pub(crate) struct RawValue<'a> {
+    pub(crate) oid: u32,
+    pub(crate) bytes: Option<&'a [u8]>,
 }
 
 impl Type<Postgres> for RawValue<'_> {
@@ -266,8 +266,13 @@ impl Type<Postgres> for RawValue<'_> {
 
 impl Encode<'_, Postgres> for RawValue<'_> {
     fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        buf.extend_from_slice(self.bytes);
-        Ok(IsNull::No)
+        match self.bytes {
+            Some(bytes) => {
+                buf.extend_from_slice(bytes);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
     }
 
     fn produces(&self) -> Option<PgTypeInfo> {
@@ -287,7 +292,10 @@ async fn render<'a>(
     let mut arguments = PgArguments::default();
     for (oid, bytes) in values {
         arguments
-            .add(RawValue { oid, bytes })
+            .add(RawValue {
+                oid,
+                bytes: Some(bytes),
+            })
             .map_err(|e| ValueError::Read(sqlx::Error::Encode(e)))?;
     }
     // Not cached: sqlx keys prepared statements by text, and the same text
