@@ -58,6 +58,8 @@ pub struct Checkout {
     pub connection: PoolConnection<Postgres>,
     /// Which server of the target it is connected to.
     pub member: Member,
+    /// Connected through the database's `reader_user` login.
+    pub reader_login: bool,
 }
 
 impl Checkout {
@@ -70,6 +72,8 @@ impl Checkout {
 pub(crate) struct MemberEntry {
     pub(crate) member: Member,
     pub(crate) pool: PgPool,
+    /// The same server through `reader_user`, when configured.
+    pub(crate) reader_pool: Option<PgPool>,
     pub(crate) state: Mutex<MemberState>,
     /// Callers currently waiting in `acquire` (sqlx does not count them).
     pub(crate) waiting: AtomicU32,
@@ -112,9 +116,15 @@ impl Registry {
                     Member::Primary,
                     &database.connection(),
                     &database.pool,
+                    database,
                 )];
                 for (name, connection) in database.replica_connections() {
-                    members.push(member_entry(Member::Replica(name), &connection, &database.pool));
+                    members.push(member_entry(
+                        Member::Replica(name),
+                        &connection,
+                        &database.pool,
+                        database,
+                    ));
                 }
                 targets.insert(
                     Target::new(&cloud.name, &database.name),
@@ -162,6 +172,22 @@ impl Registry {
             .map(|m| &m.pool)
     }
 
+    /// The pool a [`Checkout`] came from (the reader login's when it used
+    /// one), e.g. to open a second connection that may cancel its backend.
+    pub fn pool_of(&self, target: &Target, checkout_member: &Member, reader_login: bool) -> Option<&PgPool> {
+        let entry = self
+            .targets
+            .get(target)?
+            .members
+            .iter()
+            .find(|m| &m.member == checkout_member)?;
+        if reader_login {
+            entry.reader_pool.as_ref()
+        } else {
+            Some(&entry.pool)
+        }
+    }
+
     /// A connection to the member `route` selects, retrying transient
     /// connection failures with backoff. Only the connection is retried: no
     /// statement has been sent yet.
@@ -174,17 +200,22 @@ impl Registry {
                 database: target.database.clone(),
             })?;
         let member = select_member(entry, route);
+        let (pool, reader_login) = match (&member.reader_pool, route) {
+            (Some(reader_pool), Route::ReaderLogin) => (reader_pool, true),
+            _ => (&member.pool, false),
+        };
         let started = Instant::now();
         let mut backoff = Backoff::new(&self.retry);
         loop {
             member.waiting.fetch_add(1, Ordering::Relaxed);
-            let result = member.pool.acquire().await;
+            let result = pool.acquire().await;
             member.waiting.fetch_sub(1, Ordering::Relaxed);
             let error = match result {
                 Ok(connection) => {
                     return Ok(Checkout {
                         connection,
                         member: member.member.clone(),
+                        reader_login,
                     });
                 }
                 Err(error) => error,
@@ -230,14 +261,33 @@ impl Registry {
 
     /// Closes every pool: waits for checked-out connections to come back.
     pub async fn close(&self) {
-        futures::future::join_all(self.members().map(|(_, member)| member.pool.close())).await;
+        futures::future::join_all(
+            self.members()
+                .flat_map(|(_, member)| std::iter::once(&member.pool).chain(member.reader_pool.as_ref()))
+                .map(PgPool::close),
+        )
+        .await;
     }
 }
 
-fn member_entry(member: Member, connection: &ConnectionConfig, pool: &PoolConfig) -> MemberEntry {
+fn member_entry(
+    member: Member,
+    connection: &ConnectionConfig,
+    pool: &PoolConfig,
+    database: &DatabaseConfig,
+) -> MemberEntry {
+    let reader_pool = database.reader_user.as_ref().map(|user| {
+        let reader = ConnectionConfig {
+            user: user.clone(),
+            password: database.reader_password.clone().unwrap_or_default(),
+            ..connection.clone()
+        };
+        pool_options(pool).connect_lazy_with(connect_options(&reader))
+    });
     MemberEntry {
         member,
         pool: pool_options(pool).connect_lazy_with(connect_options(connection)),
+        reader_pool,
         state: Mutex::new(MemberState::default()),
         waiting: AtomicU32::new(0),
     }

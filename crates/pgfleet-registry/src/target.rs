@@ -54,4 +54,8 @@ pub enum Route {
     Write,
     /// A read: follows the database's `read_preference`.
     Read,
+    /// A read by a READER: like `Read`, but through the database's
+    /// `reader_user` login when one is configured, so PostgreSQL's own
+    /// privileges forbid writes whatever the statement does.
+    ReaderLogin,
 }

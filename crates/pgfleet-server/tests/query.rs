@@ -1184,3 +1184,67 @@ async fn grpcurl_runs_queries_end_to_end() -> anyhow::Result<()> {
     s.server.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_run_through_the_databases_read_only_login() -> anyhow::Result<()> {
+    let database = pgfleet_testkit::TestDatabase::create("q_reader_login").await?;
+    let role = format!("pgfleet_ro_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let pool = database.pool().await?;
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN"),
+        "CREATE TABLE public_data (v int)".to_owned(),
+        "CREATE TABLE private_data (v int)".to_owned(),
+        format!("GRANT SELECT ON public_data TO {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&pool).await?;
+    }
+    let extra = format!(
+        "[[clouds]]\nname = 'onprem'\n[[clouds.databases]]\nname = 'app'\nhost = '{}'\nport = {}\nuser = '{}'\n\
+         database = '{}'\nsslmode = 'disable'\nschemas = ['public']\nreader_user = '{role}'\n",
+        database.host(),
+        database.port(),
+        database.user(),
+        database.name()
+    );
+    let s = session(&extra).await?;
+    let on_prem = |query: &str| pb::ExecuteRequest {
+        scope: Some(pb::execute_request::Scope::Cloud("onprem".to_owned())),
+        ..execute(query, "app")
+    };
+    let reader = client(&s.channel)
+        .execute(bearer(
+            on_prem("SELECT current_user::text, count(*) FROM public_data"),
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    assert!(reader.success, "{reader:?}");
+    assert_eq!(cell_text(&reader.results[0].statements[0].rows[0].cells[0]), role);
+    // The login's privileges are the last layer: no grant, no read.
+    let denied = client(&s.channel)
+        .execute(bearer(on_prem("SELECT * FROM private_data"), &s.reader))
+        .await?
+        .into_inner();
+    let error = denied.results[0].error.clone().expect("denied");
+    assert_eq!(error.postgres.map(|p| p.sqlstate).as_deref(), Some("42501"));
+    let user = client(&s.channel)
+        .execute(bearer(on_prem("SELECT current_user::text"), &s.user))
+        .await?
+        .into_inner();
+    assert_eq!(
+        cell_text(&user.results[0].statements[0].rows[0].cells[0]),
+        database.user()
+    );
+    s.server.shutdown().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP OWNED BY {role}")))
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    database.drop_now().await?;
+    let admin = sqlx::PgPool::connect(&pgfleet_testkit::pg_admin_url()).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    Ok(())
+}

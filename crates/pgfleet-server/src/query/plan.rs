@@ -88,6 +88,8 @@ pub struct Plan {
     pub transactional: bool,
     /// Some statement may write (routes to the primary).
     pub writes: bool,
+    /// A READER's execution: use the database's `reader_user` login.
+    pub reader_login: bool,
     pub confirmed_findings: Vec<pb::DangerFinding>,
     pub row_limit: Option<u64>,
     pub batch_size: usize,
@@ -188,6 +190,7 @@ impl Plan {
             read_only,
             transactional,
             writes: analysis.can_write(),
+            reader_login: identity.role == Role::Reader,
             confirmed_findings,
             row_limit: fields.row_limit,
             batch_size,

@@ -109,7 +109,13 @@ pub async fn run_target(
     cancel: CancellationToken,
 ) {
     let started = Instant::now();
-    let route = if plan.writes { Route::Write } else { Route::Read };
+    let route = if plan.writes {
+        Route::Write
+    } else if plan.reader_login {
+        Route::ReaderLogin
+    } else {
+        Route::Read
+    };
     let acquired = tokio::select! {
         acquired = registry.acquire(target, route) => acquired,
         () = cancel.cancelled() => {
@@ -137,6 +143,7 @@ pub async fn run_target(
         }
     };
     let member = checkout.member.clone();
+    let reader_login = checkout.reader_login;
     let replica = match &member {
         Member::Primary => String::new(),
         Member::Replica(name) => name.clone(),
@@ -181,7 +188,7 @@ pub async fn run_target(
                         // there (from another connection, as libpq does), then
                         // let the work see the error and leave the connection
                         // in a known state.
-                        cancel_backend(registry, target, &member, backend_pid).await;
+                        cancel_backend(registry, target, &member, reader_login, backend_pid).await;
                         match tokio::time::timeout(Duration::from_secs(5), &mut work).await {
                             Ok(result) => {
                                 completed = true;
@@ -533,8 +540,10 @@ fn command_tag(command: &str, rows: u64) -> String {
     }
 }
 
-async fn cancel_backend(registry: &Registry, target: &Target, member: &Member, pid: i32) {
-    let Some(pool) = registry.pool(target, member) else {
+/// Cancels `pid` from a second connection of the same login (a role may
+/// always cancel its own backends).
+async fn cancel_backend(registry: &Registry, target: &Target, member: &Member, reader_login: bool, pid: i32) {
+    let Some(pool) = registry.pool_of(target, member, reader_login) else {
         return;
     };
     let options = pool.connect_options();
