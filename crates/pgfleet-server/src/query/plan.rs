@@ -373,7 +373,9 @@ fn check_structure(analysis: &Analysis) -> Result<(), RequestError> {
     Ok(())
 }
 
-fn required_role(class: StatementClass) -> Role {
+/// The least role that may run a statement of `class` (dangerous findings
+/// additionally need MASTER).
+pub fn required_role(class: StatementClass) -> Role {
     match class {
         StatementClass::Read => Role::Reader,
         StatementClass::Write => Role::User,

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::ResponseStream;
 use super::convert::role_to_wire;
 use crate::identity::{Identity, Role};
+use crate::query::plan::required_role;
 use crate::query::{self, ExecuteFields, Plan, Scope, TargetEvent, TargetOutcome};
 use crate::request_error::RequestError;
 
@@ -48,16 +49,28 @@ fn wire_duration(duration: Duration) -> prost_types::Duration {
     }
 }
 
-fn scope_of<'a>(
-    all: Option<&'a pb::AllClouds>,
-    cloud: Option<&'a String>,
-    targets: Option<&'a pb::TargetList>,
-) -> Scope<'a> {
-    match (all, cloud, targets) {
-        (_, Some(cloud), _) => Scope::Cloud(cloud),
-        (_, _, Some(list)) => Scope::Targets(&list.targets),
-        _ => Scope::AllClouds,
-    }
+/// The fields `ExecuteRequest` and `ExecuteStreamRequest` share (their
+/// scope oneofs are distinct generated types with the same variants).
+macro_rules! execute_fields {
+    ($request:ident, $scope:path, $batch_size:expr, $row_limit:expr) => {{
+        use $scope as Wire;
+        ExecuteFields {
+            query: &$request.query,
+            database: &$request.database,
+            scope: match &$request.scope {
+                Some(Wire::Cloud(cloud)) => Scope::Cloud(cloud),
+                Some(Wire::Targets(list)) => Scope::Targets(&list.targets),
+                Some(Wire::AllClouds(_)) | None => Scope::AllClouds,
+            },
+            pg_schema: &$request.pg_schema,
+            timeout: $request.timeout.as_ref(),
+            params: &$request.params,
+            confirm_dangerous: $request.confirm_dangerous,
+            read_only: $request.read_only,
+            batch_size: $batch_size,
+            row_limit: $row_limit,
+        }
+    }};
 }
 
 fn outcome_into_result(
@@ -87,25 +100,12 @@ impl query_service_server::QueryService for QueryService {
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let identity = Identity::of(&request)?.clone();
         let request = request.into_inner();
-        use pb::execute_request::Scope as Wire;
-        let scope = match &request.scope {
-            Some(Wire::AllClouds(all)) => scope_of(Some(all), None, None),
-            Some(Wire::Cloud(cloud)) => scope_of(None, Some(cloud), None),
-            Some(Wire::Targets(list)) => scope_of(None, None, Some(list)),
-            None => Scope::AllClouds,
-        };
-        let fields = ExecuteFields {
-            query: &request.query,
-            database: &request.database,
-            scope,
-            pg_schema: &request.pg_schema,
-            timeout: request.timeout.as_ref(),
-            params: &request.params,
-            confirm_dangerous: request.confirm_dangerous,
-            read_only: request.read_only,
-            batch_size: 0,
-            row_limit: Some(self.config.query.max_rows_per_statement),
-        };
+        let fields = execute_fields!(
+            request,
+            pb::execute_request::Scope,
+            0,
+            Some(self.config.query.max_rows_per_statement)
+        );
         let plan = self.plan(&fields, &identity)?;
         let cancel = CancellationToken::new();
         // Dropped when tonic drops this call (client cancel, deadline):
@@ -182,25 +182,12 @@ impl query_service_server::QueryService for QueryService {
     ) -> Result<Response<Self::ExecuteStreamStream>, Status> {
         let identity = Identity::of(&request)?.clone();
         let request = request.into_inner();
-        use pb::execute_stream_request::Scope as Wire;
-        let scope = match &request.scope {
-            Some(Wire::AllClouds(all)) => scope_of(Some(all), None, None),
-            Some(Wire::Cloud(cloud)) => scope_of(None, Some(cloud), None),
-            Some(Wire::Targets(list)) => scope_of(None, None, Some(list)),
-            None => Scope::AllClouds,
-        };
-        let fields = ExecuteFields {
-            query: &request.query,
-            database: &request.database,
-            scope,
-            pg_schema: &request.pg_schema,
-            timeout: request.timeout.as_ref(),
-            params: &request.params,
-            confirm_dangerous: request.confirm_dangerous,
-            read_only: request.read_only,
-            batch_size: request.batch_size,
-            row_limit: None,
-        };
+        let fields = execute_fields!(
+            request,
+            pb::execute_stream_request::Scope,
+            request.batch_size,
+            None
+        );
         let plan = self.plan(&fields, &identity)?;
         let cancel = CancellationToken::new();
         let events = query::dispatch(Arc::clone(&self.registry), Arc::clone(&plan), cancel.clone());
@@ -334,14 +321,6 @@ fn wire_class(class: StatementClass) -> pb::StatementClass {
         StatementClass::TransactionControl => pb::StatementClass::TransactionControl,
         StatementClass::Session => pb::StatementClass::Session,
         StatementClass::Utility => pb::StatementClass::Utility,
-    }
-}
-
-fn required_role(class: StatementClass) -> Role {
-    match class {
-        StatementClass::Read => Role::Reader,
-        StatementClass::Write => Role::User,
-        _ => Role::Master,
     }
 }
 
