@@ -648,6 +648,38 @@ async fn every_type_comes_back_as_psql_prints_it() -> anyhow::Result<()> {
     assert!(matches!(&cells[18].kind, Some(pb::cell::Kind::JsonValue(_))));
     assert_eq!(statement.columns[25].type_name, "timestamp with time zone");
     assert_eq!(statement.columns[37].type_name, "mood");
+
+    // The one known gap fails loudly and cleanly, and the pool stays usable.
+    let multirange = client(&s.channel)
+        .execute(bearer(
+            pb::ExecuteRequest {
+                scope: Some(pb::execute_request::Scope::Cloud("aws".to_owned())),
+                ..execute("SELECT '{[1,3), [5,7)}'::int4multirange AS m", "app")
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    let error = multirange.results[0]
+        .error
+        .clone()
+        .expect("multirange is not supported");
+    assert_eq!(error.code, pb::ErrorCode::Unimplemented as i32, "{error:?}");
+    assert!(error.message.contains("cast it to text"), "{}", error.message);
+    let as_text = client(&s.channel)
+        .execute(bearer(
+            pb::ExecuteRequest {
+                scope: Some(pb::execute_request::Scope::Cloud("aws".to_owned())),
+                ..execute("SELECT '{[1,3), [5,7)}'::int4multirange::text AS m", "app")
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(
+        cell_text(&as_text.results[0].statements[0].rows[0].cells[0]),
+        "{[1,3),[5,7)}"
+    );
     s.server.shutdown().await?;
     Ok(())
 }

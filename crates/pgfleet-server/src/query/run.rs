@@ -670,6 +670,20 @@ pub fn target_error(error: &sqlx::Error) -> pb::TargetError {
             message: format!("connection lost: {error}"),
             postgres: None,
         },
+        // sqlx 0.9 looks up unknown column types in pg_type and does not
+        // know typtype 'm' (multirange): say so instead of its raw message.
+        sqlx::Error::ColumnDecode { index, source }
+            if index == "\"typtype\"" && source.to_string().contains("109") =>
+        {
+            pb::TargetError {
+                code: pb::ErrorCode::Unimplemented.into(),
+                message:
+                    "a column has a multirange type, which pgfleet's PostgreSQL driver (sqlx 0.9) cannot \
+                          describe yet; cast it to text (e.g. col::text)"
+                        .to_owned(),
+                postgres: None,
+            }
+        }
         other => pb::TargetError {
             code: pb::ErrorCode::Unknown.into(),
             message: other.to_string(),
