@@ -10,6 +10,21 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::auth::AuthError;
 use crate::request_error::RequestError;
 
+/// INVALID_ARGUMENT with a `google.rpc.BadRequest` naming the field.
+fn invalid_argument(message: String, field: String, description: String) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+/// INTERNAL without the detail, which goes to the log.
+fn internal(detail: &str) -> Status {
+    tracing::error!(%detail, "internal error");
+    Status::internal("internal error; see the server log")
+}
+
 impl From<RequestError> for Status {
     fn from(error: RequestError) -> Self {
         let message = error.to_string();
@@ -17,19 +32,12 @@ impl From<RequestError> for Status {
             RequestError::InvalidArgument {
                 field,
                 message: description,
-            } => Status::with_error_details(
-                Code::InvalidArgument,
-                message,
-                ErrorDetails::with_bad_request_violation(field, description),
-            ),
+            } => invalid_argument(message, field, description),
             RequestError::NotFound(_) => Status::not_found(message),
             RequestError::PermissionDenied(_) => Status::permission_denied(message),
             RequestError::FailedPrecondition(_) => Status::failed_precondition(message),
             RequestError::Unavailable(_) => Status::unavailable(message),
-            RequestError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                Status::internal("internal error; see the server log")
-            }
+            RequestError::Internal(detail) => internal(&detail),
         }
     }
 }
@@ -43,11 +51,7 @@ impl From<AuthError> for Status {
             AuthError::InvalidArgument {
                 field,
                 message: description,
-            } => Status::with_error_details(
-                Code::InvalidArgument,
-                message,
-                ErrorDetails::with_bad_request_violation(field, description),
-            ),
+            } => invalid_argument(message, field, description),
             AuthError::AlreadyExists { .. } => Status::already_exists(message),
             AuthError::NotFound(_) => Status::not_found(message),
             AuthError::FailedPrecondition(_) => Status::failed_precondition(message),
@@ -64,10 +68,7 @@ impl From<AuthError> for Status {
                 tracing::warn!(error = %cause, "user store unavailable");
                 Status::unavailable(message)
             }
-            AuthError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                Status::internal("internal error; see the server log")
-            }
+            AuthError::Internal(detail) => internal(&detail),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use pgfleet_config::{FleetConfig, QueryLimits};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Registry, Target};
-use pgfleet_sqlcheck::{Analysis, StatementClass};
+use pgfleet_sqlcheck::{Analysis, StatementAnalysis, StatementClass};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
@@ -227,6 +227,11 @@ fn check_query_text(query: &str, limits: &QueryLimits) -> Result<(), RequestErro
     if query.trim().is_empty() {
         return Err(RequestError::invalid("query", "must not be empty"));
     }
+    check_query_size(query, limits)
+}
+
+/// Refuses a text over `query.max_query_bytes` (also for Validate).
+pub fn check_query_size(query: &str, limits: &QueryLimits) -> Result<(), RequestError> {
     let size = query.len() as u64;
     if size > limits.max_query_bytes {
         return Err(RequestError::invalid(
@@ -414,6 +419,19 @@ fn check_roles(analysis: &Analysis, identity: &Identity, read_only: bool) -> Res
     Ok(())
 }
 
+/// The dangerous findings of statement `index`, as sent over the API.
+pub fn wire_findings(index: usize, statement: &StatementAnalysis) -> Vec<pb::DangerFinding> {
+    statement
+        .findings
+        .iter()
+        .map(|finding| pb::DangerFinding {
+            code: finding.code.as_str().to_uppercase(),
+            reason: finding.reason.clone(),
+            statement_index: u32::try_from(index).unwrap_or(u32::MAX),
+        })
+        .collect()
+}
+
 fn check_danger(
     analysis: &Analysis,
     identity: &Identity,
@@ -423,13 +441,7 @@ fn check_danger(
         .statements
         .iter()
         .enumerate()
-        .flat_map(|(index, statement)| {
-            statement.findings.iter().map(move |finding| pb::DangerFinding {
-                code: finding.code.as_str().to_uppercase(),
-                reason: finding.reason.clone(),
-                statement_index: u32::try_from(index).unwrap_or(u32::MAX),
-            })
-        })
+        .flat_map(|(index, statement)| wire_findings(index, statement))
         .collect();
     if findings.is_empty() {
         return Ok(findings);

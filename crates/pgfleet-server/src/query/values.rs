@@ -96,10 +96,7 @@ impl ResultShape {
     /// `format_type` (e.g. `timestamp with time zone`, `integer[]`).
     pub async fn of(columns: &[PgColumn], connection: &mut PgConnection) -> Result<Self, sqlx::Error> {
         if columns.is_empty() {
-            return Ok(Self {
-                columns: Vec::new(),
-                decodings: Vec::new(),
-            });
+            return Ok(Self::empty());
         }
         let oids: Vec<u32> = columns.iter().map(|c| type_oid(c.type_info())).collect();
         let names: Vec<String> = sqlx::query_scalar(

@@ -1,9 +1,13 @@
 //! Conversions between wire (prost) types and domain types shared by the
 //! services.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use pgfleet_proto::pgfleet::v1 as pb;
 use prost_types::Timestamp;
+
+use pgfleet_registry::Target;
 
 use crate::identity::Role;
 
@@ -24,6 +28,22 @@ pub fn role_from_wire(wire: i32) -> Option<Role> {
         pb::Role::User => Some(Role::User),
         pb::Role::Master => Some(Role::Master),
     }
+}
+
+pub fn target(target: &Target) -> pb::Target {
+    pb::Target {
+        cloud: target.cloud.clone(),
+        database: target.database.clone(),
+    }
+}
+
+/// A wire duration; durations past its range (about 292 billion years)
+/// saturate.
+pub fn duration(value: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(value).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    })
 }
 
 pub fn timestamp(time: DateTime<Utc>) -> Timestamp {

@@ -27,7 +27,7 @@ use sqlx::postgres::types::Oid;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tonic::{Request, Response, Status};
 
-use super::convert::timestamp;
+use super::convert::{self, timestamp};
 use crate::identity::{Identity, Principal, Role};
 use crate::request_error::RequestError;
 
@@ -113,13 +113,13 @@ impl FleetService {
             .map_or(0, |database| database.pool.max_connections);
         let status = wire_status(&health, max_size, self.config.health.interval, now);
         pb::TargetHealth {
-            target: Some(wire_target(&health.target)),
+            target: Some(convert::target(&health.target)),
             replica: match &health.member {
                 Member::Primary => String::new(),
                 Member::Replica(name) => name.clone(),
             },
             status: status.into(),
-            latency: health.latency.map(duration),
+            latency: health.latency.map(convert::duration),
             pool: Some(pb::PoolStats {
                 size: health.pool_size,
                 idle: health.pool_idle,
@@ -169,8 +169,8 @@ impl fleet_service_server::FleetService for FleetService {
         Ok(Response::new(pb::GetConfigurationResponse {
             clouds,
             limits: Some(pb::QueryLimits {
-                default_timeout: Some(duration(limits.default_timeout)),
-                max_timeout: Some(duration(limits.max_timeout)),
+                default_timeout: Some(convert::duration(limits.default_timeout)),
+                max_timeout: Some(convert::duration(limits.max_timeout)),
                 max_query_bytes: limits.max_query_bytes,
                 max_rows: limits.max_rows_per_statement,
             }),
@@ -625,22 +625,6 @@ fn read_preference(preference: ReadPreference) -> pb::ReadPreference {
         ReadPreference::Replica => pb::ReadPreference::Replica,
         ReadPreference::PrimaryThenReplica => pb::ReadPreference::PrimaryThenReplica,
     }
-}
-
-fn wire_target(target: &Target) -> pb::Target {
-    pb::Target {
-        cloud: target.cloud.clone(),
-        database: target.database.clone(),
-    }
-}
-
-/// A wire duration; durations past its range (about 292 billion years)
-/// saturate.
-fn duration(value: Duration) -> prost_types::Duration {
-    prost_types::Duration::try_from(value).unwrap_or(prost_types::Duration {
-        seconds: i64::MAX,
-        nanos: 999_999_999,
-    })
 }
 
 #[cfg(test)]

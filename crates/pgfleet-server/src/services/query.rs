@@ -1,7 +1,7 @@
 //! `pgfleet.v1.QueryService`: fan-out SQL execution and validation.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pgfleet_config::FleetConfig;
 use pgfleet_proto::pgfleet::v1 as pb;
@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::ResponseStream;
-use super::convert::role_to_wire;
+use super::convert::{self, role_to_wire};
 use crate::identity::{Identity, Role};
-use crate::query::plan::required_role;
+use crate::query::plan::{check_query_size, required_role, wire_findings};
 use crate::query::{self, ExecuteFields, Plan, Scope, TargetEvent, TargetOutcome};
 use crate::request_error::RequestError;
 
@@ -32,20 +32,6 @@ impl QueryService {
 
     fn plan(&self, fields: &ExecuteFields<'_>, identity: &Identity) -> Result<Arc<Plan>, RequestError> {
         Plan::new(fields, identity, &self.config, &self.registry).map(Arc::new)
-    }
-}
-
-fn wire_target(target: &Target) -> pb::Target {
-    pb::Target {
-        cloud: target.cloud.clone(),
-        database: target.database.clone(),
-    }
-}
-
-fn wire_duration(duration: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
     }
 }
 
@@ -79,10 +65,10 @@ fn outcome_into_result(
     statements: Vec<pb::StatementResult>,
 ) -> pb::TargetResult {
     pb::TargetResult {
-        target: Some(wire_target(target)),
+        target: Some(convert::target(target)),
         success: outcome.success,
         error: outcome.error,
-        duration: Some(wire_duration(outcome.duration)),
+        duration: Some(convert::duration(outcome.duration)),
         statements,
         failed_statement_index: outcome.failed_statement_index,
         outcome_unknown: outcome.outcome_unknown,
@@ -145,7 +131,7 @@ impl query_service_server::QueryService for QueryService {
                     current.command_tag = done.command_tag;
                     current.rows_affected = done.rows_affected;
                     current.truncated = done.truncated;
-                    current.duration = Some(wire_duration(done.duration));
+                    current.duration = Some(convert::duration(done.duration));
                 }
                 TargetEvent::Finished(outcome) => {
                     let done = std::mem::take(target_statements);
@@ -158,7 +144,7 @@ impl query_service_server::QueryService for QueryService {
             .enumerate()
             .map(|(index, result)| {
                 result.unwrap_or_else(|| pb::TargetResult {
-                    target: Some(wire_target(&plan.targets[index])),
+                    target: Some(convert::target(&plan.targets[index])),
                     error: Some(pb::TargetError {
                         code: pb::ErrorCode::Internal.into(),
                         message: "the target's task ended without a result".to_owned(),
@@ -195,7 +181,7 @@ impl query_service_server::QueryService for QueryService {
             event: Some(pb::execute_stream_response::Event::ExecutionStarted(
                 pb::ExecutionStarted {
                     execution_id: uuid::Uuid::now_v7().to_string(),
-                    targets: plan.targets.iter().map(wire_target).collect(),
+                    targets: plan.targets.iter().map(convert::target).collect(),
                     confirmed_findings: plan.confirmed_findings.clone(),
                 },
             )),
@@ -219,17 +205,7 @@ impl query_service_server::QueryService for QueryService {
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
         let query = request.into_inner().query;
-        if query.len() as u64 > self.config.query.max_query_bytes {
-            return Err(RequestError::invalid(
-                "query",
-                format!(
-                    "is {} bytes; the limit is {}",
-                    query.len(),
-                    self.config.query.max_query_bytes
-                ),
-            )
-            .into());
-        }
+        check_query_size(&query, &self.config.query)?;
         Ok(Response::new(validate(&query)))
     }
 }
@@ -259,11 +235,11 @@ async fn next_stream_event(
         state.finished = true;
         let done = Event::ExecutionFinished(pb::ExecutionFinished {
             success: state.all_succeeded,
-            duration: Some(wire_duration(state.started.elapsed())),
+            duration: Some(convert::duration(state.started.elapsed())),
         });
         return Some((Ok(pb::ExecuteStreamResponse { event: Some(done) }), state));
     };
-    let target = wire_target(&state.plan.targets[index]);
+    let target = convert::target(&state.plan.targets[index]);
     let event = match event {
         TargetEvent::Started { replica } => Event::TargetStarted(pb::TargetStarted {
             target: Some(target),
@@ -285,7 +261,7 @@ async fn next_stream_event(
                 statement_index: done.index,
                 command_tag: done.command_tag,
                 rows_affected: done.rows_affected,
-                duration: Some(wire_duration(done.duration)),
+                duration: Some(convert::duration(done.duration)),
             };
             state.statements.push((index, summary.clone()));
             Event::StatementSummary(summary)
@@ -302,7 +278,7 @@ async fn next_stream_event(
                 target: Some(target),
                 success: outcome.success,
                 error: outcome.error,
-                duration: Some(wire_duration(outcome.duration)),
+                duration: Some(convert::duration(outcome.duration)),
                 statements,
                 failed_statement_index: outcome.failed_statement_index,
                 outcome_unknown: outcome.outcome_unknown,
@@ -351,15 +327,7 @@ fn validate(query: &str) -> pb::ValidateResponse {
                     text: statement.span.text.clone(),
                     statement_class: wire_class(statement.class).into(),
                     command: statement.command.clone(),
-                    findings: statement
-                        .findings
-                        .iter()
-                        .map(|finding| pb::DangerFinding {
-                            code: finding.code.as_str().to_uppercase(),
-                            reason: finding.reason.clone(),
-                            statement_index: as_u32(index),
-                        })
-                        .collect(),
+                    findings: wire_findings(index, statement),
                     byte_offset: as_u32(statement.span.range.start),
                     byte_length: as_u32(statement.span.range.len()),
                     line: as_u32(statement.span.start.line),
