@@ -39,6 +39,9 @@ pub struct FleetConfig {
     /// Passwords, sessions, login throttling.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The audit trail in the history store.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// Listen addresses, TLS and shutdown behaviour of the gRPC server.
@@ -403,6 +406,50 @@ impl Default for QueryLimits {
             max_timeout: Duration::from_secs(300),
             max_query_bytes: 1024 * 1024,
             max_rows_per_statement: 10_000,
+        }
+    }
+}
+
+/// The write-ahead audit trail.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Longest wait to write an execution's record before it runs; past it
+    /// the execution is refused with UNAVAILABLE and no target sees it.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Record plain reads too. Writes, DDL and replication runs are always
+    /// recorded.
+    pub reads: bool,
+    /// Delete records older than this (in bounded batches, keeping an anchor
+    /// so the chain stays verifiable); none keeps them forever.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// Time between two retention passes.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Records deleted per retention transaction.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub retention_batch: u32,
+    /// How often a server renews its writer lease.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A server whose lease is older than this is presumed dead: its
+    /// records still RUNNING are closed as INTERRUPTED by any other server.
+    #[serde(with = "humantime_serde")]
+    pub writer_lease: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            write_timeout: Duration::from_secs(5),
+            reads: false,
+            retention: None,
+            retention_interval: Duration::from_secs(3600),
+            retention_batch: 1000,
+            heartbeat_interval: Duration::from_secs(10),
+            writer_lease: Duration::from_secs(60),
         }
     }
 }

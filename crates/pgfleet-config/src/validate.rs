@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::error::Problem;
-use crate::model::{AuthConfig, ConnectionConfig, FleetConfig, PoolConfig, SslMode};
+use crate::model::{AuditConfig, AuthConfig, ConnectionConfig, FleetConfig, PoolConfig, SslMode};
 use crate::path::ConfigPath;
 
 /// Every problem in `config`, in file order; empty when it is valid.
@@ -121,6 +121,8 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
     if query.max_rows_per_statement == 0 {
         problems.add(&query_path.key("max_rows_per_statement"), "must be at least 1");
     }
+
+    check_audit(&mut problems, &root.key("audit"), &config.audit);
 
     let health_path = root.key("health");
     if config.health.interval.is_zero() {
@@ -256,5 +258,37 @@ fn check_auth(problems: &mut Problems, path: &ConfigPath, auth: &AuthConfig) {
     }
     if auth.login_window < Duration::from_secs(1) {
         problems.add(&path.key("login_window"), "must be at least 1s");
+    }
+}
+
+fn check_audit(problems: &mut Problems, path: &ConfigPath, audit: &AuditConfig) {
+    if audit.write_timeout.is_zero() {
+        problems.add(&path.key("write_timeout"), "must be greater than zero");
+    }
+    if audit.retention.is_some_and(|age| age < Duration::from_secs(60)) {
+        problems.add(
+            &path.key("retention"),
+            "must be at least 1m (or unset to keep forever)",
+        );
+    }
+    if audit.retention_interval < Duration::from_secs(1) {
+        problems.add(&path.key("retention_interval"), "must be at least 1s");
+    }
+    if audit.retention_batch == 0 {
+        problems.add(&path.key("retention_batch"), "must be at least 1");
+    }
+    if audit.heartbeat_interval.is_zero() {
+        problems.add(&path.key("heartbeat_interval"), "must be greater than zero");
+    }
+    // Two missed heartbeats must not look like a dead server.
+    if audit.writer_lease < audit.heartbeat_interval * 3 {
+        problems.add(
+            &path.key("writer_lease"),
+            format!(
+                "{} is under three heartbeat intervals ({})",
+                humantime::format_duration(audit.writer_lease),
+                humantime::format_duration(audit.heartbeat_interval * 3)
+            ),
+        );
     }
 }

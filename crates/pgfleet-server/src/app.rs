@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{self, AuditLog};
 use crate::auth::gate::AuthLayer;
 use crate::auth::{AuthError, Authenticator, SessionStore, SessionStoreError};
 use crate::history_store::{self, HistoryStoreError};
@@ -89,6 +90,10 @@ impl RunningServer {
             })
             .collect();
 
+        let audit = AuditLog::new(history.clone(), config.audit.clone());
+        let audit_maintenance = CancellationToken::new();
+        let audit_task = audit::maintenance::spawn(Arc::clone(&audit), audit_maintenance.clone());
+
         let registry = Arc::new(Registry::new(&config));
         let shared_config = Arc::new(config.clone());
         let monitor = HealthMonitor::spawn(Arc::clone(&registry), config.health.clone());
@@ -143,8 +148,9 @@ impl RunningServer {
             .add_service(QueryServiceServer::new(QueryService::new(
                 Arc::clone(&registry),
                 Arc::clone(&shared_config),
+                Arc::clone(&audit),
             )))
-            .add_service(HistoryServiceServer::new(HistoryService))
+            .add_service(HistoryServiceServer::new(HistoryService::new(Arc::clone(&audit))))
             .add_service(ReplicationServiceServer::new(ReplicationService))
             .add_service(FleetServiceServer::new(FleetService::new(
                 Arc::clone(&registry),
@@ -178,6 +184,12 @@ impl RunningServer {
                 }
             };
             monitor.stop().await;
+            // After the calls drained: the records they opened are closed,
+            // so the lease can go.
+            audit_maintenance.cancel();
+            if let Err(error) = audit_task.await {
+                tracing::warn!(%error, "audit maintenance task failed");
+            }
             close_pools(&registry, &history).await;
             tracing::info!("pgfleet stopped");
             result

@@ -6,6 +6,7 @@
 //! [`app::RunningServer`].
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod history_store;

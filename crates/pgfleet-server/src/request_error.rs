@@ -5,6 +5,8 @@
 
 use pgfleet_registry::RegistryError;
 
+use crate::audit::AuditError;
+
 /// Why a data-plane request was refused before or instead of running.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -45,6 +47,22 @@ impl From<RegistryError> for RequestError {
         match error {
             unknown @ RegistryError::UnknownTarget { .. } => RequestError::NotFound(unknown.to_string()),
             other => RequestError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<AuditError> for RequestError {
+    fn from(error: AuditError) -> Self {
+        match error {
+            AuditError::TimedOut(_) => RequestError::Unavailable(format!("history store: {error}")),
+            AuditError::Store(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => RequestError::Unavailable(format!("history store unavailable: {error}")),
+            AuditError::Store(other) => RequestError::Internal(format!("history store: {other}")),
         }
     }
 }

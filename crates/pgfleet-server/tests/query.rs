@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
-use pgfleet_server::identity::Role;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use support::{Fleet, bearer, channel, login};
+use support::{bearer, session};
 
 fn client(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
@@ -38,42 +37,6 @@ fn cell_text(cell: &pb::Cell) -> String {
             format!("\\x{}", v.iter().map(|b| format!("{b:02x}")).collect::<String>())
         }
     }
-}
-
-/// A running fleet with a logged-in user of each role.
-struct Session {
-    fleet: Fleet,
-    server: pgfleet_server::app::RunningServer,
-    channel: Channel,
-    master: String,
-    user: String,
-    reader: String,
-}
-
-async fn session(extra: &str) -> anyhow::Result<Session> {
-    let fleet = Fleet::create().await?;
-    let server = fleet.start(extra).await?;
-    let channel = channel(&server).await?;
-    let mut tokens = Vec::new();
-    for (name, role) in [
-        ("q-master", Role::Master),
-        ("q-user", Role::User),
-        ("q-reader", Role::Reader),
-    ] {
-        let password = fleet.create_user(name, role).await?;
-        tokens.push(login(&channel, name, &password).await?);
-    }
-    let reader = tokens.pop().unwrap_or_default();
-    let user = tokens.pop().unwrap_or_default();
-    let master = tokens.pop().unwrap_or_default();
-    Ok(Session {
-        fleet,
-        server,
-        channel,
-        master,
-        user,
-        reader,
-    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -112,7 +112,7 @@ async fn grpcurl_lists_every_service_and_health_is_serving() -> anyhow::Result<(
                 "-d",
                 "{}",
                 &addr,
-                "pgfleet.v1.HistoryService/VerifyChain",
+                "pgfleet.v1.ReplicationService/GetStatus",
             ])
         }
     })

@@ -191,7 +191,7 @@ fn random_base64() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 

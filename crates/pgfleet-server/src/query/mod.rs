@@ -11,6 +11,7 @@
 //! - [`dispatch`] starts every target concurrently and merges their events
 //!   into one bounded channel, so a slow consumer slows the reads.
 
+pub mod audited;
 pub mod plan;
 pub mod run;
 pub mod values;

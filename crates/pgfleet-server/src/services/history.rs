@@ -1,50 +1,511 @@
 //! `pgfleet.v1.HistoryService`: reading the audit trail.
 
-use pgfleet_proto::pgfleet::v1::{
-    ExportExecutionsRequest, ExportExecutionsResponse, GetExecutionRequest, GetExecutionResponse,
-    ListExecutionsRequest, ListExecutionsResponse, VerifyChainRequest, VerifyChainResponse,
-    history_service_server,
-};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::DateTime;
+use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_proto::pgfleet::v1::history_service_server;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
-use super::{ResponseStream, not_implemented};
+use super::ResponseStream;
+use super::convert::{self, role_to_wire};
+use crate::audit::chain::{self, Link};
+use crate::audit::search::{self, Filter, PageCursor, StoredExecution, Visibility};
+use crate::audit::{AuditLog, RecordedOutcome};
+use crate::identity::{Identity, Role};
+use crate::request_error::RequestError;
 
-/// The issue that implements this service.
-const ISSUE: u32 = 5;
+/// Page size when the request names none.
+const DEFAULT_PAGE_SIZE: i32 = 50;
+/// Largest page a request may ask for.
+const MAX_PAGE_SIZE: i32 = 500;
+/// Records read per round trip while exporting; also the most held in memory.
+const EXPORT_BATCH: i64 = 500;
 
 /// Serves `pgfleet.v1.HistoryService`.
-#[derive(Debug, Default, Clone)]
-pub struct HistoryService;
+#[derive(Clone)]
+pub struct HistoryService {
+    audit: Arc<AuditLog>,
+}
+
+impl HistoryService {
+    pub fn new(audit: Arc<AuditLog>) -> Self {
+        Self { audit }
+    }
+}
+
+/// The stored name of a wire enum value: its proto name without the
+/// enum's prefix (`STATEMENT_CLASS_WRITE` → `WRITE`).
+fn stored_name(wire_name: &str, prefix: &str) -> String {
+    wire_name.strip_prefix(prefix).unwrap_or(wire_name).to_owned()
+}
+
+fn wire_name(stored: &str, prefix: &str) -> String {
+    format!("{prefix}{stored}")
+}
+
+/// Checks and converts a wire filter; `field` is its path in the request.
+fn filter_from_wire(wire: Option<&pb::ExecutionFilter>, field: &str) -> Result<Filter, RequestError> {
+    let Some(wire) = wire else {
+        return Ok(Filter::default());
+    };
+    let non_empty = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    let time = |value: Option<&prost_types::Timestamp>, name: &str| {
+        value
+            .map(|t| {
+                convert::timestamp_to_chrono(t)
+                    .ok_or_else(|| RequestError::invalid(format!("{field}.{name}"), "not a valid timestamp"))
+            })
+            .transpose()
+    };
+    let start_time = time(wire.start_time.as_ref(), "start_time")?;
+    let end_time = time(wire.end_time.as_ref(), "end_time")?;
+    if let (Some(start), Some(end)) = (start_time, end_time)
+        && end <= start
+    {
+        return Err(RequestError::invalid(
+            format!("{field}.end_time"),
+            format!(
+                "{} is not after start_time {}",
+                end.to_rfc3339(),
+                start.to_rfc3339()
+            ),
+        ));
+    }
+    let enum_filter = |value: i32, name: &str, known: Option<&str>, prefix: &str| match known {
+        None => Err(RequestError::invalid(
+            format!("{field}.{name}"),
+            format!("unknown value {value}"),
+        )),
+        Some(_) if value == 0 => Ok(None),
+        Some(wire_name) => Ok(Some(stored_name(wire_name, prefix))),
+    };
+    let statement_class = enum_filter(
+        wire.statement_class,
+        "statement_class",
+        pb::StatementClass::try_from(wire.statement_class)
+            .ok()
+            .map(|c| c.as_str_name()),
+        "STATEMENT_CLASS_",
+    )?;
+    let status = enum_filter(
+        wire.status,
+        "status",
+        pb::ExecutionStatus::try_from(wire.status)
+            .ok()
+            .map(|c| c.as_str_name()),
+        "EXECUTION_STATUS_",
+    )?;
+    let kind = enum_filter(
+        wire.kind,
+        "kind",
+        pb::RecordKind::try_from(wire.kind).ok().map(|c| c.as_str_name()),
+        "RECORD_KIND_",
+    )?;
+    let api_key_id = match wire.api_key_id.as_str() {
+        "" => None,
+        text => Some(parse_uuid(text, &format!("{field}.api_key_id"))?),
+    };
+    Ok(Filter {
+        database: non_empty(&wire.database),
+        cloud: non_empty(&wire.cloud),
+        username: non_empty(&wire.username.to_lowercase()),
+        success: wire.success,
+        statement_class,
+        start_time,
+        end_time,
+        query_contains: non_empty(&wire.query_contains),
+        status,
+        kind,
+        api_key_id,
+        fingerprint: non_empty(&wire.fingerprint),
+    })
+}
+
+fn parse_uuid(text: &str, field: &str) -> Result<Uuid, RequestError> {
+    Uuid::parse_str(text).map_err(|_| RequestError::invalid(field, format!("{text:?} is not a UUID")))
+}
+
+/// A page token: where the page ended and a digest of the filter it was
+/// made for, so a token is never applied to another filter by mistake.
+fn encode_page_token(cursor: PageCursor, filter_digest: &str) -> String {
+    let text = format!(
+        "v1.{}.{}.{filter_digest}",
+        cursor.started_at.timestamp_micros(),
+        cursor.id.simple()
+    );
+    URL_SAFE_NO_PAD.encode(text)
+}
+
+fn decode_page_token(token: &str, filter_digest: &str) -> Result<PageCursor, RequestError> {
+    let invalid = |why: &str| RequestError::invalid("page_token", why);
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| invalid("not a token from a previous response"))?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid("not a token from a previous response"))?;
+    let parts: Vec<&str> = text.split('.').collect();
+    let [version, micros, id, digest] = parts[..] else {
+        return Err(invalid("not a token from a previous response"));
+    };
+    if version != "v1" {
+        return Err(invalid("not a token from a previous response"));
+    }
+    if digest != filter_digest {
+        return Err(invalid("the token was made for a different filter"));
+    }
+    let started_at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(|| invalid("not a token from a previous response"))?;
+    let id = Uuid::parse_str(id).map_err(|_| invalid("not a token from a previous response"))?;
+    Ok(PageCursor { started_at, id })
+}
+
+fn filter_digest(filter: Option<&pb::ExecutionFilter>) -> String {
+    let encoded = filter.map(|f| f.encode_to_vec()).unwrap_or_default();
+    crate::auth::credentials::hex_sha256(&encoded)[..16].to_owned()
+}
+
+fn wire_link(link: Link) -> pb::ChainLink {
+    pb::ChainLink {
+        sequence: u64::try_from(link.sequence).unwrap_or(0),
+        hash: link.hash,
+        prev_hash: link.prev_hash,
+    }
+}
+
+fn wire_target(target: crate::audit::RecordedTarget) -> pb::Target {
+    pb::Target {
+        cloud: target.cloud,
+        database: target.database,
+    }
+}
+
+fn wire_outcome(outcome: RecordedOutcome) -> pb::TargetOutcome {
+    let error = outcome.error.map(|error| pb::TargetError {
+        code: pb::ErrorCode::from_str_name(&error.code)
+            .unwrap_or(pb::ErrorCode::Unknown)
+            .into(),
+        message: error.message.clone(),
+        postgres: (!error.sqlstate.is_empty()).then(|| pb::PostgresError {
+            sqlstate: error.sqlstate,
+            message: error.message,
+            detail: error.detail,
+            hint: error.hint,
+            position: error.position,
+            ..Default::default()
+        }),
+    });
+    pb::TargetOutcome {
+        target: Some(wire_target(outcome.target)),
+        success: outcome.success,
+        command_tags: outcome.command_tags,
+        rows_affected: outcome.rows_affected,
+        duration: Some(convert::duration(std::time::Duration::from_micros(
+            outcome.duration_micros,
+        ))),
+        error,
+        outcome_unknown: outcome.outcome_unknown,
+        failed_statement_index: outcome.failed_statement_index,
+    }
+}
+
+/// The wire form of a stored record.
+fn wire_record(stored: StoredExecution) -> pb::ExecutionRecord {
+    let opened = stored.opened().map(wire_link);
+    let closed = stored.closed().map(wire_link);
+    let row = stored.row;
+    let principal = match row.actor_kind.as_str() {
+        "user" => row.actor_username.map(pb::actor::Principal::Username),
+        "api_key" => Some(pb::actor::Principal::ApiKey(pb::ApiKeyRef {
+            id: row.actor_api_key_id.map(|id| id.to_string()).unwrap_or_default(),
+            name: row.actor_api_key_name.unwrap_or_default(),
+        })),
+        _ => row.actor_system.map(pb::actor::Principal::System),
+    };
+    let enum_value = |stored: &str, prefix: &str, parse: fn(&str) -> Option<i32>| {
+        parse(&wire_name(stored, prefix)).unwrap_or(0)
+    };
+    pb::ExecutionRecord {
+        id: row.id.to_string(),
+        actor: Some(pb::Actor {
+            principal,
+            role: Role::parse(&row.actor_role).map_or(0, |role| role_to_wire(role).into()),
+        }),
+        client_address: row.client_address,
+        request_id: row.request_id,
+        query: row.query,
+        fingerprint: row.fingerprint,
+        statement_classes: row
+            .statement_classes
+            .iter()
+            .map(|class| {
+                enum_value(class, "STATEMENT_CLASS_", |name| {
+                    pb::StatementClass::from_str_name(name).map(Into::into)
+                })
+            })
+            .collect(),
+        database: row.database,
+        targets: row.targets.0.into_iter().map(wire_target).collect(),
+        scope: enum_value(&row.scope, "TARGET_SCOPE_", |name| {
+            pb::TargetScope::from_str_name(name).map(Into::into)
+        }),
+        started_at: Some(convert::timestamp(row.started_at)),
+        finished_at: row.finished_at.map(convert::timestamp),
+        status: enum_value(&row.status, "EXECUTION_STATUS_", |name| {
+            pb::ExecutionStatus::from_str_name(name).map(Into::into)
+        }),
+        success: row.success,
+        confirmed_dangerous: row.confirmed_dangerous,
+        findings: row
+            .findings
+            .0
+            .into_iter()
+            .map(|finding| pb::DangerFinding {
+                code: finding.code,
+                reason: finding.reason,
+                statement_index: finding.statement_index,
+            })
+            .collect(),
+        outcomes: row.outcomes.0.into_iter().map(wire_outcome).collect(),
+        opened,
+        kind: enum_value(&row.kind, "RECORD_KIND_", |name| {
+            pb::RecordKind::from_str_name(name).map(Into::into)
+        }),
+        replication_job_id: row
+            .replication_job_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        pg_schema: row.pg_schema,
+        read_only: row.read_only,
+        closed,
+    }
+}
 
 #[tonic::async_trait]
 impl history_service_server::HistoryService for HistoryService {
-    type ExportExecutionsStream = ResponseStream<ExportExecutionsResponse>;
+    type ExportExecutionsStream = ResponseStream<pb::ExportExecutionsResponse>;
 
     async fn list_executions(
         &self,
-        _request: Request<ListExecutionsRequest>,
-    ) -> Result<Response<ListExecutionsResponse>, Status> {
-        Err(not_implemented("HistoryService/ListExecutions", ISSUE))
+        request: Request<pb::ListExecutionsRequest>,
+    ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        let identity = Identity::of(&request)?.clone();
+        let request = request.into_inner();
+        let filter = filter_from_wire(request.filter.as_ref(), "filter")?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size @ 1..=MAX_PAGE_SIZE => size,
+            other => {
+                return Err(RequestError::invalid(
+                    "page_size",
+                    format!("{other} is outside 1..={MAX_PAGE_SIZE} (0 for the default {DEFAULT_PAGE_SIZE})"),
+                )
+                .into());
+            }
+        };
+        if request.offset < 0 {
+            return Err(RequestError::invalid("offset", "must not be negative").into());
+        }
+        let digest = filter_digest(request.filter.as_ref());
+        let cursor = match request.page_token.as_str() {
+            "" => None,
+            _ if request.offset > 0 => {
+                return Err(RequestError::invalid("offset", "cannot be combined with page_token").into());
+            }
+            token => Some(decode_page_token(token, &digest)?),
+        };
+        // Non-MASTER callers only ever see their own records; a username filter
+        // naming someone else then simply matches nothing.
+        let visibility = Visibility::of(&identity);
+        let pool = self.audit.pool();
+        let limit = i64::from(page_size);
+        // One more than asked tells whether another page exists.
+        let (mut records, total) = tokio::try_join!(
+            search::page(
+                pool,
+                visibility,
+                &filter,
+                cursor,
+                i64::from(request.offset),
+                limit + 1
+            ),
+            search::count(pool, visibility, &filter),
+        )
+        .map_err(RequestError::from)?;
+        let more = i64::try_from(records.len()).unwrap_or(i64::MAX) > limit;
+        records.truncate(usize::try_from(page_size).unwrap_or(0));
+        let next_page_token = match records.last() {
+            Some(last) if more => encode_page_token(
+                PageCursor {
+                    started_at: last.row.started_at,
+                    id: last.row.id,
+                },
+                &digest,
+            ),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListExecutionsResponse {
+            executions: records.into_iter().map(wire_record).collect(),
+            next_page_token,
+            total_count: total,
+        }))
     }
 
     async fn get_execution(
         &self,
-        _request: Request<GetExecutionRequest>,
-    ) -> Result<Response<GetExecutionResponse>, Status> {
-        Err(not_implemented("HistoryService/GetExecution", ISSUE))
+        request: Request<pb::GetExecutionRequest>,
+    ) -> Result<Response<pb::GetExecutionResponse>, Status> {
+        let identity = Identity::of(&request)?.clone();
+        let id = parse_uuid(&request.get_ref().id, "id")?;
+        let stored = search::get(self.audit.pool(), Visibility::of(&identity), id)
+            .await
+            .map_err(RequestError::from)?
+            .ok_or_else(|| RequestError::NotFound(format!("execution {id} not found")))?;
+        Ok(Response::new(pb::GetExecutionResponse {
+            execution: Some(wire_record(stored)),
+        }))
     }
 
     async fn export_executions(
         &self,
-        _request: Request<ExportExecutionsRequest>,
+        request: Request<pb::ExportExecutionsRequest>,
     ) -> Result<Response<Self::ExportExecutionsStream>, Status> {
-        Err(not_implemented("HistoryService/ExportExecutions", ISSUE))
+        let identity = Identity::of(&request)?.clone();
+        let request = request.into_inner();
+        let filter = filter_from_wire(request.filter.as_ref(), "filter")?;
+        let mut after = i64::try_from(request.after_sequence)
+            .map_err(|_| RequestError::invalid("after_sequence", "out of range"))?;
+        // Non-MASTER callers only ever see their own records; a username filter
+        // naming someone else then simply matches nothing.
+        let visibility = Visibility::of(&identity);
+        let pool = self.audit.pool().clone();
+        // One batch in flight: the stream reads the next batch only when the
+        // client has taken the previous one.
+        let (sender, receiver) = mpsc::channel(usize::try_from(EXPORT_BATCH).unwrap_or(1));
+        tokio::spawn(async move {
+            loop {
+                let batch = match search::export_batch(&pool, visibility, &filter, after, EXPORT_BATCH).await
+                {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::from(RequestError::from(error)))).await;
+                        return;
+                    }
+                };
+                let complete = i64::try_from(batch.len()).unwrap_or(i64::MAX) < EXPORT_BATCH;
+                for stored in batch {
+                    if let Some(opened) = stored.opened() {
+                        after = opened.sequence;
+                    }
+                    let message = pb::ExportExecutionsResponse {
+                        execution: Some(wire_record(stored)),
+                    };
+                    if sender.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                if complete {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
     async fn verify_chain(
         &self,
-        _request: Request<VerifyChainRequest>,
-    ) -> Result<Response<VerifyChainResponse>, Status> {
-        Err(not_implemented("HistoryService/VerifyChain", ISSUE))
+        request: Request<pb::VerifyChainRequest>,
+    ) -> Result<Response<pb::VerifyChainResponse>, Status> {
+        let request = request.into_inner();
+        let bound = |value: u64, field: &str| -> Result<Option<i64>, RequestError> {
+            match value {
+                0 => Ok(None),
+                n => i64::try_from(n)
+                    .map(Some)
+                    .map_err(|_| RequestError::invalid(field, "out of range")),
+            }
+        };
+        let from = bound(request.from_sequence, "from_sequence")?;
+        let to = bound(request.to_sequence, "to_sequence")?;
+        if let (Some(from), Some(to)) = (from, to)
+            && to < from
+        {
+            return Err(
+                RequestError::invalid("to_sequence", format!("{to} is before from_sequence {from}")).into(),
+            );
+        }
+        let verification = chain::verify(self.audit.pool(), from, to)
+            .await
+            .map_err(RequestError::from)?;
+        Ok(Response::new(pb::VerifyChainResponse {
+            ok: verification.first_break.is_none(),
+            records_checked: verification.records_checked,
+            first_broken: verification.first_break.map(|broken| pb::ChainBreak {
+                sequence: u64::try_from(broken.sequence).unwrap_or(0),
+                execution_id: broken.execution_id.map(|id| id.to_string()).unwrap_or_default(),
+                reason: broken.reason,
+                expected_hash: broken.expected_hash,
+                stored_hash: broken.stored_hash,
+            }),
+            anchor: verification.anchor.map(|anchor| pb::ChainAnchor {
+                sequence: u64::try_from(anchor.sequence).unwrap_or(0),
+                hash: anchor.hash,
+                updated_at: anchor.updated_at.map(convert::timestamp),
+            }),
+            last: verification.last.map(wire_link),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_are_bound_to_their_filter() {
+        let cursor = PageCursor {
+            started_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("valid"),
+            id: Uuid::now_v7(),
+        };
+        let token = encode_page_token(cursor, "abc");
+        assert_eq!(decode_page_token(&token, "abc").ok(), Some(cursor));
+        let other = decode_page_token(&token, "abd").err().map(|e| e.to_string());
+        assert_eq!(
+            other.as_deref(),
+            Some("page_token: the token was made for a different filter")
+        );
+        assert!(decode_page_token("garbage!", "abc").is_err());
+    }
+
+    #[test]
+    fn inverted_date_ranges_name_the_field() {
+        let wire = pb::ExecutionFilter {
+            start_time: Some(prost_types::Timestamp {
+                seconds: 100,
+                nanos: 0,
+            }),
+            end_time: Some(prost_types::Timestamp {
+                seconds: 50,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let error = filter_from_wire(Some(&wire), "filter")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("filter.end_time:")),
+            "{error:?}"
+        );
     }
 }

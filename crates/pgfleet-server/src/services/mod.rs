@@ -37,7 +37,7 @@ fn not_implemented(method: &str, issue: u32) -> Status {
 #[cfg(test)]
 mod tests {
     use pgfleet_proto::pgfleet::v1 as pb;
-    use pgfleet_proto::pgfleet::v1::history_service_server::HistoryService as _;
+    use pgfleet_proto::pgfleet::v1::replication_service_server::ReplicationService as _;
     use tonic::{Code, Request};
 
     use super::*;
@@ -54,8 +54,8 @@ mod tests {
 
     #[tokio::test]
     async fn unary_and_streaming_rpcs_answer_unimplemented() {
-        let unary = HistoryService
-            .verify_chain(Request::new(pb::VerifyChainRequest::default()))
+        let unary = ReplicationService
+            .get_status(Request::new(pb::GetStatusRequest::default()))
             .await
             .err()
             .map(|status| (status.code(), status.message().to_owned()));
@@ -63,12 +63,12 @@ mod tests {
             unary,
             Some((
                 Code::Unimplemented,
-                "pgfleet.v1.HistoryService/VerifyChain is not implemented yet (issue #5)".to_owned()
+                "pgfleet.v1.ReplicationService/GetStatus is not implemented yet (issue #6)".to_owned()
             ))
         );
 
-        let streaming = HistoryService
-            .export_executions(Request::new(pb::ExportExecutionsRequest::default()))
+        let streaming = ReplicationService
+            .run_job(Request::new(pb::RunJobRequest::default()))
             .await
             .err()
             .map(|status| status.code());

@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status};
 
 use super::ResponseStream;
 use super::convert::{self, role_to_wire};
+use crate::audit::{AuditLog, OpenExecution};
 use crate::identity::{Identity, Role};
+use crate::query::audited::{self, Origin};
 use crate::query::plan::{check_query_size, required_role, wire_findings};
 use crate::query::{self, ExecuteFields, Plan, Scope, TargetEvent, TargetOutcome};
 use crate::request_error::RequestError;
@@ -23,16 +25,89 @@ use crate::request_error::RequestError;
 pub struct QueryService {
     registry: Arc<Registry>,
     config: Arc<FleetConfig>,
+    audit: Arc<AuditLog>,
 }
 
 impl QueryService {
-    pub fn new(registry: Arc<Registry>, config: Arc<FleetConfig>) -> Self {
-        Self { registry, config }
+    pub fn new(registry: Arc<Registry>, config: Arc<FleetConfig>, audit: Arc<AuditLog>) -> Self {
+        Self {
+            registry,
+            config,
+            audit,
+        }
     }
 
     fn plan(&self, fields: &ExecuteFields<'_>, identity: &Identity) -> Result<Arc<Plan>, RequestError> {
         Plan::new(fields, identity, &self.config, &self.registry).map(Arc::new)
     }
+
+    /// Puts the execution on record (committed) if it must be, before
+    /// anything runs; if the audit trail cannot be written in time the
+    /// execution is refused.
+    async fn open_record(
+        &self,
+        fields: &ExecuteFields<'_>,
+        plan: &Plan,
+        identity: &Identity,
+        origin: Origin,
+    ) -> Result<Option<OpenExecution>, RequestError> {
+        if !audited::must_record(plan, self.audit.settings().reads) {
+            return Ok(None);
+        }
+        let new = audited::new_execution(fields, plan, identity, origin);
+        match self.audit.open(new).await {
+            Ok(open) => Ok(Some(open)),
+            Err(error) => Err(match RequestError::from(error) {
+                RequestError::Unavailable(message) => RequestError::Unavailable(format!(
+                    "{message}: the execution was refused and no target saw it"
+                )),
+                other => other,
+            }),
+        }
+    }
+
+    /// Starts every target; events pass through the recorder when the
+    /// execution is on record.
+    fn start(
+        &self,
+        plan: &Arc<Plan>,
+        cancel: CancellationToken,
+        record: Option<OpenExecution>,
+    ) -> tokio::sync::mpsc::Receiver<(usize, TargetEvent)> {
+        let events = query::dispatch(Arc::clone(&self.registry), Arc::clone(plan), cancel);
+        match record {
+            Some(open) => audited::record(open.started(), Arc::clone(plan), events),
+            None => events,
+        }
+    }
+}
+
+/// Longest `x-request-id` kept as sent; longer or non-printable ids are
+/// replaced by a generated one.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The caller's address and request id (`x-request-id`, or a new UUID).
+fn origin<T>(request: &Request<T>) -> Origin {
+    let request_id = request
+        .metadata()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    Origin {
+        client_address: request.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+        request_id,
+    }
+}
+
+/// `response` with the request id echoed, so callers can quote it.
+fn with_request_id<T>(mut response: Response<T>, origin_request_id: &str) -> Response<T> {
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(origin_request_id) {
+        response.metadata_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 /// The fields `ExecuteRequest` and `ExecuteStreamRequest` share (their
@@ -85,6 +160,8 @@ impl query_service_server::QueryService for QueryService {
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let identity = Identity::of(&request)?.clone();
+        let origin = origin(&request);
+        let request_id = origin.request_id.clone();
         let request = request.into_inner();
         let fields = execute_fields!(
             request,
@@ -93,11 +170,13 @@ impl query_service_server::QueryService for QueryService {
             Some(self.config.query.max_rows_per_statement)
         );
         let plan = self.plan(&fields, &identity)?;
+        let record = self.open_record(&fields, &plan, &identity, origin).await?;
+        let execution_id = record.as_ref().map_or_else(uuid::Uuid::now_v7, OpenExecution::id);
         let cancel = CancellationToken::new();
         // Dropped when tonic drops this call (client cancel, deadline):
         // every target then cancels its statement on the server.
         let _cancel_on_drop = cancel.clone().drop_guard();
-        let mut events = query::dispatch(Arc::clone(&self.registry), Arc::clone(&plan), cancel);
+        let mut events = self.start(&plan, cancel, record);
 
         let mut statements: Vec<Vec<pb::StatementResult>> = vec![Vec::new(); plan.targets.len()];
         let mut results: Vec<Option<pb::TargetResult>> = vec![None; plan.targets.len()];
@@ -154,12 +233,13 @@ impl query_service_server::QueryService for QueryService {
                 })
             })
             .collect();
-        Ok(Response::new(pb::ExecuteResponse {
-            execution_id: uuid::Uuid::now_v7().to_string(),
+        let response = Response::new(pb::ExecuteResponse {
+            execution_id: execution_id.to_string(),
             success: results.iter().all(|r| r.success),
             results,
             confirmed_findings: plan.confirmed_findings.clone(),
-        }))
+        });
+        Ok(with_request_id(response, &request_id))
     }
 
     async fn execute_stream(
@@ -167,6 +247,8 @@ impl query_service_server::QueryService for QueryService {
         request: Request<pb::ExecuteStreamRequest>,
     ) -> Result<Response<Self::ExecuteStreamStream>, Status> {
         let identity = Identity::of(&request)?.clone();
+        let origin = origin(&request);
+        let request_id = origin.request_id.clone();
         let request = request.into_inner();
         let fields = execute_fields!(
             request,
@@ -175,12 +257,14 @@ impl query_service_server::QueryService for QueryService {
             None
         );
         let plan = self.plan(&fields, &identity)?;
+        let record = self.open_record(&fields, &plan, &identity, origin).await?;
+        let execution_id = record.as_ref().map_or_else(uuid::Uuid::now_v7, OpenExecution::id);
         let cancel = CancellationToken::new();
-        let events = query::dispatch(Arc::clone(&self.registry), Arc::clone(&plan), cancel.clone());
+        let events = self.start(&plan, cancel.clone(), record);
         let started = pb::ExecuteStreamResponse {
             event: Some(pb::execute_stream_response::Event::ExecutionStarted(
                 pb::ExecutionStarted {
-                    execution_id: uuid::Uuid::now_v7().to_string(),
+                    execution_id: execution_id.to_string(),
                     targets: plan.targets.iter().map(convert::target).collect(),
                     confirmed_findings: plan.confirmed_findings.clone(),
                 },
@@ -197,7 +281,7 @@ impl query_service_server::QueryService for QueryService {
         };
         let stream = futures::stream::once(async move { Ok(started) })
             .chain(futures::stream::unfold(state, next_stream_event));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(with_request_id(Response::new(Box::pin(stream)), &request_id))
     }
 
     async fn validate(

@@ -194,3 +194,39 @@ pub fn run_grpcurl(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A running fleet with a logged-in user of each role.
+pub struct Session {
+    pub fleet: Fleet,
+    pub server: pgfleet_server::app::RunningServer,
+    pub channel: Channel,
+    pub master: String,
+    pub user: String,
+    pub reader: String,
+}
+
+pub async fn session(extra: &str) -> anyhow::Result<Session> {
+    let fleet = Fleet::create().await?;
+    let server = fleet.start(extra).await?;
+    let channel = channel(&server).await?;
+    let mut tokens = Vec::new();
+    for (name, role) in [
+        ("s-master", Role::Master),
+        ("s-user", Role::User),
+        ("s-reader", Role::Reader),
+    ] {
+        let password = fleet.create_user(name, role).await?;
+        tokens.push(login(&channel, name, &password).await?);
+    }
+    let reader = tokens.pop().unwrap_or_default();
+    let user = tokens.pop().unwrap_or_default();
+    let master = tokens.pop().unwrap_or_default();
+    Ok(Session {
+        fleet,
+        server,
+        channel,
+        master,
+        user,
+        reader,
+    })
+}
