@@ -16,13 +16,13 @@ use pgfleet_server::audit::{
     self, Actor, AuditLog, Kind, NewExecution, RecordedOutcome, RecordedTarget, TargetScope,
 };
 use pgfleet_server::identity::Role;
-use pgfleet_testkit::wait_until;
+use pgfleet_testkit::{FaultProxy, wait_until};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use support::{Session, bearer, channel, session};
+use support::{Fleet, Session, bearer, channel, login, session};
 
 fn history(channel: &Channel) -> HistoryServiceClient<Channel> {
     HistoryServiceClient::new(channel.clone())
@@ -313,6 +313,76 @@ async fn a_write_is_refused_when_the_audit_trail_cannot_be_written() -> anyhow::
     assert!(verified.ok, "{:?}", verified.first_broken);
     history_pool.close().await;
     s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_history_store_down_writes_are_refused_and_nothing_changes() -> anyhow::Result<()> {
+    let mut fleet = Fleet::create().await?;
+    let proxy = FaultProxy::start(format!("{}:{}", fleet.history.host(), fleet.history.port())).await?;
+    fleet.history_port = Some(proxy.port());
+    let server = fleet
+        .start("[audit]\nwrite_timeout = '1s'\n[history.pool]\nacquire_timeout = '2s'\n")
+        .await?;
+    let channel = channel(&server).await?;
+    let password = fleet.create_user("writer", Role::User).await?;
+    let token = login(&channel, "writer", &password).await?;
+    let (_, _, aws_app) = fleet
+        .databases
+        .iter()
+        .find(|(cloud, name, _)| cloud == "aws" && name == "app")
+        .ok_or_else(|| anyhow::anyhow!("no aws app"))?;
+    let target = aws_app.pool().await?;
+    sqlx::query("CREATE TABLE items (id int PRIMARY KEY)")
+        .execute(&target)
+        .await?;
+
+    proxy.cut();
+    for sql in [
+        "INSERT INTO items VALUES (1)",
+        "DELETE FROM items",
+        "INSERT INTO items VALUES (2)",
+    ] {
+        let refused = query(&channel)
+            .execute(bearer(on_cloud(sql, "aws"), &token))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{sql} ran with the history store down"));
+        assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&target)
+        .await?;
+    assert_eq!(rows, 0, "a write reached the target without an audit record");
+
+    // Back: the next write runs and is on record.
+    proxy.pass();
+    let mut response = None;
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        async || match query(&channel)
+            .execute(bearer(on_cloud("INSERT INTO items VALUES (3)", "aws"), &token))
+            .await
+        {
+            Ok(ok) => {
+                response = Some(ok.into_inner());
+                anyhow::Ok(true)
+            }
+            Err(status) if status.code() == Code::Unavailable => anyhow::Ok(false),
+            Err(status) => Err(status.into()),
+        },
+    )
+    .await?;
+    let id = response.map(|r| r.execution_id).unwrap_or_default();
+    let record = get_record(&channel, &token, &id).await?;
+    assert_eq!(record.status, i32::from(pb::ExecutionStatus::Succeeded));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&target)
+        .await?;
+    assert_eq!(rows, 1);
+    target.close().await;
+    server.shutdown().await?;
     Ok(())
 }
 

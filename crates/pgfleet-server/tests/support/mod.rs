@@ -25,6 +25,8 @@ pub struct Fleet {
     pub auth_toml: String,
     /// Redis for sessions; `None` keeps them in the server process.
     pub redis_url: Option<String>,
+    /// Reach the history store through this port (a fault proxy) instead.
+    pub history_port: Option<u16>,
 }
 
 impl Fleet {
@@ -42,6 +44,7 @@ impl Fleet {
             databases,
             auth_toml: "bcrypt_cost = 4\nmin_password_length = 10\n".to_owned(),
             redis_url: Some(pgfleet_testkit::redis_url()),
+            history_port: None,
         })
     }
 
@@ -51,7 +54,7 @@ impl Fleet {
             "[server]\nlisten_addr = '127.0.0.1:0'\nshutdown_grace = '2s'\n\
              [history]\nhost = '{}'\nport = {}\nuser = '{}'\ndatabase = '{}'\nsslmode = 'disable'\n",
             self.history.host(),
-            self.history.port(),
+            self.history_port.unwrap_or(self.history.port()),
             self.history.user(),
             self.history.name()
         );
