@@ -31,7 +31,8 @@ fn client_script() -> PathBuf {
 async fn a_python_grpcio_client_generated_from_the_protos_drives_the_server() -> anyhow::Result<()> {
     let python = python();
     let fleet = Fleet::create().await?;
-    let server = fleet.start("").await?;
+    // Reads are recorded so the READER has history to look up.
+    let server = fleet.start("[audit]\nreads = true\n").await?;
     let password = fleet.create_user("py-reader", Role::Reader).await?;
 
     let child = tokio::process::Command::new(&python)
@@ -64,6 +65,11 @@ async fn a_python_grpcio_client_generated_from_the_protos_drives_the_server() ->
     assert_eq!(summary["validate"]["column"], 1, "{summary}");
     assert_eq!(summary["stream"]["rows"]["aws/app"], 2000, "{summary}");
     assert_eq!(summary["stream"]["rows"]["gcp/app"], 2000, "{summary}");
+    assert_eq!(
+        summary["history"]["status"], "EXECUTION_STATUS_SUCCEEDED",
+        "{summary}"
+    );
+    assert_eq!(summary["history"]["total_count"], 1, "{summary}");
     assert_eq!(summary["create_user_as_reader"], "PERMISSION_DENIED", "{summary}");
     println!("{stdout}");
 

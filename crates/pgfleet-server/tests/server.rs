@@ -100,6 +100,40 @@ async fn grpcurl_lists_every_service_and_health_is_serving() -> anyhow::Result<(
         .map(str::to_owned)
         .expect("token in the Login response");
 
+    // A write through grpcurl is on record, and the chain verifies.
+    let history = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        let header = format!("authorization: Bearer {token}");
+        move || {
+            let write = run_grpcurl(&[
+                "-plaintext",
+                "-H",
+                &header,
+                "-d",
+                r#"{"query": "CREATE TABLE grpcurl_made (id int)", "database": "app", "cloud": "aws"}"#,
+                &addr,
+                "pgfleet.v1.QueryService/Execute",
+            ]);
+            let verify = run_grpcurl(&[
+                "-plaintext",
+                "-H",
+                &header,
+                "-d",
+                "{}",
+                &addr,
+                "pgfleet.v1.HistoryService/VerifyChain",
+            ]);
+            (write, verify)
+        }
+    })
+    .await?;
+    assert!(history.0.0, "{}", history.0.2);
+    let written: serde_json::Value = serde_json::from_str(&history.0.1)?;
+    assert_eq!(written["success"], true, "{written}");
+    let verified: serde_json::Value = serde_json::from_str(&history.1.1)?;
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["recordsChecked"], "2", "{verified}");
+
     // Not-yet-implemented RPCs say so, they never fake a response.
     let unimplemented = tokio::task::spawn_blocking({
         let addr = addr.clone();

@@ -3,7 +3,9 @@
 
 Generates Python stubs (grpcio) from the repository's proto files at run time,
 then drives the real server: AuthService.Login and Me, QueryService.Validate,
-Execute and ExecuteStream, and a CreateUser that a READER must be refused.
+Execute and ExecuteStream, HistoryService.GetExecution and ListExecutions for
+the Execute (the server records reads), and a CreateUser that a READER must be
+refused.
 
 Usage: client.py [ADDRESS]
   ADDRESS             host:port of the server (default: $PGFLEET_ADDR)
@@ -77,6 +79,8 @@ def run(address, username, password):
             common_pb2 = load("pgfleet.v1.common_pb2")
             query_pb2 = load("pgfleet.v1.query_pb2")
             query_grpc = load("pgfleet.v1.query_pb2_grpc")
+            history_pb2 = load("pgfleet.v1.history_pb2")
+            history_grpc = load("pgfleet.v1.history_pb2_grpc")
         finally:
             sys.path.remove(out_dir)
 
@@ -84,6 +88,7 @@ def run(address, username, password):
         grpc.channel_ready_future(channel).result(timeout=CALL_TIMEOUT)
         auth = auth_grpc.AuthServiceStub(channel)
         query = query_grpc.QueryServiceStub(channel)
+        history = history_grpc.HistoryServiceStub(channel)
 
         # --- AuthService.Login / Me ----------------------------------------
         login = auth.Login(auth_pb2.LoginRequest(username=username, password=password), timeout=CALL_TIMEOUT)
@@ -150,6 +155,32 @@ def run(address, username, password):
             "execution_id": executed.execution_id,
             "targets": targets,
             "today": executed.results[0].statements[0].rows[0].cells[1].formatted_value,
+        }
+
+        # --- HistoryService: the Execute above is on record ------------------
+        record = history.GetExecution(
+            history_pb2.GetExecutionRequest(id=executed.execution_id), metadata=creds, timeout=CALL_TIMEOUT
+        ).execution
+        check(record.id == executed.execution_id, f"GetExecution returned {record.id!r}")
+        check(record.actor.username == username, f"recorded actor {record.actor}")
+        check(
+            record.status == history_pb2.EXECUTION_STATUS_SUCCEEDED,
+            f"recorded status {history_pb2.ExecutionStatus.Name(record.status)}",
+        )
+        recorded = sorted(target_key(o.target) for o in record.outcomes)
+        check(recorded == ["aws/app", "gcp/app"], f"recorded outcomes for {recorded}")
+        check(all(o.command_tags == ["SELECT 1"] for o in record.outcomes), f"outcomes {record.outcomes}")
+        check(record.opened.sequence > 0 and len(record.closed.hash) == 64, f"chain links {record.opened} {record.closed}")
+        listed = history.ListExecutions(
+            history_pb2.ListExecutionsRequest(page_size=10), metadata=creds, timeout=CALL_TIMEOUT
+        )
+        check(
+            [r.id for r in listed.executions] == [executed.execution_id],
+            f"ListExecutions shows {[r.id for r in listed.executions]}",
+        )
+        summary["history"] = {
+            "status": history_pb2.ExecutionStatus.Name(record.status),
+            "total_count": listed.total_count,
         }
 
         # --- QueryService.ExecuteStream --------------------------------------
