@@ -17,6 +17,9 @@ CREATE TABLE pgfleet.executions (
     client_address      text        NOT NULL DEFAULT '',
     request_id          text        NOT NULL DEFAULT '',
     query               text        NOT NULL,
+    -- The text may carry credentials, so `query` holds it with every
+    -- literal replaced by $n (pg_query's normalize).
+    query_redacted      boolean     NOT NULL DEFAULT false,
     fingerprint         text        NOT NULL DEFAULT '',
     statement_classes   text[]      NOT NULL DEFAULT '{}',
     database            text        NOT NULL DEFAULT '',

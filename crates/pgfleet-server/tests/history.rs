@@ -222,6 +222,43 @@ async fn a_write_is_on_record_with_every_field_and_reads_are_not() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn passwords_in_sql_never_reach_the_trail() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let role = format!("audit_probe_{}", Uuid::new_v4().simple());
+    let secret = format!("pw-{}", Uuid::new_v4().simple());
+    let response = query(&s.channel)
+        .execute(bearer(
+            pb::ExecuteRequest {
+                confirm_dangerous: true,
+                ..on_cloud(&format!("CREATE ROLE {role} LOGIN PASSWORD '{secret}'"), "aws")
+            },
+            &s.master,
+        ))
+        .await?
+        .into_inner();
+    // Roles are cluster-wide: remove it whatever happens below.
+    admin_exec(&s, "aws", &format!("DROP ROLE IF EXISTS {role}")).await?;
+    assert!(response.success, "{:?}", response.results);
+
+    let record = get_record(&s.channel, &s.master, &response.execution_id).await?;
+    assert!(record.query_redacted);
+    assert!(record.confirmed_dangerous);
+    assert_eq!(record.findings.first().map(|f| f.code.as_str()), Some("ROLE"));
+    assert_eq!(record.query, format!("CREATE ROLE {role} LOGIN PASSWORD $1"));
+    let history_pool = s.fleet.history.pool().await?;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pgfleet.executions e WHERE e::text LIKE '%' || $1 || '%'")
+            .bind(&secret)
+            .fetch_one(&history_pool)
+            .await?;
+    assert_eq!(stored, 0, "the password is stored in the audit trail");
+    history_pool.close().await;
+    assert!(verify(&s.channel, &s.master).await?.ok);
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn reads_are_recorded_when_configured() -> anyhow::Result<()> {
     let s = session("[audit]\nreads = true\n").await?;
     let read = query(&s.channel)
@@ -479,19 +516,35 @@ async fn hand_edits_to_the_trail_are_found_by_verify_chain() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_writes_from_two_servers_form_one_unbroken_chain() -> anyhow::Result<()> {
-    let s = session("").await?;
-    let second = s.fleet.start("").await?;
-    let second_channel = channel(&second).await?;
-    admin_exec(&s, "aws", "CREATE TABLE items (id int PRIMARY KEY)").await?;
+    // Sessions in each process (no Redis): this test is about the history
+    // store, and 200 simultaneous calls should not hinge on a session pool.
+    let mut fleet = Fleet::create().await?;
+    fleet.redis_url = None;
+    let first = fleet.start("").await?;
+    let second = fleet.start("").await?;
+    let (first_channel, second_channel) = (channel(&first).await?, channel(&second).await?);
+    let password = fleet.create_user("burst", Role::User).await?;
+    let first_token = login(&first_channel, "burst", &password).await?;
+    let second_token = login(&second_channel, "burst", &password).await?;
+    let master_password = fleet.create_user("auditor", Role::Master).await?;
+    let master = login(&first_channel, "auditor", &master_password).await?;
+    let (_, _, aws_app) = fleet
+        .databases
+        .iter()
+        .find(|(cloud, name, _)| cloud == "aws" && name == "app")
+        .ok_or_else(|| anyhow::anyhow!("no aws app"))?;
+    let target = aws_app.pool().await?;
+    sqlx::query("CREATE TABLE items (id int PRIMARY KEY)")
+        .execute(&target)
+        .await?;
 
     let mut calls = Vec::new();
     for n in 0..200 {
-        let channel = if n % 2 == 0 {
-            s.channel.clone()
+        let (channel, token) = if n % 2 == 0 {
+            (first_channel.clone(), first_token.clone())
         } else {
-            second_channel.clone()
+            (second_channel.clone(), second_token.clone())
         };
-        let token = s.user.clone();
         calls.push(tokio::spawn(async move {
             query(&channel)
                 .execute(bearer(
@@ -509,20 +562,24 @@ async fn concurrent_writes_from_two_servers_form_one_unbroken_chain() -> anyhow:
         ids.insert(response.execution_id);
     }
     assert_eq!(ids.len(), 200);
-    assert_eq!(count_rows(&s, "aws", "items").await?, 200);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&target)
+        .await?;
+    assert_eq!(rows, 200);
 
-    let verified = verify(&s.channel, &s.master).await?;
+    let verified = verify(&first_channel, &master).await?;
     assert!(verified.ok, "{:?}", verified.first_broken);
     assert_eq!(verified.records_checked, 400, "two links per execution, no gaps");
     assert_eq!(verified.last.unwrap_or_default().sequence, 400);
-    let history_pool = s.fleet.history.pool().await?;
+    let history_pool = fleet.history.pool().await?;
     let writers: i64 = sqlx::query_scalar("SELECT count(DISTINCT writer_id) FROM pgfleet.executions")
         .fetch_one(&history_pool)
         .await?;
     assert_eq!(writers, 2, "both servers wrote");
     history_pool.close().await;
+    target.close().await;
     second.shutdown().await?;
-    s.server.shutdown().await?;
+    first.shutdown().await?;
     Ok(())
 }
 
@@ -548,6 +605,7 @@ async fn write_records(log: &Arc<AuditLog>, count: usize, database: &str) -> any
                         client_address: String::new(),
                         request_id: format!("bulk-{n}"),
                         query: format!("UPDATE t SET n = {n}"),
+                        query_redacted: false,
                         fingerprint: String::new(),
                         statement_classes: vec!["WRITE".to_owned()],
                         database,
@@ -898,6 +956,7 @@ async fn records_of_a_dead_server_are_closed_as_interrupted() -> anyhow::Result<
             client_address: String::new(),
             request_id: String::new(),
             query: "DELETE FROM items WHERE id = 1".to_owned(),
+            query_redacted: false,
             fingerprint: String::new(),
             statement_classes: vec!["WRITE".to_owned()],
             database: "app".to_owned(),

@@ -114,9 +114,41 @@ pub struct StatementAnalysis {
     pub notes: Vec<String>,
 }
 
+/// Commands whose text may hold a password or a connection string with one.
+const CREDENTIAL_COMMANDS: &[&str] = &[
+    "CREATE ROLE",
+    "ALTER ROLE",
+    "CREATE USER MAPPING",
+    "ALTER USER MAPPING",
+    "CREATE SUBSCRIPTION",
+    "ALTER SUBSCRIPTION",
+    "CREATE SERVER",
+    "ALTER SERVER",
+];
+
+/// Functions whose arguments may be connection strings with a password.
+const CREDENTIAL_FUNCTIONS: &[&str] = &[
+    "dblink",
+    "dblink_connect",
+    "dblink_connect_u",
+    "dblink_exec",
+    "dblink_send_query",
+];
+
 impl StatementAnalysis {
     pub fn is_read(&self) -> bool {
         self.class == StatementClass::Read
+    }
+
+    /// Its text may carry credentials (`PASSWORD '…'`, user mapping options,
+    /// subscription or dblink connection strings): store and show
+    /// [`Analysis::normalized`] instead, where every literal is `$n`.
+    pub fn may_carry_credentials(&self) -> bool {
+        CREDENTIAL_COMMANDS.contains(&self.command.as_str())
+            || self
+                .functions_called
+                .iter()
+                .any(|f| CREDENTIAL_FUNCTIONS.contains(&f.name.as_str()))
     }
 
     /// The called functions that are in [`SIDE_EFFECT_FUNCTIONS`](crate::SIDE_EFFECT_FUNCTIONS),
@@ -158,6 +190,11 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// True when some statement [may carry credentials](StatementAnalysis::may_carry_credentials).
+    pub fn may_carry_credentials(&self) -> bool {
+        self.statements.iter().any(StatementAnalysis::may_carry_credentials)
+    }
+
     /// Every statement is a read (true for a text without statements).
     pub fn is_read_only(&self) -> bool {
         self.statements.iter().all(StatementAnalysis::is_read)
@@ -184,5 +221,27 @@ impl Analysis {
 
     pub fn has_transaction_control(&self) -> bool {
         self.statements.iter().any(|s| s.is_transaction_control)
+    }
+}
+
+
+#[cfg(test)]
+mod credential_tests {
+    #[test]
+    fn texts_with_credentials_are_recognised_and_normalized_away() {
+        for sql in [
+            "CREATE ROLE app LOGIN PASSWORD 'hunter2'",
+            "ALTER USER app WITH PASSWORD 'hunter2'",
+            "CREATE USER MAPPING FOR app SERVER remote OPTIONS (user 'u', password 'hunter2')",
+            "CREATE SUBSCRIPTION s CONNECTION 'host=x password=hunter2' PUBLICATION p",
+            "SELECT dblink_connect('host=x password=hunter2')",
+            "SELECT 1; SELECT * FROM dblink('password=hunter2', 'select 1') AS t(x int)",
+        ] {
+            let analysis = crate::analyze(sql).expect("parses");
+            assert!(analysis.may_carry_credentials(), "{sql}");
+            assert!(!analysis.normalized.contains("hunter2"), "{sql} -> {}", analysis.normalized);
+        }
+        let plain = crate::analyze("UPDATE accounts SET note = 'password=x'").expect("parses");
+        assert!(!plain.may_carry_credentials());
     }
 }

@@ -122,10 +122,10 @@ impl AuditLog {
         let row: ExecutionRow = sqlx::query_as(concat!(
             "INSERT INTO pgfleet.executions AS e (id, kind, actor_kind, actor_user_id, actor_username, \
              actor_api_key_id, actor_api_key_name, actor_system, actor_role, client_address, request_id, \
-             query, fingerprint, statement_classes, database, pg_schema, scope, targets, read_only, \
-             confirmed_dangerous, findings, replication_job_id, writer_id, started_at, status) \
+             query, query_redacted, fingerprint, statement_classes, database, pg_schema, scope, targets, \
+             read_only, confirmed_dangerous, findings, replication_job_id, writer_id, started_at, status) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22, $23, clock_timestamp(), 'RUNNING') RETURNING ",
+             $20, $21, $22, $23, $24, clock_timestamp(), 'RUNNING') RETURNING ",
             execution_columns!()
         ))
         .bind(new.id)
@@ -140,6 +140,7 @@ impl AuditLog {
         .bind(&new.client_address)
         .bind(&new.request_id)
         .bind(&new.query)
+        .bind(new.query_redacted)
         .bind(&new.fingerprint)
         .bind(&new.statement_classes)
         .bind(&new.database)

@@ -208,7 +208,9 @@ pub struct NewExecution {
     pub role: Role,
     pub client_address: String,
     pub request_id: String,
+    /// The SQL text, or its redacted form when `query_redacted`.
     pub query: String,
+    pub query_redacted: bool,
     pub fingerprint: String,
     /// Distinct statement classes, wire names without prefix (`WRITE`).
     pub statement_classes: Vec<String>,
@@ -227,7 +229,7 @@ macro_rules! execution_columns {
     () => {
         "e.id, e.kind, e.actor_kind, e.actor_user_id, e.actor_username, e.actor_api_key_id, \
          e.actor_api_key_name, e.actor_system, e.actor_role, e.client_address, e.request_id, \
-         e.query, e.fingerprint, e.statement_classes, e.database, e.pg_schema, e.scope, \
+         e.query, e.query_redacted, e.fingerprint, e.statement_classes, e.database, e.pg_schema, e.scope, \
          e.targets, e.read_only, e.confirmed_dangerous, e.findings, e.replication_job_id, \
          e.writer_id, e.started_at, e.finished_at, e.status, e.success, e.outcomes"
     };
@@ -249,6 +251,7 @@ pub struct ExecutionRow {
     pub client_address: String,
     pub request_id: String,
     pub query: String,
+    pub query_redacted: bool,
     pub fingerprint: String,
     pub statement_classes: Vec<String>,
     pub database: String,
@@ -282,6 +285,7 @@ struct OpenedContent<'a> {
     client_address: &'a str,
     request_id: &'a str,
     query: &'a str,
+    query_redacted: bool,
     fingerprint: &'a str,
     statement_classes: &'a [String],
     database: &'a str,
@@ -349,6 +353,7 @@ impl ExecutionRow {
                 client_address: &self.client_address,
                 request_id: &self.request_id,
                 query: &self.query,
+                query_redacted: self.query_redacted,
                 fingerprint: &self.fingerprint,
                 statement_classes: &self.statement_classes,
                 database: &self.database,

@@ -74,7 +74,11 @@ pub fn new_execution(
         role: identity.role,
         client_address: origin.client_address,
         request_id: origin.request_id,
-        query: fields.query.to_owned(),
+        query: plan
+            .redacted_query
+            .clone()
+            .unwrap_or_else(|| fields.query.to_owned()),
+        query_redacted: plan.redacted_query.is_some(),
         fingerprint: format!("{:016x}", plan.fingerprint),
         statement_classes,
         database: fields.database.to_owned(),

@@ -94,6 +94,9 @@ pub struct Plan {
     pub row_limit: Option<u64>,
     pub batch_size: usize,
     pub fingerprint: u64,
+    /// The text with every literal as `$n`, set when the text may carry
+    /// credentials: what the audit trail records instead of the text.
+    pub redacted_query: Option<String>,
 }
 
 impl Plan {
@@ -195,6 +198,9 @@ impl Plan {
             row_limit: fields.row_limit,
             batch_size,
             fingerprint: analysis.fingerprint.0,
+            redacted_query: analysis
+                .may_carry_credentials()
+                .then(|| analysis.normalized.clone()),
         })
     }
 

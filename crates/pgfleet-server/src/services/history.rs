@@ -242,6 +242,7 @@ fn wire_record(stored: StoredExecution) -> pb::ExecutionRecord {
         client_address: row.client_address,
         request_id: row.request_id,
         query: row.query,
+        query_redacted: row.query_redacted,
         fingerprint: row.fingerprint,
         statement_classes: row
             .statement_classes
