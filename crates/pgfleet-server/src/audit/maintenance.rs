@@ -83,14 +83,17 @@ async fn renew_lease(log: &AuditLog) -> Result<(), AuditError> {
 
 /// Closes every RUNNING record whose writer holds no live lease (crashed,
 /// or cut from the store for longer than the lease) as INTERRUPTED, keeping
-/// the outcomes it reported and marking the others unknown. Returns how many
-/// were closed.
+/// the outcomes it reported and marking the others unknown. Only records
+/// older than the lease qualify, so a server that has just started and not
+/// yet written its lease never loses its records. Returns how many were
+/// closed.
 pub async fn interrupt_dead_writers(log: &AuditLog) -> Result<u64, AuditError> {
     let lease_secs = log.settings().writer_lease.as_secs_f64();
     let orphans: Vec<ExecutionRow> = sqlx::query_as(concat!(
         "SELECT ",
         execution_columns!(),
         " FROM pgfleet.executions e WHERE e.status = 'RUNNING' AND e.writer_id <> $1 \
+         AND e.started_at < now() - make_interval(secs => $2) \
          AND NOT EXISTS (SELECT 1 FROM pgfleet.audit_writers w WHERE w.id = e.writer_id \
          AND w.heartbeat_at > now() - make_interval(secs => $2)) \
          ORDER BY e.started_at LIMIT 1000"
