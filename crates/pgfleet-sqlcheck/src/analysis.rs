@@ -192,7 +192,9 @@ pub struct Analysis {
 impl Analysis {
     /// True when some statement [may carry credentials](StatementAnalysis::may_carry_credentials).
     pub fn may_carry_credentials(&self) -> bool {
-        self.statements.iter().any(StatementAnalysis::may_carry_credentials)
+        self.statements
+            .iter()
+            .any(StatementAnalysis::may_carry_credentials)
     }
 
     /// Every statement is a read (true for a text without statements).
@@ -224,7 +226,6 @@ impl Analysis {
     }
 }
 
-
 #[cfg(test)]
 mod credential_tests {
     #[test]
@@ -239,7 +240,11 @@ mod credential_tests {
         ] {
             let analysis = crate::analyze(sql).expect("parses");
             assert!(analysis.may_carry_credentials(), "{sql}");
-            assert!(!analysis.normalized.contains("hunter2"), "{sql} -> {}", analysis.normalized);
+            assert!(
+                !analysis.normalized.contains("hunter2"),
+                "{sql} -> {}",
+                analysis.normalized
+            );
         }
         let plain = crate::analyze("UPDATE accounts SET note = 'password=x'").expect("parses");
         assert!(!plain.may_carry_credentials());
