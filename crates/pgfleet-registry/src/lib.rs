@@ -13,11 +13,13 @@
 mod error;
 mod health;
 mod pools;
+mod read_only;
 mod retry;
 mod target;
 
 pub use error::RegistryError;
 pub use health::{HealthMonitor, HealthStatus, MemberHealth, probe_all};
 pub use pools::{Checkout, Registry, connect_options, pool_options};
+pub use read_only::begin_read_only;
 pub use retry::{Backoff, is_transient};
 pub use target::{Member, Route, Target};

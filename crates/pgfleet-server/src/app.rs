@@ -151,7 +151,11 @@ impl RunningServer {
                 Arc::clone(&audit),
             )))
             .add_service(HistoryServiceServer::new(HistoryService::new(Arc::clone(&audit))))
-            .add_service(ReplicationServiceServer::new(ReplicationService))
+            .add_service(ReplicationServiceServer::new(ReplicationService::new(
+                Arc::clone(&registry),
+                crate::replication::jobs::JobStore::new(history.clone()),
+                Arc::clone(&shared_config),
+            )))
             .add_service(FleetServiceServer::new(FleetService::new(
                 Arc::clone(&registry),
                 Arc::clone(&shared_config),

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod history_store;
 pub mod identity;
 pub mod query;
+pub mod replication;
 pub mod request_error;
 pub mod services;
 mod status;

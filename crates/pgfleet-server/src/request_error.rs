@@ -6,6 +6,8 @@
 use pgfleet_registry::RegistryError;
 
 use crate::audit::AuditError;
+use crate::replication::catalog::CatalogError;
+use crate::replication::jobs::JobStoreError;
 
 /// Why a data-plane request was refused before or instead of running.
 #[derive(Debug, thiserror::Error)]
@@ -14,9 +16,13 @@ pub enum RequestError {
     /// (`targets[1].cloud`, `pg_schema`).
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
-    /// A named cloud, database or target does not exist in the config.
+    /// A named cloud, database or target does not exist in the config, or
+    /// a named object (replication job) does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The object to create (or a new name) is taken.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The caller's role or API key allow-list does not cover this.
     #[error("{0}")]
     PermissionDenied(String),
@@ -24,6 +30,10 @@ pub enum RequestError {
     /// confirmation).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A concurrent change got there first; reading again and retrying
+    /// may succeed.
+    #[error("{0}")]
+    Aborted(String),
     /// A dependency (target database, history store) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -55,14 +65,45 @@ impl From<AuditError> for RequestError {
     fn from(error: AuditError) -> Self {
         match error {
             AuditError::TimedOut(_) => RequestError::Unavailable(format!("history store: {error}")),
-            AuditError::Store(
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed,
-            ) => RequestError::Unavailable(format!("history store unavailable: {error}")),
-            AuditError::Store(other) => RequestError::Internal(format!("history store: {other}")),
+            AuditError::Store(error) => history_store_error(error),
+        }
+    }
+}
+
+/// A failed history store statement: UNAVAILABLE when the store could not
+/// be reached, INTERNAL otherwise.
+fn history_store_error(error: sqlx::Error) -> RequestError {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => {
+            RequestError::Unavailable(format!("history store unavailable: {error}"))
+        }
+        other => RequestError::Internal(format!("history store: {other}")),
+    }
+}
+
+impl From<JobStoreError> for RequestError {
+    fn from(error: JobStoreError) -> Self {
+        match error {
+            JobStoreError::NameTaken(_) => RequestError::AlreadyExists(error.to_string()),
+            JobStoreError::Conflict(_) => RequestError::Aborted(error.to_string()),
+            JobStoreError::Corrupt { .. } => RequestError::Internal(error.to_string()),
+            JobStoreError::Store(error) => history_store_error(error),
+        }
+    }
+}
+
+impl From<CatalogError> for RequestError {
+    fn from(error: CatalogError) -> Self {
+        match error {
+            CatalogError::Connect(error) => error.into(),
+            CatalogError::TimedOut(_) | CatalogError::ConnectionLost { .. } => {
+                RequestError::Unavailable(error.to_string())
+            }
+            CatalogError::Query { .. } => RequestError::Internal(error.to_string()),
         }
     }
 }

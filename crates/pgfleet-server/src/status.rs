@@ -34,8 +34,10 @@ impl From<RequestError> for Status {
                 message: description,
             } => invalid_argument(message, field, description),
             RequestError::NotFound(_) => Status::not_found(message),
+            RequestError::AlreadyExists(_) => Status::already_exists(message),
             RequestError::PermissionDenied(_) => Status::permission_denied(message),
             RequestError::FailedPrecondition(_) => Status::failed_precondition(message),
+            RequestError::Aborted(_) => Status::aborted(message),
             RequestError::Unavailable(_) => Status::unavailable(message),
             RequestError::Internal(detail) => internal(&detail),
         }

@@ -21,10 +21,9 @@ use chrono::{DateTime, Utc};
 use pgfleet_config::{ConnectionConfig, DatabaseConfig, FleetConfig, ReadPreference, SslMode};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::fleet_service_server;
-use pgfleet_registry::{HealthStatus, Member, MemberHealth, Registry, Route, Target};
+use pgfleet_registry::{HealthStatus, Member, MemberHealth, Registry, Route, Target, begin_read_only};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::types::Oid;
-use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, timestamp};
@@ -218,7 +217,7 @@ impl fleet_service_server::FleetService for FleetService {
             .map_err(RequestError::from)?;
         let read = async {
             let mut transaction =
-                begin_catalog_read(checkout.connection_mut(), self.config.query.default_timeout).await?;
+                begin_read_only(checkout.connection_mut(), self.config.query.default_timeout).await?;
             let rows: Vec<(String, String)> = sqlx::query_as(concat!(
                 "SELECT n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text ",
                 "FROM pg_catalog.pg_namespace AS n ",
@@ -295,7 +294,7 @@ impl fleet_service_server::FleetService for FleetService {
             .map_err(RequestError::from)?;
         let read = async {
             let mut transaction =
-                begin_catalog_read(checkout.connection_mut(), self.config.query.default_timeout).await?;
+                begin_read_only(checkout.connection_mut(), self.config.query.default_timeout).await?;
             let namespace: Option<Oid> =
                 sqlx::query_scalar("SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1::name")
                     .bind(&schema)
@@ -513,20 +512,6 @@ fn next_page<T>(rows: &mut Vec<T>, limit: i64, token_after: impl Fn(&T) -> Strin
     }
     rows.truncate(limit);
     rows.last().map(token_after).unwrap_or_default()
-}
-
-/// A read-only transaction whose statements stop after `timeout`, so a slow
-/// or locked catalog cannot hold a picker (and a pooled connection) forever.
-async fn begin_catalog_read(
-    connection: &mut PgConnection,
-    timeout: Duration,
-) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
-    let mut transaction = connection.begin_with("BEGIN READ ONLY").await?;
-    sqlx::query("SELECT pg_catalog.set_config('statement_timeout', $1, true)")
-        .bind(format!("{}ms", timeout.as_millis().max(1)))
-        .execute(&mut *transaction)
-        .await?;
-    Ok(transaction)
 }
 
 /// A failed catalog read: UNAVAILABLE (naming the target) when the target or

@@ -54,7 +54,7 @@ mod tests {
 
     #[tokio::test]
     async fn unary_and_streaming_rpcs_answer_unimplemented() {
-        let unary = ReplicationService
+        let unary = replication::unconnected()
             .get_status(Request::new(pb::GetStatusRequest::default()))
             .await
             .err()
@@ -67,7 +67,7 @@ mod tests {
             ))
         );
 
-        let streaming = ReplicationService
+        let streaming = replication::unconnected()
             .run_job(Request::new(pb::RunJobRequest::default()))
             .await
             .err()

@@ -1,21 +1,332 @@
-//! `pgfleet.v1.ReplicationService`: replication jobs, runs and status.
+//! `pgfleet.v1.ReplicationService`: replication jobs (create, read, list,
+//! update, delete), converted between wire and [`crate::replication`] types
+//! here. RunJob, ReplicateTable and GetStatus answer UNIMPLEMENTED until the
+//! later parts of issue #6 land.
+//!
+//! API keys (never MASTER, so read-only here) see only jobs whose source and
+//! targets are all in their allow-list; other jobs do not exist for them.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use pgfleet_config::FleetConfig;
+use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::{
     CreateJobRequest, CreateJobResponse, DeleteJobRequest, DeleteJobResponse, GetJobRequest, GetJobResponse,
     GetStatusRequest, GetStatusResponse, ListJobsRequest, ListJobsResponse, ReplicateTableRequest,
     ReplicateTableResponse, RunJobRequest, RunJobResponse, UpdateJobRequest, UpdateJobResponse,
     replication_service_server,
 };
+use pgfleet_registry::{Registry, Target};
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
+use super::convert;
 use super::{ResponseStream, not_implemented};
+use crate::identity::{Identity, Principal};
+use crate::replication::jobs::JobStore;
+use crate::replication::{DEFAULT_BATCH_SIZE, Job, JobField, JobSpec, Mode, validate};
+use crate::request_error::RequestError;
 
 /// The issue that implements this service.
 const ISSUE: u32 = 6;
+/// Page size when the request names none.
+const DEFAULT_PAGE_SIZE: i64 = 50;
+/// Largest page a request may ask for.
+const MAX_PAGE_SIZE: i64 = 500;
+/// Prefix of page tokens, so a token of another format is refused.
+const PAGE_TOKEN_PREFIX: &str = "v1:";
 
 /// Serves `pgfleet.v1.ReplicationService`.
-#[derive(Debug, Default, Clone)]
-pub struct ReplicationService;
+#[derive(Clone)]
+pub struct ReplicationService {
+    registry: Arc<Registry>,
+    jobs: JobStore,
+    config: Arc<FleetConfig>,
+}
+
+impl ReplicationService {
+    pub fn new(registry: Arc<Registry>, jobs: JobStore, config: Arc<FleetConfig>) -> Self {
+        Self {
+            registry,
+            jobs,
+            config,
+        }
+    }
+
+    /// Bound on each catalog statement while checking a job: the same as a
+    /// query's default, so a locked catalog fails the call instead of
+    /// holding it.
+    fn catalog_timeout(&self) -> Duration {
+        self.config.query.default_timeout
+    }
+
+    /// Checks `spec` completely (fields, access, name, catalogs) and returns
+    /// it with its tables in PostgreSQL's spelling. `unchanged` is the job
+    /// an update starts from: catalogs are read again only when what they
+    /// decide (source, targets, tables, sync key, overlap) changed, and the
+    /// job's own name is not "taken".
+    async fn check(
+        &self,
+        identity: &Identity,
+        mut spec: JobSpec,
+        unchanged: Option<&Job>,
+    ) -> Result<JobSpec, RequestError> {
+        validate::check_fields(&spec, &self.registry)?;
+        // API keys cannot hold MASTER today; refusing targets outside an
+        // allow-list keeps that true should keys ever manage jobs.
+        if let Some(target) = std::iter::once(&spec.source)
+            .chain(&spec.targets)
+            .find(|target| !identity.may_access(target))
+        {
+            return Err(RequestError::PermissionDenied(format!(
+                "this API key may not access {target}"
+            )));
+        }
+        let renamed = unchanged.is_none_or(|job| job.spec.name != spec.name);
+        // Checked before the catalogs so a taken name costs no target
+        // round trip; the unique constraint still decides on insert.
+        if renamed && self.jobs.name_exists(&spec.name).await? {
+            return Err(RequestError::AlreadyExists(format!(
+                "a replication job named {:?} already exists",
+                spec.name
+            )));
+        }
+        let recheck = unchanged.is_none_or(|job| {
+            let old = &job.spec;
+            old.source != spec.source
+                || old.targets != spec.targets
+                || old.tables != spec.tables
+                || old.sync_key != spec.sync_key
+                || (spec.overlap.is_some() && old.overlap != spec.overlap)
+        });
+        if recheck {
+            spec.tables = validate::check_catalogs(&self.registry, &spec, self.catalog_timeout()).await?;
+        }
+        Ok(spec)
+    }
+
+    /// The stored job, unless it does not exist for this caller.
+    async fn visible_job(&self, identity: &Identity, id: Uuid) -> Result<Job, RequestError> {
+        self.jobs
+            .get(id)
+            .await?
+            .filter(|job| visible(identity, &job.spec))
+            .ok_or_else(|| not_found(id))
+    }
+}
+
+fn not_found(id: Uuid) -> RequestError {
+    RequestError::NotFound(format!("no replication job {id}"))
+}
+
+/// True when the caller may see a job touching these targets.
+fn visible(identity: &Identity, spec: &JobSpec) -> bool {
+    std::iter::once(&spec.source)
+        .chain(&spec.targets)
+        .all(|target| identity.may_access(target))
+}
+
+/// What `created_by` records: the username, or the key's label.
+fn actor_name(identity: &Identity) -> String {
+    match &identity.principal {
+        Principal::User { username, .. } => username.clone(),
+        Principal::ApiKey { .. } => identity.label(),
+    }
+}
+
+fn parse_id(text: &str, field: &str) -> Result<Uuid, RequestError> {
+    if text.is_empty() {
+        return Err(RequestError::invalid(field, "required"));
+    }
+    Uuid::parse_str(text).map_err(|_| RequestError::invalid(field, format!("{text:?} is not a UUID")))
+}
+
+fn target_from_wire(wire: &pb::Target) -> Target {
+    Target::new(&wire.cloud, &wire.database)
+}
+
+/// A wire duration; `field` names it in errors.
+fn duration_from_wire(
+    wire: Option<&prost_types::Duration>,
+    field: &str,
+) -> Result<Option<Duration>, RequestError> {
+    wire.map(|value| {
+        Duration::try_from(*value)
+            .map_err(|_| RequestError::invalid(field, "must be a non-negative, normalized duration"))
+    })
+    .transpose()
+}
+
+fn mode_from_wire(wire: i32) -> Result<Mode, RequestError> {
+    match pb::ReplicationMode::try_from(wire) {
+        Ok(pb::ReplicationMode::Incremental) => Ok(Mode::Incremental),
+        Ok(pb::ReplicationMode::FullRefresh) => Ok(Mode::FullRefresh),
+        Ok(pb::ReplicationMode::Unspecified) => Err(RequestError::invalid(
+            "job.mode",
+            "required: REPLICATION_MODE_INCREMENTAL or REPLICATION_MODE_FULL_REFRESH",
+        )),
+        Err(_) => Err(RequestError::invalid("job.mode", format!("unknown value {wire}"))),
+    }
+}
+
+fn mode_to_wire(mode: Mode) -> pb::ReplicationMode {
+    match mode {
+        Mode::Incremental => pb::ReplicationMode::Incremental,
+        Mode::FullRefresh => pb::ReplicationMode::FullRefresh,
+    }
+}
+
+/// Sets `field` of `spec` from the wire job. Values are only converted
+/// here; [`validate::check_fields`] judges them.
+fn set_field(spec: &mut JobSpec, wire: &pb::ReplicationJob, field: JobField) -> Result<(), RequestError> {
+    match field {
+        JobField::Name => spec.name.clone_from(&wire.name),
+        JobField::Source => {
+            let source = wire
+                .source
+                .as_ref()
+                .ok_or_else(|| RequestError::invalid("job.source", "required"))?;
+            spec.source = target_from_wire(source);
+        }
+        JobField::Targets => spec.targets = wire.targets.iter().map(target_from_wire).collect(),
+        JobField::Tables => spec.tables.clone_from(&wire.tables),
+        JobField::SyncKey => spec.sync_key = (!wire.sync_key.is_empty()).then(|| wire.sync_key.clone()),
+        JobField::Interval => spec.interval = duration_from_wire(wire.interval.as_ref(), "job.interval")?,
+        JobField::Enabled => spec.enabled = wire.enabled,
+        JobField::Mode => spec.mode = mode_from_wire(wire.mode)?,
+        JobField::BatchSize => {
+            spec.batch_size = match wire.batch_size {
+                0 => DEFAULT_BATCH_SIZE,
+                size => size,
+            };
+        }
+        JobField::Overlap => {
+            // A zero window is no window.
+            spec.overlap = duration_from_wire(wire.overlap.as_ref(), "job.overlap")?.filter(|d| !d.is_zero());
+        }
+    }
+    Ok(())
+}
+
+/// The spec of a CreateJob request; output-only fields are ignored.
+fn spec_from_wire(wire: &pb::ReplicationJob) -> Result<JobSpec, RequestError> {
+    let mut spec = JobSpec {
+        name: String::new(),
+        source: Target::new("", ""),
+        targets: Vec::new(),
+        tables: Vec::new(),
+        sync_key: None,
+        interval: None,
+        enabled: false,
+        mode: Mode::FullRefresh,
+        batch_size: DEFAULT_BATCH_SIZE,
+        overlap: None,
+    };
+    for field in JobField::ALL {
+        set_field(&mut spec, wire, field)?;
+    }
+    Ok(spec)
+}
+
+/// The fields an update mask names.
+fn mask_fields(mask: Option<&prost_types::FieldMask>) -> Result<Vec<JobField>, RequestError> {
+    let invalid = |why: String| RequestError::invalid("update_mask", why);
+    let paths = mask.map(|mask| mask.paths.as_slice()).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(invalid(
+            "required: the fields to change, e.g. \"enabled,interval\"".to_owned(),
+        ));
+    }
+    let mut fields = Vec::new();
+    for path in paths {
+        let field = match path.as_str() {
+            "*" => {
+                fields.extend(JobField::ALL);
+                continue;
+            }
+            "name" => JobField::Name,
+            "source" => JobField::Source,
+            "targets" => JobField::Targets,
+            "tables" => JobField::Tables,
+            "sync_key" => JobField::SyncKey,
+            "interval" => JobField::Interval,
+            "enabled" => JobField::Enabled,
+            "mode" => JobField::Mode,
+            "batch_size" => JobField::BatchSize,
+            "overlap" => JobField::Overlap,
+            "id" | "created_at" | "updated_at" | "created_by" | "next_run_at" => {
+                return Err(invalid(format!("{path} is output only")));
+            }
+            other => return Err(invalid(format!("{other:?} is not a field of ReplicationJob"))),
+        };
+        fields.push(field);
+    }
+    fields.sort_unstable();
+    fields.dedup();
+    Ok(fields)
+}
+
+fn spec_to_wire(spec: JobSpec) -> pb::ReplicationJob {
+    pb::ReplicationJob {
+        name: spec.name,
+        source: Some(convert::target(&spec.source)),
+        targets: spec.targets.iter().map(convert::target).collect(),
+        tables: spec.tables,
+        sync_key: spec.sync_key.unwrap_or_default(),
+        interval: spec.interval.map(convert::duration),
+        enabled: spec.enabled,
+        mode: mode_to_wire(spec.mode).into(),
+        batch_size: spec.batch_size,
+        overlap: spec.overlap.map(convert::duration),
+        ..Default::default()
+    }
+}
+
+fn job_to_wire(job: Job) -> pb::ReplicationJob {
+    pb::ReplicationJob {
+        id: job.id.to_string(),
+        created_at: Some(convert::timestamp(job.created_at)),
+        updated_at: Some(convert::timestamp(job.updated_at)),
+        created_by: job.created_by,
+        // Computed by the scheduler, which is a later part of issue #6;
+        // until it lands nothing is scheduled, so there is no next run.
+        next_run_at: None,
+        ..spec_to_wire(job.spec)
+    }
+}
+
+fn page_size(requested: i32) -> Result<i64, RequestError> {
+    match i64::from(requested) {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        size @ 1..=MAX_PAGE_SIZE => Ok(size),
+        other => Err(RequestError::invalid(
+            "page_size",
+            format!("{other} is outside 1..={MAX_PAGE_SIZE} (0 for the default {DEFAULT_PAGE_SIZE})"),
+        )),
+    }
+}
+
+/// A page token: the name of the last job of the previous page (jobs are
+/// ordered by their unique name).
+fn encode_page_token(last_name: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{last_name}"))
+}
+
+fn decode_page_token(token: &str) -> Result<Option<String>, RequestError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || RequestError::invalid("page_token", "not a token from a previous response");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    text.strip_prefix(PAGE_TOKEN_PREFIX)
+        .filter(|name| !name.is_empty())
+        .map(|name| Some(name.to_owned()))
+        .ok_or_else(invalid)
+}
 
 #[tonic::async_trait]
 impl replication_service_server::ReplicationService for ReplicationService {
@@ -24,34 +335,127 @@ impl replication_service_server::ReplicationService for ReplicationService {
 
     async fn create_job(
         &self,
-        _request: Request<CreateJobRequest>,
+        request: Request<CreateJobRequest>,
     ) -> Result<Response<CreateJobResponse>, Status> {
-        Err(not_implemented("ReplicationService/CreateJob", ISSUE))
+        let identity = Identity::of(&request)?.clone();
+        let request = request.into_inner();
+        let wire = request
+            .job
+            .ok_or_else(|| RequestError::invalid("job", "required"))?;
+        let spec = self.check(&identity, spec_from_wire(&wire)?, None).await?;
+        let created_by = actor_name(&identity);
+        if request.validate_only {
+            return Ok(Response::new(CreateJobResponse {
+                job: Some(pb::ReplicationJob {
+                    created_by,
+                    ..spec_to_wire(spec)
+                }),
+            }));
+        }
+        let job = self
+            .jobs
+            .create(&spec, &created_by)
+            .await
+            .map_err(RequestError::from)?;
+        tracing::info!(job = %job.id, name = %job.spec.name, by = %identity.label(), "replication job created");
+        Ok(Response::new(CreateJobResponse {
+            job: Some(job_to_wire(job)),
+        }))
     }
 
     async fn update_job(
         &self,
-        _request: Request<UpdateJobRequest>,
+        request: Request<UpdateJobRequest>,
     ) -> Result<Response<UpdateJobResponse>, Status> {
-        Err(not_implemented("ReplicationService/UpdateJob", ISSUE))
+        let identity = Identity::of(&request)?.clone();
+        let request = request.into_inner();
+        let wire = request
+            .job
+            .ok_or_else(|| RequestError::invalid("job", "required"))?;
+        let id = parse_id(&wire.id, "job.id")?;
+        let fields = mask_fields(request.update_mask.as_ref())?;
+        let current = self.visible_job(&identity, id).await?;
+        let mut spec = current.spec.clone();
+        for field in fields {
+            set_field(&mut spec, &wire, field)?;
+        }
+        let spec = self.check(&identity, spec, Some(&current)).await?;
+        // Written only if nobody changed the job since it was read above
+        // (ABORTED otherwise): the checks ran against that version.
+        let job = self
+            .jobs
+            .update(id, current.revision, &spec)
+            .await
+            .map_err(RequestError::from)?
+            .ok_or_else(|| not_found(id))?;
+        tracing::info!(job = %job.id, name = %job.spec.name, by = %identity.label(), "replication job updated");
+        Ok(Response::new(UpdateJobResponse {
+            job: Some(job_to_wire(job)),
+        }))
     }
 
     async fn delete_job(
         &self,
-        _request: Request<DeleteJobRequest>,
+        request: Request<DeleteJobRequest>,
     ) -> Result<Response<DeleteJobResponse>, Status> {
-        Err(not_implemented("ReplicationService/DeleteJob", ISSUE))
+        let identity = Identity::of(&request)?.clone();
+        let id = parse_id(&request.get_ref().id, "id")?;
+        // Through visible_job so an API key could never delete what it
+        // cannot see.
+        self.visible_job(&identity, id).await?;
+        if !self.jobs.delete(id).await.map_err(RequestError::from)? {
+            return Err(not_found(id).into());
+        }
+        tracing::info!(job = %id, by = %identity.label(), "replication job deleted");
+        Ok(Response::new(DeleteJobResponse {}))
     }
 
-    async fn get_job(&self, _request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
-        Err(not_implemented("ReplicationService/GetJob", ISSUE))
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        let identity = Identity::of(&request)?;
+        let id = parse_id(&request.get_ref().id, "id")?;
+        let job = self.visible_job(identity, id).await?;
+        Ok(Response::new(GetJobResponse {
+            job: Some(job_to_wire(job)),
+        }))
     }
 
     async fn list_jobs(
         &self,
-        _request: Request<ListJobsRequest>,
+        request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        Err(not_implemented("ReplicationService/ListJobs", ISSUE))
+        let identity = Identity::of(&request)?;
+        let message = request.get_ref();
+        let limit = page_size(message.page_size)?;
+        let mut after = decode_page_token(&message.page_token)?;
+        let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+        // One more than asked tells whether another page exists. Jobs an API
+        // key may not see are skipped, so reading may take several rounds.
+        let mut jobs = Vec::new();
+        loop {
+            let batch = self
+                .jobs
+                .list(after.as_deref(), limit + 1)
+                .await
+                .map_err(RequestError::from)?;
+            let exhausted = batch.len() <= wanted;
+            after = batch.last().map(|job| job.spec.name.clone());
+            jobs.extend(batch.into_iter().filter(|job| visible(identity, &job.spec)));
+            if exhausted || jobs.len() > wanted {
+                break;
+            }
+        }
+        let next_page_token = if jobs.len() > wanted {
+            jobs.truncate(wanted);
+            jobs.last()
+                .map(|job| encode_page_token(&job.spec.name))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListJobsResponse {
+            jobs: jobs.into_iter().map(job_to_wire).collect(),
+            next_page_token,
+        }))
     }
 
     async fn run_job(
@@ -73,5 +477,122 @@ impl replication_service_server::ReplicationService for ReplicationService {
         _request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
         Err(not_implemented("ReplicationService/GetStatus", ISSUE))
+    }
+}
+
+/// A service whose pools connect to nothing (lazily, never used), for unit
+/// tests of the RPCs that answer without I/O.
+#[cfg(test)]
+pub(super) fn unconnected() -> ReplicationService {
+    use pgfleet_config::{FileFormat, Inputs, ProcessEnv};
+
+    let text = "[history]\nhost = '127.0.0.1'\nport = 1\nuser = 'nobody'\ndatabase = 'nothing'\n\
+                [[clouds]]\nname = 'aws'\n\
+                [[clouds.databases]]\nname = 'app'\nhost = '127.0.0.1'\nport = 1\nuser = 'nobody'\n\
+                database = 'nothing'\n";
+    let loaded = pgfleet_config::load_str(
+        text,
+        FileFormat::Toml,
+        std::path::Path::new("test.toml"),
+        &Inputs {
+            variables: &ProcessEnv,
+            overrides: Vec::new(),
+        },
+    );
+    let config = match loaded {
+        Ok(loaded) => loaded.config,
+        Err(error) => panic!("test config: {error}"),
+    };
+    let pool = crate::history_store::pool(&config.history);
+    ReplicationService::new(
+        Arc::new(Registry::new(&config)),
+        JobStore::new(pool),
+        Arc::new(config),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_name_fields_and_refuse_output_only_ones() {
+        let mask = |paths: &[&str]| prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        assert_eq!(
+            mask_fields(Some(&mask(&["interval", "enabled", "interval"]))).ok(),
+            Some(vec![JobField::Interval, JobField::Enabled])
+        );
+        assert_eq!(
+            mask_fields(Some(&mask(&["*"]))).ok().map(|f| f.len()),
+            Some(JobField::ALL.len())
+        );
+        for (paths, expected) in [
+            (&[][..], "update_mask: required"),
+            (&["created_by"][..], "update_mask: created_by is output only"),
+            (
+                &["source.cloud"][..],
+                "update_mask: \"source.cloud\" is not a field",
+            ),
+        ] {
+            let error = mask_fields(Some(&mask(paths)))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(error.starts_with(expected), "{paths:?}: {error}");
+        }
+        assert!(mask_fields(None).is_err());
+    }
+
+    #[test]
+    fn page_tokens_round_trip() {
+        let token = encode_page_token("orders-to-analytics");
+        assert_eq!(
+            decode_page_token(&token).ok(),
+            Some(Some("orders-to-analytics".to_owned()))
+        );
+        assert_eq!(decode_page_token("").ok(), Some(None));
+        assert!(decode_page_token("not a token").is_err());
+        assert!(decode_page_token(&URL_SAFE_NO_PAD.encode("v2:x")).is_err());
+        assert!(page_size(0).is_ok_and(|size| size == DEFAULT_PAGE_SIZE));
+        assert!(page_size(500).is_ok());
+        assert!(page_size(501).is_err());
+        assert!(page_size(-1).is_err());
+    }
+
+    #[test]
+    fn wire_jobs_convert_with_defaults_and_field_paths() {
+        let wire = pb::ReplicationJob {
+            name: "j".to_owned(),
+            source: Some(pb::Target {
+                cloud: "aws".to_owned(),
+                database: "app".to_owned(),
+            }),
+            mode: pb::ReplicationMode::FullRefresh.into(),
+            overlap: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
+            ..Default::default()
+        };
+        let spec = spec_from_wire(&wire).ok();
+        assert_eq!(spec.as_ref().map(|s| s.batch_size), Some(DEFAULT_BATCH_SIZE));
+        assert_eq!(spec.as_ref().map(|s| s.overlap), Some(None));
+        let negative = pb::ReplicationJob {
+            interval: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            ..wire.clone()
+        };
+        let error = spec_from_wire(&negative)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.starts_with("job.interval:"), "{error}");
+        let unspecified = pb::ReplicationJob { mode: 0, ..wire };
+        let error = spec_from_wire(&unspecified)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.starts_with("job.mode:"), "{error}");
     }
 }
