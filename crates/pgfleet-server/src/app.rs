@@ -155,6 +155,7 @@ impl RunningServer {
                 Arc::clone(&registry),
                 crate::replication::jobs::JobStore::new(history.clone()),
                 Arc::clone(&shared_config),
+                Arc::clone(&audit),
             )))
             .add_service(FleetServiceServer::new(FleetService::new(
                 Arc::clone(&registry),

@@ -7,6 +7,7 @@ use pgfleet_registry::RegistryError;
 
 use crate::audit::AuditError;
 use crate::replication::catalog::CatalogError;
+use crate::replication::copy::CopyError;
 use crate::replication::jobs::JobStoreError;
 
 /// Why a data-plane request was refused before or instead of running.
@@ -104,6 +105,23 @@ impl From<CatalogError> for RequestError {
                 RequestError::Unavailable(error.to_string())
             }
             CatalogError::Query { .. } => RequestError::Internal(error.to_string()),
+        }
+    }
+}
+
+/// A copy that cannot even start (the table cannot be planned); failures
+/// during a run are reported per target instead.
+impl From<CopyError> for RequestError {
+    fn from(error: CopyError) -> Self {
+        match error {
+            CopyError::Connect(error) => error.into(),
+            CopyError::Catalog(error) => error.into(),
+            CopyError::Unfit(message) => RequestError::FailedPrecondition(message),
+            CopyError::Cancelled => RequestError::Aborted(error.to_string()),
+            CopyError::Source { .. } | CopyError::Target { .. } => {
+                RequestError::Unavailable(error.to_string())
+            }
+            CopyError::Malformed(..) => RequestError::Internal(error.to_string()),
         }
     }
 }

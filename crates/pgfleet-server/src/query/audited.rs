@@ -104,7 +104,8 @@ pub fn new_execution(
     }
 }
 
-fn recorded_error(error: &pb::TargetError) -> RecordedError {
+/// A wire target error as recorded (SQLSTATE, detail, hint, position kept).
+pub fn recorded_error(error: &pb::TargetError) -> RecordedError {
     let postgres = error.postgres.clone().unwrap_or_default();
     RecordedError {
         code: pb::ErrorCode::try_from(error.code)

@@ -1,14 +1,19 @@
 //! Replication jobs: what a job is ([`JobSpec`], [`Job`]), where jobs are
 //! stored ([`jobs::JobStore`], the history store), what the targets' catalogs
 //! say about a job's tables ([`catalog`]) and whether a job may be stored
-//! ([`validate`]).
+//! ([`validate`]), how a table is copied onto a target ([`copy`], with its
+//! SQL in [`sql`]) and how a run of several copies is driven and audited
+//! ([`run`]).
 //!
-//! Copying, runs, status and the scheduler are not here yet (issue #6,
+//! Stored-job runs, status and the scheduler are not here yet (issue #6,
 //! later parts); the tables of migration `0004_replication_jobs.sql` already
 //! hold what they will need (watermarks with keyset resume positions).
 
 pub mod catalog;
+pub mod copy;
 pub mod jobs;
+pub mod run;
+pub mod sql;
 pub mod validate;
 
 use std::time::Duration;

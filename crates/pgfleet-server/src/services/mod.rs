@@ -10,6 +10,8 @@ use std::pin::Pin;
 use futures::Stream;
 use tonic::Status;
 
+use crate::query::audited::Origin;
+
 mod auth;
 mod convert;
 mod fleet;
@@ -22,6 +24,26 @@ pub use fleet::FleetService;
 pub use history::HistoryService;
 pub use query::QueryService;
 pub use replication::ReplicationService;
+
+/// Longest `x-request-id` kept as sent; longer or non-printable ids are
+/// replaced by a generated one.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The caller's address and request id (`x-request-id`, or a new UUID).
+fn origin<T>(request: &tonic::Request<T>) -> Origin {
+    let request_id = request
+        .metadata()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    Origin {
+        client_address: request.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+        request_id,
+    }
+}
 
 /// The response stream of a server-streaming RPC.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;

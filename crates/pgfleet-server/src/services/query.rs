@@ -82,26 +82,6 @@ impl QueryService {
     }
 }
 
-/// Longest `x-request-id` kept as sent; longer or non-printable ids are
-/// replaced by a generated one.
-const MAX_REQUEST_ID_LEN: usize = 128;
-
-/// The caller's address and request id (`x-request-id`, or a new UUID).
-fn origin<T>(request: &Request<T>) -> Origin {
-    let request_id = request
-        .metadata()
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| {
-            !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
-    Origin {
-        client_address: request.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
-        request_id,
-    }
-}
-
 /// `response` with the request id echoed, so callers can quote it.
 fn with_request_id<T>(mut response: Response<T>, origin_request_id: &str) -> Response<T> {
     if let Ok(value) = tonic::metadata::MetadataValue::try_from(origin_request_id) {
@@ -160,7 +140,7 @@ impl query_service_server::QueryService for QueryService {
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let identity = Identity::of(&request)?.clone();
-        let origin = origin(&request);
+        let origin = super::origin(&request);
         let request_id = origin.request_id.clone();
         let request = request.into_inner();
         let fields = execute_fields!(
@@ -247,7 +227,7 @@ impl query_service_server::QueryService for QueryService {
         request: Request<pb::ExecuteStreamRequest>,
     ) -> Result<Response<Self::ExecuteStreamStream>, Status> {
         let identity = Identity::of(&request)?.clone();
-        let origin = origin(&request);
+        let origin = super::origin(&request);
         let request_id = origin.request_id.clone();
         let request = request.into_inner();
         let fields = execute_fields!(

@@ -1,7 +1,7 @@
 //! `pgfleet.v1.ReplicationService`: replication jobs (create, read, list,
-//! update, delete), converted between wire and [`crate::replication`] types
-//! here. RunJob, ReplicateTable and GetStatus answer UNIMPLEMENTED until the
-//! later parts of issue #6 land.
+//! update, delete) and one-shot table copies (ReplicateTable), converted
+//! between wire and [`crate::replication`] types here. RunJob and GetStatus
+//! answer UNIMPLEMENTED until the later parts of issue #6 land.
 //!
 //! API keys (never MASTER, so read-only here) see only jobs whose source and
 //! targets are all in their allow-list; other jobs do not exist for them.
@@ -20,14 +20,18 @@ use pgfleet_proto::pgfleet::v1::{
     replication_service_server,
 };
 use pgfleet_registry::{Registry, Target};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::convert;
 use super::{ResponseStream, not_implemented};
+use crate::audit::{Actor, AuditLog, Kind, NewExecution, RecordedTarget, TargetScope};
 use crate::identity::{Identity, Principal};
+use crate::replication::copy::{CopySettings, Start, TableOutcome, TablePlan};
 use crate::replication::jobs::JobStore;
-use crate::replication::{DEFAULT_BATCH_SIZE, Job, JobField, JobSpec, Mode, validate};
+use crate::replication::run::{self, RunEvent, RunOutcome, RunPlan};
+use crate::replication::{DEFAULT_BATCH_SIZE, Job, JobField, JobSpec, Mode, catalog, validate};
 use crate::request_error::RequestError;
 
 /// The issue that implements this service.
@@ -45,14 +49,22 @@ pub struct ReplicationService {
     registry: Arc<Registry>,
     jobs: JobStore,
     config: Arc<FleetConfig>,
+    /// The server's audit trail: every run is on record before it starts.
+    audit: Arc<AuditLog>,
 }
 
 impl ReplicationService {
-    pub fn new(registry: Arc<Registry>, jobs: JobStore, config: Arc<FleetConfig>) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        jobs: JobStore,
+        config: Arc<FleetConfig>,
+        audit: Arc<AuditLog>,
+    ) -> Self {
         Self {
             registry,
             jobs,
             config,
+            audit,
         }
     }
 
@@ -116,6 +128,216 @@ impl ReplicationService {
             .filter(|job| visible(identity, &job.spec))
             .ok_or_else(|| not_found(id))
     }
+}
+
+impl ReplicationService {
+    /// Checks a ReplicateTable request completely (fields, access, the
+    /// source's table) and plans its run. Target tables are checked by each
+    /// target's copy, so one unfit target fails alone.
+    async fn one_shot_plan(
+        &self,
+        identity: &Identity,
+        message: &ReplicateTableRequest,
+    ) -> Result<(JobSpec, RunPlan), RequestError> {
+        let mode = match pb::ReplicationMode::try_from(message.mode) {
+            Ok(pb::ReplicationMode::Incremental) => Mode::Incremental,
+            Ok(pb::ReplicationMode::FullRefresh | pb::ReplicationMode::Unspecified) => Mode::FullRefresh,
+            Err(_) => {
+                return Err(RequestError::invalid(
+                    "mode",
+                    format!("unknown value {}", message.mode),
+                ));
+            }
+        };
+        let spec = JobSpec {
+            // Only to satisfy the job checks; a one-shot copy has no name.
+            name: "replicate-table".to_owned(),
+            source: message
+                .source
+                .as_ref()
+                .map(target_from_wire)
+                .unwrap_or_else(|| Target::new("", "")),
+            targets: message.targets.iter().map(target_from_wire).collect(),
+            tables: vec![message.table.clone()],
+            sync_key: (!message.sync_key.is_empty()).then(|| message.sync_key.clone()),
+            interval: None,
+            enabled: false,
+            mode,
+            batch_size: match message.batch_size {
+                0 => DEFAULT_BATCH_SIZE,
+                size => size,
+            },
+            overlap: duration_from_wire(message.overlap.as_ref(), "overlap")?.filter(|d| !d.is_zero()),
+        };
+        validate::check_fields(&spec, &self.registry).map_err(one_shot_error)?;
+        if let Some(target) = std::iter::once(&spec.source)
+            .chain(&spec.targets)
+            .find(|target| !identity.may_access(target))
+        {
+            return Err(RequestError::PermissionDenied(format!(
+                "this API key may not access {target}"
+            )));
+        }
+        let shapes =
+            catalog::read_tables(&self.registry, &spec.source, &spec.tables, self.catalog_timeout()).await?;
+        let shape = shapes.into_iter().next().flatten();
+        // The source alone decides whether the call is refused; targets are
+        // judged per target during the run.
+        let source_only = JobSpec {
+            targets: Vec::new(),
+            ..spec.clone()
+        };
+        let tables =
+            validate::fit(&source_only, std::slice::from_ref(&shape), &[]).map_err(one_shot_error)?;
+        let Some(shape) = shape else {
+            return Err(RequestError::Internal("checked table has no shape".to_owned()));
+        };
+        let settings = CopySettings {
+            mode,
+            sync_key: spec.sync_key.clone(),
+            batch_size: spec.batch_size,
+            overlap: spec.overlap,
+            statement_timeout: self.config.query.max_timeout,
+            catalog_timeout: self.catalog_timeout(),
+        };
+        let table = TablePlan::new(spec.source.clone(), shape, settings)?;
+        let start = match mode {
+            Mode::Incremental => Start::TargetMax,
+            Mode::FullRefresh => Start::Beginning,
+        };
+        let plan = RunPlan {
+            job_id: None,
+            mode,
+            tables: vec![table],
+            starts: vec![vec![start; spec.targets.len()]],
+            targets: spec.targets.clone(),
+        };
+        Ok((JobSpec { tables, ..spec }, plan))
+    }
+}
+
+/// A job check's error in ReplicateTable's terms: its fields are a job's
+/// without the `job.` prefix, and its one table is `table`.
+fn one_shot_error(error: RequestError) -> RequestError {
+    let rename = |text: &str| {
+        let text = text.strip_prefix("job.").unwrap_or(text);
+        match text.strip_prefix("tables[0]") {
+            Some(rest) => format!("table{rest}"),
+            None => text.to_owned(),
+        }
+    };
+    match error {
+        RequestError::InvalidArgument { field, message } => RequestError::InvalidArgument {
+            field: rename(&field),
+            message,
+        },
+        RequestError::NotFound(message) => RequestError::NotFound(rename(&message)),
+        RequestError::FailedPrecondition(message) => {
+            RequestError::FailedPrecondition(match message.strip_prefix("the tables do not fit the job: ") {
+                Some(rest) => format!("the table cannot be copied: {rest}"),
+                None => message,
+            })
+        }
+        other => other,
+    }
+}
+
+/// The audit record's description of a run, e.g.
+/// `replicate public.orders aws/app -> gcp/app, gcp/analytics (full_refresh)`.
+fn describe_run(spec: &JobSpec) -> String {
+    let targets: Vec<String> = spec.targets.iter().map(ToString::to_string).collect();
+    format!(
+        "replicate {} {} -> {} ({})",
+        spec.tables.join(", "),
+        spec.source,
+        targets.join(", "),
+        spec.mode.as_str().to_ascii_lowercase()
+    )
+}
+
+fn outcome_to_wire(outcome: RunOutcome) -> pb::ReplicationOutcome {
+    match outcome {
+        RunOutcome::Succeeded => pb::ReplicationOutcome::Succeeded,
+        RunOutcome::Partial => pb::ReplicationOutcome::Partial,
+        RunOutcome::Failed => pb::ReplicationOutcome::Failed,
+        RunOutcome::Cancelled => pb::ReplicationOutcome::Cancelled,
+    }
+}
+
+fn event_to_wire(event: RunEvent) -> pb::ReplicationEvent {
+    use pb::replication_event::Event;
+    let event = match event {
+        RunEvent::Started {
+            run_id,
+            job_id,
+            tables,
+            targets,
+            mode,
+            started_at,
+        } => Event::RunStarted(pb::RunStarted {
+            run_id: run_id.to_string(),
+            job_id: job_id.map(|id| id.to_string()).unwrap_or_default(),
+            tables,
+            targets: targets.iter().map(convert::target).collect(),
+            mode: mode_to_wire(mode).into(),
+            started_at: Some(convert::timestamp(started_at)),
+        }),
+        RunEvent::Progress {
+            table,
+            target,
+            progress,
+        } => Event::TableProgress(pb::TableProgress {
+            table,
+            target: Some(convert::target(&target)),
+            rows_read: progress.counters.rows_read,
+            rows_written: progress.counters.rows_written,
+            batches: progress.counters.batches,
+            elapsed: Some(convert::duration(progress.elapsed)),
+            watermark: progress.watermark.unwrap_or_default(),
+        }),
+        RunEvent::Failed { table, target, error } => Event::Error(pb::ReplicationError {
+            table,
+            target: Some(convert::target(&target)),
+            error: Some(*error),
+        }),
+        RunEvent::TableFinished {
+            table,
+            target,
+            result,
+        } => {
+            let (outcome, error) = match result.outcome {
+                TableOutcome::Succeeded => (pb::ReplicationOutcome::Succeeded, None),
+                TableOutcome::Failed(error) => (pb::ReplicationOutcome::Failed, Some(*error)),
+                TableOutcome::Cancelled => (pb::ReplicationOutcome::Cancelled, None),
+            };
+            Event::TableFinished(pb::TableFinished {
+                table,
+                target: Some(convert::target(&target)),
+                outcome: outcome.into(),
+                rows_read: result.counters.rows_read,
+                rows_written: result.counters.rows_written,
+                rows_deleted: result.counters.rows_deleted,
+                batches: result.counters.batches,
+                elapsed: Some(convert::duration(result.elapsed)),
+                watermark: result.watermark.unwrap_or_default(),
+                error,
+            })
+        }
+        RunEvent::Finished {
+            outcome,
+            finished_at,
+            elapsed,
+            rows_read,
+            rows_written,
+        } => Event::RunFinished(pb::RunFinished {
+            outcome: outcome_to_wire(outcome).into(),
+            finished_at: Some(convert::timestamp(finished_at)),
+            elapsed: Some(convert::duration(elapsed)),
+            rows_read,
+            rows_written,
+        }),
+    };
+    pb::ReplicationEvent { event: Some(event) }
 }
 
 fn not_found(id: Uuid) -> RequestError {
@@ -467,9 +689,69 @@ impl replication_service_server::ReplicationService for ReplicationService {
 
     async fn replicate_table(
         &self,
-        _request: Request<ReplicateTableRequest>,
+        request: Request<ReplicateTableRequest>,
     ) -> Result<Response<Self::ReplicateTableStream>, Status> {
-        Err(not_implemented("ReplicationService/ReplicateTable", ISSUE))
+        let identity = Identity::of(&request)?.clone();
+        let origin = super::origin(&request);
+        let message = request.into_inner();
+        let (spec, plan) = self.one_shot_plan(&identity, &message).await?;
+        let new = NewExecution {
+            id: Uuid::now_v7(),
+            kind: Kind::ReplicationRun,
+            actor: Actor::of(&identity),
+            role: identity.role,
+            client_address: origin.client_address,
+            request_id: origin.request_id,
+            query: describe_run(&spec),
+            query_redacted: false,
+            fingerprint: String::new(),
+            statement_classes: vec!["WRITE".to_owned()],
+            database: spec.source.database.clone(),
+            pg_schema: String::new(),
+            scope: TargetScope::Replication,
+            targets: spec
+                .targets
+                .iter()
+                .map(|target| RecordedTarget {
+                    cloud: target.cloud.clone(),
+                    database: target.database.clone(),
+                })
+                .collect(),
+            read_only: false,
+            confirmed_dangerous: false,
+            findings: Vec::new(),
+            replication_job_id: None,
+        };
+        // Nothing is copied unless the run is on record first.
+        let open = self
+            .audit
+            .open(new)
+            .await
+            .map_err(|error| match RequestError::from(error) {
+                RequestError::Unavailable(message) => {
+                    RequestError::Unavailable(format!("{message}: the copy was refused and no target saw it"))
+                }
+                other => other,
+            })?;
+        tracing::info!(run = %open.id(), by = %identity.label(), "{}", describe_run(&spec));
+        let cancel = CancellationToken::new();
+        let events = run::start(
+            Arc::clone(&self.registry),
+            Arc::new(plan),
+            open.started(),
+            cancel.clone(),
+        );
+        // Dropped with the response stream (client gone, deadline): the
+        // copies stop at their next batch boundary.
+        let guard = cancel.drop_guard();
+        let stream = futures::stream::unfold((events, guard), |(mut events, guard)| async move {
+            let event = events.recv().await?;
+            let response = ReplicateTableResponse {
+                event: Some(event_to_wire(event)),
+            };
+            Some((Ok(response), (events, guard)))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_status(
@@ -504,10 +786,12 @@ pub(super) fn unconnected() -> ReplicationService {
         Err(error) => panic!("test config: {error}"),
     };
     let pool = crate::history_store::pool(&config.history);
+    let audit = AuditLog::new(pool.clone(), config.audit.clone());
     ReplicationService::new(
         Arc::new(Registry::new(&config)),
         JobStore::new(pool),
         Arc::new(config),
+        audit,
     )
 }
 
@@ -543,6 +827,48 @@ mod tests {
             assert!(error.starts_with(expected), "{paths:?}: {error}");
         }
         assert!(mask_fields(None).is_err());
+    }
+
+    #[test]
+    fn one_shot_errors_name_replicate_table_fields() {
+        for (error, expected) in [
+            (
+                RequestError::invalid("job.targets[1].cloud", "required"),
+                "targets[1].cloud: required",
+            ),
+            (
+                RequestError::invalid("job.tables[0]", "must be schema-qualified"),
+                "table: must be schema-qualified",
+            ),
+            (
+                RequestError::NotFound("job.source: no cloud \"x\"".to_owned()),
+                "source: no cloud \"x\"",
+            ),
+            (
+                RequestError::FailedPrecondition(
+                    "the tables do not fit the job: public.t has no primary key".to_owned(),
+                ),
+                "the table cannot be copied: public.t has no primary key",
+            ),
+        ] {
+            assert_eq!(one_shot_error(error).to_string(), expected);
+        }
+        let spec = JobSpec {
+            name: "n".to_owned(),
+            source: Target::new("aws", "app"),
+            targets: vec![Target::new("gcp", "app"), Target::new("azure", "app")],
+            tables: vec!["public.orders".to_owned()],
+            sync_key: None,
+            interval: None,
+            enabled: false,
+            mode: Mode::FullRefresh,
+            batch_size: 1,
+            overlap: None,
+        };
+        assert_eq!(
+            describe_run(&spec),
+            "replicate public.orders aws/app -> gcp/app, azure/app (full_refresh)"
+        );
     }
 
     #[test]
