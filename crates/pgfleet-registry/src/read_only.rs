@@ -1,21 +1,36 @@
-//! A bounded read-only transaction, for pgfleet's own catalog reads on a
-//! target (introspection, replication checks).
+//! Bounded transactions for pgfleet's own work on a target (catalog reads,
+//! replication batches): every statement in them stops after a timeout.
 
 use std::time::Duration;
 
 use sqlx::{Connection as _, PgConnection, Postgres, Transaction};
 
-/// Begins a `READ ONLY` transaction whose statements stop after
-/// `statement_timeout`, so a slow or locked catalog cannot hold the caller
-/// (and a pooled connection) forever.
+/// Begins a transaction with `begin` (e.g. `"BEGIN"`, `"BEGIN READ ONLY"`)
+/// whose statements stop after `statement_timeout`, so a slow or locked
+/// target cannot hold the caller (and a pooled connection) forever.
+pub async fn begin_bounded<'c>(
+    connection: &'c mut PgConnection,
+    begin: &'static str,
+    statement_timeout: Duration,
+) -> Result<Transaction<'c, Postgres>, sqlx::Error> {
+    let mut transaction = connection.begin_with(begin).await?;
+    sqlx::query("SELECT pg_catalog.set_config('statement_timeout', $1, true)")
+        .bind(statement_timeout_setting(statement_timeout))
+        .execute(&mut *transaction)
+        .await?;
+    Ok(transaction)
+}
+
+/// [`begin_bounded`] with `BEGIN READ ONLY`.
 pub async fn begin_read_only(
     connection: &mut PgConnection,
     statement_timeout: Duration,
 ) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
-    let mut transaction = connection.begin_with("BEGIN READ ONLY").await?;
-    sqlx::query("SELECT pg_catalog.set_config('statement_timeout', $1, true)")
-        .bind(format!("{}ms", statement_timeout.as_millis().max(1)))
-        .execute(&mut *transaction)
-        .await?;
-    Ok(transaction)
+    begin_bounded(connection, "BEGIN READ ONLY", statement_timeout).await
+}
+
+/// The `statement_timeout` setting for `timeout` (whole milliseconds, at
+/// least 1: 0 would mean no timeout at all).
+pub fn statement_timeout_setting(timeout: Duration) -> String {
+    format!("{}ms", timeout.as_millis().max(1))
 }

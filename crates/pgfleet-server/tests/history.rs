@@ -19,10 +19,9 @@ use pgfleet_server::identity::Role;
 use pgfleet_testkit::{FaultProxy, wait_until};
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use support::{Fleet, Session, bearer, channel, login, session};
+use support::{Fleet, Session, bad_field, bearer, channel, fleet_database, login, run_sql, session};
 
 fn history(channel: &Channel) -> HistoryServiceClient<Channel> {
     HistoryServiceClient::new(channel.clone())
@@ -50,24 +49,8 @@ fn on_cloud(sql: &str, cloud: &str) -> pb::ExecuteRequest {
     }
 }
 
-/// Runs `sql` directly (not through pgfleet) on the `app` database of `cloud`.
-async fn admin_exec(s: &Session, cloud: &str, sql: &str) -> anyhow::Result<()> {
-    let pool = app_pool(s, cloud).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(&pool)
-        .await?;
-    pool.close().await;
-    Ok(())
-}
-
 async fn app_pool(s: &Session, cloud: &str) -> anyhow::Result<sqlx::PgPool> {
-    let (_, _, db) = s
-        .fleet
-        .databases
-        .iter()
-        .find(|(c, name, _)| c == cloud && name == "app")
-        .ok_or_else(|| anyhow::anyhow!("no app database in {cloud}"))?;
-    db.pool().await
+    fleet_database(s, cloud, "app").pool().await
 }
 
 async fn count_rows(s: &Session, cloud: &str, table: &str) -> anyhow::Result<i64> {
@@ -93,19 +76,16 @@ async fn verify(channel: &Channel, token: &str) -> anyhow::Result<pb::VerifyChai
         .into_inner())
 }
 
-fn field_of(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .bad_request()
-        .and_then(|bad| bad.field_violations.first())
-        .map(|violation| violation.field.clone())
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_is_on_record_with_every_field_and_reads_are_not() -> anyhow::Result<()> {
     let s = session("").await?;
-    admin_exec(&s, "aws", "CREATE TABLE items (id int PRIMARY KEY, name text)").await?;
+    run_sql(
+        &s,
+        "aws",
+        "app",
+        "CREATE TABLE items (id int PRIMARY KEY, name text)",
+    )
+    .await?;
     // gcp lacks the table: one target fails, the other succeeds.
 
     let mut request = bearer(
@@ -237,7 +217,7 @@ async fn passwords_in_sql_never_reach_the_trail() -> anyhow::Result<()> {
         .await?
         .into_inner();
     // Roles are cluster-wide: remove it whatever happens below.
-    admin_exec(&s, "aws", &format!("DROP ROLE IF EXISTS {role}")).await?;
+    run_sql(&s, "aws", "app", &format!("DROP ROLE IF EXISTS {role}")).await?;
     assert!(response.success, "{:?}", response.results);
 
     let record = get_record(&s.channel, &s.master, &response.execution_id).await?;
@@ -279,8 +259,8 @@ async fn reads_are_recorded_when_configured() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_is_refused_when_the_audit_trail_cannot_be_written() -> anyhow::Result<()> {
     let s = session("[audit]\nwrite_timeout = '1s'\n").await?;
-    admin_exec(&s, "aws", "CREATE TABLE items (id int PRIMARY KEY)").await?;
-    admin_exec(&s, "gcp", "CREATE TABLE items (id int PRIMARY KEY)").await?;
+    run_sql(&s, "aws", "app", "CREATE TABLE items (id int PRIMARY KEY)").await?;
+    run_sql(&s, "gcp", "app", "CREATE TABLE items (id int PRIMARY KEY)").await?;
 
     // Hold the chain head: logins and sessions still work (users are read
     // from the same store), but no record can be appended.
@@ -426,7 +406,7 @@ async fn with_the_history_store_down_writes_are_refused_and_nothing_changes() ->
 #[tokio::test(flavor = "multi_thread")]
 async fn hand_edits_to_the_trail_are_found_by_verify_chain() -> anyhow::Result<()> {
     let s = session("").await?;
-    admin_exec(&s, "aws", "CREATE TABLE items (id int PRIMARY KEY)").await?;
+    run_sql(&s, "aws", "app", "CREATE TABLE items (id int PRIMARY KEY)").await?;
     let mut ids = Vec::new();
     for n in 1..=3 {
         let response = query(&s.channel)
@@ -725,7 +705,7 @@ async fn pagination_and_export_walk_ten_thousand_records() -> anyhow::Result<()>
         ))
         .await
         .err()
-        .map(|status| field_of(&status));
+        .map(|status| bad_field(&status));
     assert_eq!(mismatched.as_deref(), Some("page_token"));
 
     // Export streams every record in chain order, resumable by sequence.
@@ -765,7 +745,7 @@ async fn pagination_and_export_walk_ten_thousand_records() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread")]
 async fn callers_below_master_only_see_their_own_executions() -> anyhow::Result<()> {
     let s = session("[audit]\nreads = true\n").await?;
-    admin_exec(&s, "aws", "CREATE TABLE items (id int PRIMARY KEY)").await?;
+    run_sql(&s, "aws", "app", "CREATE TABLE items (id int PRIMARY KEY)").await?;
     let write = query(&s.channel)
         .execute(bearer(on_cloud("INSERT INTO items VALUES (1)", "aws"), &s.user))
         .await?
@@ -848,7 +828,7 @@ async fn bad_requests_name_the_field() -> anyhow::Result<()> {
         malformed.as_ref().map(tonic::Status::code),
         Some(Code::InvalidArgument)
     );
-    assert_eq!(malformed.map(|e| field_of(&e)).as_deref(), Some("id"));
+    assert_eq!(malformed.map(|e| bad_field(&e)).as_deref(), Some("id"));
     let unknown = get_record(&s.channel, &s.master, &Uuid::now_v7().to_string())
         .await
         .err();
@@ -926,7 +906,7 @@ async fn bad_requests_name_the_field() -> anyhow::Result<()> {
             "{field}: {}",
             status.message()
         );
-        assert_eq!(field_of(&status), field);
+        assert_eq!(bad_field(&status), field);
     }
     s.server.shutdown().await?;
     Ok(())
@@ -1053,7 +1033,7 @@ async fn retention_deletes_old_records_and_the_rest_still_verifies() -> anyhow::
 #[tokio::test(flavor = "multi_thread")]
 async fn an_api_key_sees_only_what_it_ran() -> anyhow::Result<()> {
     let s = session("").await?;
-    admin_exec(&s, "aws", "CREATE TABLE items (id int PRIMARY KEY)").await?;
+    run_sql(&s, "aws", "app", "CREATE TABLE items (id int PRIMARY KEY)").await?;
     let created = support::auth_client(&s.channel)
         .create_api_key(bearer(
             pb::CreateApiKeyRequest {

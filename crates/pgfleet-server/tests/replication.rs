@@ -7,12 +7,10 @@ mod support;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use pgfleet_server::replication::jobs::{JobStore, JobStoreError};
-use pgfleet_testkit::TestDatabase;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
-use support::{Session, api_key, auth_client, bearer, session};
+use support::{Session, api_key, auth_client, bad_field, bearer, fleet_database, run_sql, session, target};
 
 /// The table every database of the fleet gets.
 const ORDERS: &str = "CREATE TABLE public.orders (
@@ -25,31 +23,6 @@ const ORDERS: &str = "CREATE TABLE public.orders (
 
 fn client(s: &Session) -> ReplicationServiceClient<Channel> {
     ReplicationServiceClient::new(s.channel.clone())
-}
-
-fn target(cloud: &str, database: &str) -> pb::Target {
-    pb::Target {
-        cloud: cloud.to_owned(),
-        database: database.to_owned(),
-    }
-}
-
-fn database<'a>(s: &'a Session, cloud: &str, name: &str) -> &'a TestDatabase {
-    s.fleet
-        .databases
-        .iter()
-        .find(|(c, n, _)| c == cloud && n == name)
-        .map(|(_, _, db)| db)
-        .expect("configured test database")
-}
-
-/// Runs `sql` (one or more statements) directly on one fleet database.
-async fn run_sql(s: &Session, cloud: &str, name: &str, sql: &str) -> anyhow::Result<()> {
-    let mut connection = database(s, cloud, name).connect().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(&mut connection)
-        .await?;
-    Ok(())
 }
 
 /// Runs `sql` on every database of the fleet.
@@ -123,15 +96,6 @@ async fn list_all(s: &Session, token: &str, page_size: i32) -> Result<Vec<pb::Re
         }
         page_token = page.next_page_token;
     }
-}
-
-/// The field an INVALID_ARGUMENT status names in its BadRequest detail.
-fn bad_field(status: &Status) -> String {
-    status
-        .get_error_details()
-        .bad_request()
-        .and_then(|bad| bad.field_violations.first().map(|v| v.field.clone()))
-        .unwrap_or_default()
 }
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -570,7 +534,7 @@ async fn catalogs_refuse_tables_that_cannot_be_copied() -> anyhow::Result<()> {
         "SELECT column_name::text FROM information_schema.columns \
          WHERE table_schema = 'public' AND table_name = 'orders' ORDER BY ordinal_position",
     )
-    .fetch_all(&mut database(&s, "gcp", "analytics").connect().await?)
+    .fetch_all(&mut fleet_database(&s, "gcp", "analytics").connect().await?)
     .await?;
     assert_eq!(
         columns,

@@ -8,44 +8,17 @@ use pb::replication_event::Event;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
-use pgfleet_testkit::TestDatabase;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
-use support::{Session, bearer, session};
+use support::{Session, bad_field, bearer, fleet_database, run_sql, session, target};
 
 fn client(s: &Session) -> ReplicationServiceClient<tonic::transport::Channel> {
     ReplicationServiceClient::new(s.channel.clone())
 }
 
-fn target(cloud: &str, database: &str) -> pb::Target {
-    pb::Target {
-        cloud: cloud.to_owned(),
-        database: database.to_owned(),
-    }
-}
-
-fn database<'a>(s: &'a Session, cloud: &str, name: &str) -> &'a TestDatabase {
-    s.fleet
-        .databases
-        .iter()
-        .find(|(c, n, _)| c == cloud && n == name)
-        .map(|(_, _, db)| db)
-        .expect("configured test database")
-}
-
-/// Runs `sql` (one or more statements) directly on one fleet database.
-async fn run_sql(s: &Session, cloud: &str, name: &str, sql: &str) -> anyhow::Result<()> {
-    let mut connection = database(s, cloud, name).connect().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(&mut connection)
-        .await?;
-    Ok(())
-}
-
 /// The first column of the first row of `sql`, as text.
 async fn scalar(s: &Session, cloud: &str, name: &str, sql: &str) -> anyhow::Result<Option<String>> {
-    let mut connection = database(s, cloud, name).connect().await?;
+    let mut connection = fleet_database(s, cloud, name).connect().await?;
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(&mut connection)
         .await?)
@@ -458,14 +431,6 @@ async fn a_failing_target_does_not_stop_the_others_and_the_run_is_audited() -> a
 
     s.server.shutdown().await?;
     Ok(())
-}
-
-fn bad_field(status: &Status) -> String {
-    status
-        .get_error_details()
-        .bad_request()
-        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -41,7 +41,9 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
 use pgfleet_proto::pgfleet::v1 as pb;
-use pgfleet_registry::{Checkout, Registry, RegistryError, Route, Target};
+use pgfleet_registry::{
+    Checkout, Registry, RegistryError, Route, Target, begin_bounded, statement_timeout_setting,
+};
 use sqlx::{Connection as _, PgConnection};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -517,11 +519,6 @@ async fn reset(connection: &mut PgConnection) -> bool {
         .is_ok()
 }
 
-/// A statement-timeout value for `set_config`.
-fn timeout_setting(timeout: Duration) -> String {
-    format!("{}ms", timeout.as_millis().max(1))
-}
-
 #[allow(clippy::too_many_arguments)] // the pieces of one copy, kept apart for borrowing
 async fn copy_batches(
     registry: &Registry,
@@ -675,7 +672,7 @@ async fn read_page(
     page: &Page,
 ) -> Result<Vec<u8>, sqlx::Error> {
     let mut names = vec!["statement_timeout".to_owned()];
-    let mut values = vec![timeout_setting(plan.settings.statement_timeout)];
+    let mut values = vec![statement_timeout_setting(plan.settings.statement_timeout)];
     let start = match page {
         Page::Beginning => PageStart::Beginning,
         Page::From(value) => {
@@ -727,11 +724,7 @@ async fn write_batch(
     remember_keys: bool,
     timeout: Duration,
 ) -> Result<u64, sqlx::Error> {
-    let mut transaction = connection.begin().await?;
-    sqlx::query("SELECT pg_catalog.set_config('statement_timeout', $1, true)")
-        .bind(timeout_setting(timeout))
-        .execute(&mut *transaction)
-        .await?;
+    let mut transaction = begin_bounded(connection, "BEGIN", timeout).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(statements.create_batch_table()))
         .execute(&mut *transaction)
         .await?;
@@ -757,11 +750,7 @@ async fn delete_missing(
     statements: &TargetStatements,
     timeout: Duration,
 ) -> Result<u64, sqlx::Error> {
-    let mut transaction = connection.begin().await?;
-    sqlx::query("SELECT pg_catalog.set_config('statement_timeout', $1, true)")
-        .bind(timeout_setting(timeout))
-        .execute(&mut *transaction)
-        .await?;
+    let mut transaction = begin_bounded(connection, "BEGIN", timeout).await?;
     // Fresh statistics so the anti-join is planned for the real key count.
     sqlx::raw_sql(sqlx::AssertSqlSafe(statements.analyze_keys()))
         .execute(&mut *transaction)

@@ -233,3 +233,41 @@ pub async fn session(extra: &str) -> anyhow::Result<Session> {
         reader,
     })
 }
+
+/// The database `name` of `cloud` in the session's fleet.
+pub fn fleet_database<'a>(s: &'a Session, cloud: &str, name: &str) -> &'a TestDatabase {
+    s.fleet
+        .databases
+        .iter()
+        .find(|(c, n, _)| c == cloud && n == name)
+        .map(|(_, _, db)| db)
+        .unwrap_or_else(|| panic!("no database {name} in cloud {cloud}"))
+}
+
+/// Runs `sql` (one or more statements) directly on one fleet database, not
+/// through pgfleet.
+pub async fn run_sql(s: &Session, cloud: &str, name: &str, sql: &str) -> anyhow::Result<()> {
+    let mut connection = fleet_database(s, cloud, name).connect().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut connection)
+        .await?;
+    Ok(())
+}
+
+/// A wire target.
+pub fn target(cloud: &str, database: &str) -> pb::Target {
+    pb::Target {
+        cloud: cloud.to_owned(),
+        database: database.to_owned(),
+    }
+}
+
+/// The field an INVALID_ARGUMENT status names in its BadRequest detail.
+pub fn bad_field(status: &Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .bad_request()
+        .and_then(|bad| bad.field_violations.first().map(|v| v.field.clone()))
+        .unwrap_or_default()
+}
