@@ -42,6 +42,9 @@ pub struct FleetConfig {
     /// The audit trail in the history store.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Replication runs and their scheduler.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
 }
 
 /// Listen addresses, TLS and shutdown behaviour of the gRPC server.
@@ -450,6 +453,39 @@ impl Default for AuditConfig {
             retention_batch: 1000,
             heartbeat_interval: Duration::from_secs(10),
             writer_lease: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Replication runs and the scheduler of stored jobs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Run enabled jobs on their interval. Any number of replicas may run
+    /// it: each job runs on one replica at a time (an advisory lock in the
+    /// history store).
+    pub scheduler: bool,
+    /// How often the scheduler looks for due jobs.
+    #[serde(with = "humantime_serde")]
+    pub scheduler_tick: Duration,
+    /// Most scheduled runs this replica runs at once; on-demand runs
+    /// (RunJob) are not counted.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub max_concurrent_runs: u32,
+    /// How often a running job checks that it still holds its lock and is
+    /// still enabled and not deleted; it stops at the next batch boundary
+    /// otherwise.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: true,
+            scheduler_tick: Duration::from_secs(5),
+            max_concurrent_runs: 4,
+            watch_interval: Duration::from_secs(1),
         }
     }
 }

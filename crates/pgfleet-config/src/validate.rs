@@ -124,6 +124,20 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
 
     check_audit(&mut problems, &root.key("audit"), &config.audit);
 
+    let replication_path = root.key("replication");
+    if config.replication.scheduler_tick < Duration::from_millis(10) {
+        problems.add(&replication_path.key("scheduler_tick"), "must be at least 10ms");
+    }
+    if config.replication.max_concurrent_runs == 0 {
+        problems.add(
+            &replication_path.key("max_concurrent_runs"),
+            "must be at least 1 (set scheduler = false to run no scheduled jobs)",
+        );
+    }
+    if config.replication.watch_interval < Duration::from_millis(10) {
+        problems.add(&replication_path.key("watch_interval"), "must be at least 10ms");
+    }
+
     let health_path = root.key("health");
     if config.health.interval.is_zero() {
         problems.add(&health_path.key("interval"), "must be greater than zero");

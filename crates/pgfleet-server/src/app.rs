@@ -23,6 +23,7 @@ use crate::audit::{self, AuditLog};
 use crate::auth::gate::AuthLayer;
 use crate::auth::{AuthError, Authenticator, SessionStore, SessionStoreError};
 use crate::history_store::{self, HistoryStoreError};
+use crate::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 use crate::services::{AuthService, FleetService, HistoryService, QueryService, ReplicationService};
 
 /// Longest wait for the history store at start when migrations run.
@@ -98,6 +99,26 @@ impl RunningServer {
         let shared_config = Arc::new(config.clone());
         let monitor = HealthMonitor::spawn(Arc::clone(&registry), config.health.clone());
 
+        // Fired at shutdown before the calls drain: runs (on demand and
+        // scheduled) stop at their next batch boundary, so the drain ends.
+        let replication_shutdown = CancellationToken::new();
+        let jobs = JobStore::new(history.clone());
+        let runner = Arc::new(JobRunner::new(
+            Arc::clone(&registry),
+            RunStore::new(history.clone()),
+            Arc::clone(&audit),
+            Arc::clone(&shared_config),
+            replication_shutdown.clone(),
+        ));
+        let scheduler = config.replication.scheduler.then(|| {
+            replication::scheduler::spawn(
+                Arc::clone(&runner),
+                jobs.clone(),
+                config.replication.clone(),
+                replication_shutdown.clone(),
+            )
+        });
+
         let listen_addr = config.server.listen_addr;
         let listener = TcpListener::bind(listen_addr)
             .await
@@ -153,7 +174,8 @@ impl RunningServer {
             .add_service(HistoryServiceServer::new(HistoryService::new(Arc::clone(&audit))))
             .add_service(ReplicationServiceServer::new(ReplicationService::new(
                 Arc::clone(&registry),
-                crate::replication::jobs::JobStore::new(history.clone()),
+                jobs,
+                runner,
                 Arc::clone(&shared_config),
                 Arc::clone(&audit),
             )))
@@ -167,8 +189,10 @@ impl RunningServer {
             let stop_accepting = {
                 let stop = stop.clone();
                 let reporter = health_reporter.clone();
+                let replication_shutdown = replication_shutdown.clone();
                 async move {
                     stop.cancelled().await;
+                    replication_shutdown.cancel();
                     // Load balancers see NOT_SERVING while in-flight calls drain.
                     reporter
                         .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -188,6 +212,14 @@ impl RunningServer {
                     Ok(())
                 }
             };
+            replication_shutdown.cancel();
+            if let Some(scheduler) = scheduler {
+                // Its runs stop at their next batch boundary; bounded like
+                // the calls, so a stuck target cannot hold the exit.
+                if tokio::time::timeout(grace, scheduler).await.is_err() {
+                    tracing::warn!("scheduled replication runs still going after the grace period; closing");
+                }
+            }
             monitor.stop().await;
             // After the calls drained: the records they opened are closed,
             // so the lease can go.

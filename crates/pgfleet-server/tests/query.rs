@@ -10,7 +10,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use support::{bearer, session};
+use support::{ProxiedCloud, bearer, session};
 
 fn client(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
@@ -73,34 +73,9 @@ async fn fans_out_to_every_cloud_and_reports_each_target() -> anyhow::Result<()>
     Ok(())
 }
 
-/// A third cloud, "azure", whose `app` database sits behind a fault proxy.
-struct ProxiedCloud {
-    database: pgfleet_testkit::TestDatabase,
-    proxy: pgfleet_testkit::FaultProxy,
-}
-
-impl ProxiedCloud {
-    async fn start() -> anyhow::Result<Self> {
-        let database = pgfleet_testkit::TestDatabase::create("q_azure_app").await?;
-        let proxy =
-            pgfleet_testkit::FaultProxy::start(format!("{}:{}", database.host(), database.port())).await?;
-        Ok(Self { database, proxy })
-    }
-
-    fn toml(&self) -> String {
-        format!(
-            "[[clouds]]\nname = 'azure'\n[[clouds.databases]]\nname = 'app'\nhost = '127.0.0.1'\nport = {}\n\
-             user = '{}'\ndatabase = '{}'\nsslmode = 'disable'\nschemas = ['public']\n",
-            self.proxy.port(),
-            self.database.user(),
-            self.database.name()
-        )
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_target_fails_alone_and_the_others_succeed() -> anyhow::Result<()> {
-    let azure = ProxiedCloud::start().await?;
+    let azure = ProxiedCloud::start("q_azure_app").await?;
     let s = session(&azure.toml()).await?;
     azure.proxy.cut();
     let response = client(&s.channel)

@@ -138,7 +138,12 @@ async fn jobs_round_trip_create_get_list_update_delete() -> anyhow::Result<()> {
     assert_eq!(created.created_by, "s-master");
     assert!(created.created_at.as_ref().is_some_and(|t| t.seconds >= before));
     assert_eq!(created.created_at, created.updated_at);
-    assert_eq!(created.next_run_at, None, "no scheduler yet");
+    // Enabled with an interval and never run: due at once.
+    assert!(
+        created.next_run_at.as_ref().is_some_and(|t| t.seconds >= before),
+        "{:?}",
+        created.next_run_at
+    );
 
     let got = client(&s)
         .get_job(bearer(
@@ -448,12 +453,25 @@ async fn jobs_round_trip_create_get_list_update_delete() -> anyhow::Result<()> {
         .collect();
     assert_eq!(names, ["a-job", "b-job", "c-job", "d-job"]);
 
-    // Runs and status are later parts of issue #6.
+    // Status lists every job a caller may see, in name order, never run yet.
     let status = client(&s)
-        .get_status(bearer(pb::GetStatusRequest::default(), &s.master))
-        .await
-        .err();
-    assert_eq!(status.map(|e| e.code()), Some(Code::Unimplemented));
+        .get_status(bearer(
+            pb::GetStatusRequest {
+                skip_row_counts: true,
+                ..Default::default()
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    let names: Vec<&str> = status.jobs.iter().map(|j| j.job_name.as_str()).collect();
+    assert_eq!(names, ["a-job", "b-job", "c-job", "d-job"]);
+    assert!(
+        status
+            .jobs
+            .iter()
+            .all(|j| j.last_outcome == pb::ReplicationOutcome::Unspecified as i32 && !j.running)
+    );
 
     s.server.shutdown().await?;
     Ok(())

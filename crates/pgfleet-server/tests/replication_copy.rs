@@ -10,29 +10,10 @@ use pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use tonic::{Code, Status};
 
-use support::{Session, bad_field, bearer, fleet_database, run_sql, session, target};
+use support::{Session, bad_field, bearer, count, run_sql, scalar, session, table_hash, target};
 
 fn client(s: &Session) -> ReplicationServiceClient<tonic::transport::Channel> {
     ReplicationServiceClient::new(s.channel.clone())
-}
-
-/// The first column of the first row of `sql`, as text.
-async fn scalar(s: &Session, cloud: &str, name: &str, sql: &str) -> anyhow::Result<Option<String>> {
-    let mut connection = fleet_database(s, cloud, name).connect().await?;
-    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(&mut connection)
-        .await?)
-}
-
-/// An ordered hash of a whole table: equal hashes, equal rows.
-async fn table_hash(s: &Session, cloud: &str, name: &str, table: &str) -> anyhow::Result<String> {
-    let sql = format!("SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY id), '')) FROM {table} t");
-    Ok(scalar(s, cloud, name, &sql).await?.unwrap_or_default())
-}
-
-async fn count(s: &Session, cloud: &str, name: &str, table: &str) -> anyhow::Result<i64> {
-    let text = scalar(s, cloud, name, &format!("SELECT count(*)::text FROM {table}")).await?;
-    Ok(text.unwrap_or_default().parse()?)
 }
 
 /// Every event of one ReplicateTable call.

@@ -21,7 +21,9 @@ const NAME_CONSTRAINT: &str = "replication_jobs_name_key";
 macro_rules! job_columns {
     () => {
         "id, name, source, targets, tables, sync_key, interval_ms, enabled, mode, \
-         batch_size, overlap_ms, revision, created_at, updated_at, created_by"
+         batch_size, overlap_ms, revision, created_at, updated_at, created_by, \
+         (SELECT s.next_run_at FROM pgfleet.replication_job_state s \
+          WHERE s.job_id = replication_jobs.id) AS next_run_at"
     };
 }
 
@@ -87,6 +89,7 @@ struct JobRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     created_by: String,
+    next_run_at: Option<DateTime<Utc>>,
 }
 
 impl JobRow {
@@ -125,6 +128,7 @@ impl JobRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             created_by: self.created_by,
+            next_run_at: self.next_run_at,
         })
     }
 }

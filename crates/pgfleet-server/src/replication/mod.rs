@@ -3,17 +3,20 @@
 //! say about a job's tables ([`catalog`]) and whether a job may be stored
 //! ([`validate`]), how a table is copied onto a target ([`copy`], with its
 //! SQL in [`sql`]) and how a run of several copies is driven and audited
-//! ([`run`]).
-//!
-//! Stored-job runs, status and the scheduler are not here yet (issue #6,
-//! later parts); the tables of migration `0004_replication_jobs.sql` already
-//! hold what they will need (watermarks with keyset resume positions).
+//! ([`run`]); runs of stored jobs under their lock, resuming from saved
+//! positions ([`runner`], with their bookkeeping in [`state`]), the
+//! scheduler that starts them on one replica at a time ([`scheduler`]) and
+//! how far behind each copy is ([`status`]).
 
 pub mod catalog;
 pub mod copy;
 pub mod jobs;
 pub mod run;
+pub mod runner;
+pub mod scheduler;
 pub mod sql;
+pub mod state;
+pub mod status;
 pub mod validate;
 
 use std::time::Duration;
@@ -101,6 +104,9 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
     /// Username (or API key label) of the creator.
     pub created_by: String,
+    /// When the scheduler last planned the next run for; `None` until its
+    /// first scheduled run (an enabled job with an interval is then due).
+    pub next_run_at: Option<DateTime<Utc>>,
 }
 
 /// A field of a job an update may change.

@@ -11,9 +11,11 @@
 //! boundary) and their outcomes are still recorded.
 //!
 //! ReplicateTable builds a plan with [`Start::TargetMax`] or
-//! [`Start::Beginning`]; RunJob is meant to build one from a stored job and
-//! its watermarks ([`Start::After`]) and to store each reported
-//! [`super::copy::Progress::position`] after its batch committed.
+//! [`Start::Beginning`]; stored jobs ([`super::runner`]) build one from
+//! their saved positions ([`Start::After`]) and pass a [`JobLedger`], which
+//! the recorder tells of every committed batch (the position is saved after
+//! the target committed it) and every finished (table, target), and which
+//! releases the job's lock before the caller hears that the run finished.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,11 +24,13 @@ use chrono::{DateTime, Utc};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Registry, Target};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Mode;
 use super::copy::{self, CopyUpdate, Progress, ProgressSink, Start, TableOutcome, TablePlan, TableResult};
+use super::state::{RunStore, StopReason, StoredOutcome};
 use crate::audit::{RecordedError, RecordedOutcome, RunningExecution};
 use crate::query::audited::{recorded_error, recorded_target};
 
@@ -94,13 +98,117 @@ pub enum RunEvent {
     },
 }
 
+/// Longest wait for one bookkeeping write of a stored job's run; a slower
+/// history store only leaves positions behind (re-copied next time).
+const LEDGER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stored job's run as kept in the history store while it goes.
+#[derive(Debug)]
+pub struct JobLedger {
+    runs: RunStore,
+    job_id: Uuid,
+    run_id: Uuid,
+    /// Full refresh restarts from the beginning every run: no positions.
+    incremental: bool,
+    /// Fired when the run has ended: the lock holder then releases the lock.
+    done: CancellationToken,
+    holder: JoinHandle<Option<StopReason>>,
+}
+
+impl JobLedger {
+    pub fn new(
+        runs: RunStore,
+        job_id: Uuid,
+        run_id: Uuid,
+        mode: Mode,
+        done: CancellationToken,
+        holder: JoinHandle<Option<StopReason>>,
+    ) -> Self {
+        Self {
+            runs,
+            job_id,
+            run_id,
+            incremental: mode == Mode::Incremental,
+            done,
+            holder,
+        }
+    }
+
+    /// Runs one bookkeeping write; a failure is logged, never fatal.
+    async fn write(&self, what: &str, write: impl Future<Output = Result<(), sqlx::Error>>) {
+        let failure = match tokio::time::timeout(LEDGER_TIMEOUT, write).await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {LEDGER_TIMEOUT:?}"),
+        };
+        tracing::warn!(job = %self.job_id, run = %self.run_id, error = %failure, "cannot save {what}");
+    }
+
+    /// A batch committed on the target.
+    async fn batch_committed(&self, table: &str, target: &Target, progress: &Progress) {
+        if let (true, Some(position)) = (self.incremental, &progress.position) {
+            let save = self.runs.save_position(
+                self.job_id,
+                table,
+                target,
+                position,
+                progress.counters.rows_written,
+            );
+            self.write("a replication position", save).await;
+        }
+    }
+
+    async fn pair_finished(&self, table: &str, target: &Target, result: &TableResult) {
+        let (outcome, error) = match &result.outcome {
+            TableOutcome::Succeeded => (StoredOutcome::Succeeded, None),
+            TableOutcome::Failed(error) => (StoredOutcome::Failed, Some(recorded_error(error))),
+            TableOutcome::Cancelled => (StoredOutcome::Cancelled, None),
+        };
+        let save = self.runs.pair_finished(
+            self.job_id,
+            self.run_id,
+            table,
+            target,
+            outcome,
+            result.counters.rows_written,
+            error.as_ref(),
+        );
+        self.write("a replication outcome", save).await;
+    }
+
+    /// Saves the run's outcome and releases the job's lock.
+    async fn finish(self, outcome: RunOutcome) {
+        let stored = match outcome {
+            RunOutcome::Succeeded => StoredOutcome::Succeeded,
+            RunOutcome::Partial => StoredOutcome::Partial,
+            RunOutcome::Failed => StoredOutcome::Failed,
+            RunOutcome::Cancelled => StoredOutcome::Cancelled,
+        };
+        self.write(
+            "a replication run's outcome",
+            self.runs.run_finished(self.job_id, self.run_id, stored),
+        )
+        .await;
+        self.done.cancel();
+        match self.holder.await {
+            Ok(Some(reason)) => {
+                tracing::info!(job = %self.job_id, run = %self.run_id, ?reason, "replication run stopped early");
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(job = %self.job_id, %error, "replication lock holder failed"),
+        }
+    }
+}
+
 /// Starts `plan` under its opened record and returns its events. The
-/// copies stop at their next batch boundary once `cancel` fires.
+/// copies stop at their next batch boundary once `cancel` fires. A stored
+/// job's run passes its `ledger`.
 pub fn start(
     registry: Arc<Registry>,
     plan: Arc<RunPlan>,
     execution: RunningExecution,
     cancel: CancellationToken,
+    ledger: Option<JobLedger>,
 ) -> mpsc::Receiver<RunEvent> {
     let (copies, updates) = mpsc::channel(EVENT_BUFFER);
     for target_index in 0..plan.targets.len() {
@@ -131,7 +239,7 @@ pub fn start(
     }
     drop(copies);
     let (sender, events) = mpsc::channel(EVENT_BUFFER);
-    tokio::spawn(record(plan, execution, updates, sender, cancel));
+    tokio::spawn(record(plan, execution, updates, sender, cancel, ledger));
     events
 }
 
@@ -148,6 +256,7 @@ async fn record(
     mut updates: mpsc::Receiver<copy::CopyEvent>,
     sender: mpsc::Sender<RunEvent>,
     cancel: CancellationToken,
+    ledger: Option<JobLedger>,
 ) {
     let started = Instant::now();
     let mut caller_gone = false;
@@ -180,6 +289,9 @@ async fn record(
         };
         match event.update {
             CopyUpdate::Progress(progress) => {
+                if let Some(ledger) = &ledger {
+                    ledger.batch_committed(table, target, &progress).await;
+                }
                 forward(RunEvent::Progress {
                     table: table.clone(),
                     target: target.clone(),
@@ -201,6 +313,9 @@ async fn record(
                         })
                         .await;
                     }
+                }
+                if let Some(ledger) = &ledger {
+                    ledger.pair_finished(table, target, &result).await;
                 }
                 if let Some(log) = logs.get_mut(event.target) {
                     log.results.push((table.clone(), result.as_ref().clone()));
@@ -234,6 +349,11 @@ async fn record(
     } else {
         RunOutcome::Partial
     };
+    // Before the caller hears of the end: a RunJob right after it must find
+    // the lock free.
+    if let Some(ledger) = ledger {
+        ledger.finish(outcome).await;
+    }
     forward(RunEvent::Finished {
         outcome,
         finished_at: Utc::now(),

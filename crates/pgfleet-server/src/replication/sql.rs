@@ -243,6 +243,48 @@ impl TargetStatements {
     }
 }
 
+/// What subtracting two sync key values gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDifference {
+    /// Integers and numeric: a number, not a time.
+    Number,
+    /// `date - date`: whole days.
+    Days,
+    /// Timestamps: an interval.
+    Interval,
+}
+
+/// How far behind each watermark is: the table's newest sync key, its row
+/// count (when `count`, else NULL) and, for each watermark bound in `$1`
+/// (text, in order), the difference as text and, for temporal keys, in
+/// seconds. One row per watermark, or one row with NULLs for none.
+pub fn source_lag(table: &str, sync_key: &KeyColumn, difference: KeyDifference, count: bool) -> String {
+    let key = quote_ident(&sync_key.name);
+    let watermark = format!("CAST(w.value AS {})", sync_key.type_name);
+    let seconds = match difference {
+        KeyDifference::Number => "NULL::float8".to_owned(),
+        KeyDifference::Days => format!("(s.newest - {watermark})::float8 * 86400"),
+        KeyDifference::Interval => {
+            format!("pg_catalog.date_part('epoch', s.newest - {watermark})::float8")
+        }
+    };
+    let rows = if count {
+        "pg_catalog.count(*)"
+    } else {
+        "NULL::bigint"
+    };
+    format!(
+        "SELECT s.newest::text, s.row_count, (s.newest - {watermark})::text, {seconds} \
+         FROM (SELECT pg_catalog.max({key}) AS newest, {rows} AS row_count FROM {table}) s \
+         LEFT JOIN unnest($1::text[]) WITH ORDINALITY AS w(value, n) ON true ORDER BY w.n"
+    )
+}
+
+/// `SELECT count(*)` of a table.
+pub fn count_all(table: &str) -> String {
+    format!("SELECT pg_catalog.count(*) FROM {table}")
+}
+
 /// Rows in a chunk of COPY text output: each ends with a newline (newlines
 /// inside values are escaped as `\n`).
 pub fn count_rows(data: &[u8]) -> u64 {

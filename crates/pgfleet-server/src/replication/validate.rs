@@ -44,6 +44,16 @@ fn sync_key_kind(base_type: u32) -> Option<SyncKeyKind> {
     }
 }
 
+/// What subtracting two values of a sync key's (base) type gives, for lag.
+pub fn key_difference(base_type: u32) -> Option<super::sql::KeyDifference> {
+    use super::sql::KeyDifference;
+    match (base_type, sync_key_kind(base_type)?) {
+        (1082, _) => Some(KeyDifference::Days),
+        (_, SyncKeyKind::Temporal) => Some(KeyDifference::Interval),
+        (_, SyncKeyKind::Ordinal) => Some(KeyDifference::Number),
+    }
+}
+
 const SYNC_KEY_TYPES: &str = "timestamp, timestamptz, date, smallint, integer, bigint or numeric";
 
 /// Splits a schema-qualified table name into (schema, table) as PostgreSQL

@@ -46,6 +46,37 @@ pub fn duration(value: Duration) -> prost_types::Duration {
     })
 }
 
+/// A signed number of seconds (a lag may be negative when a target holds
+/// rows the source no longer has) as a wire duration, to the microsecond.
+pub fn signed_seconds(seconds: f64) -> prost_types::Duration {
+    let micros = (seconds * 1_000_000.0).round();
+    // `as` saturates for floats out of range (and maps NaN to 0).
+    let micros = micros as i64;
+    prost_types::Duration {
+        seconds: micros / 1_000_000,
+        // Same sign as `seconds`, as the Duration type requires.
+        nanos: i32::try_from((micros % 1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+/// A recorded target error on the wire, PostgreSQL's fields kept.
+pub fn target_error(error: &crate::audit::RecordedError) -> pb::TargetError {
+    pb::TargetError {
+        code: pb::ErrorCode::from_str_name(&error.code)
+            .unwrap_or(pb::ErrorCode::Unknown)
+            .into(),
+        message: error.message.clone(),
+        postgres: (!error.sqlstate.is_empty()).then(|| pb::PostgresError {
+            sqlstate: error.sqlstate.clone(),
+            message: error.message.clone(),
+            detail: error.detail.clone(),
+            hint: error.hint.clone(),
+            position: error.position,
+            ..Default::default()
+        }),
+    }
+}
+
 pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
     Timestamp {
         seconds: time.timestamp(),
@@ -63,6 +94,15 @@ pub fn timestamp_to_chrono(wire: &Timestamp) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_seconds_keep_sign_and_microseconds() {
+        let wire = signed_seconds(312.25);
+        assert_eq!((wire.seconds, wire.nanos), (312, 250_000_000));
+        let wire = signed_seconds(-1.5);
+        assert_eq!((wire.seconds, wire.nanos), (-1, -500_000_000));
+        assert_eq!(signed_seconds(f64::NAN).seconds, 0);
+    }
 
     #[test]
     fn roles_and_timestamps_round_trip() {

@@ -189,20 +189,7 @@ fn wire_target(target: crate::audit::RecordedTarget) -> pb::Target {
 }
 
 fn wire_outcome(outcome: RecordedOutcome) -> pb::TargetOutcome {
-    let error = outcome.error.map(|error| pb::TargetError {
-        code: pb::ErrorCode::from_str_name(&error.code)
-            .unwrap_or(pb::ErrorCode::Unknown)
-            .into(),
-        message: error.message.clone(),
-        postgres: (!error.sqlstate.is_empty()).then(|| pb::PostgresError {
-            sqlstate: error.sqlstate,
-            message: error.message,
-            detail: error.detail,
-            hint: error.hint,
-            position: error.position,
-            ..Default::default()
-        }),
-    });
+    let error = outcome.error.as_ref().map(convert::target_error);
     pb::TargetOutcome {
         target: Some(wire_target(outcome.target)),
         success: outcome.success,

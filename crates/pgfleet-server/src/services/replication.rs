@@ -1,7 +1,7 @@
 //! `pgfleet.v1.ReplicationService`: replication jobs (create, read, list,
-//! update, delete) and one-shot table copies (ReplicateTable), converted
-//! between wire and [`crate::replication`] types here. RunJob and GetStatus
-//! answer UNIMPLEMENTED until the later parts of issue #6 land.
+//! update, delete), their runs (RunJob, through [`JobRunner`]) and status,
+//! and one-shot table copies (ReplicateTable), converted between wire and
+//! [`crate::replication`] types here.
 //!
 //! API keys (never MASTER, so read-only here) see only jobs whose source and
 //! targets are all in their allow-list; other jobs do not exist for them.
@@ -24,18 +24,18 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::ResponseStream;
 use super::convert;
-use super::{ResponseStream, not_implemented};
-use crate::audit::{Actor, AuditLog, Kind, NewExecution, RecordedTarget, TargetScope};
+use crate::audit::{Actor, AuditLog};
 use crate::identity::{Identity, Principal};
-use crate::replication::copy::{CopySettings, Start, TableOutcome, TablePlan};
+use crate::replication::copy::{Start, TableOutcome};
 use crate::replication::jobs::JobStore;
 use crate::replication::run::{self, RunEvent, RunOutcome, RunPlan};
+use crate::replication::runner::{self, JobRunner, RunBy, copy_settings, plan_tables};
+use crate::replication::state::{JobState, PairState, RunStore, StoredOutcome};
+use crate::replication::status::{self, SourceMeasure};
 use crate::replication::{DEFAULT_BATCH_SIZE, Job, JobField, JobSpec, Mode, catalog, validate};
 use crate::request_error::RequestError;
-
-/// The issue that implements this service.
-const ISSUE: u32 = 6;
 /// Page size when the request names none.
 const DEFAULT_PAGE_SIZE: i64 = 50;
 /// Largest page a request may ask for.
@@ -48,6 +48,8 @@ const PAGE_TOKEN_PREFIX: &str = "v1:";
 pub struct ReplicationService {
     registry: Arc<Registry>,
     jobs: JobStore,
+    /// Runs of stored jobs (shared with the scheduler).
+    runner: Arc<JobRunner>,
     config: Arc<FleetConfig>,
     /// The server's audit trail: every run is on record before it starts.
     audit: Arc<AuditLog>,
@@ -57,15 +59,21 @@ impl ReplicationService {
     pub fn new(
         registry: Arc<Registry>,
         jobs: JobStore,
+        runner: Arc<JobRunner>,
         config: Arc<FleetConfig>,
         audit: Arc<AuditLog>,
     ) -> Self {
         Self {
             registry,
             jobs,
+            runner,
             config,
             audit,
         }
+    }
+
+    fn runs(&self) -> &RunStore {
+        self.runner.runs()
     }
 
     /// Bound on each catalog statement while checking a job: the same as a
@@ -178,29 +186,13 @@ impl ReplicationService {
                 "this API key may not access {target}"
             )));
         }
-        let shapes =
-            catalog::read_tables(&self.registry, &spec.source, &spec.tables, self.catalog_timeout()).await?;
-        let shape = shapes.into_iter().next().flatten();
-        // The source alone decides whether the call is refused; targets are
-        // judged per target during the run.
-        let source_only = JobSpec {
-            targets: Vec::new(),
-            ..spec.clone()
-        };
-        let tables =
-            validate::fit(&source_only, std::slice::from_ref(&shape), &[]).map_err(one_shot_error)?;
-        let Some(shape) = shape else {
-            return Err(RequestError::Internal("checked table has no shape".to_owned()));
-        };
-        let settings = CopySettings {
-            mode,
-            sync_key: spec.sync_key.clone(),
-            batch_size: spec.batch_size,
-            overlap: spec.overlap,
-            statement_timeout: self.config.query.max_timeout,
-            catalog_timeout: self.catalog_timeout(),
-        };
-        let table = TablePlan::new(spec.source.clone(), shape, settings)?;
+        let settings = copy_settings(&spec, &self.config);
+        let table = plan_tables(&self.registry, &spec, &settings)
+            .await
+            .map_err(one_shot_error)?
+            .pop()
+            .ok_or_else(|| RequestError::Internal("a one-shot copy planned no table".to_owned()))?;
+        let tables = vec![table.table().to_owned()];
         let start = match mode {
             Mode::Incremental => Start::TargetMax,
             Mode::FullRefresh => Start::Beginning,
@@ -240,19 +232,6 @@ fn one_shot_error(error: RequestError) -> RequestError {
         }
         other => other,
     }
-}
-
-/// The audit record's description of a run, e.g.
-/// `replicate public.orders aws/app -> gcp/app, gcp/analytics (full_refresh)`.
-fn describe_run(spec: &JobSpec) -> String {
-    let targets: Vec<String> = spec.targets.iter().map(ToString::to_string).collect();
-    format!(
-        "replicate {} {} -> {} ({})",
-        spec.tables.join(", "),
-        spec.source,
-        targets.join(", "),
-        spec.mode.as_str().to_ascii_lowercase()
-    )
 }
 
 fn outcome_to_wire(outcome: RunOutcome) -> pb::ReplicationOutcome {
@@ -508,14 +487,13 @@ fn spec_to_wire(spec: JobSpec) -> pb::ReplicationJob {
 }
 
 fn job_to_wire(job: Job) -> pb::ReplicationJob {
+    let next_run_at = next_run_at(&job).map(convert::timestamp);
     pb::ReplicationJob {
         id: job.id.to_string(),
         created_at: Some(convert::timestamp(job.created_at)),
         updated_at: Some(convert::timestamp(job.updated_at)),
         created_by: job.created_by,
-        // Computed by the scheduler, which is a later part of issue #6;
-        // until it lands nothing is scheduled, so there is no next run.
-        next_run_at: None,
+        next_run_at,
         ..spec_to_wire(job.spec)
     }
 }
@@ -610,6 +588,15 @@ impl replication_service_server::ReplicationService for ReplicationService {
             .await
             .map_err(RequestError::from)?
             .ok_or_else(|| not_found(id))?;
+        // Positions of another source, mode or sync key mean nothing now;
+        // those of dropped tables and targets are left over.
+        let restart = current.spec.source != job.spec.source
+            || current.spec.mode != job.spec.mode
+            || current.spec.sync_key != job.spec.sync_key;
+        self.runs()
+            .forget_positions(job.id, &job.spec.tables, &job.spec.targets, restart)
+            .await
+            .map_err(|error| RequestError::Unavailable(format!("history store: {error}")))?;
         tracing::info!(job = %job.id, name = %job.spec.name, by = %identity.label(), "replication job updated");
         Ok(Response::new(UpdateJobResponse {
             job: Some(job_to_wire(job)),
@@ -680,11 +667,29 @@ impl replication_service_server::ReplicationService for ReplicationService {
         }))
     }
 
-    async fn run_job(
-        &self,
-        _request: Request<RunJobRequest>,
-    ) -> Result<Response<Self::RunJobStream>, Status> {
-        Err(not_implemented("ReplicationService/RunJob", ISSUE))
+    async fn run_job(&self, request: Request<RunJobRequest>) -> Result<Response<Self::RunJobStream>, Status> {
+        let identity = Identity::of(&request)?.clone();
+        let origin = super::origin(&request);
+        let message = request.into_inner();
+        let id = parse_id(&message.job_id, "job_id")?;
+        let job = self.visible_job(&identity, id).await?;
+        let tables = pick_tables(&job, &message.tables)?;
+        let targets = pick_targets(&job, &message.targets)?;
+        let lock = self.runner.lock(&job).await?;
+        let by = RunBy {
+            actor: Actor::of(&identity),
+            role: identity.role,
+            origin,
+        };
+        let cancel = self.runner.run_token();
+        let events = self
+            .runner
+            .launch(lock, &job, tables, targets, by, cancel.clone())
+            .await?;
+        tracing::info!(job = %job.id, name = %job.spec.name, by = %identity.label(), "replication job run on demand");
+        Ok(Response::new(event_stream(events, cancel, |event| {
+            RunJobResponse { event: Some(event) }
+        })))
     }
 
     async fn replicate_table(
@@ -695,37 +700,15 @@ impl replication_service_server::ReplicationService for ReplicationService {
         let origin = super::origin(&request);
         let message = request.into_inner();
         let (spec, plan) = self.one_shot_plan(&identity, &message).await?;
-        let new = NewExecution {
-            id: Uuid::now_v7(),
-            kind: Kind::ReplicationRun,
+        let by = RunBy {
             actor: Actor::of(&identity),
             role: identity.role,
-            client_address: origin.client_address,
-            request_id: origin.request_id,
-            query: describe_run(&spec),
-            query_redacted: false,
-            fingerprint: String::new(),
-            statement_classes: vec!["WRITE".to_owned()],
-            database: spec.source.database.clone(),
-            pg_schema: String::new(),
-            scope: TargetScope::Replication,
-            targets: spec
-                .targets
-                .iter()
-                .map(|target| RecordedTarget {
-                    cloud: target.cloud.clone(),
-                    database: target.database.clone(),
-                })
-                .collect(),
-            read_only: false,
-            confirmed_dangerous: false,
-            findings: Vec::new(),
-            replication_job_id: None,
+            origin,
         };
         // Nothing is copied unless the run is on record first.
         let open = self
             .audit
-            .open(new)
+            .open(runner::run_record(&spec, by, None))
             .await
             .map_err(|error| match RequestError::from(error) {
                 RequestError::Unavailable(message) => {
@@ -733,66 +716,280 @@ impl replication_service_server::ReplicationService for ReplicationService {
                 }
                 other => other,
             })?;
-        tracing::info!(run = %open.id(), by = %identity.label(), "{}", describe_run(&spec));
-        let cancel = CancellationToken::new();
+        tracing::info!(run = %open.id(), by = %identity.label(), "{}", runner::describe_run(&spec));
+        let cancel = self.runner.run_token();
         let events = run::start(
             Arc::clone(&self.registry),
             Arc::new(plan),
             open.started(),
             cancel.clone(),
+            None,
         );
-        // Dropped with the response stream (client gone, deadline): the
-        // copies stop at their next batch boundary.
-        let guard = cancel.drop_guard();
-        let stream = futures::stream::unfold((events, guard), |(mut events, guard)| async move {
-            let event = events.recv().await?;
-            let response = ReplicateTableResponse {
-                event: Some(event_to_wire(event)),
-            };
-            Some((Ok(response), (events, guard)))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(event_stream(events, cancel, |event| {
+            ReplicateTableResponse { event: Some(event) }
+        })))
     }
 
     async fn get_status(
         &self,
-        _request: Request<GetStatusRequest>,
+        request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
-        Err(not_implemented("ReplicationService/GetStatus", ISSUE))
+        let identity = Identity::of(&request)?;
+        let message = request.get_ref();
+        let jobs = if message.job_id.is_empty() {
+            self.all_visible_jobs(identity).await?
+        } else {
+            vec![
+                self.visible_job(identity, parse_id(&message.job_id, "job_id")?)
+                    .await?,
+            ]
+        };
+        let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
+        let store = |error: sqlx::Error| RequestError::Unavailable(format!("history store: {error}"));
+        let mut states = self.runs().jobs(&ids).await.map_err(store)?;
+        let pairs = self.runs().pairs(&ids).await.map_err(store)?;
+        let running = self.runs().running(&ids).await.map_err(store)?;
+        let mut statuses = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let state = states.remove(&job.id).unwrap_or_default();
+            let job_pairs: Vec<&PairState> = pairs.iter().filter(|pair| pair.job_id == job.id).collect();
+            let tables = self
+                .table_statuses(&job, &job_pairs, !message.skip_row_counts)
+                .await;
+            statuses.push(job_status(&job, &state, running.contains(&job.id), tables));
+        }
+        Ok(Response::new(GetStatusResponse { jobs: statuses }))
     }
 }
 
-/// A service whose pools connect to nothing (lazily, never used), for unit
-/// tests of the RPCs that answer without I/O.
-#[cfg(test)]
-pub(super) fn unconnected() -> ReplicationService {
-    use pgfleet_config::{FileFormat, Inputs, ProcessEnv};
+impl ReplicationService {
+    /// Every job the caller may see, in name order.
+    async fn all_visible_jobs(&self, identity: &Identity) -> Result<Vec<Job>, RequestError> {
+        let mut jobs = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.jobs.list(after.as_deref(), MAX_PAGE_SIZE).await?;
+            let last = page.len() < usize::try_from(MAX_PAGE_SIZE).unwrap_or(usize::MAX);
+            after = page.last().map(|job| job.spec.name.clone());
+            jobs.extend(page.into_iter().filter(|job| visible(identity, &job.spec)));
+            if last {
+                return Ok(jobs);
+            }
+        }
+    }
 
-    let text = "[history]\nhost = '127.0.0.1'\nport = 1\nuser = 'nobody'\ndatabase = 'nothing'\n\
-                [[clouds]]\nname = 'aws'\n\
-                [[clouds.databases]]\nname = 'app'\nhost = '127.0.0.1'\nport = 1\nuser = 'nobody'\n\
-                database = 'nothing'\n";
-    let loaded = pgfleet_config::load_str(
-        text,
-        FileFormat::Toml,
-        std::path::Path::new("test.toml"),
-        &Inputs {
-            variables: &ProcessEnv,
-            overrides: Vec::new(),
+    /// One status per (table, target) of `job`, in the job's order,
+    /// measured now on the source and targets. A database that cannot be
+    /// measured leaves its fields unset (and is logged); the stored state
+    /// is still returned.
+    async fn table_statuses(
+        &self,
+        job: &Job,
+        pairs: &[&PairState],
+        count: bool,
+    ) -> Vec<pb::TableTargetStatus> {
+        let timeout = self.catalog_timeout();
+        let spec = &job.spec;
+        let shapes = catalog::read_tables(&self.registry, &spec.source, &spec.tables, timeout)
+            .await
+            .inspect_err(
+                |error| tracing::warn!(job = %job.id, %error, "cannot read the source catalog for status"),
+            )
+            .unwrap_or_default();
+        let mut statuses = Vec::new();
+        for (index, table) in spec.tables.iter().enumerate() {
+            let stored: Vec<Option<&PairState>> = spec
+                .targets
+                .iter()
+                .map(|target| {
+                    pairs
+                        .iter()
+                        .find(|pair| pair.table_name == *table && pair.target() == *target)
+                        .copied()
+                })
+                .collect();
+            let watermarks: Vec<Option<String>> = stored
+                .iter()
+                .map(|pair| pair.and_then(|pair| pair.watermark.clone()))
+                .collect();
+            let source = match shapes.get(index).cloned().flatten() {
+                Some(shape) => status::measure_source(
+                    &self.registry,
+                    &spec.source,
+                    &shape,
+                    spec.sync_key.as_deref(),
+                    &watermarks,
+                    count,
+                    timeout,
+                )
+                .await
+                .inspect_err(|error| tracing::warn!(job = %job.id, %table, %error, "cannot measure the source for status"))
+                .unwrap_or_default(),
+                None => SourceMeasure::default(),
+            };
+            for (position, target) in spec.targets.iter().enumerate() {
+                let target_rows = if count {
+                    status::count_rows(&self.registry, target, table, timeout)
+                        .await
+                        .inspect_err(|error| tracing::warn!(job = %job.id, %table, %target, %error, "cannot count target rows for status"))
+                        .ok()
+                } else {
+                    None
+                };
+                let lag = source.lags.get(position).cloned().unwrap_or_default();
+                statuses.push(pair_status(
+                    table,
+                    target,
+                    stored.get(position).copied().flatten(),
+                    &source,
+                    lag,
+                    target_rows,
+                ));
+            }
+        }
+        statuses
+    }
+}
+
+/// The job's requested tables (all of them for none), each one of its own.
+fn pick_tables(job: &Job, requested: &[String]) -> Result<Vec<String>, RequestError> {
+    let mut tables = Vec::new();
+    for (index, table) in requested.iter().enumerate() {
+        if !job.spec.tables.contains(table) {
+            return Err(RequestError::invalid(
+                format!("tables[{index}]"),
+                format!(
+                    "{table:?} is not a table of job {:?} (its tables: {})",
+                    job.spec.name,
+                    job.spec.tables.join(", ")
+                ),
+            ));
+        }
+        if !tables.contains(table) {
+            tables.push(table.clone());
+        }
+    }
+    Ok(tables)
+}
+
+/// The job's requested targets (all of them for none), each one of its own.
+fn pick_targets(job: &Job, requested: &[pb::Target]) -> Result<Vec<Target>, RequestError> {
+    let mut targets = Vec::new();
+    for (index, wire) in requested.iter().enumerate() {
+        let target = target_from_wire(wire);
+        if !job.spec.targets.contains(&target) {
+            let names: Vec<String> = job.spec.targets.iter().map(ToString::to_string).collect();
+            return Err(RequestError::invalid(
+                format!("targets[{index}]"),
+                format!(
+                    "{target} is not a target of job {:?} (its targets: {})",
+                    job.spec.name,
+                    names.join(", ")
+                ),
+            ));
+        }
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    }
+    Ok(targets)
+}
+
+/// A run's events as a response stream. Dropping the stream (client gone,
+/// deadline) cancels the run: the copies stop at their next batch boundary.
+fn event_stream<T: Send + 'static>(
+    events: tokio::sync::mpsc::Receiver<RunEvent>,
+    cancel: CancellationToken,
+    wrap: fn(pb::ReplicationEvent) -> T,
+) -> ResponseStream<T> {
+    let guard = cancel.drop_guard();
+    Box::pin(futures::stream::unfold(
+        (events, guard),
+        move |(mut events, guard)| async move {
+            let event = events.recv().await?;
+            Some((Ok(wrap(event_to_wire(event))), (events, guard)))
         },
-    );
-    let config = match loaded {
-        Ok(loaded) => loaded.config,
-        Err(error) => panic!("test config: {error}"),
+    ))
+}
+
+fn stored_outcome_to_wire(stored: Option<&str>) -> pb::ReplicationOutcome {
+    match stored.and_then(StoredOutcome::parse) {
+        None => pb::ReplicationOutcome::Unspecified,
+        Some(StoredOutcome::Running) => pb::ReplicationOutcome::Running,
+        Some(StoredOutcome::Succeeded) => pb::ReplicationOutcome::Succeeded,
+        Some(StoredOutcome::Partial) => pb::ReplicationOutcome::Partial,
+        Some(StoredOutcome::Failed) => pb::ReplicationOutcome::Failed,
+        Some(StoredOutcome::Cancelled) => pb::ReplicationOutcome::Cancelled,
+    }
+}
+
+fn job_status(
+    job: &Job,
+    state: &JobState,
+    running: bool,
+    tables: Vec<pb::TableTargetStatus>,
+) -> pb::JobStatus {
+    // A RUNNING outcome without a lock holder: its server died mid-run.
+    let last_outcome = match (stored_outcome_to_wire(state.last_outcome.as_deref()), running) {
+        (pb::ReplicationOutcome::Running, false) => pb::ReplicationOutcome::Failed,
+        (outcome, _) => outcome,
     };
-    let pool = crate::history_store::pool(&config.history);
-    let audit = AuditLog::new(pool.clone(), config.audit.clone());
-    ReplicationService::new(
-        Arc::new(Registry::new(&config)),
-        JobStore::new(pool),
-        Arc::new(config),
-        audit,
-    )
+    pb::JobStatus {
+        job_id: job.id.to_string(),
+        job_name: job.spec.name.clone(),
+        enabled: job.spec.enabled,
+        running,
+        last_run_started_at: state.last_run_started_at.map(convert::timestamp),
+        last_run_finished_at: state.last_run_finished_at.map(convert::timestamp),
+        last_outcome: last_outcome.into(),
+        next_run_at: next_run_at(job).map(convert::timestamp),
+        tables,
+        last_error: state
+            .last_error
+            .as_ref()
+            .map(|error| convert::target_error(&error.0)),
+    }
+}
+
+fn pair_status(
+    table: &str,
+    target: &Target,
+    stored: Option<&PairState>,
+    source: &SourceMeasure,
+    lag: status::Lag,
+    target_rows: Option<i64>,
+) -> pb::TableTargetStatus {
+    let source_rows = source.row_count;
+    pb::TableTargetStatus {
+        table: table.to_owned(),
+        target: Some(convert::target(target)),
+        last_run_started_at: stored.and_then(|p| p.last_run_started_at).map(convert::timestamp),
+        last_run_finished_at: stored
+            .and_then(|p| p.last_run_finished_at)
+            .map(convert::timestamp),
+        last_outcome: stored_outcome_to_wire(stored.and_then(|p| p.last_outcome.as_deref())).into(),
+        last_run_rows_written: stored
+            .map(|p| u64::try_from(p.last_run_rows_written).unwrap_or_default())
+            .unwrap_or_default(),
+        watermark: stored.and_then(|p| p.watermark.clone()).unwrap_or_default(),
+        source_max_sync_key: source.newest.clone().unwrap_or_default(),
+        lag: lag.seconds.map(convert::signed_seconds),
+        lag_text: lag.text.unwrap_or_default(),
+        source_row_count: source_rows,
+        target_row_count: target_rows,
+        row_count_difference: source_rows.zip(target_rows).map(|(s, t)| s - t),
+        last_error: stored
+            .and_then(|p| p.last_error.as_ref())
+            .map(|error| convert::target_error(&error.0)),
+        last_error_at: stored.and_then(|p| p.last_error_at).map(convert::timestamp),
+    }
+}
+
+/// When the scheduler runs the job next: unset unless it is enabled with
+/// an interval. Before its first scheduled run a job is due since it was
+/// last changed (the scheduler's next tick runs it).
+fn next_run_at(job: &Job) -> Option<chrono::DateTime<chrono::Utc>> {
+    (job.spec.enabled && job.spec.interval.is_some()).then_some(job.next_run_at.unwrap_or(job.updated_at))
 }
 
 #[cfg(test)]
@@ -853,22 +1050,6 @@ mod tests {
         ] {
             assert_eq!(one_shot_error(error).to_string(), expected);
         }
-        let spec = JobSpec {
-            name: "n".to_owned(),
-            source: Target::new("aws", "app"),
-            targets: vec![Target::new("gcp", "app"), Target::new("azure", "app")],
-            tables: vec!["public.orders".to_owned()],
-            sync_key: None,
-            interval: None,
-            enabled: false,
-            mode: Mode::FullRefresh,
-            batch_size: 1,
-            overlap: None,
-        };
-        assert_eq!(
-            describe_run(&spec),
-            "replicate public.orders aws/app -> gcp/app, azure/app (full_refresh)"
-        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Fleet {
     pub redis_url: Option<String>,
     /// Reach the history store through this port (a fault proxy) instead.
     pub history_port: Option<u16>,
+    /// Body of the `[replication]` table: the scheduler is off unless a
+    /// test turns it on, so jobs created by tests run only when asked.
+    pub replication_toml: String,
 }
 
 impl Fleet {
@@ -45,6 +48,9 @@ impl Fleet {
             auth_toml: "bcrypt_cost = 4\nmin_password_length = 10\n".to_owned(),
             redis_url: Some(pgfleet_testkit::redis_url()),
             history_port: None,
+            // Runs notice a disabled job within 100 ms, so tests need not
+            // copy for long to see it.
+            replication_toml: "scheduler = false\nwatch_interval = '100ms'\n".to_owned(),
         })
     }
 
@@ -59,6 +65,7 @@ impl Fleet {
             self.history.name()
         );
         text.push_str(&format!("[auth]\n{}\n", self.auth_toml));
+        text.push_str(&format!("[replication]\n{}\n", self.replication_toml));
         if let Some(url) = &self.redis_url {
             // The history database's name is unique per fleet: so are the keys.
             text.push_str(&format!(
@@ -270,4 +277,69 @@ pub fn bad_field(status: &Status) -> String {
         .bad_request()
         .and_then(|bad| bad.field_violations.first().map(|v| v.field.clone()))
         .unwrap_or_default()
+}
+
+/// The first column of the first row of `sql`, as text.
+pub async fn scalar(s: &Session, cloud: &str, name: &str, sql: &str) -> anyhow::Result<Option<String>> {
+    let mut connection = fleet_database(s, cloud, name).connect().await?;
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&mut connection)
+        .await?)
+}
+
+/// An ordered hash of a whole table (ordered by its `id`): equal hashes,
+/// equal rows.
+pub async fn table_hash(s: &Session, cloud: &str, name: &str, table: &str) -> anyhow::Result<String> {
+    database_hash(fleet_database(s, cloud, name), table).await
+}
+
+/// [`table_hash`] of a table in any database.
+pub async fn database_hash(database: &TestDatabase, table: &str) -> anyhow::Result<String> {
+    let mut connection = database.connect().await?;
+    let sql = format!("SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY id), '')) FROM {table} t");
+    let hash: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&mut connection)
+        .await?;
+    Ok(hash.unwrap_or_default())
+}
+
+/// A third cloud, "azure", whose `app` database sits behind a fault proxy.
+pub struct ProxiedCloud {
+    pub database: TestDatabase,
+    pub proxy: pgfleet_testkit::FaultProxy,
+}
+
+impl ProxiedCloud {
+    /// `prefix` names the throwaway database.
+    pub async fn start(prefix: &str) -> anyhow::Result<Self> {
+        let database = TestDatabase::create(prefix).await?;
+        let proxy =
+            pgfleet_testkit::FaultProxy::start(format!("{}:{}", database.host(), database.port())).await?;
+        Ok(Self { database, proxy })
+    }
+
+    /// The `[[clouds]]` entry to pass to [`session`].
+    pub fn toml(&self) -> String {
+        format!(
+            "[[clouds]]\nname = 'azure'\n[[clouds.databases]]\nname = 'app'\nhost = '127.0.0.1'\nport = {}\n\
+             user = '{}'\ndatabase = '{}'\nsslmode = 'disable'\nschemas = ['public']\n",
+            self.proxy.port(),
+            self.database.user(),
+            self.database.name()
+        )
+    }
+
+    /// Runs `sql` on the database directly (not through the proxy).
+    pub async fn sql(&self, sql: &str) -> anyhow::Result<()> {
+        let mut connection = self.database.connect().await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut connection)
+            .await?;
+        Ok(())
+    }
+}
+
+pub async fn count(s: &Session, cloud: &str, name: &str, table: &str) -> anyhow::Result<i64> {
+    let text = scalar(s, cloud, name, &format!("SELECT count(*)::text FROM {table}")).await?;
+    Ok(text.unwrap_or_default().parse()?)
 }
