@@ -8,7 +8,7 @@ demo:
 test *ARGS:
     scripts/test {{ARGS}}
 
-# Everything CI runs: bootstrap, buf lint, fmt, clippy, tests.
+# Everything CI runs: bootstrap, buf lint and breaking, deploy/ checks, fmt, clippy, tests.
 ci:
     .ci/run
 
@@ -17,6 +17,10 @@ lint:
     .tools/node_modules/.bin/buf lint
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Validate deploy/: Dockerfile, Kubernetes manifests, Envoy config (see scripts/check-deploy).
+check-deploy:
+    scripts/check-deploy
 
 # Criterion benchmarks.
 bench:
