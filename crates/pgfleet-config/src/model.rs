@@ -90,7 +90,7 @@ pub struct TlsConfig {
 }
 
 /// One cloud (AWS, GCP, …) and the databases it hosts.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
     /// Short name used in requests and results (`aws`).
@@ -105,7 +105,7 @@ pub struct CloudConfig {
 }
 
 /// One database in one cloud: a fleet target.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Logical name shared by every cloud's copy (`db1`).
@@ -230,7 +230,7 @@ fn default_pg_port() -> u16 {
 }
 
 /// A read replica; unset fields inherit from the primary.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaConfig {
     /// Name shown in health reports (`replica-1` by default).
@@ -278,7 +278,7 @@ pub enum ReadPreference {
 }
 
 /// Pool sizing and timeouts for one target.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Connections kept open even when idle.

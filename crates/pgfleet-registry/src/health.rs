@@ -133,11 +133,13 @@ impl HealthMonitor {
 
 /// One probe of every member, concurrently.
 pub async fn probe_all(registry: &Registry, config: &HealthConfig) {
-    futures::future::join_all(
-        registry
-            .members()
-            .map(|(target, member)| probe(target, member, config)),
-    )
+    let entries = registry.entries();
+    futures::future::join_all(entries.iter().flat_map(|(target, entry)| {
+        entry
+            .members
+            .iter()
+            .map(move |member| probe(target, member, config))
+    }))
     .await;
 }
 

@@ -19,7 +19,7 @@ mod target;
 
 pub use error::RegistryError;
 pub use health::{HealthMonitor, HealthStatus, MemberHealth, probe_all};
-pub use pools::{Checkout, Registry, connect_options, pool_options};
+pub use pools::{Checkout, Registry, Reloaded, connect_options, pool_options};
 pub use read_only::{begin_bounded, begin_read_only, statement_timeout_setting};
 pub use retry::{Backoff, is_transient};
 pub use target::{Member, Route, Target};

@@ -1,12 +1,14 @@
 //! The pools themselves and the acquisition path.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use pgfleet_config::{
-    ConnectionConfig, DatabaseConfig, FleetConfig, PoolConfig, ReadPreference, RetryConfig, SslMode,
+    CloudConfig, ConnectionConfig, DatabaseConfig, FleetConfig, PoolConfig, ReadPreference, RetryConfig,
+    SslMode,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
@@ -92,16 +94,77 @@ impl MemberEntry {
     }
 }
 
-struct TargetEntry {
+pub(crate) struct TargetEntry {
     config: DatabaseConfig,
     /// `members[0]` is the primary, the rest replicas in config order.
-    members: Vec<MemberEntry>,
+    pub(crate) members: Vec<MemberEntry>,
     next_replica: AtomicUsize,
 }
 
+impl TargetEntry {
+    /// Lazy pools for one database and its replicas; connects nothing.
+    fn new(database: &DatabaseConfig) -> Self {
+        let mut members = vec![member_entry(
+            Member::Primary,
+            &database.connection(),
+            &database.pool,
+            database,
+        )];
+        for (name, connection) in database.replica_connections() {
+            members.push(member_entry(
+                Member::Replica(name),
+                &connection,
+                &database.pool,
+                database,
+            ));
+        }
+        Self {
+            config: database.clone(),
+            members,
+            next_replica: AtomicUsize::new(0),
+        }
+    }
+
+    async fn close(&self) {
+        futures::future::join_all(
+            self.members
+                .iter()
+                .flat_map(|member| std::iter::once(&member.pool).chain(member.reader_pool.as_ref()))
+                .map(PgPool::close),
+        )
+        .await;
+    }
+}
+
+/// The database list of one configuration, with its pools.
+struct Fleet {
+    clouds: Vec<CloudConfig>,
+    targets: BTreeMap<Target, Arc<TargetEntry>>,
+}
+
+/// What [`Registry::reload`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: Vec<Target>,
+    pub removed: Vec<Target>,
+    /// Same name, other settings: new pools replace the old ones.
+    pub changed: Vec<Target>,
+}
+
+impl Reloaded {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
 /// Every target's pools. Cheap to share behind an `Arc`.
+///
+/// The database list can be replaced while the server runs
+/// ([`Registry::reload`]): every call works on the snapshot it loaded, so a
+/// request that resolved its targets keeps their pools even if they are
+/// removed meanwhile.
 pub struct Registry {
-    targets: BTreeMap<Target, TargetEntry>,
+    fleet: ArcSwap<Fleet>,
     retry: RetryConfig,
 }
 
@@ -109,47 +172,81 @@ impl Registry {
     /// Builds one lazy pool per target and replica; connects nothing yet.
     /// Must be called inside a tokio runtime.
     pub fn new(config: &FleetConfig) -> Self {
-        let mut targets = BTreeMap::new();
-        for cloud in &config.clouds {
-            for database in &cloud.databases {
-                let mut members = vec![member_entry(
-                    Member::Primary,
-                    &database.connection(),
-                    &database.pool,
-                    database,
-                )];
-                for (name, connection) in database.replica_connections() {
-                    members.push(member_entry(
-                        Member::Replica(name),
-                        &connection,
-                        &database.pool,
-                        database,
-                    ));
-                }
-                targets.insert(
-                    Target::new(&cloud.name, &database.name),
-                    TargetEntry {
-                        config: database.clone(),
-                        members,
-                        next_replica: AtomicUsize::new(0),
-                    },
-                );
-            }
-        }
+        let targets = configured(config)
+            .map(|(target, database)| (target, Arc::new(TargetEntry::new(database))))
+            .collect();
         Self {
-            targets,
+            fleet: ArcSwap::from_pointee(Fleet {
+                clouds: config.clouds.clone(),
+                targets,
+            }),
             retry: config.retry.clone(),
         }
     }
 
+    /// Replaces the database list with `config`'s. Unchanged targets keep
+    /// their pools and health; added and changed ones get new lazy pools.
+    /// The pools of removed and changed targets close once the connections
+    /// checked out of them come back, so queries running on them finish.
+    /// Other settings (retry) are kept as they were.
+    /// Must be called inside a tokio runtime.
+    pub fn reload(&self, config: &FleetConfig) -> Reloaded {
+        let old = self.fleet.load_full();
+        let mut reloaded = Reloaded::default();
+        let mut targets = BTreeMap::new();
+        for (target, database) in configured(config) {
+            let entry = match old.targets.get(&target) {
+                Some(entry) if entry.config == *database => Arc::clone(entry),
+                Some(_) => {
+                    reloaded.changed.push(target.clone());
+                    Arc::new(TargetEntry::new(database))
+                }
+                None => {
+                    reloaded.added.push(target.clone());
+                    Arc::new(TargetEntry::new(database))
+                }
+            };
+            targets.insert(target, entry);
+        }
+        let retired: Vec<Arc<TargetEntry>> = old
+            .targets
+            .iter()
+            .filter(|(target, entry)| {
+                let kept = targets.get(*target).is_some_and(|new| Arc::ptr_eq(new, entry));
+                if !targets.contains_key(*target) {
+                    reloaded.removed.push((*target).clone());
+                }
+                !kept
+            })
+            .map(|(_, entry)| Arc::clone(entry))
+            .collect();
+        self.fleet.store(Arc::new(Fleet {
+            clouds: config.clouds.clone(),
+            targets,
+        }));
+        if !retired.is_empty() {
+            tokio::spawn(async move {
+                futures::future::join_all(retired.iter().map(|entry| entry.close())).await;
+            });
+        }
+        reloaded
+    }
+
+    /// The configured clouds with their databases, as last (re)loaded.
+    pub fn clouds(&self) -> Vec<CloudConfig> {
+        self.fleet.load().clouds.clone()
+    }
+
     /// Every configured target, in (cloud, database) order.
-    pub fn targets(&self) -> impl Iterator<Item = &Target> {
-        self.targets.keys()
+    pub fn targets(&self) -> Vec<Target> {
+        self.fleet.load().targets.keys().cloned().collect()
     }
 
     /// The targets that hold `database`, one per cloud (the seed's mode "both").
     pub fn targets_for_database(&self, database: &str) -> Vec<Target> {
-        self.targets
+        self.fleet
+            .load()
+            .targets
             .keys()
             .filter(|t| t.database == database)
             .cloned()
@@ -157,34 +254,41 @@ impl Registry {
     }
 
     /// The configuration of one target.
-    pub fn database_config(&self, target: &Target) -> Option<&DatabaseConfig> {
-        self.targets.get(target).map(|entry| &entry.config)
+    pub fn database_config(&self, target: &Target) -> Option<DatabaseConfig> {
+        self.fleet
+            .load()
+            .targets
+            .get(target)
+            .map(|entry| entry.config.clone())
     }
 
     /// The pool of one member, for callers that manage their own
     /// connections (replication, introspection).
-    pub fn pool(&self, target: &Target, member: &Member) -> Option<&PgPool> {
-        self.targets
+    pub fn pool(&self, target: &Target, member: &Member) -> Option<PgPool> {
+        self.fleet
+            .load()
+            .targets
             .get(target)?
             .members
             .iter()
             .find(|m| &m.member == member)
-            .map(|m| &m.pool)
+            .map(|m| m.pool.clone())
     }
 
     /// The pool a [`Checkout`] came from (the reader login's when it used
     /// one), e.g. to open a second connection that may cancel its backend.
-    pub fn pool_of(&self, target: &Target, checkout_member: &Member, reader_login: bool) -> Option<&PgPool> {
-        let entry = self
+    pub fn pool_of(&self, target: &Target, checkout_member: &Member, reader_login: bool) -> Option<PgPool> {
+        let fleet = self.fleet.load();
+        let entry = fleet
             .targets
             .get(target)?
             .members
             .iter()
             .find(|m| &m.member == checkout_member)?;
         if reader_login {
-            entry.reader_pool.as_ref()
+            entry.reader_pool.clone()
         } else {
-            Some(&entry.pool)
+            Some(entry.pool.clone())
         }
     }
 
@@ -192,14 +296,17 @@ impl Registry {
     /// connection failures with backoff. Only the connection is retried: no
     /// statement has been sent yet.
     pub async fn acquire(&self, target: &Target, route: Route) -> Result<Checkout, RegistryError> {
-        let entry = self
-            .targets
-            .get(target)
-            .ok_or_else(|| RegistryError::UnknownTarget {
-                cloud: target.cloud.clone(),
-                database: target.database.clone(),
-            })?;
-        let member = select_member(entry, route);
+        let entry =
+            self.fleet
+                .load()
+                .targets
+                .get(target)
+                .cloned()
+                .ok_or_else(|| RegistryError::UnknownTarget {
+                    cloud: target.cloud.clone(),
+                    database: target.database.clone(),
+                })?;
+        let member = select_member(&entry, route);
         let (pool, reader_login) = match (&member.reader_pool, route) {
             (Some(reader_pool), Route::ReaderLogin) => (reader_pool, true),
             _ => (&member.pool, false),
@@ -248,26 +355,41 @@ impl Registry {
     /// Health of every member, from the monitor's last probes and the pools'
     /// counters; touches no database.
     pub fn health_snapshot(&self) -> Vec<MemberHealth> {
-        self.members()
-            .map(|(target, member)| MemberHealth::from_entry(target, member))
+        self.entries()
+            .iter()
+            .flat_map(|(target, entry)| {
+                entry
+                    .members
+                    .iter()
+                    .map(move |member| MemberHealth::from_entry(target, member))
+            })
             .collect()
     }
 
-    pub(crate) fn members(&self) -> impl Iterator<Item = (&Target, &MemberEntry)> {
-        self.targets
+    /// The targets of the current list with their pools.
+    pub(crate) fn entries(&self) -> Vec<(Target, Arc<TargetEntry>)> {
+        self.fleet
+            .load()
+            .targets
             .iter()
-            .flat_map(|(target, entry)| entry.members.iter().map(move |member| (target, member)))
+            .map(|(target, entry)| (target.clone(), Arc::clone(entry)))
+            .collect()
     }
 
     /// Closes every pool: waits for checked-out connections to come back.
     pub async fn close(&self) {
-        futures::future::join_all(
-            self.members()
-                .flat_map(|(_, member)| std::iter::once(&member.pool).chain(member.reader_pool.as_ref()))
-                .map(PgPool::close),
-        )
-        .await;
+        futures::future::join_all(self.entries().iter().map(|(_, entry)| entry.close())).await;
     }
+}
+
+/// Every (target, database) of a configuration, in config order.
+fn configured(config: &FleetConfig) -> impl Iterator<Item = (Target, &DatabaseConfig)> {
+    config.clouds.iter().flat_map(|cloud| {
+        cloud
+            .databases
+            .iter()
+            .map(move |database| (Target::new(&cloud.name, &database.name), database))
+    })
 }
 
 fn member_entry(

@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgfleet_config::LoadedConfig;
+use pgfleet_config::{FleetConfig, LoadedConfig};
 use pgfleet_proto::pgfleet::v1::auth_service_server::AuthServiceServer;
 use pgfleet_proto::pgfleet::v1::fleet_service_server::FleetServiceServer;
 use pgfleet_proto::pgfleet::v1::history_service_server::HistoryServiceServer;
 use pgfleet_proto::pgfleet::v1::query_service_server::QueryServiceServer;
 use pgfleet_proto::pgfleet::v1::replication_service_server::ReplicationServiceServer;
-use pgfleet_registry::{HealthMonitor, Registry};
+use pgfleet_registry::{HealthMonitor, Registry, Reloaded, Target};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -57,6 +57,10 @@ pub struct RunningServer {
     addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
+    /// Reloaded on SIGHUP ([`RunningServer::reload`]).
+    registry: Arc<Registry>,
+    /// What the server started with, to tell which changes a reload skips.
+    started_with: FleetConfig,
 }
 
 impl RunningServer {
@@ -64,6 +68,7 @@ impl RunningServer {
     /// migrations when configured, and starts serving in the background.
     pub async fn start(loaded: LoadedConfig) -> Result<Self, ServeError> {
         let config = loaded.config;
+        let started_with = config.clone();
         let history = history_store::pool(&config.history);
         if config.server.run_migrations {
             history_store::migrate(&history, &config.history, STARTUP_STORE_WAIT).await?;
@@ -80,22 +85,12 @@ impl RunningServer {
             }
         };
         let authenticator = Authenticator::new(history.clone(), sessions, config.auth.clone()).await?;
-        let configured_targets: Arc<[(String, String)]> = config
-            .clouds
-            .iter()
-            .flat_map(|cloud| {
-                cloud
-                    .databases
-                    .iter()
-                    .map(|db| (cloud.name.clone(), db.name.clone()))
-            })
-            .collect();
-
         let audit = AuditLog::new(history.clone(), config.audit.clone());
         let audit_maintenance = CancellationToken::new();
         let audit_task = audit::maintenance::spawn(Arc::clone(&audit), audit_maintenance.clone());
 
         let registry = Arc::new(Registry::new(&config));
+        let reloadable = Arc::clone(&registry);
         let shared_config = Arc::new(config.clone());
         let monitor = HealthMonitor::spawn(Arc::clone(&registry), config.health.clone());
 
@@ -164,7 +159,7 @@ impl RunningServer {
             .add_service(reflection_v1alpha)
             .add_service(AuthServiceServer::new(AuthService::new(
                 authenticator,
-                configured_targets,
+                Arc::clone(&registry),
             )))
             .add_service(QueryServiceServer::new(QueryService::new(
                 Arc::clone(&registry),
@@ -232,7 +227,83 @@ impl RunningServer {
             result
         });
         tracing::info!(%addr, "pgfleet listening");
-        Ok(Self { addr, shutdown, task })
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+            registry: reloadable,
+            started_with,
+        })
+    }
+
+    /// Applies the database list (`[[clouds]]`) of a newly loaded
+    /// configuration: added clouds and databases are served at once, removed
+    /// ones refuse new requests while queries already running on them
+    /// finish. Other settings need a restart; a reload that changes them
+    /// says so in the log and leaves them as they were.
+    pub fn reload(&self, loaded: &LoadedConfig) -> Reloaded {
+        if settings_besides_clouds(&loaded.config) != settings_besides_clouds(&self.started_with) {
+            tracing::warn!(
+                config = %loaded.path.display(),
+                "only the database list ([[clouds]]) is reloaded; restart pgfleet to apply the other changes"
+            );
+        }
+        let reloaded = self.registry.reload(&loaded.config);
+        let names = |targets: &[Target]| {
+            targets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::info!(
+            config = %loaded.path.display(),
+            added = %names(&reloaded.added),
+            removed = %names(&reloaded.removed),
+            changed = %names(&reloaded.changed),
+            "database list reloaded"
+        );
+        reloaded
+    }
+
+    /// Serves until `stop` resolves, reloading the database list from
+    /// `config_path` on every SIGHUP. A file that does not load (syntax,
+    /// validation, a missing variable) is reported and changes nothing.
+    pub async fn run_with_reload(
+        self,
+        config_path: &std::path::Path,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        tokio::pin!(stop);
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::hangup()) {
+                Ok(mut hangups) => loop {
+                    tokio::select! {
+                        () = &mut stop => break,
+                        _ = hangups.recv() => match pgfleet_config::load(config_path) {
+                            Ok(loaded) => {
+                                self.reload(&loaded);
+                            }
+                            Err(error) => tracing::error!(
+                                config = %config_path.display(),
+                                %error,
+                                "SIGHUP: the configuration does not load; the database list is unchanged"
+                            ),
+                        },
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGHUP; the database list will not be reloaded");
+                    stop.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        stop.await;
+        tracing::info!("shutdown requested");
+        self.shutdown().await
     }
 
     /// The address the gRPC listener is bound to.
@@ -302,6 +373,15 @@ pub async fn shutdown_signal() {
         () = interrupt => {}
         () = terminate => {}
     }
+}
+
+/// Everything but the database list, to compare two configurations.
+fn settings_besides_clouds(config: &FleetConfig) -> serde_json::Value {
+    let mut value = serde_json::to_value(config).unwrap_or_default();
+    if let Some(settings) = value.as_object_mut() {
+        settings.remove("clouds");
+    }
+    value
 }
 
 /// Loads nothing, starts nothing: the config a server would start with,

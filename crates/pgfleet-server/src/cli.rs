@@ -151,7 +151,7 @@ async fn run_async(cli: Cli) -> ExitCode {
                 .map_err(app::ServeError::from)
         }
         Command::Serve => match RunningServer::start(loaded).await {
-            Ok(server) => server.run_until(app::shutdown_signal()).await,
+            Ok(server) => server.run_with_reload(&cli.config, app::shutdown_signal()).await,
             Err(error) => Err(error),
         },
         Command::User(UserCommand::Create {

@@ -4,15 +4,12 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use pgfleet_proto::pgfleet::v1 as pb;
-use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
-use tonic::transport::Endpoint;
 
-use support::{Fleet, api_key, auth_client, bearer, login};
+use support::{Fleet, api_key, auth_client, bearer, child_output, login, send_signal, spawn_server_binary};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_of_a_whole_session_hold_no_secrets() -> anyhow::Result<()> {
@@ -50,23 +47,7 @@ async fn logs_of_a_whole_session_hold_no_secrets() -> anyhow::Result<()> {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already taken"));
 
-    let mut server = Command::new(bin)
-        .env("PGFLEET_LOG", "debug")
-        .args(["--config", &config_path.to_string_lossy(), "serve"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?;
-    let mut channel = None;
-    for _ in 0..100 {
-        if let Ok(connected) = endpoint.connect().await {
-            channel = Some(connected);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let channel = channel.expect("server listening");
+    let (mut server, channel) = spawn_server_binary(&config_path, port).await?;
     let mut client = auth_client(&channel);
 
     let admin = login(&channel, "root", admin_password).await?;
@@ -138,20 +119,10 @@ async fn logs_of_a_whole_session_hold_no_secrets() -> anyhow::Result<()> {
     drop(channel);
 
     // SIGTERM: graceful shutdown, then read everything it wrote.
-    let pid = server.id().expect("running");
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await?;
+    send_signal(&server, "TERM").await?;
     let status = tokio::time::timeout(Duration::from_secs(20), server.wait()).await??;
     assert!(status.success(), "pgfleet serve exited with {status}");
-    let mut output = String::new();
-    if let Some(mut stderr) = server.stderr.take() {
-        stderr.read_to_string(&mut output).await?;
-    }
-    if let Some(mut stdout) = server.stdout.take() {
-        stdout.read_to_string(&mut output).await?;
-    }
+    let output = child_output(&mut server).await?;
     captured.push_str(&output);
 
     assert!(captured.contains("login"), "the log was captured:\n{captured}");

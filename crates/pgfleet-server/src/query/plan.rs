@@ -342,7 +342,7 @@ fn resolve_targets(fields: &ExecuteFields<'_>, registry: &Registry) -> Result<Ve
                 Scope::Cloud(cloud) => {
                     let chosen: Vec<Target> = all.into_iter().filter(|t| t.cloud == cloud).collect();
                     if chosen.is_empty() {
-                        let cloud_known = registry.targets().any(|t| t.cloud == cloud);
+                        let cloud_known = registry.targets().iter().any(|t| t.cloud == cloud);
                         return Err(RequestError::NotFound(if cloud_known {
                             format!("cloud {cloud:?} has no database {:?}", fields.database)
                         } else {

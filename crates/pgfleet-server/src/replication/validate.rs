@@ -214,7 +214,7 @@ fn check_target(registry: &Registry, target: &Target, field: &str) -> Result<(),
     if registry.database_config(target).is_some() {
         return Ok(());
     }
-    let cloud_known = registry.targets().any(|known| known.cloud == target.cloud);
+    let cloud_known = registry.targets().iter().any(|known| known.cloud == target.cloud);
     Err(RequestError::NotFound(if cloud_known {
         format!(
             "{field}: no database {:?} in cloud {:?}",

@@ -8,6 +8,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use pgfleet_registry::Registry;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -33,13 +35,14 @@ const MAX_BATCH: usize = 1000;
 #[derive(Clone)]
 pub struct AuthService {
     auth: Arc<Authenticator>,
-    /// Configured (cloud, database) names, to check API key allow-lists.
-    targets: Arc<[(String, String)]>,
+    /// The configured targets (live: SIGHUP may change them), to check API
+    /// key allow-lists.
+    registry: Arc<Registry>,
 }
 
 impl AuthService {
-    pub fn new(auth: Arc<Authenticator>, targets: Arc<[(String, String)]>) -> Self {
-        Self { auth, targets }
+    pub fn new(auth: Arc<Authenticator>, registry: Arc<Registry>) -> Self {
+        Self { auth, registry }
     }
 
     fn user_message(user: &UserRecord) -> pb::User {
@@ -171,8 +174,9 @@ impl AuthService {
                 "name at least one (cloud, database) pattern; use \"*\" for any",
             ));
         }
-        let clouds: HashSet<&str> = self.targets.iter().map(|(cloud, _)| cloud.as_str()).collect();
-        let databases: HashSet<&str> = self.targets.iter().map(|(_, db)| db.as_str()).collect();
+        let targets = self.registry.targets();
+        let clouds: HashSet<&str> = targets.iter().map(|target| target.cloud.as_str()).collect();
+        let databases: HashSet<&str> = targets.iter().map(|target| target.database.as_str()).collect();
         patterns
             .iter()
             .enumerate()

@@ -64,7 +64,12 @@ impl FleetService {
         let target = Target::new(&wire.cloud, &wire.database);
         let Some(database) = self.registry.database_config(&target) else {
             return Err(RequestError::NotFound(
-                if self.config.clouds.iter().any(|cloud| cloud.name == wire.cloud) {
+                if self
+                    .registry
+                    .clouds()
+                    .iter()
+                    .any(|cloud| cloud.name == wire.cloud)
+                {
                     format!("no database {:?} in cloud {:?}", wire.database, wire.cloud)
                 } else {
                     format!("no cloud {:?}", wire.cloud)
@@ -76,12 +81,13 @@ impl FleetService {
                 "this API key may not access {target}"
             )));
         }
-        Ok((target, database.clone()))
+        Ok((target, database))
     }
 
     /// NOT_FOUND for a GetHealth filter that names nothing configured.
     fn check_health_filter(&self, cloud: &str, database: &str) -> Result<(), RequestError> {
-        let clouds = &self.config.clouds;
+        // The live list: SIGHUP may have added or removed clouds.
+        let clouds = self.registry.clouds();
         if !cloud.is_empty() && !clouds.iter().any(|c| c.name == cloud) {
             return Err(RequestError::NotFound(format!("no cloud {cloud:?}")));
         }
@@ -143,8 +149,8 @@ impl fleet_service_server::FleetService for FleetService {
         let show_connections = identity.role >= Role::Master;
         let is_api_key = matches!(identity.principal, Principal::ApiKey { .. });
         let clouds = self
-            .config
-            .clouds
+            .registry
+            .clouds()
             .iter()
             .enumerate()
             .filter_map(|(index, cloud)| {

@@ -343,3 +343,52 @@ pub async fn count(s: &Session, cloud: &str, name: &str, table: &str) -> anyhow:
     let text = scalar(s, cloud, name, &format!("SELECT count(*)::text FROM {table}")).await?;
     Ok(text.unwrap_or_default().parse()?)
 }
+
+/// `pgfleet --config <config_path> serve` as an operator runs it (debug
+/// logs, output captured), and a channel once it listens on `port`.
+pub async fn spawn_server_binary(
+    config_path: &Path,
+    port: u16,
+) -> anyhow::Result<(tokio::process::Child, Channel)> {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfleet"))
+        .env("PGFLEET_LOG", "debug")
+        .args(["--config", &config_path.to_string_lossy(), "serve"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?;
+    for _ in 0..200 {
+        if let Ok(channel) = endpoint.connect().await {
+            return Ok((child, channel));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("pgfleet serve did not listen on port {port}")
+}
+
+/// Sends `signal` (`TERM`, `HUP`) to a child process.
+pub async fn send_signal(child: &tokio::process::Child, signal: &str) -> anyhow::Result<()> {
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("the process has exited"))?;
+    let status = tokio::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+/// Everything a child wrote to stdout and stderr, after it exited.
+pub async fn child_output(child: &mut tokio::process::Child) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut output = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut output).await?;
+    }
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut output).await?;
+    }
+    Ok(output)
+}
