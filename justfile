@@ -22,6 +22,10 @@ lint:
 check-deploy:
     scripts/check-deploy
 
+# Run the README's grpcurl session against a fresh demo (as CI does).
+readme-session:
+    scripts/readme-session
+
 # Criterion benchmarks.
 bench:
     cargo bench --workspace
