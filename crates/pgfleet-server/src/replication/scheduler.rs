@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::jobs::JobStore;
 use super::run::{RunEvent, RunOutcome};
 use super::runner::{JobRunner, RunBy};
+use crate::request_error::RequestError;
 
 /// Starts the scheduler; it stops when `shutdown` fires, after its runs
 /// stopped at their batch boundaries (they watch the same token).
@@ -89,8 +90,15 @@ async fn start_due(
             return None;
         }
     };
-    // Another replica (or an on-demand run) holds it: not ours this time.
-    let lock = runner.lock(&job).await.ok()?;
+    let lock = match runner.lock(&job).await {
+        Ok(lock) => lock,
+        // Another replica (or an on-demand run) holds it: not ours this time.
+        Err(RequestError::Aborted(_)) => return None,
+        Err(error) => {
+            tracing::warn!(job = %job_id, %error, "replication scheduler cannot take a job's lock");
+            return None;
+        }
+    };
     match runner.runs().claim_due(job_id).await {
         Ok(true) => {}
         Ok(false) => {

@@ -753,10 +753,11 @@ impl replication_service_server::ReplicationService for ReplicationService {
         for job in jobs {
             let state = states.remove(&job.id).unwrap_or_default();
             let job_pairs: Vec<&PairState> = pairs.iter().filter(|pair| pair.job_id == job.id).collect();
+            let running = running.contains(&job.id);
             let tables = self
-                .table_statuses(&job, &job_pairs, !message.skip_row_counts)
+                .table_statuses(&job, &job_pairs, running, !message.skip_row_counts)
                 .await;
-            statuses.push(job_status(&job, &state, running.contains(&job.id), tables));
+            statuses.push(job_status(&job, &state, running, tables));
         }
         Ok(Response::new(GetStatusResponse { jobs: statuses }))
     }
@@ -786,6 +787,7 @@ impl ReplicationService {
         &self,
         job: &Job,
         pairs: &[&PairState],
+        running: bool,
         count: bool,
     ) -> Vec<pb::TableTargetStatus> {
         let timeout = self.catalog_timeout();
@@ -838,6 +840,7 @@ impl ReplicationService {
                 };
                 let lag = source.lags.get(position).cloned().unwrap_or_default();
                 statuses.push(pair_status(
+                    running,
                     table,
                     target,
                     stored.get(position).copied().flatten(),
@@ -912,9 +915,13 @@ fn event_stream<T: Send + 'static>(
     ))
 }
 
-fn stored_outcome_to_wire(stored: Option<&str>) -> pb::ReplicationOutcome {
+/// A stored outcome on the wire. RUNNING while nobody holds the job's lock
+/// means the server running it died mid-run: that run failed (the next one
+/// resumes from the saved positions).
+fn stored_outcome_to_wire(stored: Option<&str>, running: bool) -> pb::ReplicationOutcome {
     match stored.and_then(StoredOutcome::parse) {
         None => pb::ReplicationOutcome::Unspecified,
+        Some(StoredOutcome::Running) if !running => pb::ReplicationOutcome::Failed,
         Some(StoredOutcome::Running) => pb::ReplicationOutcome::Running,
         Some(StoredOutcome::Succeeded) => pb::ReplicationOutcome::Succeeded,
         Some(StoredOutcome::Partial) => pb::ReplicationOutcome::Partial,
@@ -929,11 +936,7 @@ fn job_status(
     running: bool,
     tables: Vec<pb::TableTargetStatus>,
 ) -> pb::JobStatus {
-    // A RUNNING outcome without a lock holder: its server died mid-run.
-    let last_outcome = match (stored_outcome_to_wire(state.last_outcome.as_deref()), running) {
-        (pb::ReplicationOutcome::Running, false) => pb::ReplicationOutcome::Failed,
-        (outcome, _) => outcome,
-    };
+    let last_outcome = stored_outcome_to_wire(state.last_outcome.as_deref(), running);
     pb::JobStatus {
         job_id: job.id.to_string(),
         job_name: job.spec.name.clone(),
@@ -952,6 +955,7 @@ fn job_status(
 }
 
 fn pair_status(
+    running: bool,
     table: &str,
     target: &Target,
     stored: Option<&PairState>,
@@ -967,7 +971,7 @@ fn pair_status(
         last_run_finished_at: stored
             .and_then(|p| p.last_run_finished_at)
             .map(convert::timestamp),
-        last_outcome: stored_outcome_to_wire(stored.and_then(|p| p.last_outcome.as_deref())).into(),
+        last_outcome: stored_outcome_to_wire(stored.and_then(|p| p.last_outcome.as_deref()), running).into(),
         last_run_rows_written: stored
             .map(|p| u64::try_from(p.last_run_rows_written).unwrap_or_default())
             .unwrap_or_default(),
@@ -1050,6 +1054,26 @@ mod tests {
         ] {
             assert_eq!(one_shot_error(error).to_string(), expected);
         }
+    }
+
+    #[test]
+    fn a_run_without_a_lock_holder_is_not_running() {
+        assert_eq!(
+            stored_outcome_to_wire(Some("RUNNING"), true),
+            pb::ReplicationOutcome::Running
+        );
+        assert_eq!(
+            stored_outcome_to_wire(Some("RUNNING"), false),
+            pb::ReplicationOutcome::Failed
+        );
+        assert_eq!(
+            stored_outcome_to_wire(Some("CANCELLED"), false),
+            pb::ReplicationOutcome::Cancelled
+        );
+        assert_eq!(
+            stored_outcome_to_wire(None, false),
+            pb::ReplicationOutcome::Unspecified
+        );
     }
 
     #[test]
