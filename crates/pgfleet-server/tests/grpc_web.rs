@@ -330,7 +330,8 @@ async fn credentials_are_allowed_only_when_configured() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn grpc_web_unary_calls_answer_over_http1_and_http2_in_binary_and_text() -> anyhow::Result<()> {
+async fn grpc_web_unary_and_streaming_calls_answer_over_http1_and_http2_in_binary_and_text()
+-> anyhow::Result<()> {
     let fleet = Fleet::create().await?;
     let server = fleet.start(&cors_toml()).await?;
     let addr = server.local_addr();
@@ -393,6 +394,49 @@ async fn grpc_web_unary_calls_answer_over_http1_and_http2_in_binary_and_text() -
             let response: pb::ExecuteResponse = reply.message();
             assert!(response.success, "{case}: {response:?}");
             assert_eq!(first_cell(&response), Some(pb::cell::Kind::IntValue(2)), "{case}");
+
+            // Server streaming: one frame per event, then the trailer frame.
+            let stream = pb::ExecuteStreamRequest {
+                query: "SELECT g FROM generate_series(1, 5) g".to_owned(),
+                database: "app".to_owned(),
+                scope: Some(pb::execute_stream_request::Scope::Cloud("aws".to_owned())),
+                batch_size: 2,
+                ..Default::default()
+            };
+            let reply = call(
+                addr,
+                "/pgfleet.v1.QueryService/ExecuteStream",
+                &stream,
+                wire,
+                encoding,
+                &[("authorization", &bearer)],
+            )
+            .await?;
+            assert_eq!(reply.grpc_status(), Some("0"), "{case}: {reply:?}");
+            assert!(reply.trailers.is_some(), "{case}: no trailer frame");
+            let mut values = Vec::new();
+            let mut finished = false;
+            for frame in &reply.messages {
+                match pb::ExecuteStreamResponse::decode(frame.clone())?.event {
+                    Some(pb::execute_stream_response::Event::RowBatch(batch)) => {
+                        values.extend(
+                            batch
+                                .rows
+                                .iter()
+                                .filter_map(|row| row.cells.first()?.kind.clone()),
+                        );
+                    }
+                    Some(pb::execute_stream_response::Event::ExecutionFinished(_)) => finished = true,
+                    _ => {}
+                }
+            }
+            let expected: Vec<_> = (1..=5).map(pb::cell::Kind::IntValue).collect();
+            assert_eq!(values, expected, "{case}");
+            assert!(
+                finished,
+                "{case}: no ExecutionFinished among {} frames",
+                reply.messages.len()
+            );
         }
     }
     server.shutdown().await?;
