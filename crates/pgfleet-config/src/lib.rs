@@ -26,6 +26,7 @@ mod validate;
 
 pub use error::{ConfigError, Problem};
 pub use load::{CONFIG_ENV, Inputs, LoadedConfig, format_of, load, load_str, load_with, render_redacted};
+pub use model::CorsConfig;
 pub use model::{
     AuditConfig, AuthConfig, CloudConfig, ConnectionConfig, DatabaseConfig, FleetConfig, HealthConfig,
     HistoryStoreConfig, PoolConfig, QueryLimits, ReadPreference, RedisConfig, ReplicaConfig,

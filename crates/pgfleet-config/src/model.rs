@@ -62,6 +62,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Apply the history-store migrations at start.
     pub run_migrations: bool,
+    /// Answer grpc-web (HTTP/1.1 and HTTP/2) on the gRPC port, so browser
+    /// pages call pgfleet without a gateway.
+    pub grpc_web: bool,
+    /// Which browser origins may call the gRPC port (CORS, for grpc-web).
+    pub cors: CorsConfig,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +77,37 @@ impl Default for ServerConfig {
             tls: None,
             shutdown_grace: Duration::from_secs(10),
             run_migrations: true,
+            grpc_web: true,
+            cors: CorsConfig::default(),
+        }
+    }
+}
+
+/// CORS for browser pages served from other origins than pgfleet's
+/// (`server.cors`). With no origins, no CORS headers are sent and browsers
+/// refuse cross-origin calls; same-origin pages and non-browser clients are
+/// unaffected.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins (`https://console.example.com`, scheme, host and port
+    /// only), or `["*"]` for any origin (only without `allow_credentials`).
+    pub allowed_origins: Vec<String>,
+    /// Let pages send credentialed requests, which carry the HttpOnly
+    /// `pgfleet_session` cookie; bearer tokens and API keys do not need it.
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allow_credentials: false,
+            // Chromium caps the cache at 2 hours; longer would not help.
+            max_age: Duration::from_secs(2 * 60 * 60),
         }
     }
 }

@@ -173,6 +173,7 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
     if config.server.metrics_addr.is_some() && config.server.metrics_addr == Some(config.server.listen_addr) {
         problems.add(&server_path.key("metrics_addr"), "must differ from listen_addr");
     }
+    check_cors(&mut problems, &server_path, &config.server);
 
     problems.0
 }
@@ -305,4 +306,67 @@ fn check_audit(problems: &mut Problems, path: &ConfigPath, audit: &AuditConfig) 
             ),
         );
     }
+}
+
+/// `server.cors`: browsers compare the `Origin` they send byte for byte with
+/// the allowed list, so only an origin exactly as a browser serializes it can
+/// ever match; anything else is a typo that would silently refuse the page.
+fn check_cors(problems: &mut Problems, server_path: &ConfigPath, server: &crate::model::ServerConfig) {
+    let cors = &server.cors;
+    let origins_path = server_path.key("cors").key("allowed_origins");
+    if cors.allowed_origins.is_empty() {
+        return;
+    }
+    if !server.grpc_web {
+        // Browsers reach pgfleet only through grpc-web; a gateway in front
+        // (deploy/envoy) answers CORS itself.
+        problems.add(&origins_path, "set while server.grpc_web = false");
+    }
+    let any_origin = cors.allowed_origins.iter().any(|origin| origin == "*");
+    if any_origin && cors.allowed_origins.len() > 1 {
+        problems.add(&origins_path, "\"*\" must be the only entry");
+    }
+    if any_origin && cors.allow_credentials {
+        // The CORS standard forbids it, and it would hand every site on the
+        // web the session cookie's authority.
+        problems.add(
+            &origins_path,
+            "\"*\" cannot be combined with allow_credentials = true; list the exact origins",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (index, origin) in cors.allowed_origins.iter().enumerate() {
+        let path = origins_path.index(index);
+        if origin == "*" {
+            continue;
+        }
+        if let Err(message) = exact_origin(origin) {
+            problems.add(&path, message);
+        }
+        if !seen.insert(origin.as_str()) {
+            problems.add(&path, format!("duplicate origin {origin:?}"));
+        }
+    }
+    if cors.max_age > Duration::from_secs(24 * 60 * 60) {
+        // Firefox caps at 24 hours, Chromium at 2: a longer value only
+        // misleads the reader.
+        problems.add(&server_path.key("cors").key("max_age"), "must be at most 24h");
+    }
+}
+
+/// `Ok` when `origin` is what a browser sends in `Origin` for some page:
+/// http(s), lower-case host, no default port, no path, no trailing slash.
+fn exact_origin(origin: &str) -> Result<(), String> {
+    let url = url::Url::parse(origin).map_err(|error| format!("{origin:?} is not an origin: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{origin:?}: the scheme must be http or https"));
+    }
+    let serialized = url.origin().ascii_serialization();
+    if serialized != origin {
+        return Err(format!(
+            "{origin:?} is not an exact origin (scheme://host[:port], as browsers send it): \
+             did you mean {serialized:?}?"
+        ));
+    }
+    Ok(())
 }

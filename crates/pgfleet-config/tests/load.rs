@@ -355,6 +355,10 @@ fn the_shipped_example_configuration_loads() {
     assert!(auth.cookie_secure);
     let redis = loaded.config.redis.as_ref().expect("redis");
     assert_eq!(redis.key_prefix, "pgfleet:");
+    let server = &loaded.config.server;
+    assert!(server.grpc_web);
+    assert_eq!(server.cors.allowed_origins, ["https://console.example.com"]);
+    assert!(!server.cors.allow_credentials);
 }
 
 #[test]
@@ -388,4 +392,110 @@ schemas = ["public"]
     ] {
         assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
     }
+}
+
+/// A minimal valid file with `server` appended to its `[server]` table.
+fn with_server(server: &str) -> String {
+    format!(
+        "[server]\n{server}\n[history]\nhost = 'h'\nuser = 'u'\ndatabase = 'd'\n\
+         [[clouds]]\nname = 'aws'\n[[clouds.databases]]\nname = 'app'\nhost = 'h'\nuser = 'u'\ndatabase = 'd'\n"
+    )
+}
+
+#[test]
+fn grpc_web_is_on_and_cors_off_by_default() {
+    let loaded = load(&with_server(""), FileFormat::Toml, &vars(&[])).unwrap();
+    let server = &loaded.config.server;
+    assert!(server.grpc_web);
+    assert!(server.cors.allowed_origins.is_empty());
+    assert!(!server.cors.allow_credentials);
+    assert_eq!(server.cors.max_age, Duration::from_secs(2 * 3600));
+
+    let loaded = load(
+        &with_server(
+            "grpc_web = true\n[server.cors]\nallowed_origins = ['https://console.example.com', \
+             'http://localhost:3000', 'http://[::1]:8080']\nallow_credentials = true\nmax_age = '10m'",
+        ),
+        FileFormat::Toml,
+        &vars(&[]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cors = &loaded.config.server.cors;
+    assert_eq!(cors.allowed_origins.len(), 3);
+    assert!(cors.allow_credentials);
+    assert_eq!(cors.max_age, Duration::from_secs(600));
+}
+
+#[test]
+fn cors_origins_must_be_exact_and_never_any_with_credentials() {
+    let cases = [
+        (
+            "trailing slash",
+            "allowed_origins = ['https://console.example.com/']",
+            "server.cors.allowed_origins[0]: \"https://console.example.com/\" is not an exact origin \
+             (scheme://host[:port], as browsers send it): did you mean \"https://console.example.com\"?",
+        ),
+        (
+            "upper case and default port",
+            "allowed_origins = ['https://a.example', 'HTTPS://Console.Example.com:443']",
+            "server.cors.allowed_origins[1]: \"HTTPS://Console.Example.com:443\" is not an exact origin \
+             (scheme://host[:port], as browsers send it): did you mean \"https://console.example.com\"?",
+        ),
+        (
+            "path",
+            "allowed_origins = ['http://localhost:3000/app']",
+            "did you mean \"http://localhost:3000\"?",
+        ),
+        (
+            "not a URL",
+            "allowed_origins = ['console.example.com']",
+            "server.cors.allowed_origins[0]: \"console.example.com\" is not an origin",
+        ),
+        (
+            "scheme",
+            "allowed_origins = ['file:///tmp/page.html']",
+            "server.cors.allowed_origins[0]: \"file:///tmp/page.html\": the scheme must be http or https",
+        ),
+        (
+            "duplicate",
+            "allowed_origins = ['https://a.example', 'https://a.example']",
+            "server.cors.allowed_origins[1]: duplicate origin \"https://a.example\"",
+        ),
+        (
+            "any origin with credentials",
+            "allowed_origins = ['*']\nallow_credentials = true",
+            "server.cors.allowed_origins: \"*\" cannot be combined with allow_credentials = true",
+        ),
+        (
+            "any origin among others",
+            "allowed_origins = ['*', 'https://a.example']",
+            "server.cors.allowed_origins: \"*\" must be the only entry",
+        ),
+        (
+            "max age",
+            "allowed_origins = ['*']\nmax_age = '2d'",
+            "server.cors.max_age: must be at most 24h",
+        ),
+    ];
+    for (name, cors, expected) in cases {
+        let text = with_server(&format!("[server.cors]\n{cors}"));
+        let error = load(&text, FileFormat::Toml, &vars(&[])).expect_err(name);
+        let shown = error.to_string();
+        assert!(
+            shown.contains(expected),
+            "{name}: {expected:?} missing from:\n{shown}"
+        );
+    }
+
+    // Any origin is fine without credentials.
+    let text = with_server("[server.cors]\nallowed_origins = ['*']");
+    load(&text, FileFormat::Toml, &vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+
+    // CORS means nothing without grpc-web: browsers speak nothing else.
+    let text = with_server("grpc_web = false\n[server.cors]\nallowed_origins = ['https://a.example']");
+    let shown = load(&text, FileFormat::Toml, &vars(&[])).unwrap_err().to_string();
+    assert!(
+        shown.contains("server.cors.allowed_origins: set while server.grpc_web = false"),
+        "{shown}"
+    );
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{self, AuditLog};
 use crate::auth::gate::AuthLayer;
 use crate::auth::{AuthError, Authenticator, SessionStore, SessionStoreError};
+use crate::browser::{BrowserAccess, BrowserConfigError};
 use crate::history_store::{self, HistoryStoreError};
 use crate::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 use crate::services::{AuthService, FleetService, HistoryService, QueryService, ReplicationService};
@@ -50,6 +51,8 @@ pub enum ServeError {
     SessionStore(#[from] SessionStoreError),
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot set up browser access: {0}")]
+    Browser(#[from] BrowserConfigError),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -69,6 +72,8 @@ impl RunningServer {
     pub async fn start(loaded: LoadedConfig) -> Result<Self, ServeError> {
         let config = loaded.config;
         let started_with = config.clone();
+        // Before anything is started that an error here would leave running.
+        let browser = BrowserAccess::new(&config.server)?;
         let history = history_store::pool(&config.history);
         if config.server.run_migrations {
             history_store::migrate(&history, &config.history, STARTUP_STORE_WAIT).await?;
@@ -152,7 +157,13 @@ impl RunningServer {
 
         let shutdown = CancellationToken::new();
         let grace = config.server.shutdown_grace;
+        // Browsers: CORS answers preflights (which carry no credentials)
+        // before the auth gate; grpc-web calls become plain gRPC before it,
+        // so the gate authorizes them like any other call.
         let router = tonic::transport::Server::builder()
+            .accept_http1(browser.accept_http1())
+            .layer(browser.cors())
+            .layer(browser.grpc_web())
             .layer(AuthLayer::new(Arc::clone(&authenticator)))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod browser;
 pub mod cli;
 pub mod history_store;
 pub mod identity;
