@@ -9,6 +9,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod edge;
 pub mod history_store;
 pub mod identity;
 pub mod query;
