@@ -30,6 +30,10 @@ use tokio_stream::wrappers::ReceiverStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the HTTP/2 server to take them.
 const ACCEPTED_BACKLOG: usize = 64;
+/// Handshakes in progress at once; past it the accept loop waits (new
+/// connections queue in the kernel's backlog) instead of spawning without
+/// bound for a flood of clients that never finish their handshake.
+const MAX_PENDING_HANDSHAKES: usize = 512;
 
 /// Why the TLS configuration cannot be built. Never holds key material:
 /// only paths and what is wrong with them.
@@ -211,6 +215,7 @@ where
     S: Stream<Item = Result<TcpStream, std::io::Error>> + Send + 'static,
 {
     let (accepted, connections) = mpsc::channel(ACCEPTED_BACKLOG);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         let mut tcp = std::pin::pin!(tcp);
         let reload_every = tls.files.reload_interval;
@@ -230,9 +235,13 @@ where
                     None => break,
                     Some(Err(error)) => tracing::warn!(%error, "cannot accept a connection"),
                     Some(Ok(stream)) => {
+                        let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
+                            break; // never closed; a closed semaphore would mean shutdown
+                        };
                         let acceptor = tls.acceptor();
                         let accepted = accepted.clone();
                         tokio::spawn(async move {
+                            let _permit = permit;
                             let peer = stream.peer_addr().ok();
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(stream)) => {
@@ -249,4 +258,64 @@ where
         }
     });
     ReceiverStream::new(connections)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for localhost: (cert PEM, key PEM).
+    fn self_signed() -> (String, String) {
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+        (issued.cert.pem(), issued.signing_key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn reload_swaps_only_valid_changed_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = TlsConfig {
+            cert_file: dir.path().join("tls.crt"),
+            key_file: dir.path().join("tls.key"),
+            client_ca_file: None,
+            reload_interval: Duration::from_secs(1),
+        };
+        let write = |cert: &str, key: &str| {
+            std::fs::write(&files.cert_file, cert).expect("write cert");
+            std::fs::write(&files.key_file, key).expect("write key");
+        };
+        let (first_cert, first_key) = self_signed();
+        write(&first_cert, &first_key);
+        let tls = ServerTls::load(&files).await.expect("load");
+        assert!(!tls.reload().await.expect("unchanged"), "nothing changed");
+
+        let (second_cert, second_key) = self_signed();
+        // Half a rotation: the new certificate with the old key.
+        write(&second_cert, &first_key);
+        let error = tls.reload().await.expect_err("mismatched key and certificate");
+        assert!(matches!(error, TlsError::Config { .. }), "{error}");
+        write("not a certificate", &second_key);
+        let error = tls.reload().await.expect_err("garbage certificate");
+        assert!(matches!(error, TlsError::NoCertificate { .. }), "{error}");
+        assert!(!error.to_string().contains("PRIVATE KEY"), "{error}");
+
+        write(&second_cert, &second_key);
+        assert!(
+            tls.reload().await.expect("valid rotation"),
+            "the new pair is taken"
+        );
+        assert!(!tls.reload().await.expect("unchanged"), "and only once");
+    }
+
+    #[tokio::test]
+    async fn start_refuses_unreadable_files_naming_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = TlsConfig {
+            cert_file: dir.path().join("missing.crt"),
+            key_file: dir.path().join("missing.key"),
+            client_ca_file: None,
+            reload_interval: Duration::ZERO,
+        };
+        let error = ServerTls::load(&files).await.err().expect("missing files");
+        assert!(error.to_string().contains("missing"), "{error}");
+    }
 }
