@@ -411,7 +411,10 @@ fn edge_settings_load_with_their_defaults_and_are_checked() {
     assert_eq!(server.max_message_bytes, 16 * 1024 * 1024);
     assert_eq!(server.max_concurrent_streams, 200);
     assert!(server.trusted_proxies.is_empty());
-    assert!(defaults.config.query.rate_limit.is_none(), "rate limit off by default");
+    assert!(
+        defaults.config.query.rate_limit.is_none(),
+        "rate limit off by default"
+    );
 
     let set = format!(
         "[server]\ntrusted_proxies = ['10.0.0.0/8', '127.0.0.1', 'fd00::/8']\nkeepalive_interval = '0s'\n\
