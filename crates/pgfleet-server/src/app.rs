@@ -177,7 +177,7 @@ impl RunningServer {
             .add_service(crate::sized!(reflection_v1, limit))
             .add_service(crate::sized!(reflection_v1alpha, limit))
             .add_service(crate::sized!(
-                AuthServiceServer::new(AuthService::new(authenticator, configured_targets,)),
+                AuthServiceServer::new(AuthService::new(authenticator, configured_targets)),
                 limit
             ))
             .add_service(crate::sized!(
