@@ -13,6 +13,7 @@
 //!
 //! Secrets are [`Secret`]s: they print as `<redacted>` everywhere.
 
+mod edge;
 mod error;
 mod legacy;
 mod lenient;
@@ -24,6 +25,7 @@ mod secret;
 mod substitute;
 mod validate;
 
+pub use edge::RateLimitConfig;
 pub use error::{ConfigError, Problem};
 pub use load::{CONFIG_ENV, Inputs, LoadedConfig, format_of, load, load_str, load_with, render_redacted};
 pub use model::CorsConfig;

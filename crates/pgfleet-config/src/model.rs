@@ -67,6 +67,27 @@ pub struct ServerConfig {
     pub grpc_web: bool,
     /// Which browser origins may call the gRPC port (CORS, for grpc-web).
     pub cors: CorsConfig,
+
+    // Edge limits (issue #7): applied by the server's `edge` module.
+    /// Largest gRPC message accepted or sent, in bytes, on every service.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub max_message_bytes: u64,
+    /// HTTP/2 streams (concurrent calls) one connection may open.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 PING sent to an idle connection this often; `0s` sends none.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// A connection whose PING is not answered within this is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// TCP keepalive idle time on accepted sockets; `0s` leaves the OS default.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-For` is believed: for
+    /// them the client address is the right-most untrusted address there.
+    #[serde(deserialize_with = "crate::edge::trusted_proxies")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +100,12 @@ impl Default for ServerConfig {
             run_migrations: true,
             grpc_web: true,
             cors: CorsConfig::default(),
+            max_message_bytes: 16 * 1024 * 1024,
+            max_concurrent_streams: 200,
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            tcp_keepalive: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -123,6 +150,14 @@ pub struct TlsConfig {
     /// PEM CA bundle; when set, clients must present a certificate it signed.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// How often the three files are read again; changed contents apply to
+    /// new connections without a restart. `0s` reads them only at start.
+    #[serde(default = "default_tls_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// One cloud (AWS, GCP, …) and the databases it hosts.
@@ -436,6 +471,9 @@ pub struct QueryLimits {
     /// as truncated (`ExecuteStream` has no such cap).
     #[serde(deserialize_with = "lenient_u64")]
     pub max_rows_per_statement: u64,
+    /// Per-identity limit on `Execute` / `ExecuteStream`; none: unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<crate::edge::RateLimitConfig>,
 }
 
 impl Default for QueryLimits {
@@ -445,6 +483,7 @@ impl Default for QueryLimits {
             max_timeout: Duration::from_secs(300),
             max_query_bytes: 1024 * 1024,
             max_rows_per_statement: 10_000,
+            rate_limit: None,
         }
     }
 }

@@ -174,6 +174,7 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
         problems.add(&server_path.key("metrics_addr"), "must differ from listen_addr");
     }
     check_cors(&mut problems, &server_path, &config.server);
+    check_edges(&mut problems, config);
 
     problems.0
 }
@@ -369,4 +370,57 @@ fn exact_origin(origin: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+/// Transport limits, TLS reloading and the query rate limit (issue #7).
+fn check_edges(problems: &mut Problems, config: &FleetConfig) {
+    let server = &config.server;
+    let path = ConfigPath::root().key("server");
+    // Below a few KiB not even a Login fits; a limit under the query text
+    // limit would refuse texts `query.max_query_bytes` promises to take.
+    if server.max_message_bytes < 4096 {
+        problems.add(&path.key("max_message_bytes"), "must be at least 4096");
+    } else if server.max_message_bytes < config.query.max_query_bytes {
+        problems.add(
+            &path.key("max_message_bytes"),
+            format!(
+                "{} is below query.max_query_bytes {}",
+                server.max_message_bytes, config.query.max_query_bytes
+            ),
+        );
+    } else if server.max_message_bytes > u64::from(u32::MAX) {
+        problems.add(
+            &path.key("max_message_bytes"),
+            "must be at most 4294967295 (4 GiB)",
+        );
+    }
+    if server.max_concurrent_streams == 0 {
+        problems.add(&path.key("max_concurrent_streams"), "must be at least 1");
+    }
+    if !server.keepalive_interval.is_zero() && server.keepalive_timeout.is_zero() {
+        problems.add(
+            &path.key("keepalive_timeout"),
+            "must be greater than zero while keepalive_interval is set",
+        );
+    }
+    if let Some(tls) = &server.tls
+        && !tls.reload_interval.is_zero()
+        && tls.reload_interval < Duration::from_secs(1)
+    {
+        problems.add(
+            &path.key("tls").key("reload_interval"),
+            "must be at least 1s (or 0s to read the files only at start)",
+        );
+    }
+    if let Some(limit) = &config.query.rate_limit {
+        let limit_path = ConfigPath::root().key("query").key("rate_limit");
+        if !(limit.per_second.is_finite() && limit.per_second > 0.0 && limit.per_second <= 1_000_000.0) {
+            problems.add(
+                &limit_path.key("per_second"),
+                "must be greater than 0 and at most 1000000",
+            );
+        }
+        if limit.burst == Some(0) {
+            problems.add(&limit_path.key("burst"), "must be at least 1");
+        }
+    }
 }

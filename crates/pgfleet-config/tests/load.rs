@@ -499,3 +499,81 @@ fn cors_origins_must_be_exact_and_never_any_with_credentials() {
         "{shown}"
     );
 }
+
+const MINIMAL_FLEET: &str = r#"
+[history]
+host = "h"
+user = "u"
+database = "d"
+[[clouds]]
+name = "aws"
+[[clouds.databases]]
+name = "app"
+host = "h"
+user = "u"
+database = "d"
+"#;
+
+#[test]
+fn edge_settings_load_with_their_defaults_and_are_checked() {
+    let defaults = load(MINIMAL_FLEET, FileFormat::Toml, &vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+    let server = &defaults.config.server;
+    assert_eq!(server.max_message_bytes, 16 * 1024 * 1024);
+    assert_eq!(server.max_concurrent_streams, 200);
+    assert!(server.trusted_proxies.is_empty());
+    assert!(
+        defaults.config.query.rate_limit.is_none(),
+        "rate limit off by default"
+    );
+
+    let set = format!(
+        "[server]\ntrusted_proxies = ['10.0.0.0/8', '127.0.0.1', 'fd00::/8']\nkeepalive_interval = '0s'\n\
+         [query.rate_limit]\nper_second = '2.5'\n{MINIMAL_FLEET}"
+    );
+    let loaded = load(&set, FileFormat::Toml, &vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+    let proxies: Vec<String> = loaded
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(proxies, ["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]);
+    let limit = loaded.config.query.rate_limit.expect("rate limit");
+    assert_eq!(limit.effective_burst(), 3);
+
+    let bad = format!(
+        "[server]\nmax_message_bytes = 1000\nmax_concurrent_streams = 0\nkeepalive_timeout = '0s'\n\
+         [query.rate_limit]\nper_second = 0\nburst = 0\n{MINIMAL_FLEET}"
+    );
+    let shown = load(&bad, FileFormat::Toml, &vars(&[]))
+        .expect_err("invalid edge settings")
+        .to_string();
+    for expected in [
+        "server.max_message_bytes: must be at least 4096",
+        "server.max_concurrent_streams: must be at least 1",
+        "server.keepalive_timeout: must be greater than zero while keepalive_interval is set",
+        "query.rate_limit.per_second: must be greater than 0 and at most 1000000",
+        "query.rate_limit.burst: must be at least 1",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
+    }
+
+    let below_query = format!("[server]\nmax_message_bytes = 65536\n{MINIMAL_FLEET}");
+    let shown = load(&below_query, FileFormat::Toml, &vars(&[]))
+        .expect_err("message limit under the query limit")
+        .to_string();
+    assert!(
+        shown.contains("server.max_message_bytes: 65536 is below query.max_query_bytes 1048576"),
+        "{shown}"
+    );
+
+    let bad_cidr = format!("[server]\ntrusted_proxies = ['10.0.0.0/33']\n{MINIMAL_FLEET}");
+    let shown = load(&bad_cidr, FileFormat::Toml, &vars(&[]))
+        .expect_err("bad CIDR")
+        .to_string();
+    assert!(
+        shown.contains("server.trusted_proxies") && shown.contains("\"10.0.0.0/33\" is not a CIDR"),
+        "{shown}"
+    );
+}

@@ -1,5 +1,7 @@
 //! What the registry can fail with, in the caller's terms.
 
+use pgfleet_config::SslMode;
+
 use crate::target::{Member, Target};
 
 /// Why no connection could be handed out.
@@ -18,6 +20,17 @@ pub enum RegistryError {
         /// echo connect options).
         message: String,
     },
+    /// The TLS handshake with the server failed (certificate not signed by
+    /// `ssl_root_cert`, wrong host name, server without TLS…). Not retried:
+    /// the same certificate fails the same way.
+    #[error("{target} ({member}): TLS to PostgreSQL failed (sslmode {}): {reason}", sslmode_name(*sslmode))]
+    Tls {
+        target: Target,
+        member: Member,
+        sslmode: SslMode,
+        /// rustls' or sqlx's reason; names no secret.
+        reason: String,
+    },
     /// A non-transient failure while connecting (bad password, unknown database…).
     #[error("{target} ({member}) refused the connection: {source}")]
     Connect {
@@ -26,4 +39,15 @@ pub enum RegistryError {
         #[source]
         source: sqlx::Error,
     },
+}
+
+/// `sslmode` as written in the configuration.
+fn sslmode_name(mode: SslMode) -> &'static str {
+    match mode {
+        SslMode::Disable => "disable",
+        SslMode::Prefer => "prefer",
+        SslMode::Require => "require",
+        SslMode::VerifyCa => "verify-ca",
+        SslMode::VerifyFull => "verify-full",
+    }
 }

@@ -16,7 +16,7 @@ use sqlx::{PgConnection, Postgres};
 
 use crate::error::RegistryError;
 use crate::health::{HealthStatus, MemberHealth, MemberState};
-use crate::retry::{Backoff, is_transient};
+use crate::retry::{Backoff, is_transient, tls_failure};
 use crate::target::{Member, Route, Target};
 
 /// sqlx connect options for one server, as every pgfleet pool builds them.
@@ -328,6 +328,14 @@ impl Registry {
                 Err(error) => error,
             };
             record_failure(member, &error);
+            if let Some(reason) = tls_failure(&error) {
+                return Err(RegistryError::Tls {
+                    target: target.clone(),
+                    member: member.member.clone(),
+                    sslmode: entry.config.sslmode,
+                    reason,
+                });
+            }
             if !is_transient(&error) {
                 return Err(RegistryError::Connect {
                     target: target.clone(),

@@ -9,6 +9,9 @@ use rand::Rng;
 /// pool timeouts, and the server saying it cannot take connections now.
 /// Authentication failures and unknown databases are not transient.
 pub fn is_transient(error: &sqlx::Error) -> bool {
+    if tls_failure(error).is_some() {
+        return false;
+    }
     match error {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
@@ -17,6 +20,26 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
             code.starts_with("08") || code == "57P03" || code == "53300"
         }),
         _ => false,
+    }
+}
+
+/// Why the TLS handshake failed, when `error` is a TLS failure: sqlx's own
+/// TLS errors (e.g. the server does not offer TLS), or a rustls error inside
+/// the I/O error sqlx reports for the handshake (a certificate that does not
+/// verify). None for every other failure.
+pub fn tls_failure(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Tls(reason) => Some(reason.to_string()),
+        sqlx::Error::Io(io) => {
+            let rustls = io.get_ref()?.downcast_ref::<rustls::Error>()?;
+            Some(match rustls {
+                rustls::Error::InvalidCertificate(_) => {
+                    format!("{rustls} (check ssl_root_cert and that the host matches the certificate)")
+                }
+                other => other.to_string(),
+            })
+        }
+        _ => None,
     }
 }
 

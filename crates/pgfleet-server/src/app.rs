@@ -16,13 +16,15 @@ use pgfleet_registry::{HealthMonitor, Registry, Reloaded, Target};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, AuditLog};
 use crate::auth::gate::AuthLayer;
 use crate::auth::{AuthError, Authenticator, SessionStore, SessionStoreError};
 use crate::browser::{BrowserAccess, BrowserConfigError};
+use crate::edge::{
+    self, ClientAddressLayer, QueryRateLimitLayer, ServerTls, TlsError, transport::MessageLimit,
+};
 use crate::history_store::{self, HistoryStoreError};
 use crate::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 use crate::services::{AuthService, FleetService, HistoryService, QueryService, ReplicationService};
@@ -53,6 +55,8 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
     #[error("cannot set up browser access: {0}")]
     Browser(#[from] BrowserConfigError),
+    #[error("TLS on the gRPC port: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -74,6 +78,11 @@ impl RunningServer {
         let started_with = config.clone();
         // Before anything is started that an error here would leave running.
         let browser = BrowserAccess::new(&config.server)?;
+        // Edges: certificate problems stop the start before anything runs.
+        let tls = match &config.server.tls {
+            Some(files) => Some(ServerTls::load(files).await?),
+            None => None,
+        };
         let history = history_store::pool(&config.history);
         if config.server.run_migrations {
             history_store::migrate(&history, &config.history, STARTUP_STORE_WAIT).await?;
@@ -132,6 +141,7 @@ impl RunningServer {
         })?;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let limit = MessageLimit::of(&config.server);
         health_reporter
             .set_serving::<AuthServiceServer<AuthService>>()
             .await;
@@ -157,38 +167,55 @@ impl RunningServer {
 
         let shutdown = CancellationToken::new();
         let grace = config.server.shutdown_grace;
-        // Browsers: CORS answers preflights (which carry no credentials)
-        // before the auth gate; grpc-web calls become plain gRPC before it,
-        // so the gate authorizes them like any other call.
-        let router = tonic::transport::Server::builder()
+        // Layers run outside in: client address; browsers (CORS answers
+        // preflights, which carry no credentials, before the auth gate;
+        // grpc-web calls become plain gRPC before it, so the gate authorizes
+        // them like any other call); authentication; then the per-identity
+        // query rate limit (it needs the identity).
+        let router = edge::transport::builder(&config.server)
             .accept_http1(browser.accept_http1())
+            .layer(ClientAddressLayer::new(&config.server.trusted_proxies))
             .layer(browser.cors())
             .layer(browser.grpc_web())
             .layer(AuthLayer::new(Arc::clone(&authenticator)))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(AuthServiceServer::new(AuthService::new(
-                authenticator,
-                Arc::clone(&registry),
-            )))
-            .add_service(QueryServiceServer::new(QueryService::new(
-                Arc::clone(&registry),
-                Arc::clone(&shared_config),
-                Arc::clone(&audit),
-            )))
-            .add_service(HistoryServiceServer::new(HistoryService::new(Arc::clone(&audit))))
-            .add_service(ReplicationServiceServer::new(ReplicationService::new(
-                Arc::clone(&registry),
-                jobs,
-                runner,
-                Arc::clone(&shared_config),
-                Arc::clone(&audit),
-            )))
-            .add_service(FleetServiceServer::new(FleetService::new(
-                Arc::clone(&registry),
-                Arc::clone(&shared_config),
-            )));
+            .layer(QueryRateLimitLayer::new(config.query.rate_limit.as_ref()))
+            .add_service(crate::sized!(health_service, limit))
+            .add_service(crate::sized!(reflection_v1, limit))
+            .add_service(crate::sized!(reflection_v1alpha, limit))
+            .add_service(crate::sized!(
+                AuthServiceServer::new(AuthService::new(authenticator, Arc::clone(&registry))),
+                limit
+            ))
+            .add_service(crate::sized!(
+                QueryServiceServer::new(QueryService::new(
+                    Arc::clone(&registry),
+                    Arc::clone(&shared_config),
+                    Arc::clone(&audit),
+                )),
+                limit
+            ))
+            .add_service(crate::sized!(
+                HistoryServiceServer::new(HistoryService::new(Arc::clone(&audit))),
+                limit
+            ))
+            .add_service(crate::sized!(
+                ReplicationServiceServer::new(ReplicationService::new(
+                    Arc::clone(&registry),
+                    jobs,
+                    runner,
+                    Arc::clone(&shared_config),
+                    Arc::clone(&audit),
+                )),
+                limit
+            ))
+            .add_service(crate::sized!(
+                FleetServiceServer::new(FleetService::new(
+                    Arc::clone(&registry),
+                    Arc::clone(&shared_config),
+                )),
+                limit
+            ));
+        let incoming = edge::transport::tcp_incoming(listener, &config.server);
 
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -205,8 +232,16 @@ impl RunningServer {
                         .await;
                 }
             };
-            let serving =
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+            // With TLS only TLS is served; tonic keeps its own connect-info
+            // types either way (`Request::remote_addr` works on both).
+            let serving: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+                match tls {
+                    Some(tls) => Box::pin(
+                        router
+                            .serve_with_incoming_shutdown(edge::tls::incoming(incoming, tls), stop_accepting),
+                    ),
+                    None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting)),
+                };
             tokio::pin!(serving);
             let result = tokio::select! {
                 result = &mut serving => result.map_err(ServeError::from),
@@ -237,7 +272,7 @@ impl RunningServer {
             tracing::info!("pgfleet stopped");
             result
         });
-        tracing::info!(%addr, "pgfleet listening");
+        tracing::info!(%addr, tls = config.server.tls.is_some(), "pgfleet listening");
         Ok(Self {
             addr,
             shutdown,

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod browser;
 pub mod cli;
+pub mod edge;
 pub mod history_store;
 pub mod identity;
 pub mod query;

@@ -1,13 +1,14 @@
 //! The one place where pgfleet's error enums become gRPC statuses.
 //!
 //! Invalid fields carry a `google.rpc.BadRequest` detail naming the field;
-//! throttled logins carry a `google.rpc.RetryInfo`. Store failures are logged
+//! throttled logins and rate-limited queries carry a `google.rpc.RetryInfo`. Store failures are logged
 //! here with their cause and returned without it.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
+use crate::edge::RateLimitError;
 use crate::request_error::RequestError;
 
 /// INVALID_ARGUMENT with a `google.rpc.BadRequest` naming the field.
@@ -71,6 +72,19 @@ impl From<AuthError> for Status {
                 Status::unavailable(message)
             }
             AuthError::Internal(detail) => internal(&detail),
+        }
+    }
+}
+
+impl From<RateLimitError> for Status {
+    fn from(error: RateLimitError) -> Self {
+        let message = error.to_string();
+        match error {
+            RateLimitError::Exceeded { retry_after, .. } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
         }
     }
 }

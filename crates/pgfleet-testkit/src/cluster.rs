@@ -52,6 +52,18 @@ impl PgCluster {
     /// Runs `initdb` into a new temporary directory and starts the server on a free port,
     /// returning once it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_inner(None).await
+    }
+
+    /// Like [`start`](Self::start), with `ssl = on` and `server` as its certificate and key
+    /// (see [`crate::TestCa::server_cert`]; name `127.0.0.1` and/or `localhost` in it for
+    /// `verify-full`). Plain connections are still accepted (`pg_hba` is `host … trust`), so
+    /// one cluster serves every `sslmode`; `pg_stat_ssl` tells which one a session used.
+    pub async fn start_with_tls(server: &crate::IssuedCert) -> anyhow::Result<Self> {
+        Self::start_inner(Some(server)).await
+    }
+
+    async fn start_inner(tls: Option<&crate::IssuedCert>) -> anyhow::Result<Self> {
         SWEEP_ORPHANS.call_once(sweep_orphan_clusters);
         let bin_dir = find_bin_dir()?;
         let as_postgres = running_as_root()?;
@@ -76,11 +88,11 @@ impl PgCluster {
             as_postgres,
             port: 0,
         };
-        cluster.init().await?;
+        cluster.init(tls).await?;
         Ok(cluster)
     }
 
-    async fn init(&mut self) -> anyhow::Result<()> {
+    async fn init(&mut self, tls: Option<&crate::IssuedCert>) -> anyhow::Result<()> {
         let data = self.data_dir.to_string_lossy().into_owned();
         self.run(
             "initdb",
@@ -111,6 +123,11 @@ impl PgCluster {
             self.root_path.display()
         );
         self.append_conf(&settings)?;
+        if let Some(server) = tls {
+            self.install_certificate(server)?;
+            // Relative paths are read from the data directory.
+            self.append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")?;
+        }
 
         let mut attempt = 1;
         loop {
@@ -274,6 +291,23 @@ impl PgCluster {
         ));
         command.kill_on_drop(true);
         command
+    }
+
+    /// Writes `server.crt` and `server.key` into the data directory, owned by the server's
+    /// user, the key readable by it alone (PostgreSQL refuses a key others may read).
+    fn install_certificate(&self, server: &crate::IssuedCert) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (cert, key) = server.write_to(&self.data_dir, "server")?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", key.display()))?;
+        if self.as_postgres {
+            let (uid, gid) = postgres_ids()?;
+            for file in [&cert, &key] {
+                chown(file, Some(uid), Some(gid))
+                    .with_context(|| format!("handing {} to the postgres user", file.display()))?;
+            }
+        }
+        Ok(())
     }
 
     fn append_conf(&self, lines: &str) -> anyhow::Result<()> {

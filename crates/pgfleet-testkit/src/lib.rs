@@ -1,5 +1,6 @@
 //! Real PostgreSQL and Redis for pgfleet's tests: throwaway databases, extra `initdb`
-//! clusters that can be killed, and a fault-injecting TCP proxy that fakes cloud outages.
+//! clusters that can be killed (or serve TLS), a fault-injecting TCP proxy that fakes cloud
+//! outages, and test certificate authorities ([`TestCa`]).
 //!
 //! Nothing here is mocked. A "cloud" is a [`TestDatabase`] on the local server (or a whole
 //! [`PgCluster`] when a test needs the server to die), and an outage is a [`FaultProxy`] in
@@ -32,6 +33,7 @@ mod database;
 mod proxy;
 mod redis;
 mod services;
+mod tls;
 
 use std::fmt::Display;
 use std::future::Future;
@@ -45,6 +47,7 @@ pub use database::{STALE_AFTER, TestDatabase, sweep_stale_databases};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use redis::RedisServer;
 pub use services::{require_services, require_services_at};
+pub use tls::{IssuedCert, TestCa};
 
 /// Environment variable with the admin URL of the PostgreSQL server tests create databases on.
 pub const PG_URL_ENV: &str = "PGFLEET_TEST_PG_URL";

@@ -5,7 +5,7 @@
 //! fields and apply the change.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use pgfleet_registry::Registry;
@@ -25,6 +25,7 @@ use crate::auth::credentials::{clear_session_cookie_header, session_cookie_heade
 use crate::auth::fields::{check_display_name, normalize_username};
 use crate::auth::users::{StandingChange, UserFilter, UserRecord};
 use crate::auth::{AuthError, Authenticator, UserSpec};
+use crate::edge::ClientAddress;
 use crate::identity::{Identity, Principal, Role, TargetPattern};
 
 const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -84,9 +85,9 @@ impl AuthService {
 
     /// Counts a password attempt against `username` and `address`; refuses
     /// once either is over its limit.
-    async fn throttle(&self, username: &str, address: Option<SocketAddr>) -> Result<(), AuthError> {
+    async fn throttle(&self, username: &str, address: Option<IpAddr>) -> Result<(), AuthError> {
         let settings = &self.auth.settings;
-        let address = address.map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+        let address = address.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
         for (scope, key, limit) in [
             (
                 "address",
@@ -105,7 +106,7 @@ impl AuthService {
                 .count_attempt(&key, settings.login_window)
                 .await?;
             if count.attempts > u64::from(limit) {
-                tracing::warn!(%scope, attempts = count.attempts, "login throttled");
+                tracing::warn!(%scope, %address, attempts = count.attempts, "login throttled");
                 return Err(AuthError::RateLimited {
                     scope,
                     retry_after: count.resets_in,
@@ -248,7 +249,7 @@ fn identity_of<T>(request: &Request<T>) -> Result<Identity, Status> {
 #[tonic::async_trait]
 impl auth_service_server::AuthService for AuthService {
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
-        let address = request.remote_addr();
+        let address = ClientAddress::of(&request).map(|client| client.ip);
         let pb::LoginRequest { username, password } = request.into_inner();
         if username.is_empty() {
             return Err(AuthError::invalid("username", "must not be empty").into());
@@ -297,7 +298,8 @@ impl auth_service_server::AuthService for AuthService {
             tracing::debug!(%error, "could not reset login attempts");
         }
         let user = self.auth.users.by_id(user.id).await?.unwrap_or(user);
-        tracing::info!(username = %user.username, "login");
+        let client = address.map(|ip| ip.to_string()).unwrap_or_default();
+        tracing::info!(username = %user.username, %client, "login");
 
         let cookie = session_cookie_header(&token, ttl.as_secs(), self.auth.settings.cookie_secure);
         let mut response = Response::new(pb::LoginResponse {
@@ -365,7 +367,7 @@ impl auth_service_server::AuthService for AuthService {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let identity = identity_of(&request)?;
-        let address = request.remote_addr();
+        let address = ClientAddress::of(&request).map(|client| client.ip);
         let (user_id, username) = user_of(&identity, "ChangePassword")?;
         let pb::ChangePasswordRequest {
             old_password,

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use futures::Stream;
 use tonic::Status;
 
+use crate::edge::ClientAddress;
 use crate::query::audited::Origin;
 
 mod auth;
@@ -26,7 +27,8 @@ pub use replication::ReplicationService;
 /// replaced by a generated one.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The caller's address and request id (`x-request-id`, or a new UUID).
+/// The caller's address (behind a trusted proxy, the one it forwarded) and
+/// request id (`x-request-id`, or a new UUID).
 fn origin<T>(request: &tonic::Request<T>) -> Origin {
     let request_id = request
         .metadata()
@@ -37,7 +39,9 @@ fn origin<T>(request: &tonic::Request<T>) -> Origin {
         })
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     Origin {
-        client_address: request.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+        client_address: ClientAddress::of(request)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         request_id,
     }
 }

@@ -30,6 +30,8 @@ pub struct Fleet {
     /// Body of the `[replication]` table: the scheduler is off unless a
     /// test turns it on, so jobs created by tests run only when asked.
     pub replication_toml: String,
+    /// Extra lines of the `[server]` table (limits, trusted proxies).
+    pub server_toml: String,
 }
 
 impl Fleet {
@@ -51,14 +53,16 @@ impl Fleet {
             // Runs notice a disabled job within 100 ms, so tests need not
             // copy for long to see it.
             replication_toml: "scheduler = false\nwatch_interval = '100ms'\n".to_owned(),
+            server_toml: String::new(),
         })
     }
 
     /// TOML for this fleet; `extra_clouds` is appended verbatim.
     pub fn config_toml(&self, extra_clouds: &str) -> String {
         let mut text = format!(
-            "[server]\nlisten_addr = '127.0.0.1:0'\nshutdown_grace = '2s'\n\
+            "[server]\nlisten_addr = '127.0.0.1:0'\nshutdown_grace = '2s'\n{}\n\
              [history]\nhost = '{}'\nport = {}\nuser = '{}'\ndatabase = '{}'\nsslmode = 'disable'\n",
+            self.server_toml,
             self.history.host(),
             self.history_port.unwrap_or(self.history.port()),
             self.history.user(),
@@ -216,7 +220,11 @@ pub struct Session {
 }
 
 pub async fn session(extra: &str) -> anyhow::Result<Session> {
-    let fleet = Fleet::create().await?;
+    session_on(Fleet::create().await?, extra).await
+}
+
+/// [`session`] on a fleet the caller prepared (e.g. with `server_toml`).
+pub async fn session_on(fleet: Fleet, extra: &str) -> anyhow::Result<Session> {
     let server = fleet.start(extra).await?;
     let channel = channel(&server).await?;
     let mut tokens = Vec::new();
