@@ -25,6 +25,9 @@ use crate::auth::{AuthError, Authenticator, SessionStore, SessionStoreError};
 use crate::history_store::{self, HistoryStoreError};
 use crate::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 use crate::services::{AuthService, FleetService, HistoryService, QueryService, ReplicationService};
+use crate::telemetry::Metrics;
+use crate::telemetry::exposition::MetricsListener;
+use crate::telemetry::rpc::RpcLayer;
 
 /// Longest wait for the history store at start when migrations run.
 const STARTUP_STORE_WAIT: Duration = Duration::from_secs(30);
@@ -50,11 +53,14 @@ pub enum ServeError {
     SessionStore(#[from] SessionStoreError),
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot define the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
 }
@@ -80,6 +86,8 @@ impl RunningServer {
             }
         };
         let authenticator = Authenticator::new(history.clone(), sessions, config.auth.clone()).await?;
+        // Observability (issue #7): one set of series per server.
+        let metrics = Metrics::new()?;
         let configured_targets: Arc<[(String, String)]> = config
             .clouds
             .iter()
@@ -91,11 +99,12 @@ impl RunningServer {
             })
             .collect();
 
-        let audit = AuditLog::new(history.clone(), config.audit.clone());
+        let audit = AuditLog::with_metrics(history.clone(), config.audit.clone(), metrics.clone());
         let audit_maintenance = CancellationToken::new();
         let audit_task = audit::maintenance::spawn(Arc::clone(&audit), audit_maintenance.clone());
 
         let registry = Arc::new(Registry::new(&config));
+        metrics.watch_fleet(Arc::clone(&registry))?;
         let shared_config = Arc::new(config.clone());
         let monitor = HealthMonitor::spawn(Arc::clone(&registry), config.health.clone());
 
@@ -109,6 +118,7 @@ impl RunningServer {
             Arc::clone(&audit),
             Arc::clone(&shared_config),
             replication_shutdown.clone(),
+            metrics.clone(),
         ));
         let scheduler = config.replication.scheduler.then(|| {
             replication::scheduler::spawn(
@@ -130,6 +140,18 @@ impl RunningServer {
             addr: listen_addr,
             source,
         })?;
+        let metrics_listener = match config.server.metrics_addr {
+            Some(metrics_addr) => Some(
+                MetricsListener::start(metrics_addr, metrics.clone())
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: metrics_addr,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(MetricsListener::local_addr);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -158,6 +180,8 @@ impl RunningServer {
         let shutdown = CancellationToken::new();
         let grace = config.server.shutdown_grace;
         let router = tonic::transport::Server::builder()
+            // Outermost: spans, request ids and metrics see refused calls too.
+            .layer(RpcLayer::new(metrics.clone()))
             .layer(AuthLayer::new(Arc::clone(&authenticator)))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -165,11 +189,13 @@ impl RunningServer {
             .add_service(AuthServiceServer::new(AuthService::new(
                 authenticator,
                 configured_targets,
+                metrics.clone(),
             )))
             .add_service(QueryServiceServer::new(QueryService::new(
                 Arc::clone(&registry),
                 Arc::clone(&shared_config),
                 Arc::clone(&audit),
+                metrics,
             )))
             .add_service(HistoryServiceServer::new(HistoryService::new(Arc::clone(&audit))))
             .add_service(ReplicationServiceServer::new(ReplicationService::new(
@@ -228,16 +254,30 @@ impl RunningServer {
                 tracing::warn!(%error, "audit maintenance task failed");
             }
             close_pools(&registry, &history).await;
+            // Last: the final scrape sees the drained server.
+            if let Some(metrics_listener) = metrics_listener {
+                metrics_listener.stop().await;
+            }
             tracing::info!("pgfleet stopped");
             result
         });
         tracing::info!(%addr, "pgfleet listening");
-        Ok(Self { addr, shutdown, task })
+        Ok(Self {
+            addr,
+            metrics_addr,
+            shutdown,
+            task,
+        })
     }
 
     /// The address the gRPC listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address `/metrics` is served on, when `server.metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops accepting, lets in-flight calls finish within the grace period,
