@@ -52,7 +52,7 @@ pub fn convert(tree: &Value) -> (Value, Vec<String>) {
             match key.as_str() {
                 "primary" | "secondary" | "history" => {}
                 // pgfleet sections may sit beside the legacy ones.
-                "server" | "redis" | "query" | "health" | "retry" => {
+                "server" | "redis" | "query" | "health" | "retry" | "log" | "telemetry" => {
                     out.insert(key.clone(), value.clone());
                 }
                 _ => warnings.push(format!("{key}: not a databases.json key; ignored")),

@@ -31,8 +31,9 @@ pub use load::{CONFIG_ENV, Inputs, LoadedConfig, format_of, load, load_str, load
 pub use model::CorsConfig;
 pub use model::{
     AuditConfig, AuthConfig, CloudConfig, ConnectionConfig, DatabaseConfig, FleetConfig, HealthConfig,
-    HistoryStoreConfig, PoolConfig, QueryLimits, ReadPreference, RedisConfig, ReplicaConfig,
-    ReplicationConfig, RetryConfig, ServerConfig, SslMode, TlsConfig,
+    HistoryStoreConfig, LogConfig, LogFormat, LogRotation, PoolConfig, QueryLimits, ReadPreference,
+    RedisConfig, ReplicaConfig, ReplicationConfig, RetryConfig, ServerConfig, SslMode, TelemetryConfig,
+    TlsConfig,
 };
 pub use overlay::PREFIX as OVERRIDE_PREFIX;
 pub use secret::{REDACTED, Secret};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lenient::{lenient_u16, lenient_u32, lenient_u64};
+use crate::lenient::{lenient_f64, lenient_opt_u32, lenient_u16, lenient_u32, lenient_u64};
 use crate::secret::Secret;
 
 /// The whole pgfleet configuration.
@@ -45,6 +45,12 @@ pub struct FleetConfig {
     /// Replication runs and their scheduler.
     #[serde(default)]
     pub replication: ReplicationConfig,
+    /// Log lines: format, level filter, optional rotating files.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Distributed tracing: OpenTelemetry spans exported over OTLP/gRPC.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// Listen addresses, TLS and shutdown behaviour of the gRPC server.
@@ -660,6 +666,93 @@ impl Default for AuthConfig {
             login_attempts_per_username: 10,
             login_attempts_per_address: 50,
             login_window: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+// ---- observability (issue #7): [log] and [telemetry] ----
+
+/// Log lines: where they go, in which format, how much.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`. `--log-format` (or `PGFLEET_LOG_FORMAT`) wins, so
+    /// one command line can override a shared file.
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `warn,pgfleet_server=debug`).
+    /// `PGFLEET_LOG` (then `RUST_LOG`) wins when set.
+    pub level: String,
+    /// Directory of rotating log files (`pgfleet.<date>.log`); unset logs
+    /// to stderr. Lines go to the files instead of stderr.
+    pub file: Option<PathBuf>,
+    /// When a new file is started.
+    pub rotation: LogRotation,
+    /// Files kept in `file`, the oldest deleted first; unset keeps them all.
+    #[serde(deserialize_with = "lenient_opt_u32")]
+    pub max_files: Option<u32>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info,sqlx=warn".to_owned(),
+            file: None,
+            rotation: LogRotation::Daily,
+            max_files: None,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Readable lines for a terminal.
+    #[default]
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// When a log file is closed and the next one started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogRotation {
+    #[default]
+    Daily,
+    Hourly,
+    /// One file, never rotated (rotate it with logrotate's copytruncate).
+    Never,
+}
+
+/// OpenTelemetry trace export. Off unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector endpoint (`http://otel-collector:4317`); unset
+    /// exports nothing. Plain `http://` only: run the collector as a
+    /// sidecar or node agent and let it speak TLS onwards.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0.0 to 1.0. A caller's `traceparent`
+    /// decides for its own trace (sampled or not), so one trace is never
+    /// cut in half.
+    #[serde(deserialize_with = "lenient_f64")]
+    pub sampling_ratio: f64,
+    /// `service.name` of every exported span.
+    pub service_name: String,
+    /// Longest wait for one batch of spans to reach the collector.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sampling_ratio: 1.0,
+            service_name: "pgfleet".to_owned(),
+            export_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::error::Problem;
-use crate::model::{AuditConfig, AuthConfig, ConnectionConfig, FleetConfig, PoolConfig, SslMode};
+use crate::model::{
+    AuditConfig, AuthConfig, ConnectionConfig, FleetConfig, LogConfig, PoolConfig, SslMode, TelemetryConfig,
+};
 use crate::path::ConfigPath;
 
 /// Every problem in `config`, in file order; empty when it is valid.
@@ -170,11 +172,18 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
             }
         }
     }
-    if config.server.metrics_addr.is_some() && config.server.metrics_addr == Some(config.server.listen_addr) {
+    // Port 0 on both picks two different free ports.
+    if config.server.metrics_addr.is_some()
+        && config.server.metrics_addr == Some(config.server.listen_addr)
+        && config.server.listen_addr.port() != 0
+    {
         problems.add(&server_path.key("metrics_addr"), "must differ from listen_addr");
     }
     check_cors(&mut problems, &server_path, &config.server);
     check_edges(&mut problems, config);
+
+    check_log(&mut problems, &root.key("log"), &config.log);
+    check_telemetry(&mut problems, &root.key("telemetry"), &config.telemetry);
 
     problems.0
 }
@@ -422,5 +431,65 @@ fn check_edges(problems: &mut Problems, config: &FleetConfig) {
         if limit.burst == Some(0) {
             problems.add(&limit_path.key("burst"), "must be at least 1");
         }
+    }
+}
+
+fn check_log(problems: &mut Problems, path: &ConfigPath, log: &LogConfig) {
+    // The server's own filter parser: what passes here is what it installs.
+    if log.level.trim().is_empty() {
+        problems.add(&path.key("level"), "must not be empty (e.g. \"info\")");
+    } else if let Err(error) = tracing_subscriber::EnvFilter::builder().parse(&log.level) {
+        problems.add(&path.key("level"), format!("not a tracing filter: {error}"));
+    }
+    if let Some(directory) = &log.file {
+        if directory.as_os_str().is_empty() {
+            problems.add(&path.key("file"), "must not be empty (unset it to log to stderr)");
+        } else if directory.exists() && !directory.is_dir() {
+            problems.add(
+                &path.key("file"),
+                format!(
+                    "{} is not a directory (log.file names the directory of the files)",
+                    directory.display()
+                ),
+            );
+        }
+    }
+    if log.max_files == Some(0) {
+        problems.add(
+            &path.key("max_files"),
+            "must be at least 1 (or unset to keep every file)",
+        );
+    }
+}
+
+fn check_telemetry(problems: &mut Problems, path: &ConfigPath, telemetry: &TelemetryConfig) {
+    if let Some(endpoint) = &telemetry.otlp_endpoint {
+        let host = endpoint
+            .strip_prefix("http://")
+            .map(|rest| rest.split('/').next().unwrap_or(""));
+        match host {
+            _ if endpoint.starts_with("https://") => problems.add(
+                &path.key("otlp_endpoint"),
+                "https is not supported: export to a collector over plain http (a sidecar or node agent)",
+            ),
+            None => problems.add(
+                &path.key("otlp_endpoint"),
+                "must be an http:// URL of an OTLP/gRPC collector (e.g. http://127.0.0.1:4317)",
+            ),
+            Some("") => problems.add(&path.key("otlp_endpoint"), "names no host"),
+            Some(host) if host.contains('@') => {
+                problems.add(&path.key("otlp_endpoint"), "must not carry credentials")
+            }
+            Some(_) => {}
+        }
+    }
+    if !(0.0..=1.0).contains(&telemetry.sampling_ratio) {
+        problems.add(&path.key("sampling_ratio"), "must be between 0.0 and 1.0");
+    }
+    if telemetry.service_name.trim().is_empty() {
+        problems.add(&path.key("service_name"), "must not be empty");
+    }
+    if telemetry.export_timeout.is_zero() {
+        problems.add(&path.key("export_timeout"), "must be greater than zero");
     }
 }

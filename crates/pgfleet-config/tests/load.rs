@@ -577,3 +577,104 @@ fn edge_settings_load_with_their_defaults_and_are_checked() {
         "{shown}"
     );
 }
+
+const MINIMAL: &str = r#"
+[history]
+host = "h"
+user = "u"
+database = "d"
+[[clouds]]
+name = "aws"
+[[clouds.databases]]
+name = "app"
+host = "h"
+user = "u"
+database = "d"
+"#;
+
+#[test]
+fn log_and_telemetry_settings_are_checked_with_their_paths() {
+    let not_a_directory = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let cases = [
+        (
+            "[log]\nlevel = 'info,=,x=loud'",
+            "log.level: not a tracing filter",
+        ),
+        ("[log]\nlevel = ' '", "log.level: must not be empty"),
+        (
+            &format!("[log]\nfile = '{not_a_directory}'") as &str,
+            "log.file: ",
+        ),
+        ("[log]\nmax_files = 0", "log.max_files: must be at least 1"),
+        ("[log]\nrotation = 'weekly'", "log.rotation"),
+        ("[log]\nformat = 'xml'", "log.format"),
+        (
+            "[telemetry]\notlp_endpoint = 'https://collector:4317'",
+            "telemetry.otlp_endpoint: https is not supported",
+        ),
+        (
+            "[telemetry]\notlp_endpoint = 'collector:4317'",
+            "telemetry.otlp_endpoint: must be an http:// URL",
+        ),
+        (
+            "[telemetry]\notlp_endpoint = 'http://'",
+            "telemetry.otlp_endpoint: names no host",
+        ),
+        (
+            "[telemetry]\nsampling_ratio = 1.5",
+            "telemetry.sampling_ratio: must be between 0.0 and 1.0",
+        ),
+        (
+            "[telemetry]\nservice_name = ''",
+            "telemetry.service_name: must not be empty",
+        ),
+        (
+            "[telemetry]\nexport_timeout = '0s'",
+            "telemetry.export_timeout: must be greater than zero",
+        ),
+    ];
+    for (section, expected) in cases {
+        let text = format!("{section}\n{MINIMAL}");
+        let error = load(&text, FileFormat::Toml, &vars(&[])).expect_err(section);
+        let shown = error.to_string();
+        assert!(
+            shown.contains(expected),
+            "{section}: {expected:?} missing from:\n{shown}"
+        );
+    }
+}
+
+#[test]
+fn log_and_telemetry_settings_load_from_the_file_and_overrides() {
+    let text = format!(
+        "[server]\nlisten_addr = '127.0.0.1:0'\nmetrics_addr = '127.0.0.1:0'\n\
+         [log]\nformat = 'json'\nlevel = 'warn,pgfleet_server=debug'\nrotation = 'hourly'\nmax_files = '24'\n\
+         [telemetry]\notlp_endpoint = 'http://127.0.0.1:4317'\nservice_name = 'pgfleet-eu'\n{MINIMAL}"
+    );
+    let loaded = load_str(
+        &text,
+        FileFormat::Toml,
+        Path::new("t.toml"),
+        &Inputs {
+            variables: &vars(&[]),
+            overrides: vec![("PGFLEET__TELEMETRY__SAMPLING_RATIO".to_owned(), "0.25".to_owned())],
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = loaded.config;
+    assert_eq!(config.log.format, pgfleet_config::LogFormat::Json);
+    assert_eq!(config.log.level, "warn,pgfleet_server=debug");
+    assert_eq!(config.log.rotation, pgfleet_config::LogRotation::Hourly);
+    assert_eq!(config.log.max_files, Some(24));
+    assert_eq!(
+        config.telemetry.otlp_endpoint.as_deref(),
+        Some("http://127.0.0.1:4317")
+    );
+    assert_eq!(config.telemetry.sampling_ratio, 0.25);
+    assert_eq!(config.telemetry.service_name, "pgfleet-eu");
+    // Off by default.
+    let defaults = load(MINIMAL, FileFormat::Toml, &vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(defaults.config.telemetry.otlp_endpoint, None);
+    assert_eq!(defaults.config.server.metrics_addr, None);
+    assert_eq!(defaults.config.log.file, None);
+}

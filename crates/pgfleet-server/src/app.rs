@@ -28,6 +28,9 @@ use crate::edge::{
 use crate::history_store::{self, HistoryStoreError};
 use crate::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 use crate::services::{AuthService, FleetService, HistoryService, QueryService, ReplicationService};
+use crate::telemetry::Metrics;
+use crate::telemetry::exposition::MetricsListener;
+use crate::telemetry::rpc::RpcLayer;
 
 /// Longest wait for the history store at start when migrations run.
 const STARTUP_STORE_WAIT: Duration = Duration::from_secs(30);
@@ -57,11 +60,14 @@ pub enum ServeError {
     Browser(#[from] BrowserConfigError),
     #[error("TLS on the gRPC port: {0}")]
     Tls(#[from] TlsError),
+    #[error("cannot define the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
     /// Reloaded on SIGHUP ([`RunningServer::reload`]).
@@ -99,12 +105,15 @@ impl RunningServer {
             }
         };
         let authenticator = Authenticator::new(history.clone(), sessions, config.auth.clone()).await?;
-        let audit = AuditLog::new(history.clone(), config.audit.clone());
+        // Observability (issue #7): one set of series per server.
+        let metrics = Metrics::new()?;
+        let audit = AuditLog::with_metrics(history.clone(), config.audit.clone(), metrics.clone());
         let audit_maintenance = CancellationToken::new();
         let audit_task = audit::maintenance::spawn(Arc::clone(&audit), audit_maintenance.clone());
 
         let registry = Arc::new(Registry::new(&config));
         let reloadable = Arc::clone(&registry);
+        metrics.watch_fleet(Arc::clone(&registry))?;
         let shared_config = Arc::new(config.clone());
         let monitor = HealthMonitor::spawn(Arc::clone(&registry), config.health.clone());
 
@@ -118,6 +127,7 @@ impl RunningServer {
             Arc::clone(&audit),
             Arc::clone(&shared_config),
             replication_shutdown.clone(),
+            metrics.clone(),
         ));
         let scheduler = config.replication.scheduler.then(|| {
             replication::scheduler::spawn(
@@ -139,6 +149,18 @@ impl RunningServer {
             addr: listen_addr,
             source,
         })?;
+        let metrics_listener = match config.server.metrics_addr {
+            Some(metrics_addr) => Some(
+                MetricsListener::start(metrics_addr, metrics.clone())
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: metrics_addr,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(MetricsListener::local_addr);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let limit = MessageLimit::of(&config.server);
@@ -177,13 +199,20 @@ impl RunningServer {
             .layer(ClientAddressLayer::new(&config.server.trusted_proxies))
             .layer(browser.cors())
             .layer(browser.grpc_web())
+            // Spans, request ids and metrics of every call, refused ones too;
+            // inside grpc-web so it sees plain gRPC trailers.
+            .layer(RpcLayer::new(metrics.clone()))
             .layer(AuthLayer::new(Arc::clone(&authenticator)))
             .layer(QueryRateLimitLayer::new(config.query.rate_limit.as_ref()))
             .add_service(crate::sized!(health_service, limit))
             .add_service(crate::sized!(reflection_v1, limit))
             .add_service(crate::sized!(reflection_v1alpha, limit))
             .add_service(crate::sized!(
-                AuthServiceServer::new(AuthService::new(authenticator, Arc::clone(&registry))),
+                AuthServiceServer::new(AuthService::new(
+                    authenticator,
+                    Arc::clone(&registry),
+                    metrics.clone(),
+                )),
                 limit
             ))
             .add_service(crate::sized!(
@@ -191,6 +220,7 @@ impl RunningServer {
                     Arc::clone(&registry),
                     Arc::clone(&shared_config),
                     Arc::clone(&audit),
+                    metrics,
                 )),
                 limit
             ))
@@ -269,12 +299,17 @@ impl RunningServer {
                 tracing::warn!(%error, "audit maintenance task failed");
             }
             close_pools(&registry, &history).await;
+            // Last: the final scrape sees the drained server.
+            if let Some(metrics_listener) = metrics_listener {
+                metrics_listener.stop().await;
+            }
             tracing::info!("pgfleet stopped");
             result
         });
         tracing::info!(%addr, tls = config.server.tls.is_some(), "pgfleet listening");
         Ok(Self {
             addr,
+            metrics_addr,
             shutdown,
             task,
             registry: reloadable,
@@ -355,6 +390,11 @@ impl RunningServer {
     /// The address the gRPC listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address `/metrics` is served on, when `server.metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Stops accepting, lets in-flight calls finish within the grace period,

@@ -11,7 +11,7 @@ use crate::app::{self, RunningServer, ServeError};
 use crate::auth::{AuthError, Authenticator, SessionStore, UserSpec};
 use crate::history_store;
 use crate::identity::Role;
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, LogFormat, Settings};
 
 /// pgfleet: run SQL across a fleet of PostgreSQL databases, audited.
 #[derive(Debug, Parser)]
@@ -20,15 +20,10 @@ pub struct Cli {
     /// Configuration file (TOML, YAML, JSON or a legacy databases.json).
     #[arg(long, short, global = true, env = CONFIG_ENV, default_value = "pgfleet.toml")]
     pub config: PathBuf,
-    /// Log line format.
-    #[arg(
-        long,
-        global = true,
-        env = "PGFLEET_LOG_FORMAT",
-        value_enum,
-        default_value = "human"
-    )]
-    pub log_format: LogFormat,
+    /// Log line format; wins over `log.format` in the configuration
+    /// (human when neither says).
+    #[arg(long, global = true, env = "PGFLEET_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -83,10 +78,17 @@ fn parse_role(text: &str) -> Result<Role, String> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
     match cli.command {
-        Command::CheckConfig => check_config(&cli),
+        Command::CheckConfig => {
+            telemetry::init_stderr(cli.log_format);
+            check_config(&cli)
+        }
         Command::Serve | Command::Migrate | Command::User(_) => {
+            // The configuration says how to log, so it is read before any
+            // logging; its own problems go to stderr.
+            let Some(loaded) = load(&cli) else {
+                return ExitCode::from(2);
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -94,19 +96,14 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run_async(cli))
+            runtime.block_on(run_async(cli, loaded))
         }
     }
 }
 
 fn load(cli: &Cli) -> Option<LoadedConfig> {
     match pgfleet_config::load(&cli.config) {
-        Ok(loaded) => {
-            for warning in &loaded.warnings {
-                tracing::warn!(config = %cli.config.display(), "{warning}");
-            }
-            Some(loaded)
-        }
+        Ok(loaded) => Some(loaded),
         Err(error) => {
             eprintln!("pgfleet: {error}");
             None
@@ -136,10 +133,23 @@ fn check_config(cli: &Cli) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run_async(cli: Cli) -> ExitCode {
-    let Some(loaded) = load(&cli) else {
-        return ExitCode::from(2);
+async fn run_async(cli: Cli, loaded: LoadedConfig) -> ExitCode {
+    // Only the server exports traces; migrate and user create just log.
+    let traces = matches!(cli.command, Command::Serve).then_some(&loaded.config.telemetry);
+    let telemetry = match telemetry::init(Settings {
+        log: &loaded.config.log,
+        format: cli.log_format,
+        traces,
+    }) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("pgfleet: {error}");
+            return ExitCode::from(2);
+        }
     };
+    for warning in &loaded.warnings {
+        tracing::warn!(config = %cli.config.display(), "{warning}");
+    }
     let result = match cli.command {
         Command::Migrate => {
             let history = history_store::pool(&loaded.config.history);
@@ -166,14 +176,18 @@ async fn run_async(cli: Cli) -> ExitCode {
         }
         Command::CheckConfig => Ok(()),
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "pgfleet failed");
             eprintln!("pgfleet: {error}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Spans still in the exporter's batch and lines in the file writer's
+    // buffer are written out before the process ends.
+    telemetry.shutdown().await;
+    code
 }
 
 fn read_password() -> Result<String, ServeError> {

@@ -19,13 +19,17 @@ pub mod record;
 pub mod search;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgfleet_config::AuditConfig;
 use sqlx::PgPool;
 use sqlx::types::Json;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 use uuid::Uuid;
+
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::AuditWrite;
 
 pub use record::{
     Actor, ExecutionRow, Kind, NewExecution, RecordedError, RecordedFinding, RecordedOutcome, RecordedTarget,
@@ -63,15 +67,33 @@ pub struct AuditLog {
     /// This server instance; RUNNING records carry it so that only records
     /// of a dead instance are closed as INTERRUPTED.
     writer_id: Uuid,
+    /// Where write latencies go; none for tools and tests without a server.
+    metrics: Option<Metrics>,
 }
 
 impl AuditLog {
     pub fn new(pool: PgPool, settings: AuditConfig) -> Arc<Self> {
+        Self::build(pool, settings, None)
+    }
+
+    /// An audit log whose writes are timed in `metrics`.
+    pub fn with_metrics(pool: PgPool, settings: AuditConfig, metrics: Metrics) -> Arc<Self> {
+        Self::build(pool, settings, Some(metrics))
+    }
+
+    fn build(pool: PgPool, settings: AuditConfig, metrics: Option<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             pool,
             settings,
             writer_id: Uuid::now_v7(),
+            metrics,
         })
+    }
+
+    fn observe(&self, operation: AuditWrite, succeeded: bool, started: Instant) {
+        if let Some(metrics) = &self.metrics {
+            metrics.audit_write(operation, succeeded, started.elapsed());
+        }
     }
 
     pub fn settings(&self) -> &AuditConfig {
@@ -93,13 +115,20 @@ impl AuditLog {
     pub async fn open(self: &Arc<Self>, new: NewExecution) -> Result<OpenExecution, AuditError> {
         let (reply, opened) = oneshot::channel();
         let log = Arc::clone(self);
-        tokio::spawn(async move {
-            let result = log.insert_opened(&new).await;
-            if let Err(Ok(row)) = reply.send(result) {
-                log.close_with_retries(row.id, Status::Refused, not_run_outcomes(&row))
-                    .await;
+        let span = audit_span("open", new.id);
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let result = log.insert_opened(&new).await;
+                log.observe(AuditWrite::Open, result.is_ok(), started);
+                if let Err(Ok(row)) = reply.send(result) {
+                    log.close_with_retries(row.id, Status::Refused, not_run_outcomes(&row))
+                        .await;
+                }
             }
-        });
+            .instrument(span)
+            .in_current_span(),
+        );
         let wait = self.settings.write_timeout;
         match tokio::time::timeout(wait, opened).await {
             Err(_elapsed) => Err(AuditError::TimedOut(wait)),
@@ -170,7 +199,12 @@ impl AuditLog {
         .bind(id)
         .bind(Json(outcome))
         .execute(&self.pool);
-        match tokio::time::timeout(self.settings.write_timeout, update).await {
+        let started = Instant::now();
+        let written = tokio::time::timeout(self.settings.write_timeout, update)
+            .instrument(audit_span("outcome", id))
+            .await;
+        self.observe(AuditWrite::Outcome, matches!(written, Ok(Ok(_))), started);
+        match written {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {
                 tracing::warn!(execution_id = %id, %error, "cannot record a target's outcome yet")
@@ -183,6 +217,21 @@ impl AuditLog {
     /// in one transaction. `Ok(None)` when the record was no longer RUNNING
     /// (closed as INTERRUPTED by another server that took this one for dead).
     pub async fn close(
+        &self,
+        id: Uuid,
+        status: Status,
+        outcomes: &[RecordedOutcome],
+    ) -> Result<Option<ExecutionRow>, AuditError> {
+        let started = Instant::now();
+        let closed = self
+            .close_row(id, status, outcomes)
+            .instrument(audit_span("close", id))
+            .await;
+        self.observe(AuditWrite::Close, closed.is_ok(), started);
+        closed
+    }
+
+    async fn close_row(
         &self,
         id: Uuid,
         status: Status,
@@ -235,6 +284,17 @@ impl AuditLog {
     }
 }
 
+/// The span of one audit-trail write (the execution id is no secret: it is
+/// what Execute answers).
+fn audit_span(operation: &'static str, execution_id: Uuid) -> tracing::Span {
+    tracing::info_span!(
+        "audit.write",
+        otel.name = %format_args!("audit.{operation}"),
+        operation,
+        execution_id = %execution_id,
+    )
+}
+
 /// Every target of `row` not yet reported, as unknown.
 fn unknown_outcomes(row: &ExecutionRow, why: &str) -> Vec<RecordedOutcome> {
     row.targets
@@ -256,7 +316,7 @@ fn unknown_outcomes(row: &ExecutionRow, why: &str) -> Vec<RecordedOutcome> {
 fn close_detached(log: &Arc<AuditLog>, id: Uuid, status: Status, outcomes: Vec<RecordedOutcome>) {
     let log = Arc::clone(log);
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move { log.close_with_retries(id, status, outcomes).await });
+        runtime.spawn(async move { log.close_with_retries(id, status, outcomes).await }.in_current_span());
     }
 }
 

@@ -68,6 +68,9 @@ where
                 .await
             {
                 Ok(Some(identity)) => {
+                    // On the call's `rpc` span (telemetry::rpc), so logs and
+                    // traces say who called.
+                    tracing::Span::current().record("identity", identity.label().as_str());
                     request.extensions_mut().insert(identity);
                     inner.call(request).await
                 }

@@ -155,7 +155,8 @@ pub fn record(
     mut upstream: mpsc::Receiver<(usize, TargetEvent)>,
 ) -> mpsc::Receiver<(usize, TargetEvent)> {
     let (sender, downstream) = mpsc::channel(upstream.max_capacity());
-    tokio::spawn(async move {
+    // In the caller's span: the record's closing write belongs to the call.
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         let mut logs: Vec<TargetLog> = plan.targets.iter().map(|_| TargetLog::default()).collect();
         let mut caller_gone = false;
         while let Some((index, event)) = upstream.recv().await {
@@ -180,6 +181,6 @@ pub fn record(
         }
         let outcomes = logs.into_iter().filter_map(|log| log.outcome).collect();
         execution.finish(outcomes).await;
-    });
+    }));
     downstream
 }

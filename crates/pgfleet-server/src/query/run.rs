@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{ParamValue, Plan, PlannedStatement};
 use super::values::{RawValue, ResultShape, ValueError};
+use crate::telemetry::Metrics;
 
 /// Name of the cursor large reads are fetched through.
 const CURSOR: &str = "pgfleet_cursor";
@@ -100,14 +101,60 @@ enum Stop {
 }
 
 /// Runs `plan` on `target` and reports through `sink`. Never panics on
-/// database input; every outcome ends with one `Finished` event.
+/// database input; every outcome ends with one `Finished` event, counted in
+/// `metrics` and noted on the current (`target`) span first.
 pub async fn run_target(
     registry: &Registry,
     plan: &Plan,
     target: &Target,
     sink: EventSink,
     cancel: CancellationToken,
+    metrics: &Metrics,
 ) {
+    let outcome = run_on_target(registry, plan, target, &sink, cancel).await;
+    metrics.target_finished(target, &outcome);
+    note_on_span(&outcome);
+    sink.send(TargetEvent::Finished(Box::new(outcome))).await;
+}
+
+/// The outcome on the current span: success, SQLSTATE (never the message,
+/// which may quote a value), and the replica that ran it.
+fn note_on_span(outcome: &TargetOutcome) {
+    let span = tracing::Span::current();
+    span.record("success", outcome.success);
+    span.record("replica", outcome.replica.as_str());
+    let sqlstate = outcome
+        .error
+        .as_ref()
+        .and_then(|error| error.postgres.as_ref())
+        .map(|postgres| postgres.sqlstate.as_str());
+    if let Some(sqlstate) = sqlstate {
+        span.record("sqlstate", sqlstate);
+    }
+    if !outcome.success {
+        span.record("otel.status_code", "ERROR");
+    }
+    let code = outcome.error.as_ref().map_or("", |error| {
+        pb::ErrorCode::try_from(error.code)
+            .unwrap_or(pb::ErrorCode::Unknown)
+            .as_str_name()
+    });
+    tracing::debug!(
+        success = outcome.success,
+        code,
+        sqlstate = sqlstate.unwrap_or(""),
+        elapsed_ms = outcome.duration.as_secs_f64() * 1000.0,
+        "target finished"
+    );
+}
+
+async fn run_on_target(
+    registry: &Registry,
+    plan: &Plan,
+    target: &Target,
+    sink: &EventSink,
+    cancel: CancellationToken,
+) -> TargetOutcome {
     let started = Instant::now();
     let route = if plan.writes {
         Route::Write
@@ -118,15 +165,12 @@ pub async fn run_target(
     };
     let acquired = tokio::select! {
         acquired = registry.acquire(target, route) => acquired,
-        () = cancel.cancelled() => {
-            sink.send(TargetEvent::Finished(Box::new(cancelled_outcome(started, None, String::new())))).await;
-            return;
-        }
+        () = cancel.cancelled() => return cancelled_outcome(started, None, String::new()),
     };
     let mut checkout: Checkout = match acquired {
         Ok(checkout) => checkout,
         Err(error) => {
-            let outcome = TargetOutcome {
+            return TargetOutcome {
                 success: false,
                 error: Some(pb::TargetError {
                     code: pb::ErrorCode::Unavailable.into(),
@@ -138,8 +182,6 @@ pub async fn run_target(
                 outcome_unknown: false,
                 replica: String::new(),
             };
-            sink.send(TargetEvent::Finished(Box::new(outcome))).await;
-            return;
         }
     };
     let member = checkout.member.clone();
@@ -168,7 +210,7 @@ pub async fn run_target(
             Err(error) => Err(Stop::Setup(error)),
             Ok(backend_pid) => {
                 let schema = plan.schema_for(target);
-                let work = run_statements(connection, plan, &schema, &sink, &commit_sent);
+                let work = run_statements(connection, plan, &schema, sink, &commit_sent);
                 tokio::pin!(work);
                 // A backstop: statement_timeout should fire first.
                 let deadline = tokio::time::sleep(plan.timeout + Duration::from_secs(1));
@@ -226,7 +268,7 @@ pub async fn run_target(
         // hand it to the next caller.
         let _ = checkout.connection.detach().close().await;
     }
-    sink.send(TargetEvent::Finished(Box::new(outcome))).await;
+    outcome
 }
 
 /// Ends any open transaction and resets the session (`DISCARD ALL`: role,

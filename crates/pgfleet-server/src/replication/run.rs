@@ -33,6 +33,8 @@ use super::copy::{self, CopyUpdate, Progress, ProgressSink, Start, TableOutcome,
 use super::state::{RunStore, StopReason, StoredOutcome};
 use crate::audit::{RecordedError, RecordedOutcome, RunningExecution};
 use crate::query::audited::{recorded_error, recorded_target};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::ADHOC_REPLICATION;
 
 /// Events buffered between the copies, the recorder and the caller; small,
 /// so a slow caller holds the copies at their next batch.
@@ -202,13 +204,14 @@ impl JobLedger {
 
 /// Starts `plan` under its opened record and returns its events. The
 /// copies stop at their next batch boundary once `cancel` fires. A stored
-/// job's run passes its `ledger`.
+/// job's run passes its `ledger`. Committed rows are counted in `metrics`.
 pub fn start(
     registry: Arc<Registry>,
     plan: Arc<RunPlan>,
     execution: RunningExecution,
     cancel: CancellationToken,
     ledger: Option<JobLedger>,
+    metrics: Metrics,
 ) -> mpsc::Receiver<RunEvent> {
     let (copies, updates) = mpsc::channel(EVENT_BUFFER);
     for target_index in 0..plan.targets.len() {
@@ -216,7 +219,9 @@ pub fn start(
         let plan = Arc::clone(&plan);
         let cancel = cancel.clone();
         let sender = copies.clone();
-        tokio::spawn(async move {
+        // In the caller's span (the RunJob or ReplicateTable call), so the
+        // copies' log lines keep its request id.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let Some(target) = plan.targets.get(target_index) else {
                 return;
             };
@@ -235,12 +240,51 @@ pub fn start(
                 let result = copy::copy_table(&registry, table, target, start, &sink, &cancel).await;
                 sink.send(CopyUpdate::Finished(Box::new(result))).await;
             }
-        });
+        }));
     }
     drop(copies);
     let (sender, events) = mpsc::channel(EVENT_BUFFER);
-    tokio::spawn(record(plan, execution, updates, sender, cancel, ledger));
+    let rows = RowCounter::new(&plan, metrics);
+    tokio::spawn(tracing::Instrument::in_current_span(record(
+        plan, execution, updates, sender, cancel, ledger, rows,
+    )));
     events
+}
+
+/// Counts committed rows in the metrics as the batches commit: progress
+/// reports carry running totals per (table, target), the counter takes the
+/// difference.
+struct RowCounter {
+    metrics: Metrics,
+    /// The `replication_job` label: the job's id, or one-shot copies'.
+    job: String,
+    targets: usize,
+    /// Rows already counted, per `table * targets + target`.
+    counted: Vec<u64>,
+}
+
+impl RowCounter {
+    fn new(plan: &RunPlan, metrics: Metrics) -> Self {
+        Self {
+            metrics,
+            job: plan
+                .job_id
+                .map_or_else(|| ADHOC_REPLICATION.to_owned(), |id| id.to_string()),
+            targets: plan.targets.len(),
+            counted: vec![0; plan.tables.len() * plan.targets.len()],
+        }
+    }
+
+    fn written(&mut self, table_index: usize, table: &str, target_index: usize, target: &Target, total: u64) {
+        let Some(counted) = self.counted.get_mut(table_index * self.targets + target_index) else {
+            return;
+        };
+        let new = total.saturating_sub(*counted);
+        *counted = (*counted).max(total);
+        if new > 0 {
+            self.metrics.replication_rows(&self.job, table, target, new);
+        }
+    }
 }
 
 /// What the recorder knows about one target.
@@ -257,6 +301,7 @@ async fn record(
     sender: mpsc::Sender<RunEvent>,
     cancel: CancellationToken,
     ledger: Option<JobLedger>,
+    mut rows: RowCounter,
 ) {
     let started = Instant::now();
     let mut caller_gone = false;
@@ -289,6 +334,13 @@ async fn record(
         };
         match event.update {
             CopyUpdate::Progress(progress) => {
+                rows.written(
+                    event.table,
+                    table,
+                    event.target,
+                    target,
+                    progress.counters.rows_written,
+                );
                 if let Some(ledger) = &ledger {
                     ledger.batch_committed(table, target, &progress).await;
                 }
@@ -300,6 +352,13 @@ async fn record(
                 .await;
             }
             CopyUpdate::Finished(result) => {
+                rows.written(
+                    event.table,
+                    table,
+                    event.target,
+                    target,
+                    result.counters.rows_written,
+                );
                 rows_read += result.counters.rows_read;
                 rows_written += result.counters.rows_written;
                 match &result.outcome {

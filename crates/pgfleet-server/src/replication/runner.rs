@@ -24,6 +24,7 @@ use crate::audit::{Actor, AuditLog, Kind, NewExecution, RecordedError, RecordedT
 use crate::identity::Role;
 use crate::query::audited::Origin;
 use crate::request_error::RequestError;
+use crate::telemetry::Metrics;
 
 /// Who starts a run, as the audit record names them.
 #[derive(Debug, Clone)]
@@ -57,6 +58,8 @@ pub struct JobRunner {
     /// Fired when the server shuts down: every run stops at its next batch
     /// boundary (its record is closed, its positions kept).
     shutdown: CancellationToken,
+    /// Where the runs' copied rows are counted.
+    metrics: Metrics,
 }
 
 impl JobRunner {
@@ -66,6 +69,7 @@ impl JobRunner {
         audit: Arc<AuditLog>,
         config: Arc<FleetConfig>,
         shutdown: CancellationToken,
+        metrics: Metrics,
     ) -> Self {
         Self {
             registry,
@@ -73,7 +77,13 @@ impl JobRunner {
             audit,
             config,
             shutdown,
+            metrics,
         }
+    }
+
+    /// The server's metrics (ReplicateTable and GetStatus use them too).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn runs(&self) -> &RunStore {
@@ -230,6 +240,7 @@ impl JobRunner {
             open.started(),
             cancel,
             Some(ledger),
+            self.metrics.clone(),
         ))
     }
 }

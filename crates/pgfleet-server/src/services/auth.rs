@@ -27,6 +27,8 @@ use crate::auth::users::{StandingChange, UserFilter, UserRecord};
 use crate::auth::{AuthError, Authenticator, UserSpec};
 use crate::edge::ClientAddress;
 use crate::identity::{Identity, Principal, Role, TargetPattern};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::LoginFailure;
 
 const DEFAULT_PAGE_SIZE: i32 = 50;
 const MAX_PAGE_SIZE: i32 = 500;
@@ -39,11 +41,16 @@ pub struct AuthService {
     /// The configured targets (live: SIGHUP may change them), to check API
     /// key allow-lists.
     registry: Arc<Registry>,
+    metrics: Metrics,
 }
 
 impl AuthService {
-    pub fn new(auth: Arc<Authenticator>, registry: Arc<Registry>) -> Self {
-        Self { auth, registry }
+    pub fn new(auth: Arc<Authenticator>, registry: Arc<Registry>, metrics: Metrics) -> Self {
+        Self {
+            auth,
+            registry,
+            metrics,
+        }
     }
 
     fn user_message(user: &UserRecord) -> pb::User {
@@ -246,9 +253,12 @@ fn identity_of<T>(request: &Request<T>) -> Result<Identity, Status> {
     Identity::of(request).cloned()
 }
 
-#[tonic::async_trait]
-impl auth_service_server::AuthService for AuthService {
-    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+impl AuthService {
+    /// `Login`, without the counting of failures.
+    async fn log_in(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
         let address = ClientAddress::of(&request).map(|client| client.ip);
         let pb::LoginRequest { username, password } = request.into_inner();
         if username.is_empty() {
@@ -311,6 +321,18 @@ impl auth_service_server::AuthService for AuthService {
             .map_err(|_| AuthError::Internal("session cookie is not a valid header".to_owned()))?;
         response.metadata_mut().insert("set-cookie", cookie);
         Ok(response)
+    }
+}
+
+#[tonic::async_trait]
+impl auth_service_server::AuthService for AuthService {
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let answer = self.log_in(request).await;
+        if let Err(status) = &answer {
+            // The reason only: who tried stays out of the metrics.
+            self.metrics.login_failed(LoginFailure::of(status));
+        }
+        answer
     }
 
     async fn logout(

@@ -27,16 +27,21 @@ pub use replication::ReplicationService;
 /// replaced by a generated one.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// True when a caller's `x-request-id` is kept as sent: printable ASCII
+/// without spaces, 1 to 128 bytes.
+pub(crate) fn acceptable_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// The caller's address (behind a trusted proxy, the one it forwarded) and
-/// request id (`x-request-id`, or a new UUID).
+/// request id (`x-request-id`, or a new UUID). Behind [`crate::telemetry::rpc::RpcLayer`] the header always holds the
+/// id the call's span carries.
 fn origin<T>(request: &tonic::Request<T>) -> Origin {
     let request_id = request
         .metadata()
         .get("x-request-id")
         .and_then(|value| value.to_str().ok())
-        .filter(|id| {
-            !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
-        })
+        .filter(|id| acceptable_request_id(id))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     Origin {
         client_address: ClientAddress::of(request)

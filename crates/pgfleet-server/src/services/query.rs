@@ -19,6 +19,7 @@ use crate::query::audited::{self, Origin};
 use crate::query::plan::{check_query_size, required_role, wire_findings};
 use crate::query::{self, ExecuteFields, Plan, Scope, TargetEvent, TargetOutcome};
 use crate::request_error::RequestError;
+use crate::telemetry::Metrics;
 
 /// Serves `pgfleet.v1.QueryService`.
 #[derive(Clone)]
@@ -26,14 +27,21 @@ pub struct QueryService {
     registry: Arc<Registry>,
     config: Arc<FleetConfig>,
     audit: Arc<AuditLog>,
+    metrics: Metrics,
 }
 
 impl QueryService {
-    pub fn new(registry: Arc<Registry>, config: Arc<FleetConfig>, audit: Arc<AuditLog>) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        config: Arc<FleetConfig>,
+        audit: Arc<AuditLog>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             registry,
             config,
             audit,
+            metrics,
         }
     }
 
@@ -74,7 +82,12 @@ impl QueryService {
         cancel: CancellationToken,
         record: Option<OpenExecution>,
     ) -> tokio::sync::mpsc::Receiver<(usize, TargetEvent)> {
-        let events = query::dispatch(Arc::clone(&self.registry), Arc::clone(plan), cancel);
+        let events = query::dispatch(
+            Arc::clone(&self.registry),
+            Arc::clone(plan),
+            cancel,
+            &self.metrics,
+        );
         match record {
             Some(open) => audited::record(open.started(), Arc::clone(plan), events),
             None => events,

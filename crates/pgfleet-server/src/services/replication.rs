@@ -724,6 +724,7 @@ impl replication_service_server::ReplicationService for ReplicationService {
             open.started(),
             cancel.clone(),
             None,
+            self.runner.metrics().clone(),
         );
         Ok(Response::new(event_stream(events, cancel, |event| {
             ReplicateTableResponse { event: Some(event) }
@@ -839,6 +840,13 @@ impl ReplicationService {
                     None
                 };
                 let lag = source.lags.get(position).cloned().unwrap_or_default();
+                // The lag gauge is as fresh as the last GetStatus: runs do
+                // not measure the source's newest key.
+                if let Some(seconds) = lag.seconds {
+                    self.runner
+                        .metrics()
+                        .replication_lag(&job.id.to_string(), table, target, seconds);
+                }
                 statuses.push(pair_status(
                     running,
                     table,

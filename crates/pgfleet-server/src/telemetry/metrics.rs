@@ -1,0 +1,490 @@
+//! The Prometheus series pgfleet exports on `server.metrics_addr`.
+//!
+//! One [`Metrics`] per server, each with its own `prometheus::Registry`
+//! (no process-wide default registry), so two servers in one process (tests)
+//! never share series. Counters and histograms are updated where things
+//! happen; pool and health gauges are read from the fleet registry's
+//! snapshot at scrape time ([`FleetCollector`]), so they are never stale and
+//! cost nothing between scrapes.
+//!
+//! Label values are bounded: methods come from a closed list, targets and
+//! replication tables from the configuration and stored jobs, SQLSTATE
+//! classes are two characters. No label ever holds a username, a query
+//! text or a parameter.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_registry::{HealthStatus, Member, Registry, Target};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
+
+use crate::query::TargetOutcome;
+
+/// Latency buckets (seconds) for calls and per-target queries: from a
+/// sub-millisecond `SELECT 1` to streams and long statements.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Audit writes are single-row transactions bounded by `audit.write_timeout`
+/// (5 s by default).
+const AUDIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The `replication_job` label of one-shot `ReplicateTable` copies (stored
+/// jobs use their id). Not `job`: Prometheus sets that label itself.
+pub const ADHOC_REPLICATION: &str = "replicate_table";
+
+/// Why a `Login` failed, as counted (never who tried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// Unknown username or wrong password (deliberately not told apart).
+    InvalidCredentials,
+    /// Right password, deactivated account.
+    Deactivated,
+    /// Too many attempts for the username or the client address.
+    Throttled,
+    /// Empty or malformed fields.
+    InvalidRequest,
+    /// The session or user store failed.
+    Unavailable,
+}
+
+impl LoginFailure {
+    const ALL: [LoginFailure; 5] = [
+        LoginFailure::InvalidCredentials,
+        LoginFailure::Deactivated,
+        LoginFailure::Throttled,
+        LoginFailure::InvalidRequest,
+        LoginFailure::Unavailable,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginFailure::InvalidCredentials => "invalid_credentials",
+            LoginFailure::Deactivated => "deactivated",
+            LoginFailure::Throttled => "throttled",
+            LoginFailure::InvalidRequest => "invalid_request",
+            LoginFailure::Unavailable => "unavailable",
+        }
+    }
+
+    /// The reason behind the status `Login` answered with.
+    pub fn of(status: &tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::Unauthenticated => LoginFailure::InvalidCredentials,
+            tonic::Code::PermissionDenied => LoginFailure::Deactivated,
+            tonic::Code::ResourceExhausted => LoginFailure::Throttled,
+            tonic::Code::InvalidArgument => LoginFailure::InvalidRequest,
+            _ => LoginFailure::Unavailable,
+        }
+    }
+}
+
+/// Which audit-trail write was timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditWrite {
+    /// The write-ahead insert and its chain link (before any target runs).
+    Open,
+    /// One target's outcome added to a running record.
+    Outcome,
+    /// The closing update and its chain link.
+    Close,
+}
+
+impl AuditWrite {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuditWrite::Open => "open",
+            AuditWrite::Outcome => "outcome",
+            AuditWrite::Close => "close",
+        }
+    }
+}
+
+/// Every series of one server. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Metrics(Arc<Series>);
+
+struct Series {
+    registry: prometheus::Registry,
+    rpc_requests: IntCounterVec,
+    rpc_duration: HistogramVec,
+    target_queries: IntCounterVec,
+    target_errors: IntCounterVec,
+    target_duration: HistogramVec,
+    replication_rows: IntCounterVec,
+    replication_lag: prometheus::GaugeVec,
+    audit_write: HistogramVec,
+    login_failures: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn counter(
+    registry: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+fn histogram(
+    registry: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> prometheus::Result<HistogramVec> {
+    let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+impl Metrics {
+    /// Defines every series in a registry of its own. Fails only if a
+    /// definition below is malformed (a bug caught by any test).
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = prometheus::Registry::new();
+        let target = &["cloud", "database"];
+        let replication = &["replication_job", "table", "cloud", "database"];
+        let rpc = &["service", "method", "code"];
+        let series = Series {
+            rpc_requests: counter(
+                &registry,
+                "pgfleet_rpc_requests_total",
+                "gRPC calls handled, by method and status code (refusals by the auth gate included)",
+                rpc,
+            )?,
+            rpc_duration: histogram(
+                &registry,
+                "pgfleet_rpc_duration_seconds",
+                "gRPC call duration until the status was sent (streams: until their last message)",
+                rpc,
+                LATENCY_BUCKETS,
+            )?,
+            target_queries: counter(
+                &registry,
+                "pgfleet_target_queries_total",
+                "SQL executions on one target (each target of an Execute or ExecuteStream call)",
+                target,
+            )?,
+            target_errors: counter(
+                &registry,
+                "pgfleet_target_query_errors_total",
+                "Failed executions on one target, by pgfleet error code and SQLSTATE class (first two characters; none without SQLSTATE)",
+                &["cloud", "database", "code", "sqlstate_class"],
+            )?,
+            target_duration: histogram(
+                &registry,
+                "pgfleet_target_query_duration_seconds",
+                "Duration of an execution on one target, connection acquisition included",
+                target,
+                LATENCY_BUCKETS,
+            )?,
+            replication_rows: counter(
+                &registry,
+                "pgfleet_replication_rows_copied_total",
+                "Rows written to replication targets, counted per committed batch",
+                replication,
+            )?,
+            replication_lag: {
+                let vec = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "pgfleet_replication_lag_seconds",
+                        "How far a target's watermark is behind the source's newest sync key (time keys), as measured by the last GetStatus",
+                    ),
+                    replication,
+                )?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
+            audit_write: histogram(
+                &registry,
+                "pgfleet_audit_write_duration_seconds",
+                "Audit trail writes in the history store, by operation and result",
+                &["operation", "result"],
+                AUDIT_BUCKETS,
+            )?,
+            login_failures: counter(
+                &registry,
+                "pgfleet_login_failures_total",
+                "Failed Login calls by reason",
+                &["reason"],
+            )?,
+            registry,
+        };
+        // Every reason exists from the start, so a rate() over a fresh
+        // server is 0 rather than absent.
+        for reason in LoginFailure::ALL {
+            series.login_failures.with_label_values(&[reason.as_str()]);
+        }
+        Ok(Self(Arc::new(series)))
+    }
+
+    /// Adds the fleet's pool and health gauges, read from `registry` at
+    /// every scrape.
+    pub fn watch_fleet(&self, registry: Arc<Registry>) -> prometheus::Result<()> {
+        self.0.registry.register(Box::new(FleetCollector::new(registry)?))
+    }
+
+    /// Every series in Prometheus' text exposition format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        TextEncoder::new().encode_to_string(&self.0.registry.gather())
+    }
+
+    /// One gRPC call ended with `code` after `elapsed`.
+    pub(crate) fn rpc_finished(&self, service: &str, method: &str, code: &str, elapsed: Duration) {
+        let labels = [service, method, code];
+        self.0.rpc_requests.with_label_values(&labels).inc();
+        self.0
+            .rpc_duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One target of an execution ended.
+    pub fn target_finished(&self, target: &Target, outcome: &TargetOutcome) {
+        let labels = [target.cloud.as_str(), target.database.as_str()];
+        self.0.target_queries.with_label_values(&labels).inc();
+        self.0
+            .target_duration
+            .with_label_values(&labels)
+            .observe(outcome.duration.as_secs_f64());
+        if outcome.success {
+            return;
+        }
+        let (code, sqlstate) = match &outcome.error {
+            Some(error) => (
+                error_code_label(error.code),
+                error
+                    .postgres
+                    .as_ref()
+                    .map_or("none", |postgres| sqlstate_class(&postgres.sqlstate)),
+            ),
+            None => ("unknown".to_owned(), "none"),
+        };
+        self.0
+            .target_errors
+            .with_label_values(&[labels[0], labels[1], code.as_str(), sqlstate])
+            .inc();
+    }
+
+    /// `rows` more rows committed on `target` by a replication run.
+    pub fn replication_rows(&self, job: &str, table: &str, target: &Target, rows: u64) {
+        self.0
+            .replication_rows
+            .with_label_values(&[job, table, &target.cloud, &target.database])
+            .inc_by(rows);
+    }
+
+    /// The lag of `table` on `target`, as GetStatus just measured it.
+    pub fn replication_lag(&self, job: &str, table: &str, target: &Target, seconds: f64) {
+        self.0
+            .replication_lag
+            .with_label_values(&[job, table, &target.cloud, &target.database])
+            .set(seconds);
+    }
+
+    /// One audit-trail write took `elapsed`.
+    pub fn audit_write(&self, operation: AuditWrite, succeeded: bool, elapsed: Duration) {
+        let result = if succeeded { "ok" } else { "error" };
+        self.0
+            .audit_write
+            .with_label_values(&[operation.as_str(), result])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A `Login` failed.
+    pub fn login_failed(&self, reason: LoginFailure) {
+        self.0.login_failures.with_label_values(&[reason.as_str()]).inc();
+    }
+}
+
+/// `ERROR_CODE_ABORTED` → `aborted` (one of the enum's names: bounded).
+fn error_code_label(code: i32) -> String {
+    let name = pb::ErrorCode::try_from(code)
+        .unwrap_or(pb::ErrorCode::Unknown)
+        .as_str_name();
+    name.strip_prefix("ERROR_CODE_")
+        .unwrap_or(name)
+        .to_ascii_lowercase()
+}
+
+/// The class of a SQLSTATE (`23505` → `23`); `none` for anything that is
+/// not one, so a label can only take a bounded set of values.
+fn sqlstate_class(sqlstate: &str) -> &str {
+    match sqlstate.get(..2) {
+        Some(class) if sqlstate.len() == 5 && sqlstate.bytes().all(|b| b.is_ascii_alphanumeric()) => class,
+        _ => "none",
+    }
+}
+
+/// Pool and health gauges of every member of the fleet, read from
+/// [`Registry::health_snapshot`] (no I/O) when Prometheus scrapes.
+struct FleetCollector {
+    registry: Arc<Registry>,
+    pool_size: IntGaugeVec,
+    pool_idle: IntGaugeVec,
+    pool_waiting: IntGaugeVec,
+    health: IntGaugeVec,
+    /// Scrapes reset and refill the gauges; one at a time.
+    collecting: Mutex<()>,
+}
+
+impl FleetCollector {
+    fn new(registry: Arc<Registry>) -> prometheus::Result<Self> {
+        let member = &["cloud", "database", "member"];
+        Ok(Self {
+            registry,
+            pool_size: IntGaugeVec::new(
+                Opts::new(
+                    "pgfleet_pool_size",
+                    "Open connections of a target's pool, idle ones included",
+                ),
+                member,
+            )?,
+            pool_idle: IntGaugeVec::new(
+                Opts::new(
+                    "pgfleet_pool_idle",
+                    "Open connections of a target's pool not in use",
+                ),
+                member,
+            )?,
+            pool_waiting: IntGaugeVec::new(
+                Opts::new(
+                    "pgfleet_pool_waiting",
+                    "Callers waiting for a connection of a target's pool",
+                ),
+                member,
+            )?,
+            health: IntGaugeVec::new(
+                Opts::new(
+                    "pgfleet_target_health",
+                    "Health of a target's member at its last probe: 1 for the current state, 0 for the others",
+                ),
+                &["cloud", "database", "member", "state"],
+            )?,
+            collecting: Mutex::new(()),
+        })
+    }
+}
+
+fn health_label(status: HealthStatus) -> &'static str {
+    match status {
+        HealthStatus::Unknown => "unknown",
+        HealthStatus::Healthy => "healthy",
+        HealthStatus::Degraded => "degraded",
+        HealthStatus::Unhealthy => "unhealthy",
+    }
+}
+
+impl Collector for FleetCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        [&self.pool_size, &self.pool_idle, &self.pool_waiting, &self.health]
+            .into_iter()
+            .flat_map(|vec| vec.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        // A poisoned lock only means a scrape panicked; the gauges are
+        // rebuilt from scratch below anyway.
+        let _one_at_a_time = self
+            .collecting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for vec in [&self.pool_size, &self.pool_idle, &self.pool_waiting, &self.health] {
+            vec.reset();
+        }
+        for member in self.registry.health_snapshot() {
+            let name = match &member.member {
+                Member::Primary => "primary",
+                Member::Replica(name) => name.as_str(),
+            };
+            let labels = [
+                member.target.cloud.as_str(),
+                member.target.database.as_str(),
+                name,
+            ];
+            self.pool_size
+                .with_label_values(&labels)
+                .set(i64::from(member.pool_size));
+            self.pool_idle
+                .with_label_values(&labels)
+                .set(i64::from(member.pool_idle));
+            self.pool_waiting
+                .with_label_values(&labels)
+                .set(i64::from(member.pool_waiting));
+            for state in [
+                HealthStatus::Unknown,
+                HealthStatus::Healthy,
+                HealthStatus::Degraded,
+                HealthStatus::Unhealthy,
+            ] {
+                self.health
+                    .with_label_values(&[labels[0], labels[1], labels[2], health_label(state)])
+                    .set(i64::from(member.status == state));
+            }
+        }
+        [&self.pool_size, &self.pool_idle, &self.pool_waiting, &self.health]
+            .into_iter()
+            .flat_map(|vec| vec.collect())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_classes_are_bounded() {
+        for (sqlstate, class) in [
+            ("23505", "23"),
+            ("42P01", "42"),
+            ("57014", "57"),
+            ("", "none"),
+            ("2", "none"),
+            ("23505x", "none"),
+            ("é3505", "none"),
+        ] {
+            assert_eq!(sqlstate_class(sqlstate), class, "{sqlstate:?}");
+        }
+    }
+
+    #[test]
+    fn every_series_is_defined_and_rendered() -> anyhow::Result<()> {
+        let metrics = Metrics::new()?;
+        metrics.login_failed(LoginFailure::Throttled);
+        metrics.rpc_finished("pgfleet.v1.AuthService", "Login", "OK", Duration::from_millis(3));
+        let text = metrics.render()?;
+        assert!(
+            text.contains("pgfleet_login_failures_total{reason=\"throttled\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pgfleet_login_failures_total{reason=\"deactivated\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pgfleet_rpc_requests_total{code=\"OK\",method=\"Login\",service=\"pgfleet.v1.AuthService\"} 1"
+            ),
+            "{text}"
+        );
+        Ok(())
+    }
+}
