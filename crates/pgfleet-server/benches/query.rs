@@ -28,19 +28,18 @@
 //! `PGFLEET_TEST_PG_URL` and `PGFLEET_TEST_REDIS_URL`. Its databases (`bench_*`) are
 //! dropped at the end.
 
+mod support;
+
 use std::hint::black_box;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use pgfleet_config::{FileFormat, Inputs, LoadedConfig, ProcessEnv};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::auth_service_client::AuthServiceClient;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_server::app::RunningServer;
-use pgfleet_server::auth::{Authenticator, SessionStore, UserSpec};
 use pgfleet_server::identity::Role;
 use pgfleet_testkit::TestDatabase;
 use sqlx::postgres::PgRow;
@@ -48,7 +47,7 @@ use sqlx::{PgPool, Row as _};
 use tokio::runtime::Runtime;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const TINY: &str = "SELECT 1";
 const WIDE: &str = "SELECT g, g::text, now() FROM generate_series(1, 10000) g";
@@ -74,26 +73,17 @@ impl Bench {
         let history = TestDatabase::create("bench_history").await?;
         let aws_app = TestDatabase::create("bench_aws_app").await?;
         let gcp_app = TestDatabase::create("bench_gcp_app").await?;
-        let text = config_toml(&history, &[("aws", &aws_app), ("gcp", &gcp_app)]);
-
-        // Starting the server applies the history store's migrations: the user comes after.
-        let server = RunningServer::start(load_config(&text)?)
-            .await
-            .context("starting the server")?;
-        let password = create_reader(&history, load_config(&text)?).await?;
-        let channel = Endpoint::from_shared(format!("http://{}", server.local_addr()))?
-            .connect()
-            .await
-            .context("connecting to the server")?;
-        let token = AuthServiceClient::new(channel.clone())
-            .login(pb::LoginRequest {
-                username: READER.to_owned(),
-                password,
-            })
-            .await
-            .context("logging in")?
-            .into_inner()
-            .token;
+        let support::Served {
+            server,
+            channel,
+            token,
+        } = support::serve(
+            &history,
+            &[("aws", &aws_app), ("gcp", &gcp_app)],
+            READER,
+            Role::Reader,
+        )
+        .await?;
         let client = QueryServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
 
         let aws = aws_app.pool().await?;
@@ -192,67 +182,6 @@ async fn sqlx_wide(pool: &PgPool) {
         );
         black_box(values);
     }
-}
-
-/// The server's configuration, written as `tests/support` writes it: `[auth]` with bcrypt
-/// cost 4, sessions in Redis under a prefix unique to this run, one `app` database per cloud.
-fn config_toml(history: &TestDatabase, clouds: &[(&str, &TestDatabase)]) -> String {
-    let mut text = format!(
-        "[server]\nlisten_addr = '127.0.0.1:0'\nshutdown_grace = '2s'\n\
-         [history]\nhost = '{}'\nport = {}\nuser = '{}'\ndatabase = '{}'\nsslmode = 'disable'\n\
-         [auth]\nbcrypt_cost = 4\nmin_password_length = 10\n\
-         [redis]\nurl = '{}'\nkey_prefix = '{}:'\nconnect_timeout = '500ms'\n",
-        history.host(),
-        history.port(),
-        history.user(),
-        history.name(),
-        pgfleet_testkit::redis_url(),
-        history.name()
-    );
-    for (cloud, db) in clouds {
-        text.push_str(&format!(
-            "[[clouds]]\nname = '{cloud}'\n\
-             [[clouds.databases]]\nname = 'app'\nhost = '{}'\nport = {}\nuser = '{}'\ndatabase = '{}'\n\
-             sslmode = 'disable'\nschemas = ['public']\n",
-            db.host(),
-            db.port(),
-            db.user(),
-            db.name()
-        ));
-    }
-    text
-}
-
-fn load_config(text: &str) -> anyhow::Result<LoadedConfig> {
-    pgfleet_config::load_str(
-        text,
-        FileFormat::Toml,
-        Path::new("bench.toml"),
-        &Inputs {
-            variables: &ProcessEnv,
-            overrides: Vec::new(),
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("bench config: {e}\n{text}"))
-}
-
-/// Creates the READER user straight in the history store; returns its password.
-async fn create_reader(history: &TestDatabase, loaded: LoadedConfig) -> anyhow::Result<String> {
-    let pool = history.pool().await?;
-    let authenticator = Authenticator::new(pool.clone(), SessionStore::memory(), loaded.config.auth).await?;
-    let password = format!("Pw-{}", uuid::Uuid::new_v4().simple());
-    authenticator
-        .create_user(&UserSpec {
-            username: READER,
-            email: "bench-reader@example.com",
-            name: READER,
-            password: &password,
-            role: Role::Reader,
-        })
-        .await
-        .context("creating the reader")?;
-    pool.close().await;
-    Ok(password)
 }
 
 fn query(c: &mut Criterion) {
