@@ -11,7 +11,8 @@
 //!   source's primary running `COPY (SELECT … ORDER BY … LIMIT n) TO STDOUT`.
 //!   The page's bounds are bound as parameters to `set_config` and read back
 //!   with `current_setting`, because COPY takes no bind parameters (see
-//!   [`super::sql`]). Rows whose sync key is NULL cannot be placed against
+//!   [`super::sql`]). The next page is read while the current batch is
+//!   written, one page ahead at most. Rows whose sync key is NULL cannot be placed against
 //!   a watermark and are not copied incrementally (full refresh copies them).
 //! - **Writing**: per batch, one target transaction: a temporary staging
 //!   table `(LIKE target INCLUDING DEFAULTS) ON COMMIT DROP`, `COPY … FROM
@@ -545,7 +546,7 @@ async fn copy_batches(
                 .map_err(on_target)?;
         }
     }
-    let mut page = match start {
+    let page = match start {
         Start::Beginning => Page::Beginning,
         _ if !plan.incremental() => Page::Beginning,
         Start::After(position) => {
@@ -578,38 +579,56 @@ async fn copy_batches(
             }
         }
     };
-    let batch_size = plan.settings.batch_size.max(1);
+    let batch_size = u64::from(plan.settings.batch_size.max(1));
+    if cancel.is_cancelled() {
+        return Err(CopyError::Cancelled);
+    }
+    let mut data = read_source_page(registry, plan, &page).await?;
     loop {
+        let rows = count_rows(&data);
+        state.counters.rows_read += rows;
+        if rows == 0 {
+            break;
+        }
+        let position = plan.position_of(&data)?;
+        let last_page = rows < batch_size;
+        let next_page = Page::After(position.values());
+        // The next page is read while this batch is written, so the source
+        // and the target work at the same time (as `pg_dump | psql` do)
+        // instead of taking turns. A read is only a read in its own
+        // snapshot: one made ahead of a write that then fails or is
+        // cancelled costs nothing but itself.
+        let write = write_batch(
+            writer.connection_mut(),
+            statements,
+            &data,
+            full_refresh,
+            plan.settings.statement_timeout,
+        );
+        let (written, next) = if last_page || cancel.is_cancelled() {
+            (write.await, None)
+        } else {
+            let (written, next) = tokio::join!(write, read_source_page(registry, plan, &next_page));
+            (written, Some(next))
+        };
+        state.counters.rows_written += written.map_err(on_target)?;
+        state.counters.batches += 1;
+        if plan.incremental() {
+            state.watermark.clone_from(&position.sync_key);
+        }
+        state.position = Some(position);
+        // Waits while the consumer is behind: a slow client slows the copy.
+        sink.send(CopyUpdate::Progress(state.progress())).await;
+        if last_page {
+            break;
+        }
         if cancel.is_cancelled() {
             return Err(CopyError::Cancelled);
         }
-        let data = read_source_page(registry, plan, &page).await?;
-        let rows = count_rows(&data);
-        state.counters.rows_read += rows;
-        if rows > 0 {
-            let position = plan.position_of(&data)?;
-            let written = write_batch(
-                writer.connection_mut(),
-                statements,
-                &data,
-                full_refresh,
-                plan.settings.statement_timeout,
-            )
-            .await
-            .map_err(on_target)?;
-            state.counters.rows_written += written;
-            state.counters.batches += 1;
-            if plan.incremental() {
-                state.watermark.clone_from(&position.sync_key);
-            }
-            page = Page::After(position.values());
-            state.position = Some(position);
-            // Waits while the consumer is behind: a slow client slows the copy.
-            sink.send(CopyUpdate::Progress(state.progress())).await;
-        }
-        if rows < u64::from(batch_size) {
-            break;
-        }
+        data = match next {
+            Some(next) => next?,
+            None => read_source_page(registry, plan, &next_page).await?,
+        };
     }
     if full_refresh {
         // Deleting before every page committed would remove rows not yet
