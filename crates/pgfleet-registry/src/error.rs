@@ -23,7 +23,7 @@ pub enum RegistryError {
     /// The TLS handshake with the server failed (certificate not signed by
     /// `ssl_root_cert`, wrong host name, server without TLS…). Not retried:
     /// the same certificate fails the same way.
-    #[error("{target} ({member}): TLS to PostgreSQL failed (sslmode {}): {reason}", sslmode_name(*sslmode))]
+    #[error("{target} ({member}): TLS to PostgreSQL failed (sslmode {}): {reason}", sslmode.as_str())]
     Tls {
         target: Target,
         member: Member,
@@ -39,15 +39,4 @@ pub enum RegistryError {
         #[source]
         source: sqlx::Error,
     },
-}
-
-/// `sslmode` as written in the configuration.
-fn sslmode_name(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
-    }
 }

@@ -20,6 +20,6 @@ mod target;
 pub use error::RegistryError;
 pub use health::{HealthMonitor, HealthStatus, MemberHealth, probe_all};
 pub use pools::{Checkout, Registry, Reloaded, connect_options, pool_options};
-pub use read_only::{begin_bounded, begin_read_only, statement_timeout_setting};
+pub use read_only::{begin_bounded, begin_read_only, discard_session, statement_timeout_setting};
 pub use retry::{Backoff, is_transient};
 pub use target::{Member, Route, Target};

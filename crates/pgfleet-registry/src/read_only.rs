@@ -1,5 +1,6 @@
 //! Bounded transactions for pgfleet's own work on a target (catalog reads,
-//! replication batches): every statement in them stops after a timeout.
+//! replication batches): every statement in them stops after a timeout; and
+//! the session reset a connection needs before it goes back to its pool.
 
 use std::time::Duration;
 
@@ -33,4 +34,19 @@ pub async fn begin_read_only(
 /// least 1: 0 would mean no timeout at all).
 pub fn statement_timeout_setting(timeout: Duration) -> String {
     format!("{}ms", timeout.as_millis().max(1))
+}
+
+/// Resets a session for the next caller of its pool (`DISCARD ALL`: settings,
+/// prepared statements, temporary tables, advisory locks, LISTEN, cursors).
+/// False when the connection must not be reused.
+pub async fn discard_session(connection: &mut PgConnection) -> bool {
+    // sqlx caches prepared statements by text; DISCARD ALL drops them on the
+    // server, so the cache must go first or the next caller gets errors.
+    if connection.clear_cached_statements().await.is_err() {
+        return false;
+    }
+    sqlx::raw_sql("DISCARD ALL")
+        .execute(&mut *connection)
+        .await
+        .is_ok()
 }

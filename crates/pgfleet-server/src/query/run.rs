@@ -281,15 +281,7 @@ async fn reset(connection: &mut PgConnection, succeeded: bool) -> bool {
             return false;
         }
     }
-    // sqlx caches prepared statements by text; DISCARD ALL drops them on the
-    // server, so the cache must go first or the next caller gets errors.
-    if connection.clear_cached_statements().await.is_err() {
-        return false;
-    }
-    sqlx::raw_sql("DISCARD ALL")
-        .execute(&mut *connection)
-        .await
-        .is_ok()
+    pgfleet_registry::discard_session(connection).await
 }
 
 /// Runs every statement of the plan, in one transaction unless the plan says

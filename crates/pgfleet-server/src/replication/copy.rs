@@ -496,7 +496,8 @@ async fn copy(
         // Clean transaction boundaries: the target only needs its session
         // temporary table and statement cache dropped.
         Ok(()) | Err(CopyError::Cancelled) => {
-            if !reset(writer.connection_mut()).await {
+            // DISCARD ALL also drops the full refresh's temporary key table.
+            if !pgfleet_registry::discard_session(writer.connection_mut()).await {
                 writer.connection.close_on_drop();
             }
         }
@@ -504,20 +505,6 @@ async fn copy(
         Err(_) => writer.connection.close_on_drop(),
     }
     result
-}
-
-/// Resets a target session (`DISCARD ALL` drops the temporary key table).
-/// False when the connection must not be reused.
-async fn reset(connection: &mut PgConnection) -> bool {
-    // sqlx caches prepared statements by text; DISCARD ALL drops them on the
-    // server, so the cache must go first.
-    if connection.clear_cached_statements().await.is_err() {
-        return false;
-    }
-    sqlx::raw_sql("DISCARD ALL")
-        .execute(&mut *connection)
-        .await
-        .is_ok()
 }
 
 #[allow(clippy::too_many_arguments)] // the pieces of one copy, kept apart for borrowing

@@ -18,7 +18,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use pgfleet_config::{ConnectionConfig, DatabaseConfig, FleetConfig, ReadPreference, SslMode};
+use pgfleet_config::{ConnectionConfig, DatabaseConfig, FleetConfig, ReadPreference};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::fleet_service_server;
 use pgfleet_registry::{HealthStatus, Member, MemberHealth, Registry, Route, Target, begin_read_only};
@@ -595,18 +595,7 @@ fn connection_info(connection: &ConnectionConfig) -> pb::ConnectionInfo {
         port: u32::from(connection.port),
         user: connection.user.clone(),
         database: connection.database.clone(),
-        sslmode: sslmode_name(connection.sslmode).to_owned(),
-    }
-}
-
-/// libpq's spelling, as in the configuration.
-fn sslmode_name(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
+        sslmode: connection.sslmode.as_str().to_owned(),
     }
 }
 
