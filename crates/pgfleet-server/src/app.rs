@@ -416,6 +416,10 @@ fn reflection_builder(other_reflection_version: &'static [u8]) -> tonic_reflecti
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pgfleet_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // The `google.rpc` error details (`BadRequest`, `RetryInfo`) that
+        // statuses carry: without them a reflection client such as grpcurl
+        // cannot decode a status's details and shows raw bytes.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(other_reflection_version)
 }
 

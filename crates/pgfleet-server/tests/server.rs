@@ -159,6 +159,48 @@ async fn grpcurl_lists_every_service_and_health_is_serving() -> anyhow::Result<(
     Ok(())
 }
 
+/// Reflection serves the `google.rpc` error details, so grpcurl decodes a
+/// `BadRequest` into its field violations instead of printing raw bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_decodes_bad_request_field_violations() -> anyhow::Result<()> {
+    let fleet = Fleet::create().await?;
+    let server = fleet.start("").await?;
+    let addr = server.local_addr().to_string();
+
+    let refused = tokio::task::spawn_blocking(move || {
+        run_grpcurl(&[
+            "-plaintext",
+            "-format-error",
+            "-d",
+            r#"{"username": "", "password": "whatever"}"#,
+            &addr,
+            "pgfleet.v1.AuthService/Login",
+        ])
+    })
+    .await?;
+    assert!(!refused.0, "an empty username must be refused: {}", refused.1);
+    assert!(
+        !refused.2.contains("not recognized"),
+        "grpcurl could not resolve the detail type: {}",
+        refused.2
+    );
+    // -format-error: the status as JSON on stderr, details decoded by type.
+    let status: serde_json::Value =
+        serde_json::from_str(&refused.2).map_err(|error| anyhow::anyhow!("{error}: stderr {}", refused.2))?;
+    assert_eq!(status["code"], 3, "INVALID_ARGUMENT: {status}");
+    assert_eq!(
+        status["details"],
+        serde_json::json!([{
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"field": "username", "description": "must not be empty"}]
+        }]),
+        "{status}"
+    );
+
+    server.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn starts_with_an_unreachable_cloud_and_applies_migrations() -> anyhow::Result<()> {
     let fleet = Fleet::create().await?;
