@@ -1,4 +1,4 @@
-//! The outermost tower layer: one span and one set of measurements per
+//! The telemetry tower layer: one span and one set of measurements per
 //! gRPC call.
 //!
 //! For every call it fixes the request id (the caller's `x-request-id` when
@@ -11,7 +11,8 @@
 //! counts the call and observes its duration.
 //!
 //! It sits outside the auth gate, so refused calls are counted and their
-//! log lines carry the request id too.
+//! log lines carry the request id too, and inside grpc-web, so it sees
+//! plain gRPC trailers (the whole order is in `app.rs`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
