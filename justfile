@@ -26,6 +26,10 @@ check-deploy:
 readme-session:
     scripts/readme-session
 
+# Check that every relative link in README.md and docs/ resolves.
+check-doc-links:
+    scripts/check-doc-links
+
 # Criterion benchmarks.
 bench:
     cargo bench --workspace
