@@ -535,6 +535,9 @@ pub struct AuditConfig {
     /// records still RUNNING are closed as INTERRUPTED by any other server.
     #[serde(with = "humantime_serde")]
     pub writer_lease: Duration,
+    /// The key the hash chain is linked with, kept outside the history
+    /// store (`[audit.chain]`).
+    pub chain: AuditChainConfig,
 }
 
 impl Default for AuditConfig {
@@ -547,6 +550,52 @@ impl Default for AuditConfig {
             retention_batch: 1000,
             heartbeat_interval: Duration::from_secs(10),
             writer_lease: Duration::from_secs(60),
+            chain: AuditChainConfig::default(),
+        }
+    }
+}
+
+/// Shortest accepted audit chain key, in bytes: 256 bits, the HMAC-SHA-256
+/// block of security it is meant to give.
+pub const MIN_CHAIN_KEY_BYTES: usize = 32;
+
+/// The audit chain key (`[audit.chain]`): links are HMAC-SHA-256 under it
+/// and checkpoints are signed with an Ed25519 key derived from it, so
+/// someone who can write the history store but does not hold the key cannot
+/// rewrite the chain or forge a checkpoint. The server refuses to start
+/// without a key unless `allow_unkeyed` says otherwise.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditChainConfig {
+    /// The key itself (at least 32 bytes, e.g. `${PGFLEET_AUDIT_CHAIN_KEY}`
+    /// from a secret manager); or `key_file`.
+    pub key: Option<Secret>,
+    /// A file holding the key (its bytes, trailing whitespace removed);
+    /// read once at start.
+    pub key_file: Option<PathBuf>,
+    /// Keys used before a rotation: links and checkpoints made with them
+    /// still verify. Keep one until retention has deleted its links.
+    pub previous_keys: Vec<Secret>,
+    /// Files of previous keys, as `previous_keys`.
+    pub previous_key_files: Vec<PathBuf>,
+    /// Serve without a key: links are then plain SHA-256, which anyone who
+    /// can write the history store can recompute. Off by default.
+    pub allow_unkeyed: bool,
+    /// How often each server writes a signed checkpoint of the chain's head
+    /// to its log (for a SIEM to keep); `0s` writes none.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_log_interval: Duration,
+}
+
+impl Default for AuditChainConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            key_file: None,
+            previous_keys: Vec::new(),
+            previous_key_files: Vec::new(),
+            allow_unkeyed: false,
+            checkpoint_log_interval: Duration::from_secs(5 * 60),
         }
     }
 }

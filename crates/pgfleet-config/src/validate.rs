@@ -316,6 +316,53 @@ fn check_audit(problems: &mut Problems, path: &ConfigPath, audit: &AuditConfig) 
             ),
         );
     }
+    check_audit_chain(problems, &path.key("chain"), &audit.chain);
+}
+
+/// `audit.chain`: the key's shape only (never its value in a message).
+/// Whether a key is required is decided when the server starts, so tools
+/// that never write the chain (`check-config`, `migrate`) accept a file
+/// without one.
+fn check_audit_chain(problems: &mut Problems, path: &ConfigPath, chain: &crate::model::AuditChainConfig) {
+    use crate::model::MIN_CHAIN_KEY_BYTES;
+    let too_short = format!(
+        "must be at least {MIN_CHAIN_KEY_BYTES} bytes (e.g. the output of `openssl rand -base64 48`)"
+    );
+    if chain.key.is_some() && chain.key_file.is_some() {
+        problems.add(&path.key("key_file"), "set together with key: give one of them");
+    }
+    if let Some(key) = &chain.key
+        && key.expose().trim_end().len() < MIN_CHAIN_KEY_BYTES
+    {
+        problems.add(&path.key("key"), too_short.clone());
+    }
+    for (index, key) in chain.previous_keys.iter().enumerate() {
+        if key.expose().trim_end().len() < MIN_CHAIN_KEY_BYTES {
+            problems.add(&path.key("previous_keys").index(index), too_short.clone());
+        }
+    }
+    let files = chain
+        .key_file
+        .iter()
+        .map(|file| (path.key("key_file"), file))
+        .chain(
+            chain
+                .previous_key_files
+                .iter()
+                .enumerate()
+                .map(|(index, file)| (path.key("previous_key_files").index(index), file)),
+        );
+    for (file_path, file) in files {
+        if !file.is_file() {
+            problems.add(&file_path, format!("{} is not a readable file", file.display()));
+        }
+    }
+    if !chain.checkpoint_log_interval.is_zero() && chain.checkpoint_log_interval < Duration::from_secs(1) {
+        problems.add(
+            &path.key("checkpoint_log_interval"),
+            "must be at least 1s (or 0s to log no checkpoints)",
+        );
+    }
 }
 
 /// `server.cors`: browsers compare the `Origin` they send byte for byte with

@@ -346,6 +346,10 @@ fn the_shipped_example_configuration_loads() {
         ("GCP_DB_PASSWORD", "p"),
         ("HISTORY_DB_HOST", "history.example.com"),
         ("HISTORY_DB_PASSWORD", "p"),
+        (
+            "PGFLEET_AUDIT_CHAIN_KEY",
+            "an-audit-chain-key-of-at-least-32-bytes",
+        ),
         ("RDS_CA_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")),
     ]);
     let loaded = load(text, FileFormat::Toml, &env).unwrap_or_else(|e| panic!("{e}"));

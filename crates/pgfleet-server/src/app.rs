@@ -62,6 +62,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("cannot define the metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot prepare the audit trail: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -107,7 +109,18 @@ impl RunningServer {
         let authenticator = Authenticator::new(history.clone(), sessions, config.auth.clone()).await?;
         // Observability (issue #7): one set of series per server.
         let metrics = Metrics::new()?;
-        let audit = AuditLog::with_metrics(history.clone(), config.audit.clone(), metrics.clone());
+        // The chain key is read and the chain sealed under it before
+        // anything can append (the maintenance task below does).
+        let audit = AuditLog::with_metrics(history.clone(), config.audit.clone(), metrics.clone())?;
+        match audit.prepare_chain().await {
+            Ok(()) => {}
+            // Unreachable now: the first append seals it, and a server
+            // without the key is refused there.
+            Err(error @ (audit::AuditError::Store(_) | audit::AuditError::TimedOut(_))) => {
+                tracing::warn!(%error, "cannot check the audit chain's key at start")
+            }
+            Err(refused) => return Err(refused.into()),
+        }
         let audit_maintenance = CancellationToken::new();
         let audit_task = audit::maintenance::spawn(Arc::clone(&audit), audit_maintenance.clone());
 

@@ -67,6 +67,11 @@ impl From<AuditError> for RequestError {
         match error {
             AuditError::TimedOut(_) => RequestError::Unavailable(format!("history store: {error}")),
             AuditError::Store(error) => history_store_error(error),
+            AuditError::KeyRequired { .. }
+            | AuditError::UnknownKey { .. }
+            | AuditError::Unkeyed
+            | AuditError::HeadUnverified(_) => RequestError::FailedPrecondition(error.to_string()),
+            AuditError::Key(_) => RequestError::Internal(error.to_string()),
         }
     }
 }

@@ -622,7 +622,7 @@ async fn write_records(log: &Arc<AuditLog>, count: usize, database: &str) -> any
 async fn pagination_and_export_walk_ten_thousand_records() -> anyhow::Result<()> {
     let s = session("").await?;
     let pool = s.fleet.history.pool().await?;
-    let log = AuditLog::new(pool.clone(), AuditConfig::default());
+    let log = AuditLog::new(pool.clone(), s.fleet.audit_config())?;
     let mut written: HashSet<String> = HashSet::new();
     for (database, count) in [("app", 6_000), ("analytics", 4_000)] {
         written.extend(
@@ -918,7 +918,7 @@ async fn records_of_a_dead_server_are_closed_as_interrupted() -> anyhow::Result<
     let pool = s.fleet.history.pool().await?;
     // A "server" with a lease opens a record, reports one of two targets
     // and dies: its lease stops being renewed, its record stays RUNNING.
-    let dead = AuditLog::new(pool.clone(), AuditConfig::default());
+    let dead = AuditLog::new(pool.clone(), s.fleet.audit_config())?;
     sqlx::query("INSERT INTO pgfleet.audit_writers (id, hostname) VALUES ($1, 'doomed')")
         .bind(dead.writer_id())
         .execute(&pool)
@@ -1000,9 +1000,9 @@ async fn retention_deletes_old_records_and_the_rest_still_verifies() -> anyhow::
         AuditConfig {
             retention: Some(Duration::from_secs(2)),
             retention_batch: 4,
-            ..AuditConfig::default()
+            ..s.fleet.audit_config()
         },
-    );
+    )?;
     let old = write_records(&log, 7, "app").await?;
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let young = write_records(&log, 3, "app").await?;

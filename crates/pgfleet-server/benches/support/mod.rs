@@ -64,13 +64,16 @@ fn config_toml(history: &TestDatabase, clouds: &[(&str, &TestDatabase)]) -> Stri
          [history]\nhost = '{}'\nport = {}\nuser = '{}'\ndatabase = '{}'\nsslmode = 'disable'\n\
          [auth]\nbcrypt_cost = 4\nmin_password_length = 10\n\
          [redis]\nurl = '{}'\nkey_prefix = '{}:'\nconnect_timeout = '500ms'\n\
-         [replication]\nscheduler = false\n",
+         [replication]\nscheduler = false\n\
+         [audit.chain]\nkey = '{}{}'\n",
         history.host(),
         history.port(),
         history.user(),
         history.name(),
         pgfleet_testkit::redis_url(),
-        history.name()
+        history.name(),
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
     );
     for (cloud, db) in clouds {
         text.push_str(&format!(

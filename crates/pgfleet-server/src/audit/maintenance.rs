@@ -5,10 +5,16 @@
 //! - closing as INTERRUPTED the RUNNING records of servers whose lease
 //!   expired (they crashed or lost the store), with what they had reported;
 //! - retention: deleting records older than `audit.retention` in bounded
-//!   batches, moving the chain's anchor so what remains still verifies.
+//!   batches, moving the chain's anchor (signed with the chain key) so what
+//!   remains still verifies;
+//! - a signed checkpoint of the chain's head in the log every
+//!   `audit.chain.checkpoint_log_interval`, for a log collector to carry
+//!   out of reach of whoever can write the history store.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +40,11 @@ pub fn spawn(log: Arc<AuditLog>, stop: CancellationToken) -> JoinHandle<()> {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retention = tokio::time::interval(settings.retention_interval);
         retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let checkpoint_every = settings.chain.checkpoint_log_interval;
+        let log_checkpoints = !checkpoint_every.is_zero() && log.keys().current().is_some();
+        // `interval` refuses zero; the branch is off then anyway.
+        let mut checkpoints = tokio::time::interval(checkpoint_every.max(std::time::Duration::from_secs(1)));
+        checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -55,6 +66,7 @@ pub fn spawn(log: Arc<AuditLog>, stop: CancellationToken) -> JoinHandle<()> {
                         Err(error) => tracing::warn!(%error, "audit retention failed"),
                     }
                 }
+                _ = checkpoints.tick(), if log_checkpoints => log_checkpoint(&log).await,
             }
         }
         let release = sqlx::query("DELETE FROM pgfleet.audit_writers WHERE id = $1")
@@ -64,6 +76,34 @@ pub fn spawn(log: Arc<AuditLog>, stop: CancellationToken) -> JoinHandle<()> {
             tracing::warn!(%error, "cannot release the audit writer lease");
         }
     })
+}
+
+/// Where checkpoint lines go: a log filter or a collector's route can pick
+/// them out by this target.
+pub const CHECKPOINT_LOG_TARGET: &str = "pgfleet::audit::checkpoint";
+
+/// Signs a checkpoint of the head and logs it; a head that does not verify
+/// is logged as an error (it is what tampering looks like from here).
+async fn log_checkpoint(log: &AuditLog) {
+    let signed = tokio::time::timeout(log.settings().write_timeout, super::chain::checkpoint(log)).await;
+    match signed {
+        Ok(Ok(checkpoint)) => tracing::info!(
+            target: CHECKPOINT_LOG_TARGET,
+            head_sequence = checkpoint.head_sequence,
+            key_id = %checkpoint.key_id,
+            checkpoint = %checkpoint.to_log_json(),
+            "signed audit chain checkpoint"
+        ),
+        Ok(Err(error @ AuditError::HeadUnverified(_))) => {
+            tracing::error!(target: CHECKPOINT_LOG_TARGET, %error, "no audit chain checkpoint signed")
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(target: CHECKPOINT_LOG_TARGET, %error, "cannot sign an audit chain checkpoint")
+        }
+        Err(_) => {
+            tracing::warn!(target: CHECKPOINT_LOG_TARGET, "signing an audit chain checkpoint timed out")
+        }
+    }
 }
 
 async fn renew_lease(log: &AuditLog) -> Result<(), AuditError> {
@@ -148,9 +188,10 @@ pub async fn apply_retention(log: &AuditLog) -> Result<u64, AuditError> {
         if !locked {
             return Ok(deleted_total);
         }
-        let anchor: i64 = sqlx::query_scalar("SELECT anchor_sequence FROM pgfleet.audit_chain_head")
-            .fetch_one(&mut *transaction)
-            .await?;
+        let (anchor, anchor_started_at): (i64, Option<DateTime<Utc>>) =
+            sqlx::query_as("SELECT anchor_sequence, anchor_started_at FROM pgfleet.audit_chain_head")
+                .fetch_one(&mut *transaction)
+                .await?;
         // A batch full of records still open at its end has no place to
         // cut: look further (records overlap only as much as executions
         // run concurrently).
@@ -189,17 +230,31 @@ pub async fn apply_retention(log: &AuditLog) -> Result<u64, AuditError> {
             .bind(cut_sequence)
             .execute(&mut *transaction)
             .await?;
-        let deleted = sqlx::query("DELETE FROM pgfleet.executions WHERE id = ANY($1)")
-            .bind(&execution_ids)
-            .execute(&mut *transaction)
-            .await?
-            .rows_affected();
+        let deleted_started: Vec<DateTime<Utc>> =
+            sqlx::query_scalar("DELETE FROM pgfleet.executions WHERE id = ANY($1) RETURNING started_at")
+                .bind(&execution_ids)
+                .fetch_all(&mut *transaction)
+                .await?;
+        let deleted = u64::try_from(deleted_started.len()).unwrap_or(u64::MAX);
+        // The newest start among everything ever deleted: VerifyChain
+        // flags it when it is younger than retention allows.
+        let newest_deleted = deleted_started.into_iter().chain(anchor_started_at).max();
+        let (key_id, anchor_mac) = match log.keys().current() {
+            Some(key) => (
+                key.id().to_owned(),
+                key.anchor_mac(cut_sequence, &cut_hash, newest_deleted),
+            ),
+            None => (String::new(), String::new()),
+        };
         sqlx::query(
             "UPDATE pgfleet.audit_chain_head SET anchor_sequence = $1, anchor_hash = $2, \
-             anchor_updated_at = now()",
+             anchor_updated_at = now(), anchor_started_at = $3, anchor_key_id = $4, anchor_mac = $5",
         )
         .bind(cut_sequence)
         .bind(&cut_hash)
+        .bind(newest_deleted)
+        .bind(key_id)
+        .bind(anchor_mac)
         .execute(&mut *transaction)
         .await?;
         transaction.commit().await?;

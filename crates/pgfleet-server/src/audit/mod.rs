@@ -10,10 +10,14 @@
 //!   chain link). Targets never heard from are recorded as unknown.
 //! - [`maintenance`]: a writer lease per server; RUNNING records of a server
 //!   whose lease expired are closed as INTERRUPTED; retention.
-//! - [`chain`]: appending in commit order across replicas, verification.
+//! - [`chain`]: appending in commit order across replicas, keyed with the
+//!   chain key ([`keys`]); the seal; verification; [`checkpoint`]s of the
+//!   head, signed for keeping outside the history store.
 //! - [`search`]: filters, keyset pages, export in chain order.
 
 pub mod chain;
+pub mod checkpoint;
+pub mod keys;
 pub mod maintenance;
 pub mod record;
 pub mod search;
@@ -47,6 +51,32 @@ pub enum AuditError {
     /// The history store failed.
     #[error("audit store error: {0}")]
     Store(#[from] sqlx::Error),
+    /// The configured chain keys cannot be used.
+    #[error(transparent)]
+    Key(#[from] keys::ChainKeyError),
+    /// The chain is keyed and this server has no key: it may not append.
+    #[error(
+        "the audit chain is keyed since sequence {keyed_since} but this server has no chain key: configure \
+         [audit.chain] key or key_file"
+    )]
+    KeyRequired { keyed_since: i64 },
+    /// The chain's seal names a key this server does not have.
+    #[error(
+        "the audit chain's {what} is signed with key {key_id:?}, which is not configured (configured: \
+         {configured}): configure that key as [audit.chain] key, or in previous_keys after a rotation \
+         (if no key ever had that id, the history store was altered)"
+    )]
+    UnknownKey {
+        what: &'static str,
+        key_id: String,
+        configured: String,
+    },
+    /// Checkpoints need a chain key.
+    #[error("no audit chain key is configured: checkpoints cannot be signed or verified")]
+    Unkeyed,
+    /// The head does not verify: signing it would certify tampering.
+    #[error("the audit chain head does not verify ({0}): run VerifyChain")]
+    HeadUnverified(String),
 }
 
 /// Pauses between attempts to close a record after its targets finished.
@@ -69,25 +99,45 @@ pub struct AuditLog {
     writer_id: Uuid,
     /// Where write latencies go; none for tools and tests without a server.
     metrics: Option<Metrics>,
+    /// The chain keys of `settings.chain`, read once.
+    keys: keys::ChainKeys,
 }
 
 impl AuditLog {
-    pub fn new(pool: PgPool, settings: AuditConfig) -> Arc<Self> {
+    /// Reads the chain keys `settings.chain` names; without one this fails
+    /// unless `allow_unkeyed`.
+    pub fn new(pool: PgPool, settings: AuditConfig) -> Result<Arc<Self>, AuditError> {
         Self::build(pool, settings, None)
     }
 
     /// An audit log whose writes are timed in `metrics`.
-    pub fn with_metrics(pool: PgPool, settings: AuditConfig, metrics: Metrics) -> Arc<Self> {
+    pub fn with_metrics(
+        pool: PgPool,
+        settings: AuditConfig,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, AuditError> {
         Self::build(pool, settings, Some(metrics))
     }
 
-    fn build(pool: PgPool, settings: AuditConfig, metrics: Option<Metrics>) -> Arc<Self> {
-        Arc::new(Self {
+    fn build(pool: PgPool, settings: AuditConfig, metrics: Option<Metrics>) -> Result<Arc<Self>, AuditError> {
+        let keys = keys::ChainKeys::load(&settings.chain)?;
+        Ok(Arc::new(Self {
             pool,
             settings,
             writer_id: Uuid::now_v7(),
             metrics,
-        })
+            keys,
+        }))
+    }
+
+    /// Seals the chain under this server's key, or refuses to run without
+    /// one on a keyed chain ([`chain::prepare`]); call once before serving.
+    pub async fn prepare_chain(&self) -> Result<(), AuditError> {
+        chain::prepare(&self.pool, &self.keys).await
+    }
+
+    pub fn keys(&self) -> &keys::ChainKeys {
+        &self.keys
     }
 
     fn observe(&self, operation: AuditWrite, succeeded: bool, started: Instant) {
@@ -183,7 +233,7 @@ impl AuditLog {
         .bind(self.writer_id)
         .fetch_one(&mut *transaction)
         .await?;
-        chain::append(&mut transaction, &row, LinkKind::Opened).await?;
+        chain::append(&mut transaction, &self.keys, &row, LinkKind::Opened).await?;
         transaction.commit().await?;
         Ok(row)
     }
@@ -252,7 +302,7 @@ impl AuditLog {
         let Some(row) = row else {
             return Ok(None);
         };
-        chain::append(&mut transaction, &row, LinkKind::Closed).await?;
+        chain::append(&mut transaction, &self.keys, &row, LinkKind::Closed).await?;
         transaction.commit().await?;
         Ok(Some(row))
     }

@@ -51,6 +51,10 @@ pub const RPC_ACCESS: &[(&str, Access)] = {
         ("/pgfleet.v1.HistoryService/GetExecution", AtLeast(Reader)),
         ("/pgfleet.v1.HistoryService/ExportExecutions", AtLeast(Reader)),
         ("/pgfleet.v1.HistoryService/VerifyChain", AtLeast(Master)),
+        (
+            "/pgfleet.v1.HistoryService/ExportChainCheckpoint",
+            AtLeast(Master),
+        ),
         ("/pgfleet.v1.ReplicationService/CreateJob", AtLeast(Master)),
         ("/pgfleet.v1.ReplicationService/UpdateJob", AtLeast(Master)),
         ("/pgfleet.v1.ReplicationService/DeleteJob", AtLeast(Master)),

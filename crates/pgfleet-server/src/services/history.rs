@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use super::ResponseStream;
 use super::convert::{self, role_to_wire};
-use crate::audit::chain::{self, Link};
+use crate::audit::chain::{self, ChainWarning, CheckpointCheck, Link, Verification, WarningKind};
+use crate::audit::checkpoint::{Checkpoint, CheckpointRejection};
 use crate::audit::search::{self, Filter, PageCursor, StoredExecution, Visibility};
 use crate::audit::{AuditLog, RecordedOutcome};
 use crate::identity::{Identity, Role};
@@ -178,6 +179,132 @@ fn wire_link(link: Link) -> pb::ChainLink {
         sequence: u64::try_from(link.sequence).unwrap_or(0),
         hash: link.hash,
         prev_hash: link.prev_hash,
+    }
+}
+
+fn wire_checkpoint(checkpoint: &Checkpoint) -> pb::ChainCheckpoint {
+    let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+    pb::ChainCheckpoint {
+        head_sequence: unsigned(checkpoint.head_sequence),
+        head_hash: checkpoint.head_hash.clone(),
+        anchor_sequence: unsigned(checkpoint.anchor_sequence),
+        anchor_hash: checkpoint.anchor_hash.clone(),
+        keyed_since: unsigned(checkpoint.keyed_since),
+        created_at: Some(convert::timestamp(checkpoint.created_at)),
+        key_id: checkpoint.key_id.clone(),
+        signature: checkpoint.signature.clone(),
+        signed_text: checkpoint.signed_text(),
+    }
+}
+
+/// A checkpoint from the wire, its fields checked and its signature
+/// verified with the configured keys; errors name the field under
+/// `checkpoint`.
+fn checkpoint_from_wire(
+    wire: &pb::ChainCheckpoint,
+    keys: &crate::audit::keys::ChainKeys,
+) -> Result<Checkpoint, RequestError> {
+    let field = |name: &str| format!("checkpoint.{name}");
+    let sequence = |value: u64, name: &str| {
+        i64::try_from(value).map_err(|_| RequestError::invalid(field(name), "out of range"))
+    };
+    let created_at = wire
+        .created_at
+        .as_ref()
+        .ok_or_else(|| RequestError::invalid(field("created_at"), "required"))
+        .and_then(|at| {
+            convert::timestamp_to_chrono(at)
+                .ok_or_else(|| RequestError::invalid(field("created_at"), "not a valid timestamp"))
+        })?;
+    let checkpoint = Checkpoint {
+        head_sequence: sequence(wire.head_sequence, "head_sequence")?,
+        head_hash: wire.head_hash.clone(),
+        anchor_sequence: sequence(wire.anchor_sequence, "anchor_sequence")?,
+        anchor_hash: wire.anchor_hash.clone(),
+        keyed_since: sequence(wire.keyed_since, "keyed_since")?,
+        created_at,
+        key_id: wire.key_id.clone(),
+        signature: wire.signature.clone(),
+    };
+    if !wire.signed_text.is_empty() && wire.signed_text != checkpoint.signed_text() {
+        return Err(RequestError::invalid(
+            field("signed_text"),
+            "differs from the text the checkpoint's fields make",
+        ));
+    }
+    if keys.current().is_none() {
+        return Err(RequestError::FailedPrecondition(
+            "no audit chain key is configured: a checkpoint cannot be verified".to_owned(),
+        ));
+    }
+    match checkpoint.verify(keys) {
+        Ok(_) => Ok(checkpoint),
+        Err(rejection @ CheckpointRejection::UnknownKey(_)) => {
+            Err(RequestError::invalid(field("key_id"), rejection.to_string()))
+        }
+        Err(rejection @ CheckpointRejection::BadSignature(_)) => {
+            Err(RequestError::invalid(field("signature"), rejection.to_string()))
+        }
+    }
+}
+
+fn wire_warning(warning: ChainWarning) -> pb::ChainWarning {
+    let kind = match warning.kind {
+        WarningKind::AnchorWithinRetention => pb::ChainWarningKind::AnchorWithinRetention,
+        WarningKind::StaleRunning => pb::ChainWarningKind::StaleRunning,
+        WarningKind::Unkeyed => pb::ChainWarningKind::Unkeyed,
+    };
+    pb::ChainWarning {
+        kind: kind.into(),
+        message: warning.message,
+        execution_id: warning.execution_id.map(|id| id.to_string()).unwrap_or_default(),
+    }
+}
+
+fn wire_verification(verification: Verification, checkpoint: Option<&Checkpoint>) -> pb::VerifyChainResponse {
+    let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+    let ok = verification.ok();
+    let checkpoint_check = verification.checkpoint.map(|check| {
+        let (comparison, reason) = match check {
+            CheckpointCheck::Matched => (pb::CheckpointComparison::Matched, String::new()),
+            CheckpointCheck::PastRetention => (pb::CheckpointComparison::PastRetention, String::new()),
+            CheckpointCheck::Mismatch(reason) => (pb::CheckpointComparison::Mismatch, reason),
+        };
+        pb::CheckpointCheck {
+            comparison: comparison.into(),
+            reason,
+        }
+    });
+    pb::VerifyChainResponse {
+        ok,
+        records_checked: verification.records_checked,
+        first_broken: verification.first_break.map(|broken| pb::ChainBreak {
+            sequence: unsigned(broken.sequence),
+            execution_id: broken.execution_id.map(|id| id.to_string()).unwrap_or_default(),
+            reason: broken.reason,
+            expected_hash: broken.expected_hash,
+            stored_hash: broken.stored_hash,
+        }),
+        anchor: verification.anchor.map(|anchor| pb::ChainAnchor {
+            sequence: unsigned(anchor.sequence),
+            hash: anchor.hash,
+            updated_at: anchor.updated_at.map(convert::timestamp),
+            newest_deleted_started_at: anchor.newest_deleted_started_at.map(convert::timestamp),
+        }),
+        last: verification.last.map(wire_link),
+        keyed: verification.keyed,
+        head: Some(pb::ChainLink {
+            sequence: unsigned(verification.head.0),
+            hash: verification.head.1,
+            prev_hash: String::new(),
+        }),
+        keyed_since: verification.keyed_since.map_or(0, unsigned),
+        unkeyed_links_checked: verification.unkeyed_links_checked,
+        key_ids: verification.key_ids.into_iter().collect(),
+        executions_checked: verification.executions_checked,
+        checkpoint_check,
+        warnings: verification.warnings.into_iter().map(wire_warning).collect(),
+        checkpoint: checkpoint.map(wire_checkpoint),
     }
 }
 
@@ -430,25 +557,38 @@ impl history_service_server::HistoryService for HistoryService {
                 RequestError::invalid("to_sequence", format!("{to} is before from_sequence {from}")).into(),
             );
         }
-        let verification = chain::verify(self.audit.pool(), from, to)
+        let given = request
+            .checkpoint
+            .as_ref()
+            .map(|wire| checkpoint_from_wire(wire, self.audit.keys()))
+            .transpose()?;
+        let verification = chain::verify(&self.audit, from, to, given.as_ref())
             .await
             .map_err(RequestError::from)?;
-        Ok(Response::new(pb::VerifyChainResponse {
-            ok: verification.first_break.is_none(),
-            records_checked: verification.records_checked,
-            first_broken: verification.first_break.map(|broken| pb::ChainBreak {
-                sequence: u64::try_from(broken.sequence).unwrap_or(0),
-                execution_id: broken.execution_id.map(|id| id.to_string()).unwrap_or_default(),
-                reason: broken.reason,
-                expected_hash: broken.expected_hash,
-                stored_hash: broken.stored_hash,
-            }),
-            anchor: verification.anchor.map(|anchor| pb::ChainAnchor {
-                sequence: u64::try_from(anchor.sequence).unwrap_or(0),
-                hash: anchor.hash,
-                updated_at: anchor.updated_at.map(convert::timestamp),
-            }),
-            last: verification.last.map(wire_link),
+        // A fresh checkpoint only of a head just verified whole; a head that
+        // moved since the walk is checked again by `chain::checkpoint`.
+        let fresh = if verification.ok() && verification.complete && verification.keyed {
+            Some(chain::checkpoint(&self.audit).await.map_err(RequestError::from)?)
+        } else {
+            None
+        };
+        Ok(Response::new(wire_verification(verification, fresh.as_ref())))
+    }
+
+    async fn export_chain_checkpoint(
+        &self,
+        _request: Request<pb::ExportChainCheckpointRequest>,
+    ) -> Result<Response<pb::ExportChainCheckpointResponse>, Status> {
+        let checkpoint = chain::checkpoint(&self.audit).await.map_err(RequestError::from)?;
+        let key = self
+            .audit
+            .keys()
+            .find(&checkpoint.key_id)
+            .ok_or_else(|| RequestError::Internal("the signing key vanished".to_owned()))?;
+        Ok(Response::new(pb::ExportChainCheckpointResponse {
+            checkpoint: Some(wire_checkpoint(&checkpoint)),
+            public_key: key.public_key().to_vec(),
+            public_key_pem: key.public_key_pem(),
         }))
     }
 }

@@ -32,6 +32,9 @@ pub struct Fleet {
     pub replication_toml: String,
     /// Extra lines of the `[server]` table (limits, trusted proxies).
     pub server_toml: String,
+    /// Body of the `[audit.chain]` table: a chain key of this fleet's own
+    /// (the server refuses to start without one); empty for no table.
+    pub audit_chain_toml: String,
 }
 
 impl Fleet {
@@ -54,6 +57,7 @@ impl Fleet {
             // copy for long to see it.
             replication_toml: "scheduler = false\nwatch_interval = '100ms'\n".to_owned(),
             server_toml: String::new(),
+            audit_chain_toml: format!("key = '{}'\n", test_chain_key()),
         })
     }
 
@@ -70,6 +74,10 @@ impl Fleet {
         );
         text.push_str(&format!("[auth]\n{}\n", self.auth_toml));
         text.push_str(&format!("[replication]\n{}\n", self.replication_toml));
+        // A sub-table, so a test's own `[audit]` table can still follow.
+        if !self.audit_chain_toml.is_empty() {
+            text.push_str(&format!("[audit.chain]\n{}\n", self.audit_chain_toml));
+        }
         if let Some(url) = &self.redis_url {
             // The history database's name is unique per fleet: so are the keys.
             text.push_str(&format!(
@@ -116,6 +124,12 @@ impl Fleet {
 }
 
 impl Fleet {
+    /// The `[audit]` settings the fleet's servers run with (their chain
+    /// key included), for an `AuditLog` a test drives directly.
+    pub fn audit_config(&self) -> pgfleet_config::AuditConfig {
+        self.config("").config.audit
+    }
+
     /// Creates a user straight in the history store (the server must have
     /// started once, for the migrations); returns its password.
     pub async fn create_user(&self, username: &str, role: Role) -> anyhow::Result<String> {
@@ -135,6 +149,15 @@ impl Fleet {
         pool.close().await;
         Ok(password)
     }
+}
+
+/// A random audit chain key (64 hex digits).
+pub fn test_chain_key() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// A gRPC channel to a running server.
