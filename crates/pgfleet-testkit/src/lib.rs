@@ -32,6 +32,7 @@ mod cluster;
 mod database;
 mod proxy;
 mod redis;
+mod s3;
 mod services;
 mod tls;
 
@@ -46,6 +47,7 @@ pub use cluster::{PG_BINDIR_ENV, PgCluster, PgClusterBuilder, ReplayLag};
 pub use database::{STALE_AFTER, TestDatabase, sweep_stale_databases};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use redis::RedisServer;
+pub use s3::{MOTO_SERVER_ENV, S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY, S3Server};
 pub use services::{require_services, require_services_at};
 pub use tls::{IssuedCert, TestCa};
 
