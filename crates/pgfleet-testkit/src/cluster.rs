@@ -1,9 +1,13 @@
 //! Extra PostgreSQL servers (`initdb` clusters) for tests in which a whole server must die
-//! and come back, which a database on the shared server cannot model.
+//! and come back, which a database on the shared server cannot model, or that need settings
+//! the shared server does not have (`shared_preload_libraries`, `max_prepared_transactions`),
+//! or a streaming replica (`cluster/replica.rs`).
 //!
 //! Each cluster lives in its own temporary directory (`data/`, the unix socket, the server
 //! log and an `owner.pid` naming the test process). PostgreSQL refuses to run as root, so
 //! as root every server binary runs as `postgres` through `runuser`.
+
+mod replica;
 
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
@@ -14,6 +18,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::AssertSqlSafe;
 use tempfile::TempDir;
+
+pub use replica::ReplayLag;
 
 use crate::services::{close_quietly, connect_admin};
 use crate::{check_identifier, free_port, wait_until};
@@ -30,12 +36,17 @@ const PG_CTL_WAIT_SECS: &str = "30";
 const READY_LIMIT: Duration = Duration::from_secs(15);
 /// Ports tried when the free port is taken by someone else in the meantime.
 const PORT_ATTEMPTS: usize = 3;
+/// Settings the test kit owns: a cluster must listen where [`PgCluster::port`] says.
+const RESERVED_SETTINGS: [&str; 3] = ["port", "listen_addresses", "unix_socket_directories"];
 
 static SWEEP_ORPHANS: Once = Once::new();
 
 /// A PostgreSQL server of its own on 127.0.0.1, trust auth, superuser `postgres`, tuned for
 /// speed over durability (`fsync = off`). Dropping it stops the server (immediate mode) and
 /// deletes its directory.
+///
+/// [`PgCluster::builder`] adds `postgresql.conf` settings, TLS, or makes the cluster a
+/// streaming replica of another one.
 #[derive(Debug)]
 pub struct PgCluster {
     /// `Some` until Drop removes it, so removal errors can be reported.
@@ -46,13 +57,116 @@ pub struct PgCluster {
     bin_dir: PathBuf,
     as_postgres: bool,
     port: u16,
+    /// Set on replicas made by [`PgClusterBuilder::replica_of`].
+    replication: Option<replica::Upstream>,
+}
+
+/// How to start a [`PgCluster`]: `postgresql.conf` settings, TLS, and whether it is a new
+/// primary (`initdb`) or a streaming replica of a running cluster (`pg_basebackup -R`).
+///
+/// ```no_run
+/// # async fn example() -> anyhow::Result<()> {
+/// use pgfleet_testkit::PgCluster;
+/// let primary = PgCluster::builder()
+///     .setting("shared_preload_libraries", "pg_stat_statements")
+///     .setting("max_prepared_transactions", 10)
+///     .start()
+///     .await?;
+/// let replica = PgCluster::builder().replica_of(&primary).start().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until start() is awaited"]
+pub struct PgClusterBuilder {
+    settings: Vec<(String, String)>,
+    tls: Option<crate::IssuedCert>,
+    replica_of: Option<replica::Upstream>,
+}
+
+impl PgClusterBuilder {
+    /// Adds `name = 'value'` to `postgresql.conf` (after the test kit's defaults, so it wins
+    /// over them; a later call for the same name wins over an earlier one). The value is
+    /// written quoted, which PostgreSQL accepts for every type: `10`, `on`, `'250ms'`,
+    /// `pg_stat_statements`. `port`, `listen_addresses` and `unix_socket_directories` belong
+    /// to the test kit and are refused by [`start`](Self::start).
+    ///
+    /// A replica starts with a copy of its primary's `postgresql.conf`; settings given here
+    /// are added to that copy.
+    pub fn setting(mut self, name: &str, value: impl ToString) -> Self {
+        self.settings.push((name.to_owned(), value.to_string()));
+        self
+    }
+
+    /// `ssl = on` with `server` as the certificate and key (see
+    /// [`PgCluster::start_with_tls`]). Ignored for replicas, which copy the primary's
+    /// certificate along with its data directory.
+    pub fn tls(mut self, server: &crate::IssuedCert) -> Self {
+        self.tls = Some(server.clone());
+        self
+    }
+
+    /// Makes the cluster a physical streaming replica of `primary`: `pg_basebackup -R`
+    /// instead of `initdb`, and [`start`](Self::start) returns once the primary lists it
+    /// as `streaming` in `pg_stat_replication`. `primary` must be running.
+    pub fn replica_of(mut self, primary: &PgCluster) -> Self {
+        self.replica_of = Some(replica::Upstream {
+            port: primary.port,
+            slot: self.replica_of.and_then(|upstream| upstream.slot),
+        });
+        self
+    }
+
+    /// Streams through physical replication slot `name` (`[a-z_][a-z0-9_]*`), created on the
+    /// primary by `pg_basebackup -C`, so the primary keeps WAL the replica has not received.
+    /// The slot outlives the replica: drop it on the primary
+    /// (`pg_drop_replication_slot`) if the primary lives on. Only for replicas.
+    pub fn replication_slot(mut self, name: &str) -> Self {
+        let upstream = self
+            .replica_of
+            .get_or_insert(replica::Upstream { port: 0, slot: None });
+        upstream.slot = Some(name.to_owned());
+        self
+    }
+
+    /// Creates the cluster and starts it on a free port; returns once it accepts
+    /// connections (and, for a replica, streams from its primary).
+    pub async fn start(self) -> anyhow::Result<PgCluster> {
+        for (name, value) in &self.settings {
+            check_setting(name, value)?;
+        }
+        if let Some(upstream) = &self.replica_of {
+            anyhow::ensure!(
+                upstream.port != 0,
+                "replication_slot() is for replicas: call replica_of(&primary) too"
+            );
+            if let Some(slot) = &upstream.slot {
+                check_identifier(slot, "replication slot name")?;
+            }
+        }
+        let mut cluster = PgCluster::create_dir(self.replica_of.clone())?;
+        match &self.replica_of {
+            None => cluster.initdb(self.tls.as_ref()).await?,
+            Some(upstream) => cluster.base_backup(upstream).await?,
+        }
+        let mut settings = String::new();
+        for (name, value) in &self.settings {
+            settings.push_str(&format!("{name} = {}\n", quote_setting(value)));
+        }
+        cluster.append_conf(&settings)?;
+        cluster.start_on_free_port().await?;
+        if cluster.replication.is_some() {
+            cluster.wait_streaming().await?;
+        }
+        Ok(cluster)
+    }
 }
 
 impl PgCluster {
     /// Runs `initdb` into a new temporary directory and starts the server on a free port,
     /// returning once it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_inner(None).await
+        Self::builder().start().await
     }
 
     /// Like [`start`](Self::start), with `ssl = on` and `server` as its certificate and key
@@ -60,10 +174,22 @@ impl PgCluster {
     /// `verify-full`). Plain connections are still accepted (`pg_hba` is `host … trust`), so
     /// one cluster serves every `sslmode`; `pg_stat_ssl` tells which one a session used.
     pub async fn start_with_tls(server: &crate::IssuedCert) -> anyhow::Result<Self> {
-        Self::start_inner(Some(server)).await
+        Self::builder().tls(server).start().await
     }
 
-    async fn start_inner(tls: Option<&crate::IssuedCert>) -> anyhow::Result<Self> {
+    /// A cluster with settings, TLS, or as a replica; see [`PgClusterBuilder`].
+    pub fn builder() -> PgClusterBuilder {
+        PgClusterBuilder::default()
+    }
+
+    /// A streaming replica of `primary` (no slot, no extra settings), returned once it
+    /// streams; see [`PgClusterBuilder::replica_of`].
+    pub async fn start_replica_of(primary: &PgCluster) -> anyhow::Result<Self> {
+        Self::builder().replica_of(primary).start().await
+    }
+
+    /// The temporary directory, handed to `postgres` when running as root.
+    fn create_dir(replication: Option<replica::Upstream>) -> anyhow::Result<Self> {
         SWEEP_ORPHANS.call_once(sweep_orphan_clusters);
         let bin_dir = find_bin_dir()?;
         let as_postgres = running_as_root()?;
@@ -79,7 +205,7 @@ impl PgCluster {
             chown(&root_path, Some(uid), Some(gid))
                 .with_context(|| format!("handing {} to the postgres user", root_path.display()))?;
         }
-        let mut cluster = Self {
+        Ok(Self {
             data_dir: root_path.join("data"),
             log_path: root_path.join("postgres.log"),
             root_path,
@@ -87,12 +213,11 @@ impl PgCluster {
             bin_dir,
             as_postgres,
             port: 0,
-        };
-        cluster.init(tls).await?;
-        Ok(cluster)
+            replication,
+        })
     }
 
-    async fn init(&mut self, tls: Option<&crate::IssuedCert>) -> anyhow::Result<()> {
+    async fn initdb(&mut self, tls: Option<&crate::IssuedCert>) -> anyhow::Result<()> {
         let data = self.data_dir.to_string_lossy().into_owned();
         self.run(
             "initdb",
@@ -110,7 +235,20 @@ impl PgCluster {
             ],
         )
         .await?;
-        let settings = format!(
+        self.append_testkit_defaults()?;
+        if let Some(server) = tls {
+            self.install_certificate(server)?;
+            // Relative paths are read from the data directory.
+            self.append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")?;
+        }
+        Ok(())
+    }
+
+    /// Where this cluster listens and how it trades durability for speed. A replica gets
+    /// them again after its primary's copied `postgresql.conf` (a later line wins), so it
+    /// listens on its own socket.
+    fn append_testkit_defaults(&self) -> anyhow::Result<()> {
+        self.append_conf(&format!(
             "\n# pgfleet-testkit: a throwaway local server, speed over durability\n\
              listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{}'\n\
@@ -121,19 +259,19 @@ impl PgCluster {
              full_page_writes = off\n\
              logging_collector = off\n",
             self.root_path.display()
-        );
-        self.append_conf(&settings)?;
-        if let Some(server) = tls {
-            self.install_certificate(server)?;
-            // Relative paths are read from the data directory.
-            self.append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")?;
-        }
+        ))
+    }
 
+    async fn start_on_free_port(&mut self) -> anyhow::Result<()> {
         let mut attempt = 1;
         loop {
             self.port = free_port()?;
             // A later line wins, so a retry just appends the new port.
             self.append_conf(&format!("port = {}\n", self.port))?;
+            if self.replication.is_some() {
+                // The walreceiver's application_name, to find it in pg_stat_replication.
+                self.append_conf(&format!("cluster_name = '{}'\n", self.replica_name()))?;
+            }
             match self.start_server().await {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < PORT_ATTEMPTS && self.log_says_port_taken() => {
@@ -186,6 +324,73 @@ impl PgCluster {
             .with_context(|| format!("creating database {name} on cluster port {}", self.port))?;
         close_quietly(admin).await;
         Ok(self.database_url(name))
+    }
+
+    /// A superuser connection to the `postgres` database, bounded in time.
+    pub async fn connect(&self) -> anyhow::Result<sqlx::PgConnection> {
+        connect_admin(&self.admin_url()).await
+    }
+
+    /// Whether the server accepts connections and answers `SELECT 1` right now ("is it
+    /// up", from a client's point of view; [`is_running`](Self::is_running) asks whether
+    /// the postmaster process exists). A replica answers once it is consistent.
+    pub async fn accepts_connections(&self) -> bool {
+        let Ok(mut conn) = self.connect().await else {
+            return false;
+        };
+        let answered = crate::bounded(READY_LIMIT, "SELECT 1", async {
+            Ok(sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(&mut conn)
+                .await?)
+        })
+        .await
+        .is_ok_and(|one| one == 1);
+        close_quietly(conn).await;
+        answered
+    }
+
+    /// Appends `name = 'value'` to `postgresql.conf`, quoted and checked as in
+    /// [`PgClusterBuilder::setting`]. It takes effect on [`reload`](Self::reload) for
+    /// settings PostgreSQL reloads (`log_min_duration_statement`), on
+    /// [`restart`](Self::restart) for the others (`shared_preload_libraries`,
+    /// `max_prepared_transactions`); `pg_settings.pending_restart` tells which.
+    pub fn set_setting(&self, name: &str, value: impl ToString) -> anyhow::Result<()> {
+        let value = value.to_string();
+        check_setting(name, &value)?;
+        self.append_conf(&format!(
+            "{name} = {}
+",
+            quote_setting(&value)
+        ))
+    }
+
+    /// Makes the server re-read its configuration files (`pg_ctl reload`, i.e. SIGHUP);
+    /// returns once the server reports the file's settings as loaded, so a test can rely
+    /// on a reloadable setting right after.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let mut conn = self.connect().await?;
+        let before: f64 = sqlx::query_scalar("SELECT extract(epoch FROM pg_conf_load_time())::float8")
+            .fetch_one(&mut conn)
+            .await
+            .context("reading pg_conf_load_time()")?;
+        let data = self.data_dir.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["reload", "-D", &data])
+            .await
+            .with_context(|| format!("reloading the cluster on port {}", self.port))?;
+        // The postmaster and then each backend reload asynchronously; a new session sees
+        // the new load time once the postmaster has re-read the files.
+        close_quietly(conn).await;
+        let url = self.admin_url();
+        wait_until(READY_LIMIT, Duration::from_millis(20), async || {
+            let mut conn = connect_admin(&url).await?;
+            let now: f64 = sqlx::query_scalar("SELECT extract(epoch FROM pg_conf_load_time())::float8")
+                .fetch_one(&mut conn)
+                .await?;
+            close_quietly(conn).await;
+            anyhow::Ok(now > before)
+        })
+        .await
+        .with_context(|| format!("cluster on port {} did not reload its configuration", self.port))
     }
 
     /// Whether a postmaster is running on the data directory (`pg_ctl status`).
@@ -334,6 +539,34 @@ impl PgCluster {
         std::fs::read_to_string(&self.log_path)
             .is_ok_and(|log| log.contains("could not bind") || log.contains("already in use"))
     }
+}
+
+/// Refuses what would break the test kit or `postgresql.conf`: names that are not GUC names,
+/// settings the kit owns, and control characters (a newline would end the quoted value).
+fn check_setting(name: &str, value: &str) -> anyhow::Result<()> {
+    let mut chars = name.chars();
+    let starts_well = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    anyhow::ensure!(
+        starts_well && rest_ok,
+        "{name:?} is not a PostgreSQL setting name ([a-z_][a-z0-9_.]*)"
+    );
+    anyhow::ensure!(
+        !RESERVED_SETTINGS.contains(&name),
+        "{name} is set by the test kit (every cluster listens on 127.0.0.1, its own socket \
+         directory and a free port: see PgCluster::port)"
+    );
+    anyhow::ensure!(
+        !value.chars().any(char::is_control),
+        "the value of {name} contains a control character"
+    );
+    Ok(())
+}
+
+/// A `postgresql.conf` string literal: quotes doubled, backslashes escaped (the file's
+/// parser reads `\` escapes in quoted values).
+fn quote_setting(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 impl Drop for PgCluster {

@@ -1,10 +1,12 @@
 //! Real PostgreSQL and Redis for pgfleet's tests: throwaway databases, extra `initdb`
-//! clusters that can be killed (or serve TLS), a fault-injecting TCP proxy that fakes cloud
-//! outages, and test certificate authorities ([`TestCa`]).
+//! clusters that can be killed, serve TLS, carry any `postgresql.conf` settings or stream to
+//! replicas, a fault-injecting TCP proxy that fakes cloud outages, an S3-compatible object
+//! store on loopback ([`S3Server`]), and test certificate authorities ([`TestCa`]).
 //!
 //! Nothing here is mocked. A "cloud" is a [`TestDatabase`] on the local server (or a whole
-//! [`PgCluster`] when a test needs the server to die), and an outage is a [`FaultProxy`] in
-//! front of it switched to `cut`, `blackhole` or `latency`. The servers come from
+//! [`PgCluster`] when a test needs the server to die, special settings, or a replica), and
+//! an outage is a [`FaultProxy`] in front of it switched to `cut`, `blackhole`, `latency`,
+//! `bandwidth` or `close_after` (or told to `reset_connections`). The servers come from
 //! `PGFLEET_TEST_PG_URL` and `PGFLEET_TEST_REDIS_URL` (default: the local ones); `.ci/run`
 //! starts them on a fresh machine.
 //!
@@ -32,6 +34,7 @@ mod cluster;
 mod database;
 mod proxy;
 mod redis;
+mod s3;
 mod services;
 mod tls;
 
@@ -42,10 +45,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-pub use cluster::{PG_BINDIR_ENV, PgCluster};
+pub use cluster::{PG_BINDIR_ENV, PgCluster, PgClusterBuilder, ReplayLag};
 pub use database::{STALE_AFTER, TestDatabase, sweep_stale_databases};
 pub use proxy::{FaultProxy, ProxyMode};
 pub use redis::RedisServer;
+pub use s3::{MOTO_SERVER_ENV, S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY, S3Server};
 pub use services::{require_services, require_services_at};
 pub use tls::{IssuedCert, TestCa};
 
