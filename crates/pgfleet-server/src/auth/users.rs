@@ -10,11 +10,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::AuthError;
+use crate::advisory_locks::HistoryLock;
 use crate::identity::Role;
-
-/// Advisory lock key serializing changes to the set of active MASTERs
-/// (`'pgfleet.masters'::regclass`-like constant; any fixed value works).
-const MASTERS_LOCK_KEY: i64 = 0x7067_666c_6565_7401;
 
 /// A stored user. `password_hash` never leaves the server.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -240,10 +237,7 @@ impl UserStore {
         next: impl FnOnce(&UserRecord) -> (Role, bool),
     ) -> Result<StandingChange, AuthError> {
         let mut transaction = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(MASTERS_LOCK_KEY)
-            .execute(&mut *transaction)
-            .await?;
+        HistoryLock::LastMaster.lock_xact(&mut transaction).await?;
         let Some(user) = sqlx::query_as::<_, UserRecord>(concat!(
             "SELECT ",
             user_columns!(),
