@@ -4,12 +4,15 @@
 //! change made through any replica applies to the very next call everywhere.
 //! Changes that could remove the last active MASTER take a transaction-level
 //! advisory lock first, so two concurrent demotions cannot both succeed.
+//! A change that ends a user's standing as an active MASTER revokes the API
+//! keys they created, in the same transaction.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::AuthError;
+use super::api_keys::ApiKeyStore;
 use crate::advisory_locks::HistoryLock;
 use crate::identity::Role;
 
@@ -70,8 +73,12 @@ pub struct UserFilter {
 /// The outcome of a role or activation change.
 #[derive(Debug)]
 pub enum StandingChange {
-    /// Applied; the user as now stored.
-    Done(Box<UserRecord>),
+    /// Applied; the user as now stored, and how many of the API keys they
+    /// created were revoked with their MASTER standing.
+    Done {
+        user: Box<UserRecord>,
+        revoked_keys: u64,
+    },
     NotFound,
     /// Refused: it would leave no active MASTER.
     LastMaster,
@@ -252,7 +259,8 @@ impl UserStore {
         let (role, active) = next(&user);
         let was_active_master = user.active && user.role() == Role::Master;
         let stays_active_master = active && role == Role::Master;
-        if was_active_master && !stays_active_master {
+        let loses_master = was_active_master && !stays_active_master;
+        if loses_master {
             let masters: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM pgfleet.users WHERE role = 'MASTER' AND active")
                     .fetch_one(&mut *transaction)
@@ -270,8 +278,18 @@ impl UserStore {
         .bind(active)
         .fetch_one(&mut *transaction)
         .await?;
+        // Keys act with their creator's authority; they end with it and stay
+        // ended if the user is reactivated or promoted again.
+        let revoked_keys = if loses_master {
+            ApiKeyStore::revoke_created_by(&mut transaction, user.id).await?
+        } else {
+            0
+        };
         transaction.commit().await?;
-        Ok(StandingChange::Done(Box::new(updated)))
+        Ok(StandingChange::Done {
+            user: Box::new(updated),
+            revoked_keys,
+        })
     }
 }
 
