@@ -706,15 +706,39 @@ pub struct AuthConfig {
     /// Mark the session cookie `Secure` (sent over HTTPS only). Turn off only
     /// for a local gateway over plain HTTP.
     pub cookie_secure: bool,
-    /// Login attempts allowed per username within `login_window`.
-    #[serde(deserialize_with = "lenient_u32")]
-    pub login_attempts_per_username: u32,
-    /// Login attempts allowed per client address within `login_window`.
+    /// Failed logins one client address may make for one username before
+    /// that (username, address) must wait `login_backoff_initial`; each
+    /// further failure doubles the wait, up to `login_backoff_max`. Other
+    /// addresses are not affected, so guessing cannot lock the owner out.
+    /// (`login_attempts_per_username` is the older name.)
+    #[serde(alias = "login_attempts_per_username", deserialize_with = "lenient_u32")]
+    pub login_failures_before_backoff: u32,
+    /// The first wait once `login_failures_before_backoff` is used up.
+    #[serde(with = "humantime_serde")]
+    pub login_backoff_initial: Duration,
+    /// The longest wait between two attempts of one (username, address).
+    #[serde(with = "humantime_serde")]
+    pub login_backoff_max: Duration,
+    /// Failed logins allowed per client address (any username; IPv6 counted
+    /// per /64) within `login_window`; past it the address is refused until
+    /// the window ends.
     #[serde(deserialize_with = "lenient_u32")]
     pub login_attempts_per_address: u32,
-    /// The window the login attempt limits count over.
+    /// The window of the per-address and per-username counts; a (username,
+    /// address) forgets its failures after this long without one.
     #[serde(with = "humantime_serde")]
     pub login_window: Duration,
+    /// Failed logins for one username from all addresses within
+    /// `login_window` past which pgfleet reports password guessing
+    /// (`pgfleet_login_guessing_detected_total`, a warning) and slows every
+    /// login of that username down by `login_username_delay`. Never a
+    /// refusal: the owner still logs in.
+    #[serde(deserialize_with = "lenient_u32")]
+    pub login_username_slowdown_after: u32,
+    /// How long a login of a username under guessing waits before its
+    /// password is checked (`0s`: report only).
+    #[serde(with = "humantime_serde")]
+    pub login_username_delay: Duration,
 }
 
 impl Default for AuthConfig {
@@ -725,9 +749,13 @@ impl Default for AuthConfig {
             session_ttl: Duration::from_secs(7 * 24 * 60 * 60),
             sliding_sessions: false,
             cookie_secure: true,
-            login_attempts_per_username: 10,
+            login_failures_before_backoff: 5,
+            login_backoff_initial: Duration::from_secs(1),
+            login_backoff_max: Duration::from_secs(15 * 60),
             login_attempts_per_address: 50,
             login_window: Duration::from_secs(5 * 60),
+            login_username_slowdown_after: 100,
+            login_username_delay: Duration::from_secs(1),
         }
     }
 }

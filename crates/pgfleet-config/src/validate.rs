@@ -274,8 +274,15 @@ fn check_auth(problems: &mut Problems, path: &ConfigPath, auth: &AuthConfig) {
         problems.add(&path.key("session_ttl"), "must be at least 1m");
     }
     for (key, value) in [
-        ("login_attempts_per_username", auth.login_attempts_per_username),
+        (
+            "login_failures_before_backoff",
+            auth.login_failures_before_backoff,
+        ),
         ("login_attempts_per_address", auth.login_attempts_per_address),
+        (
+            "login_username_slowdown_after",
+            auth.login_username_slowdown_after,
+        ),
     ] {
         if value == 0 {
             problems.add(&path.key(key), "must be at least 1");
@@ -283,6 +290,22 @@ fn check_auth(problems: &mut Problems, path: &ConfigPath, auth: &AuthConfig) {
     }
     if auth.login_window < Duration::from_secs(1) {
         problems.add(&path.key("login_window"), "must be at least 1s");
+    }
+    // A day bounds the wait (and keeps the millisecond arithmetic of the
+    // session store's counters small).
+    let day = Duration::from_secs(24 * 60 * 60);
+    if auth.login_backoff_initial < Duration::from_millis(1) || auth.login_backoff_initial > day {
+        problems.add(&path.key("login_backoff_initial"), "must be between 1ms and 24h");
+    }
+    if auth.login_backoff_max < auth.login_backoff_initial || auth.login_backoff_max > day {
+        problems.add(
+            &path.key("login_backoff_max"),
+            "must be at least login_backoff_initial and at most 24h",
+        );
+    }
+    // A longer delay would turn the slow-down into the lockout it replaces.
+    if auth.login_username_delay > Duration::from_secs(10) {
+        problems.add(&path.key("login_username_delay"), "must be at most 10s");
     }
 }
 

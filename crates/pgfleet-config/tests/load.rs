@@ -376,7 +376,12 @@ database = "d"
 bcrypt_cost = 40
 min_password_length = 4
 session_ttl = "10s"
+# The older name of login_failures_before_backoff still loads.
 login_attempts_per_username = 0
+login_backoff_initial = "2s"
+login_backoff_max = "1s"
+login_username_slowdown_after = 0
+login_username_delay = "11s"
 [[clouds]]
 name = "aws"
 [[clouds.databases]]
@@ -392,7 +397,10 @@ schemas = ["public"]
         "auth.bcrypt_cost: must be between 4 and 31",
         "auth.min_password_length: must be at least 8",
         "auth.session_ttl: must be at least 1m",
-        "auth.login_attempts_per_username: must be at least 1",
+        "auth.login_failures_before_backoff: must be at least 1",
+        "auth.login_backoff_max: must be at least login_backoff_initial and at most 24h",
+        "auth.login_username_slowdown_after: must be at least 1",
+        "auth.login_username_delay: must be at most 10s",
     ] {
         assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
     }

@@ -215,7 +215,7 @@ impl RunningServer {
             // Spans, request ids and metrics of every call, refused ones too;
             // inside grpc-web so it sees plain gRPC trailers.
             .layer(RpcLayer::new(metrics.clone()))
-            .layer(AuthLayer::new(Arc::clone(&authenticator)))
+            .layer(AuthLayer::new(Arc::clone(&authenticator), metrics.clone()))
             .layer(QueryRateLimitLayer::new(config.query.rate_limit.as_ref()))
             .add_service(crate::sized!(health_service, limit))
             .add_service(crate::sized!(reflection_v1, limit))

@@ -5,6 +5,7 @@
 //! `main.rs` only calls [`cli::main`]; tests drive the same code through
 //! [`app::RunningServer`].
 
+pub mod advisory_locks;
 pub mod app;
 pub mod audit;
 pub mod auth;

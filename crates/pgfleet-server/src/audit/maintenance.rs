@@ -22,10 +22,7 @@ use uuid::Uuid;
 
 use super::record::execution_columns;
 use super::{AuditError, AuditLog, ExecutionRow, Status, unknown_outcomes};
-
-/// Advisory lock key (`pgfleet-audit-retention`) so one replica at a time
-/// runs retention.
-const RETENTION_LOCK: i64 = 0x7067_666c_6565_7401;
+use crate::advisory_locks::HistoryLock;
 
 /// How far a retention batch may grow past `audit.retention_batch` to find
 /// a place where no record straddles the cut.
@@ -181,9 +178,9 @@ pub async fn apply_retention(log: &AuditLog) -> Result<u64, AuditError> {
     let mut deleted_total = 0;
     loop {
         let mut transaction = log.pool().begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RETENTION_LOCK)
-            .fetch_one(&mut *transaction)
+        // One replica at a time; the others skip this round.
+        let locked = HistoryLock::AuditRetention
+            .try_lock_xact(&mut transaction)
             .await?;
         if !locked {
             return Ok(deleted_total);

@@ -1,4 +1,10 @@
 //! API keys for internal services (`pgfleet.api_keys`).
+//!
+//! A key acts with its creator's authority: it is refused on use unless the
+//! MASTER who created it still exists, is active and holds MASTER (read on
+//! every call, like a session's user), and deactivating or demoting that
+//! user revokes their keys in the same transaction (`users.rs`), so they do
+//! not come back with a reactivation.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -25,6 +31,9 @@ pub struct ApiKeyRecord {
     pub role: StoredRole,
     pub allowed_targets: Json<Vec<TargetPattern>>,
     pub created_by: String,
+    /// The creating user; `None` when no longer on record (such a key is
+    /// refused).
+    pub created_by_user_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -48,13 +57,39 @@ pub struct NewApiKey<'a> {
     pub role: Role,
     pub allowed_targets: &'a [TargetPattern],
     pub expires_at: Option<DateTime<Utc>>,
+    /// The creator's label, as shown in ListApiKeys.
     pub created_by: &'a str,
+    /// The creator, who must be an active MASTER when the key is stored.
+    pub created_by_user_id: Uuid,
+}
+
+/// What a presented key turned out to be.
+#[derive(Debug)]
+pub enum KeyCheck {
+    /// Usable: live, and its creator is an active MASTER.
+    Valid(ApiKeyRecord),
+    /// No key has this prefix.
+    Unknown,
+    /// The prefix is a key's, the secret is not.
+    WrongSecret(ApiKeyRecord),
+    /// Revoked or expired.
+    NotLive(ApiKeyRecord),
+    /// Live, but its creator is deleted, deactivated or no longer MASTER.
+    CreatorLacksRights(ApiKeyRecord),
 }
 
 macro_rules! key_columns {
     () => {
-        "id, name, key_prefix, role, allowed_targets, created_by, created_at, \
+        "id, name, key_prefix, role, allowed_targets, created_by, created_by_user_id, created_at, \
                            expires_at, last_used_at, revoked_at"
+    };
+}
+
+/// True when the key row's creator is an active MASTER (NULL when there is
+/// no such user, which callers read as false).
+macro_rules! creator_holds_rights {
+    () => {
+        "(SELECT u.active AND u.role = 'MASTER' FROM pgfleet.users u WHERE u.id = created_by_user_id)"
     };
 }
 
@@ -70,12 +105,19 @@ impl ApiKeyStore {
     }
 
     /// Stores a new key and returns it with its secret (shown once).
+    ///
+    /// The creator's row is share-locked by the insert: a concurrent
+    /// deactivation or demotion either commits first (then nothing is
+    /// stored) or waits for this key and revokes it with the others.
     pub async fn create(&self, key: &NewApiKey<'_>) -> Result<(ApiKeyRecord, ApiKeySecret), AuthError> {
         let secret = ApiKeySecret::generate();
         let inserted = sqlx::query_as::<_, ApiKeyRecord>(concat!(
-            "INSERT INTO pgfleet.api_keys \
-             (id, name, key_prefix, secret_sha256, role, allowed_targets, created_by, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+            "WITH creator AS (SELECT id FROM pgfleet.users \
+                 WHERE id = $9 AND active AND role = 'MASTER' FOR SHARE) \
+             INSERT INTO pgfleet.api_keys \
+             (id, name, key_prefix, secret_sha256, role, allowed_targets, created_by, expires_at, \
+              created_by_user_id) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, creator.id FROM creator RETURNING ",
             key_columns!()
         ))
         .bind(Uuid::now_v7())
@@ -86,10 +128,15 @@ impl ApiKeyStore {
         .bind(Json(key.allowed_targets))
         .bind(key.created_by)
         .bind(key.expires_at)
-        .fetch_one(&self.pool)
+        .bind(key.created_by_user_id)
+        .fetch_optional(&self.pool)
         .await;
         match inserted {
-            Ok(record) => Ok((record, secret)),
+            Ok(Some(record)) => Ok((record, secret)),
+            // The caller passed the gate as a MASTER and lost it since.
+            Ok(None) => Err(AuthError::PermissionDenied(
+                "CreateApiKey requires an active MASTER".to_owned(),
+            )),
             Err(sqlx::Error::Database(error)) if error.constraint() == Some("api_keys_live_name") => {
                 Err(AuthError::AlreadyExists {
                     field: "name",
@@ -100,23 +147,37 @@ impl ApiKeyStore {
         }
     }
 
-    /// The live key matching `presented`, if any; records its use.
-    pub async fn authenticate(&self, presented: &ApiKeySecret) -> Result<Option<ApiKeyRecord>, AuthError> {
-        let row: Option<(Vec<u8>, ApiKeyRecord)> = sqlx::query_as::<_, ApiKeyRow>(concat!(
-            "SELECT secret_sha256, ",
+    /// What `presented` is, with its creator's standing as of now; records
+    /// the use of a valid key.
+    pub async fn authenticate(&self, presented: &ApiKeySecret) -> Result<KeyCheck, AuthError> {
+        let row = sqlx::query_as::<_, ApiKeyRow>(concat!(
+            "SELECT secret_sha256, coalesce(",
+            creator_holds_rights!(),
+            ", false) AS creator_holds_rights, ",
             key_columns!(),
             " FROM pgfleet.api_keys WHERE key_prefix = $1"
         ))
         .bind(&presented.prefix)
         .fetch_optional(&self.pool)
-        .await?
-        .map(|row| (row.secret_sha256, row.key));
-        let Some((stored_digest, key)) = row else {
-            return Ok(None);
+        .await?;
+        let Some(ApiKeyRow {
+            secret_sha256,
+            creator_holds_rights,
+            key,
+        }) = row
+        else {
+            return Ok(KeyCheck::Unknown);
         };
-        let digest_matches: bool = presented.secret_digest().ct_eq(stored_digest.as_slice()).into();
-        if !digest_matches || !key.is_live(Utc::now()) {
-            return Ok(None);
+        let digest_matches: bool = presented.secret_digest().ct_eq(secret_sha256.as_slice()).into();
+        // In this order: only the holder of the secret learns more.
+        if !digest_matches {
+            return Ok(KeyCheck::WrongSecret(key));
+        }
+        if !key.is_live(Utc::now()) {
+            return Ok(KeyCheck::NotLive(key));
+        }
+        if !creator_holds_rights {
+            return Ok(KeyCheck::CreatorLacksRights(key));
         }
         sqlx::query(
             "UPDATE pgfleet.api_keys SET last_used_at = now() WHERE id = $1 \
@@ -126,7 +187,23 @@ impl ApiKeyStore {
         .bind(LAST_USED_RESOLUTION_SECS as f64)
         .execute(&self.pool)
         .await?;
-        Ok(Some(key))
+        Ok(KeyCheck::Valid(key))
+    }
+
+    /// Revokes every live key `creator` made, inside the caller's
+    /// transaction (deactivation, demotion); returns how many.
+    pub async fn revoke_created_by(
+        transaction: &mut sqlx::PgConnection,
+        creator: Uuid,
+    ) -> Result<u64, AuthError> {
+        let result = sqlx::query(
+            "UPDATE pgfleet.api_keys SET revoked_at = now() \
+             WHERE created_by_user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(creator)
+        .execute(transaction)
+        .await?;
+        Ok(result.rows_affected())
     }
 
     pub async fn by_id(&self, id: Uuid) -> Result<Option<ApiKeyRecord>, AuthError> {
@@ -140,7 +217,9 @@ impl ApiKeyStore {
         .await?)
     }
 
-    /// One page of keys ordered by creation, after `after` (exclusive).
+    /// One page of keys ordered by creation, after `after` (exclusive);
+    /// without `include_inactive`, only keys that would be accepted now
+    /// (live, and their creator an active MASTER).
     pub async fn list(
         &self,
         include_inactive: bool,
@@ -152,7 +231,10 @@ impl ApiKeyStore {
             "SELECT ",
             key_columns!(),
             " FROM pgfleet.api_keys \
-             WHERE ($1 OR (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()))) \
+             WHERE ($1 OR (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) \
+                 AND coalesce(",
+            creator_holds_rights!(),
+            ", false))) \
              AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3)) \
              ORDER BY created_at, id LIMIT $4"
         ))
@@ -180,6 +262,7 @@ impl ApiKeyStore {
 #[derive(sqlx::FromRow)]
 struct ApiKeyRow {
     secret_sha256: Vec<u8>,
+    creator_holds_rights: bool,
     #[sqlx(flatten)]
     key: ApiKeyRecord,
 }

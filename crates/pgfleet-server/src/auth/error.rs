@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::telemetry::metrics::RefusalReason;
+
 /// An authentication, authorization or account-management failure.
 ///
 /// Messages are shown to callers: none of them carries a password, token,
@@ -31,7 +33,10 @@ pub enum AuthError {
     #[error("{0}")]
     FailedPrecondition(String),
     /// Too many login attempts; retry after the delay.
-    #[error("too many login attempts for this {scope}; retry in {}s", retry_after.as_secs().max(1))]
+    #[error(
+        "too many failed logins for this {scope}; retry in {}s",
+        retry_after.as_millis().div_ceil(1000).max(1)
+    )]
     RateLimited {
         scope: &'static str,
         retry_after: Duration,
@@ -75,6 +80,45 @@ impl From<sqlx::Error> for AuthError {
 impl From<SessionStoreError> for AuthError {
     fn from(error: SessionStoreError) -> Self {
         AuthError::SessionStoreUnavailable(error)
+    }
+}
+
+/// A call the auth gate refused: the error the caller gets, and what the
+/// log and the metrics say about it.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: AuthError,
+    /// Why, when the caller's credentials or rights are the cause; `None`
+    /// for failures of pgfleet's own (a store down, a bug).
+    pub reason: Option<RefusalReason>,
+    /// Who, as far as known and safe to log (`user:alice`,
+    /// `api_key:billing`); never a token, secret or password.
+    pub who: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(error: AuthError, reason: RefusalReason) -> Self {
+        Self {
+            error,
+            reason: Some(reason),
+            who: None,
+        }
+    }
+
+    /// The same refusal, naming who was refused.
+    pub fn by(mut self, who: impl Into<String>) -> Self {
+        self.who = Some(who.into());
+        self
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(error: AuthError) -> Self {
+        Self {
+            error,
+            reason: None,
+            who: None,
+        }
     }
 }
 

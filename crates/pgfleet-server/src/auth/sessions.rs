@@ -5,6 +5,12 @@
 //! per-user set of session ids so deactivation and password resets can end
 //! all of a user's sessions at once. Nothing here decides who a user is or
 //! which role they hold: that is read fresh from PostgreSQL on every call.
+//!
+//! Login counters ([`SessionStore::admit_login`]) are checked and updated
+//! in one step (a Lua script in Redis, one mutex in memory), so concurrent
+//! attempts on any replica cannot all slip under a limit. Both stores follow
+//! the same rules, written once in [`LoginLimits::backoff_after`] and tested
+//! against each other.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -31,13 +37,64 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The outcome of counting one login attempt.
+/// The counters one login attempt touches, by name (see `auth::throttle`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginKeys {
+    /// One (username, address): its failures and its current wait.
+    pub pair: String,
+    /// One client address: failures for any username.
+    pub address: String,
+    /// One username: failures from any address.
+    pub username: String,
+}
+
+/// The rules [`SessionStore::admit_login`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttemptCount {
-    /// Attempts in the current window, this one included.
-    pub attempts: u64,
-    /// Time until the window ends.
-    pub resets_in: Duration,
+pub struct LoginLimits {
+    /// The window of the address and username counts; a pair forgets its
+    /// failures this long after its last wait ended.
+    pub window: Duration,
+    /// Failures one address may have in a window.
+    pub per_address: u32,
+    /// Failures of a pair before it must wait; each further failure
+    /// doubles the wait.
+    pub failures_before_backoff: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl LoginLimits {
+    /// The wait a pair's `failures`-th failure imposes on its next attempt:
+    /// none before `failures_before_backoff`, `backoff_initial` at it, then
+    /// doubling with each failure, capped at `backoff_max`. The Redis
+    /// script computes the same (a test runs both through one sequence).
+    pub fn backoff_after(&self, failures: u64) -> Duration {
+        let Some(over) = failures.checked_sub(u64::from(self.failures_before_backoff)) else {
+            return Duration::ZERO;
+        };
+        let doublings = u32::try_from(over).unwrap_or(u32::MAX).min(63);
+        let initial = millis(self.backoff_initial);
+        let wait = initial.saturating_mul(1 << doublings);
+        Duration::from_millis(wait.min(millis(self.backoff_max)))
+    }
+}
+
+/// What the counters say about one login attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginAdmission {
+    /// Counted as a failure until [`SessionStore::login_succeeded`] says
+    /// otherwise.
+    Admitted {
+        /// Failures of the username in the window, this attempt included.
+        username_failures: u64,
+        /// The wait this attempt imposes on the pair's next one (zero while
+        /// failures are free).
+        backoff: Duration,
+    },
+    /// The pair must wait this long (its earlier failures).
+    Backoff { retry_after: Duration },
+    /// The address has used up its failures until the window ends.
+    AddressLimited { retry_after: Duration },
 }
 
 /// Where sessions and attempt counters live.
@@ -131,29 +188,73 @@ impl SessionStore {
         }
     }
 
-    /// Counts one attempt against `key` in a fixed window of `window`.
-    pub async fn count_attempt(
+    /// Decides one login attempt and, when admitted, counts it as a failure
+    /// of its pair, address and username at once (the password is checked
+    /// after: counting first is what keeps parallel guesses under the
+    /// limits).
+    pub async fn admit_login(
         &self,
-        key: &str,
-        window: Duration,
-    ) -> Result<AttemptCount, SessionStoreError> {
+        keys: &LoginKeys,
+        limits: &LoginLimits,
+    ) -> Result<LoginAdmission, SessionStoreError> {
         match self {
-            SessionStore::Redis(redis) => redis.count_attempt(key, window).await,
-            SessionStore::Memory(memory) => Ok(memory.count_attempt(key, window)),
+            SessionStore::Redis(redis) => redis.admit_login(keys, limits).await,
+            SessionStore::Memory(memory) => Ok(memory.admit_login(keys, limits, Instant::now())),
         }
     }
 
-    /// Forgets the attempts counted against `key`.
-    pub async fn clear_attempts(&self, key: &str) -> Result<(), SessionStoreError> {
+    /// The admitted attempt had the right password: the pair starts over,
+    /// and the attempt no longer counts against the address and username.
+    pub async fn login_succeeded(&self, keys: &LoginKeys) -> Result<(), SessionStoreError> {
         match self {
-            SessionStore::Redis(redis) => redis.clear_attempts(key).await,
+            SessionStore::Redis(redis) => redis.login_succeeded(keys).await,
             SessionStore::Memory(memory) => {
-                memory.clear_attempts(key);
+                memory.login_succeeded(keys, Instant::now());
                 Ok(())
             }
         }
     }
 }
+
+/// [`SessionStore::admit_login`] in Redis. KEYS: pair failures, pair wait,
+/// address count, username count. ARGV: window, per-address limit, free
+/// failures, first wait, longest wait (milliseconds). Returns {0, wait this
+/// attempt imposes, username failures} when admitted, {1, retry after} for
+/// a pair that must wait, {2, retry after} for an address over its limit.
+/// Waits are keys with a TTL, so Redis' clock alone decides them.
+const ADMIT_LOGIN_SCRIPT: &str = r"
+local wait = redis.call('PTTL', KEYS[2])
+if wait > 0 then return {1, wait, 0} end
+local window = tonumber(ARGV[1])
+local address = tonumber(redis.call('GET', KEYS[3]) or '0')
+if address >= tonumber(ARGV[2]) then
+  return {2, math.max(redis.call('PTTL', KEYS[3]), 1), 0}
+end
+redis.call('SET', KEYS[3], 0, 'PX', window, 'NX')
+redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[4], 0, 'PX', window, 'NX')
+local username = redis.call('INCR', KEYS[4])
+local failures = redis.call('INCR', KEYS[1])
+local over = failures - tonumber(ARGV[3])
+local backoff = 0
+if over >= 0 then
+  backoff = math.min(tonumber(ARGV[4]) * 2 ^ math.min(over, 63), tonumber(ARGV[5]))
+  backoff = math.floor(backoff)
+  redis.call('SET', KEYS[2], 1, 'PX', backoff)
+end
+redis.call('PEXPIRE', KEYS[1], backoff + window)
+return {0, backoff, username}
+";
+
+/// [`SessionStore::login_succeeded`] in Redis. KEYS as above.
+const LOGIN_SUCCEEDED_SCRIPT: &str = r"
+redis.call('DEL', KEYS[1], KEYS[2])
+for i = 3, 4 do
+  local count = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if count > 0 then redis.call('DECR', KEYS[i]) end
+end
+return 0
+";
 
 /// What is stored under a session key (the id is the key itself).
 #[derive(Serialize, Deserialize)]
@@ -178,8 +279,15 @@ impl RedisSessions {
         format!("{}user-sessions:{user_id}", self.prefix)
     }
 
-    fn attempts_key(&self, key: &str) -> String {
-        format!("{}login-attempts:{key}", self.prefix)
+    /// The four keys of the login scripts, in their order.
+    fn login_keys(&self, keys: &LoginKeys) -> [String; 4] {
+        let prefix = &self.prefix;
+        [
+            format!("{prefix}login:pair:{}", keys.pair),
+            format!("{prefix}login:wait:{}", keys.pair),
+            format!("{prefix}login:address:{}", keys.address),
+            format!("{prefix}login:username:{}", keys.username),
+        ]
     }
 
     /// Runs `pipeline` on a pooled connection within the command timeout.
@@ -311,33 +419,50 @@ impl RedisSessions {
         Ok(doomed.len())
     }
 
-    async fn count_attempt(&self, key: &str, window: Duration) -> Result<AttemptCount, SessionStoreError> {
-        let key = self.attempts_key(key);
+    async fn admit_login(
+        &self,
+        keys: &LoginKeys,
+        limits: &LoginLimits,
+    ) -> Result<LoginAdmission, SessionStoreError> {
         let mut pipeline = redis::pipe();
         pipeline
-            .atomic()
-            // Starts the window only if none is running.
-            .cmd("SET")
-            .arg(&key)
-            .arg(0)
-            .arg("PX")
-            .arg(millis(window))
-            .arg("NX")
-            .ignore()
-            .cmd("INCR")
-            .arg(&key)
-            .cmd("PTTL")
-            .arg(&key);
-        let (attempts, ttl_ms): (u64, i64) = self.run(&pipeline).await?;
-        Ok(AttemptCount {
-            attempts,
-            resets_in: Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0)),
-        })
+            .cmd("EVAL")
+            .arg(ADMIT_LOGIN_SCRIPT)
+            .arg(4)
+            .arg(&self.login_keys(keys))
+            .arg(millis(limits.window))
+            .arg(limits.per_address)
+            .arg(limits.failures_before_backoff)
+            .arg(millis(limits.backoff_initial))
+            .arg(millis(limits.backoff_max));
+        let (reply,): (Vec<i64>,) = self.run(&pipeline).await?;
+        let field = |index: usize| u64::try_from(reply.get(index).copied().unwrap_or(0)).unwrap_or(0);
+        let duration = |index: usize| Duration::from_millis(field(index));
+        match reply.first() {
+            Some(0) => Ok(LoginAdmission::Admitted {
+                username_failures: field(2),
+                backoff: duration(1),
+            }),
+            Some(1) => Ok(LoginAdmission::Backoff {
+                retry_after: duration(1),
+            }),
+            Some(2) => Ok(LoginAdmission::AddressLimited {
+                retry_after: duration(1),
+            }),
+            _ => Err(SessionStoreError::Pool(format!(
+                "unexpected reply of the login script: {reply:?}"
+            ))),
+        }
     }
 
-    async fn clear_attempts(&self, key: &str) -> Result<(), SessionStoreError> {
+    async fn login_succeeded(&self, keys: &LoginKeys) -> Result<(), SessionStoreError> {
         let mut pipeline = redis::pipe();
-        pipeline.cmd("DEL").arg(self.attempts_key(key)).ignore();
+        pipeline
+            .cmd("EVAL")
+            .arg(LOGIN_SUCCEEDED_SCRIPT)
+            .arg(4)
+            .arg(&self.login_keys(keys))
+            .ignore();
         self.run::<()>(&pipeline).await
     }
 }
@@ -356,7 +481,80 @@ pub struct MemorySessions {
 struct MemoryState {
     sessions: HashMap<String, (Session, Instant)>,
     by_user: HashMap<Uuid, HashSet<String>>,
-    attempts: HashMap<String, (u64, Instant)>,
+    /// Boxed: it is only used by Login, and keeps the store enum small.
+    login: Box<LoginCounters>,
+}
+
+/// The in-memory twin of the Redis login keys.
+#[derive(Default)]
+struct LoginCounters {
+    pairs: HashMap<String, PairState>,
+    addresses: HashMap<String, WindowCount>,
+    usernames: HashMap<String, WindowCount>,
+    last_sweep: Option<Instant>,
+}
+
+/// A (username, address) pair: Redis' `login:pair:` (failures, expiring at
+/// `forget_at`) and `login:wait:` (expiring at `wait_until`).
+struct PairState {
+    failures: u64,
+    forget_at: Instant,
+    wait_until: Instant,
+}
+
+/// A count in a fixed window (Redis: a counter whose TTL is the window).
+struct WindowCount {
+    count: u64,
+    ends_at: Instant,
+}
+
+impl LoginCounters {
+    /// Drops expired entries, at most once a second: a guessing run from
+    /// many addresses grows these maps only for one window.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|last| now.saturating_duration_since(last) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        self.pairs.retain(|_, pair| pair.forget_at > now);
+        self.addresses.retain(|_, count| count.ends_at > now);
+        self.usernames.retain(|_, count| count.ends_at > now);
+    }
+
+    fn live_count(counts: &HashMap<String, WindowCount>, key: &str, now: Instant) -> Option<(u64, Instant)> {
+        counts
+            .get(key)
+            .filter(|count| count.ends_at > now)
+            .map(|count| (count.count, count.ends_at))
+    }
+
+    /// INCR with the window started when none runs; returns the new count.
+    fn bump(counts: &mut HashMap<String, WindowCount>, key: &str, window: Duration, now: Instant) -> u64 {
+        let count = counts.entry(key.to_owned()).or_insert(WindowCount {
+            count: 0,
+            ends_at: now + window,
+        });
+        if count.ends_at <= now {
+            *count = WindowCount {
+                count: 0,
+                ends_at: now + window,
+            };
+        }
+        count.count += 1;
+        count.count
+    }
+
+    /// DECR of a live, positive count.
+    fn unbump(counts: &mut HashMap<String, WindowCount>, key: &str, now: Instant) {
+        if let Some(count) = counts.get_mut(key)
+            && count.ends_at > now
+        {
+            count.count = count.count.saturating_sub(1);
+        }
+    }
 }
 
 impl MemoryState {
@@ -367,7 +565,6 @@ impl MemoryState {
             ids.retain(|id| live.contains_key(id));
             !ids.is_empty()
         });
-        self.attempts.retain(|_, (_, window_end)| *window_end > now);
     }
 }
 
@@ -436,22 +633,50 @@ impl MemorySessions {
         ended
     }
 
-    fn count_attempt(&self, key: &str, window: Duration) -> AttemptCount {
-        let now = Instant::now();
+    /// The same steps as [`ADMIT_LOGIN_SCRIPT`], under the one lock.
+    fn admit_login(&self, keys: &LoginKeys, limits: &LoginLimits, now: Instant) -> LoginAdmission {
         let mut state = self.lock();
-        let entry = state.attempts.entry(key.to_owned()).or_insert((0, now + window));
-        if entry.1 <= now {
-            *entry = (0, now + window);
+        let login = &mut state.login;
+        login.sweep(now);
+        let pair = login.pairs.get(&keys.pair).filter(|pair| pair.forget_at > now);
+        if let Some(pair) = pair
+            && pair.wait_until > now
+        {
+            return LoginAdmission::Backoff {
+                retry_after: pair.wait_until - now,
+            };
         }
-        entry.0 += 1;
-        AttemptCount {
-            attempts: entry.0,
-            resets_in: entry.1.saturating_duration_since(now),
+        if let Some((count, ends_at)) = LoginCounters::live_count(&login.addresses, &keys.address, now)
+            && count >= u64::from(limits.per_address)
+        {
+            return LoginAdmission::AddressLimited {
+                retry_after: (ends_at - now).max(Duration::from_millis(1)),
+            };
+        }
+        LoginCounters::bump(&mut login.addresses, &keys.address, limits.window, now);
+        let username_failures = LoginCounters::bump(&mut login.usernames, &keys.username, limits.window, now);
+        let failures = pair.map_or(0, |pair| pair.failures) + 1;
+        let backoff = limits.backoff_after(failures);
+        login.pairs.insert(
+            keys.pair.clone(),
+            PairState {
+                failures,
+                forget_at: now + backoff + limits.window,
+                wait_until: now + backoff,
+            },
+        );
+        LoginAdmission::Admitted {
+            username_failures,
+            backoff,
         }
     }
 
-    fn clear_attempts(&self, key: &str) {
-        self.lock().attempts.remove(key);
+    fn login_succeeded(&self, keys: &LoginKeys, now: Instant) {
+        let mut state = self.lock();
+        let login = &mut state.login;
+        login.pairs.remove(&keys.pair);
+        LoginCounters::unbump(&mut login.addresses, &keys.address, now);
+        LoginCounters::unbump(&mut login.usernames, &keys.username, now);
     }
 }
 
@@ -510,32 +735,115 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn memory_attempts_count_within_a_window() {
-        let store = SessionStore::memory();
-        let window = Duration::from_millis(50);
-        for expected in 1..=3 {
-            let count = store.count_attempt("user:alice", window).await.expect("count");
-            assert_eq!(count.attempts, expected);
-            assert!(count.resets_in <= window);
+    fn limits() -> LoginLimits {
+        LoginLimits {
+            window: Duration::from_secs(60),
+            per_address: 5,
+            failures_before_backoff: 2,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1000),
         }
-        tokio::time::sleep(window).await;
+    }
+
+    fn keys(username: &str, address: &str) -> LoginKeys {
+        LoginKeys {
+            pair: format!("{username}|{address}"),
+            address: address.to_owned(),
+            username: username.to_owned(),
+        }
+    }
+
+    #[test]
+    fn backoff_is_free_then_doubles_up_to_the_cap() {
+        let limits = limits();
+        let expected = [0, 0, 100, 200, 400, 800, 1000, 1000];
+        for (failures, millis) in expected.into_iter().enumerate() {
+            assert_eq!(
+                limits.backoff_after(failures as u64),
+                Duration::from_millis(millis),
+                "failure {failures}"
+            );
+        }
         assert_eq!(
-            store
-                .count_attempt("user:alice", window)
-                .await
-                .expect("count")
-                .attempts,
-            1
+            limits.backoff_after(u64::MAX),
+            Duration::from_millis(1000),
+            "no overflow"
         );
-        store.clear_attempts("user:alice").await.expect("clear");
+    }
+
+    fn admitted(admission: LoginAdmission) -> (u64, Duration) {
+        match admission {
+            LoginAdmission::Admitted {
+                username_failures,
+                backoff,
+            } => (username_failures, backoff),
+            other => panic!("admitted expected: {other:?}"),
+        }
+    }
+
+    /// Memory and Redis apply the same rules: one scripted sequence, the same
+    /// answers (waits compared loosely: Redis' clock runs meanwhile).
+    async fn login_counters_follow_the_rules(store: &SessionStore) {
+        let limits = limits();
+        let admin_here = keys("admin", "198.51.100.7");
+        let admin_elsewhere = keys("admin", "203.0.113.9");
+        let admit = async |keys: &LoginKeys| store.admit_login(keys, &limits).await.expect("admit");
+        assert_eq!(admitted(admit(&admin_here).await), (1, Duration::ZERO));
         assert_eq!(
-            store
-                .count_attempt("user:alice", window)
-                .await
-                .expect("count")
-                .attempts,
-            1
+            admitted(admit(&admin_here).await),
+            (2, Duration::from_millis(100))
         );
+        // The pair waits; the same username elsewhere does not.
+        match admit(&admin_here).await {
+            LoginAdmission::Backoff { retry_after } => {
+                assert!(retry_after <= Duration::from_millis(100) && retry_after > Duration::ZERO)
+            }
+            other => panic!("backoff expected: {other:?}"),
+        }
+        assert_eq!(
+            admitted(admit(&admin_elsewhere).await),
+            (3, Duration::ZERO),
+            "failures of the username from all addresses; no wait elsewhere"
+        );
+        // A success from elsewhere gives back its own count only.
+        store.login_succeeded(&admin_elsewhere).await.expect("success");
+        tokio::time::sleep(Duration::from_millis(110)).await;
+        assert_eq!(
+            admitted(admit(&admin_here).await),
+            (3, Duration::from_millis(200)),
+            "the wait doubled"
+        );
+        // The address has 3 failures (the refused attempt did not count):
+        // two more for other usernames, then it is over its 5.
+        admitted(admit(&keys("someone", "198.51.100.7")).await);
+        let last = keys("another", "198.51.100.7");
+        admitted(admit(&last).await);
+        match admit(&keys("third", "198.51.100.7")).await {
+            LoginAdmission::AddressLimited { retry_after } => {
+                assert!(retry_after > Duration::from_secs(50) && retry_after <= limits.window)
+            }
+            other => panic!("address limit expected: {other:?}"),
+        }
+        // Successes give their counts back and clear their pair's wait.
+        store.login_succeeded(&last).await.expect("success");
+        store.login_succeeded(&admin_here).await.expect("success");
+        assert_eq!(admitted(admit(&admin_here).await), (3, Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn memory_login_counters_follow_the_rules() {
+        login_counters_follow_the_rules(&SessionStore::memory()).await;
+    }
+
+    #[tokio::test]
+    async fn redis_login_counters_follow_the_same_rules() {
+        let config = RedisConfig {
+            url: pgfleet_config::Secret::new(pgfleet_testkit::redis_url()),
+            key_prefix: format!("unit-{}:", Uuid::new_v4().simple()),
+            max_connections: 2,
+            connect_timeout: Duration::from_secs(2),
+        };
+        let store = SessionStore::redis(&config).expect("redis store");
+        login_counters_follow_the_rules(&store).await;
     }
 }

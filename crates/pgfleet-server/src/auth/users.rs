@@ -4,17 +4,17 @@
 //! change made through any replica applies to the very next call everywhere.
 //! Changes that could remove the last active MASTER take a transaction-level
 //! advisory lock first, so two concurrent demotions cannot both succeed.
+//! A change that ends a user's standing as an active MASTER revokes the API
+//! keys they created, in the same transaction.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::AuthError;
+use super::api_keys::ApiKeyStore;
+use crate::advisory_locks::HistoryLock;
 use crate::identity::Role;
-
-/// Advisory lock key serializing changes to the set of active MASTERs
-/// (`'pgfleet.masters'::regclass`-like constant; any fixed value works).
-const MASTERS_LOCK_KEY: i64 = 0x7067_666c_6565_7401;
 
 /// A stored user. `password_hash` never leaves the server.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -73,8 +73,12 @@ pub struct UserFilter {
 /// The outcome of a role or activation change.
 #[derive(Debug)]
 pub enum StandingChange {
-    /// Applied; the user as now stored.
-    Done(Box<UserRecord>),
+    /// Applied; the user as now stored, and how many of the API keys they
+    /// created were revoked with their MASTER standing.
+    Done {
+        user: Box<UserRecord>,
+        revoked_keys: u64,
+    },
     NotFound,
     /// Refused: it would leave no active MASTER.
     LastMaster,
@@ -240,10 +244,7 @@ impl UserStore {
         next: impl FnOnce(&UserRecord) -> (Role, bool),
     ) -> Result<StandingChange, AuthError> {
         let mut transaction = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(MASTERS_LOCK_KEY)
-            .execute(&mut *transaction)
-            .await?;
+        HistoryLock::LastMaster.lock_xact(&mut transaction).await?;
         let Some(user) = sqlx::query_as::<_, UserRecord>(concat!(
             "SELECT ",
             user_columns!(),
@@ -258,7 +259,8 @@ impl UserStore {
         let (role, active) = next(&user);
         let was_active_master = user.active && user.role() == Role::Master;
         let stays_active_master = active && role == Role::Master;
-        if was_active_master && !stays_active_master {
+        let loses_master = was_active_master && !stays_active_master;
+        if loses_master {
             let masters: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM pgfleet.users WHERE role = 'MASTER' AND active")
                     .fetch_one(&mut *transaction)
@@ -276,8 +278,18 @@ impl UserStore {
         .bind(active)
         .fetch_one(&mut *transaction)
         .await?;
+        // Keys act with their creator's authority; they end with it and stay
+        // ended if the user is reactivated or promoted again.
+        let revoked_keys = if loses_master {
+            ApiKeyStore::revoke_created_by(&mut transaction, user.id).await?
+        } else {
+            0
+        };
         transaction.commit().await?;
-        Ok(StandingChange::Done(Box::new(updated)))
+        Ok(StandingChange::Done {
+            user: Box::new(updated),
+            revoked_keys,
+        })
     }
 }
 

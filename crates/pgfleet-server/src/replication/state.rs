@@ -23,11 +23,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::copy::Position;
+use crate::advisory_locks::{REPLICATION_JOB_SEED as LOCK_SEED, replication_job_key};
 use crate::audit::RecordedError;
-
-/// Seed of `hashtextextended` for job lock keys, so pgfleet's keys do not
-/// line up with someone else's hash of the same text.
-const LOCK_SEED: i64 = 0x0070_6766_6c65_6574; // "pgfleet"
 
 /// Longest wait for one bookkeeping statement of a run; a history store that
 /// slow only delays watermarks (the next run re-copies from the last saved).
@@ -154,15 +151,17 @@ impl RunStore {
     pub async fn running(&self, job_ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx::Error> {
         // A bigint advisory key shows in pg_locks as classid (high 32 bits),
         // objid (low 32 bits) and objsubid 1.
-        let rows: Vec<(Uuid,)> = sqlx::query_as(
+        let rows: Vec<(Uuid,)> = sqlx::query_as(concat!(
             "SELECT j.id FROM unnest($1::uuid[]) AS j(id) \
-             CROSS JOIN LATERAL (SELECT hashtextextended(j.id::text, $2) AS key) k \
+             CROSS JOIN LATERAL (SELECT ",
+            replication_job_key!("j.id", "$2"),
+            " AS key) k \
              WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_locks l \
                  WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
                    AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) \
                    AND l.classid::bigint = ((k.key >> 32) & 4294967295) \
                    AND l.objid::bigint = (k.key & 4294967295))",
-        )
+        ))
         .bind(job_ids)
         .bind(LOCK_SEED)
         .fetch_all(&self.pool)
@@ -385,11 +384,15 @@ impl RunStore {
             .application_name("pgfleet-replication-lock")
             .connect()
             .await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1::text, $2))")
-            .bind(job_id.to_string())
-            .bind(LOCK_SEED)
-            .fetch_one(&mut connection)
-            .await?;
+        let locked: bool = sqlx::query_scalar(concat!(
+            "SELECT pg_try_advisory_lock(",
+            replication_job_key!("$1", "$2"),
+            ")"
+        ))
+        .bind(job_id.to_string())
+        .bind(LOCK_SEED)
+        .fetch_one(&mut connection)
+        .await?;
         if locked {
             Ok(Some(JobLock { connection, job_id }))
         } else {
@@ -424,10 +427,14 @@ impl JobLock {
         // explicitly and frees it even if the close is slow.
         let _ = tokio::time::timeout(
             STATE_TIMEOUT,
-            sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1::text, $2))")
-                .bind(self.job_id.to_string())
-                .bind(LOCK_SEED)
-                .execute(&mut self.connection),
+            sqlx::query(concat!(
+                "SELECT pg_advisory_unlock(",
+                replication_job_key!("$1", "$2"),
+                ")"
+            ))
+            .bind(self.job_id.to_string())
+            .bind(LOCK_SEED)
+            .execute(&mut self.connection),
         )
         .await;
         let _ = self.connection.close().await;

@@ -5,7 +5,6 @@
 //! fields and apply the change.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use pgfleet_registry::Registry;
@@ -23,12 +22,17 @@ use super::convert::{role_from_wire, role_to_wire, timestamp, timestamp_to_chron
 use crate::auth::api_keys::{ApiKeyRecord, NewApiKey};
 use crate::auth::credentials::{clear_session_cookie_header, session_cookie_header};
 use crate::auth::fields::{check_display_name, normalize_username};
+use crate::auth::gate::Refused;
+use crate::auth::throttle::AdmittedAttempt;
 use crate::auth::users::{StandingChange, UserFilter, UserRecord};
 use crate::auth::{AuthError, Authenticator, UserSpec};
 use crate::edge::ClientAddress;
 use crate::identity::{Identity, Principal, Role, TargetPattern};
 use crate::telemetry::Metrics;
-use crate::telemetry::metrics::LoginFailure;
+use crate::telemetry::metrics::{LoginFailure, RefusalReason};
+
+const LOGIN_PATH: &str = "/pgfleet.v1.AuthService/Login";
+const CHANGE_PASSWORD_PATH: &str = "/pgfleet.v1.AuthService/ChangePassword";
 
 const DEFAULT_PAGE_SIZE: i32 = 50;
 const MAX_PAGE_SIZE: i32 = 500;
@@ -90,37 +94,77 @@ impl AuthService {
         }
     }
 
-    /// Counts a password attempt against `username` and `address`; refuses
-    /// once either is over its limit.
-    async fn throttle(&self, username: &str, address: Option<IpAddr>) -> Result<(), AuthError> {
-        let settings = &self.auth.settings;
-        let address = address.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
-        for (scope, key, limit) in [
-            (
-                "address",
-                format!("address:{address}"),
-                settings.login_attempts_per_address,
-            ),
-            (
-                "username",
-                format!("user:{username}"),
-                settings.login_attempts_per_username,
-            ),
-        ] {
-            let count = self
-                .auth
-                .sessions
-                .count_attempt(&key, settings.login_window)
-                .await?;
-            if count.attempts > u64::from(limit) {
-                tracing::warn!(%scope, %address, attempts = count.attempts, "login throttled");
-                return Err(AuthError::RateLimited {
-                    scope,
-                    retry_after: count.resets_in,
-                });
+    /// Lets a password attempt for `username` from `client` through the
+    /// login throttle (waiting out a slow-down), or refuses it with
+    /// RESOURCE_EXHAUSTED and reports the refusal.
+    async fn admit_password_attempt(
+        &self,
+        path: &str,
+        username: &str,
+        client: Option<ClientAddress>,
+    ) -> Result<AdmittedAttempt, AuthError> {
+        let throttle = &self.auth.throttle;
+        let attempt = match throttle
+            .admit(&self.auth.sessions, username, client.map(|client| client.ip))
+            .await
+        {
+            Ok(attempt) => attempt,
+            Err(error) => {
+                if matches!(error, AuthError::RateLimited { .. }) {
+                    // Not looked up: a refused attempt must stay cheap. The
+                    // account shows in the failures that led here.
+                    self.report(
+                        path,
+                        tonic::Code::ResourceExhausted,
+                        RefusalReason::Throttled,
+                        None,
+                        client,
+                    );
+                }
+                return Err(error);
             }
+        };
+        if attempt.guessing_detected {
+            self.metrics.login_guessing_detected();
+            let identity = known_label(&self.auth, username).await;
+            tracing::warn!(
+                %identity,
+                failures = attempt.username_failures,
+                slowdown_ms = attempt.slowdown.as_millis(),
+                "password guessing against one username from many addresses: its logins are slowed down, not refused"
+            );
         }
-        Ok(())
+        if !attempt.slowdown.is_zero() {
+            tokio::time::sleep(attempt.slowdown).await;
+        }
+        Ok(attempt)
+    }
+
+    /// The password of an admitted attempt was right.
+    async fn password_accepted(&self, attempt: AdmittedAttempt) {
+        // Failing only leaves the attempt counted as a failure.
+        if let Err(error) = self.auth.throttle.succeeded(&self.auth.sessions, attempt).await {
+            tracing::debug!(%error, "could not give a successful login back to the throttle");
+        }
+    }
+
+    /// Logs and counts one refused attempt.
+    fn report(
+        &self,
+        path: &str,
+        code: tonic::Code,
+        reason: RefusalReason,
+        who: Option<&str>,
+        client: Option<ClientAddress>,
+    ) {
+        Refused {
+            path,
+            code,
+            reason,
+            who,
+            client,
+        }
+        .report(&self.metrics);
     }
 
     /// Ends all sessions of a user after a change that must lock them out.
@@ -154,9 +198,12 @@ impl AuthService {
                 ..Default::default()
             };
             match self.auth.users.set_active(&username, active).await? {
-                StandingChange::Done(user) => {
+                StandingChange::Done { user, revoked_keys } => {
                     if !active {
                         self.end_sessions(user.id, None).await;
+                    }
+                    if revoked_keys > 0 {
+                        tracing::info!(%username, revoked_keys, "API keys revoked with their creator's deactivation");
                     }
                     result.success = true;
                     result.user = Some(Self::user_message(&user));
@@ -210,6 +257,19 @@ impl AuthService {
     }
 }
 
+/// `user:<name>` when `username` is an account, else `unknown user`: what a
+/// caller typed as a username may be a password, so only real usernames
+/// reach the log.
+async fn known_label(auth: &Authenticator, username: &str) -> String {
+    if username.is_empty() {
+        return "unknown user".to_owned();
+    }
+    match auth.users.by_username(username).await {
+        Ok(Some(user)) => format!("user:{}", user.username),
+        _ => "unknown user".to_owned(),
+    }
+}
+
 /// The signed-in user behind `identity`, or FAILED_PRECONDITION for keys.
 fn user_of<'a>(identity: &'a Identity, what: &str) -> Result<(Uuid, &'a str), AuthError> {
     match &identity.principal {
@@ -259,7 +319,8 @@ impl AuthService {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let address = ClientAddress::of(&request).map(|client| client.ip);
+        let client = ClientAddress::of(&request);
+        let address = client.map(|client| client.ip);
         let pb::LoginRequest { username, password } = request.into_inner();
         if username.is_empty() {
             return Err(AuthError::invalid("username", "must not be empty").into());
@@ -270,7 +331,7 @@ impl AuthService {
         // Malformed names cannot exist; they still pay for a bcrypt check so
         // the answer time does not tell them apart.
         let username = normalize_username("username", &username).unwrap_or_default();
-        self.throttle(&username, address).await?;
+        let attempt = self.admit_password_attempt(LOGIN_PATH, &username, client).await?;
 
         let user = if username.is_empty() {
             None
@@ -279,10 +340,30 @@ impl AuthService {
         };
         let stored_hash = user.as_ref().map(|user| user.password_hash.as_str());
         let password_matches = self.auth.passwords.verify(&password, stored_hash).await?;
-        let Some(user) = user.filter(|_| password_matches) else {
-            return Err(AuthError::Unauthenticated("invalid username or password").into());
+        let user = match user {
+            Some(user) if password_matches => user,
+            unknown_or_wrong => {
+                let label = unknown_or_wrong.map(|user| format!("user:{}", user.username));
+                self.report(
+                    LOGIN_PATH,
+                    tonic::Code::Unauthenticated,
+                    RefusalReason::InvalidPassword,
+                    Some(label.as_deref().unwrap_or("unknown user")),
+                    client,
+                );
+                return Err(AuthError::Unauthenticated("invalid username or password").into());
+            }
         };
+        self.password_accepted(attempt).await;
+        let label = format!("user:{}", user.username);
         if !user.active {
+            self.report(
+                LOGIN_PATH,
+                tonic::Code::PermissionDenied,
+                RefusalReason::Deactivated,
+                Some(&label),
+                client,
+            );
             // Only said to someone who knows the password.
             return Err(AuthError::PermissionDenied("account is deactivated".to_owned()).into());
         }
@@ -299,14 +380,6 @@ impl AuthService {
             .await
             .map_err(AuthError::from)?;
         self.auth.users.record_login(user.id, rehashed.as_deref()).await?;
-        if let Err(error) = self
-            .auth
-            .sessions
-            .clear_attempts(&format!("user:{username}"))
-            .await
-        {
-            tracing::debug!(%error, "could not reset login attempts");
-        }
         let user = self.auth.users.by_id(user.id).await?.unwrap_or(user);
         let client = address.map(|ip| ip.to_string()).unwrap_or_default();
         tracing::info!(username = %user.username, %client, "login");
@@ -389,7 +462,7 @@ impl auth_service_server::AuthService for AuthService {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let identity = identity_of(&request)?;
-        let address = ClientAddress::of(&request).map(|client| client.ip);
+        let client = ClientAddress::of(&request);
         let (user_id, username) = user_of(&identity, "ChangePassword")?;
         let pb::ChangePasswordRequest {
             old_password,
@@ -405,7 +478,9 @@ impl auth_service_server::AuthService for AuthService {
             return Err(AuthError::invalid("new_password", "must differ from the current password").into());
         }
         // A stolen session must not become an oracle for the password.
-        self.throttle(username, address).await?;
+        let attempt = self
+            .admit_password_attempt(CHANGE_PASSWORD_PATH, username, client)
+            .await?;
         let user = self
             .auth
             .users
@@ -418,8 +493,16 @@ impl auth_service_server::AuthService for AuthService {
             .verify(&old_password, Some(&user.password_hash))
             .await?
         {
+            self.report(
+                CHANGE_PASSWORD_PATH,
+                tonic::Code::InvalidArgument,
+                RefusalReason::InvalidPassword,
+                Some(&identity.label()),
+                client,
+            );
             return Err(AuthError::invalid("old_password", "is not the current password").into());
         }
+        self.password_accepted(attempt).await;
         let hash = self.auth.passwords.hash(&new_password).await?;
         self.auth.users.set_password(user_id, &hash).await?;
         // Other devices must log in with the new password; this one stays.
@@ -519,8 +602,8 @@ impl auth_service_server::AuthService for AuthService {
         let username = normalize_username("username", &request.username)?;
         let role = required_role("role", request.role)?;
         match self.auth.users.set_role(&username, role).await? {
-            StandingChange::Done(user) => {
-                tracing::info!(%username, %role, by = %identity.label(), "role changed");
+            StandingChange::Done { user, revoked_keys } => {
+                tracing::info!(%username, %role, by = %identity.label(), revoked_keys, "role changed");
                 Ok(Response::new(pb::ChangeRoleResponse {
                     user: Some(Self::user_message(&user)),
                 }))
@@ -593,6 +676,7 @@ impl auth_service_server::AuthService for AuthService {
             }
         };
         let allowed_targets = self.check_allowed_targets(&request.allowed_targets)?;
+        let (creator, _) = user_of(&identity, "CreateApiKey")?;
         let created_by = identity.label();
         let (key, secret) = self
             .auth
@@ -603,6 +687,7 @@ impl auth_service_server::AuthService for AuthService {
                 allowed_targets: &allowed_targets,
                 expires_at,
                 created_by: &created_by,
+                created_by_user_id: creator,
             })
             .await?;
         tracing::info!(name = %key.name, prefix = %key.key_prefix, %role, by = %created_by, "API key created");

@@ -86,6 +86,69 @@ impl LoginFailure {
     }
 }
 
+/// Why a call was refused, as counted in `pgfleet_refused_calls_total`
+/// (never who: the log line of the refusal says that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// A method that needs credentials was called without any.
+    NoCredentials,
+    /// A credential header that cannot be read (or two credentials).
+    MalformedCredentials,
+    /// A session token that is unknown or expired.
+    InvalidSession,
+    /// An API key that is unknown, wrong, revoked or expired.
+    InvalidApiKey,
+    /// An API key whose creator is no longer an active MASTER.
+    ApiKeyCreator,
+    /// A deactivated (or deleted) account.
+    Deactivated,
+    /// A wrong password (or unknown username) on Login or ChangePassword.
+    InvalidPassword,
+    /// A login refused by throttling, before its password was checked.
+    Throttled,
+    /// A role below the method's (the auth gate's table).
+    Role,
+    /// A path pgfleet grants nobody.
+    UnknownMethod,
+    /// PERMISSION_DENIED from the service itself: an execution's statement
+    /// class above the role, a target outside an API key's allow-list, ...
+    Denied,
+}
+
+impl RefusalReason {
+    #[cfg(test)]
+    const ALL: [RefusalReason; 11] = [
+        RefusalReason::NoCredentials,
+        RefusalReason::MalformedCredentials,
+        RefusalReason::InvalidSession,
+        RefusalReason::InvalidApiKey,
+        RefusalReason::ApiKeyCreator,
+        RefusalReason::Deactivated,
+        RefusalReason::InvalidPassword,
+        RefusalReason::Throttled,
+        RefusalReason::Role,
+        RefusalReason::UnknownMethod,
+        RefusalReason::Denied,
+    ];
+
+    /// The `reason` label (and the log's `reason` field).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::NoCredentials => "no_credentials",
+            RefusalReason::MalformedCredentials => "malformed_credentials",
+            RefusalReason::InvalidSession => "invalid_session",
+            RefusalReason::InvalidApiKey => "invalid_api_key",
+            RefusalReason::ApiKeyCreator => "api_key_creator",
+            RefusalReason::Deactivated => "deactivated",
+            RefusalReason::InvalidPassword => "invalid_password",
+            RefusalReason::Throttled => "throttled",
+            RefusalReason::Role => "role",
+            RefusalReason::UnknownMethod => "unknown_method",
+            RefusalReason::Denied => "denied",
+        }
+    }
+}
+
 /// Which audit-trail write was timed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditWrite {
@@ -122,6 +185,8 @@ struct Series {
     replication_lag: prometheus::GaugeVec,
     audit_write: HistogramVec,
     login_failures: IntCounterVec,
+    refused_calls: IntCounterVec,
+    login_guessing: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -224,6 +289,20 @@ impl Metrics {
                 "Failed Login calls by reason",
                 &["reason"],
             )?,
+            refused_calls: counter(
+                &registry,
+                "pgfleet_refused_calls_total",
+                "Calls refused for the caller's credentials or rights (failed logins, the auth gate, PERMISSION_DENIED from a service), by method, status code and reason",
+                &["service", "method", "code", "reason"],
+            )?,
+            login_guessing: {
+                let counter = prometheus::IntCounter::new(
+                    "pgfleet_login_guessing_detected_total",
+                    "Times one username passed auth.login_username_slowdown_after failed logins (from all addresses) within auth.login_window: password guessing; the log names the account",
+                )?;
+                registry.register(Box::new(counter.clone()))?;
+                counter
+            },
             registry,
         };
         // Every reason exists from the start, so a rate() over a fresh
@@ -310,6 +389,21 @@ impl Metrics {
     /// A `Login` failed.
     pub fn login_failed(&self, reason: LoginFailure) {
         self.0.login_failures.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// A call to `path` was refused with `code` for `reason`. The method
+    /// labels come from the closed table, whatever the path.
+    pub fn call_refused(&self, path: &str, code: tonic::Code, reason: RefusalReason) {
+        let (service, method) = super::rpc::method_labels(path);
+        self.0
+            .refused_calls
+            .with_label_values(&[service, method, super::rpc::code_name(code), reason.as_str()])
+            .inc();
+    }
+
+    /// One username just passed the guessing threshold.
+    pub fn login_guessing_detected(&self) {
+        self.0.login_guessing.inc();
     }
 }
 
@@ -470,7 +564,39 @@ mod tests {
         let metrics = Metrics::new()?;
         metrics.login_failed(LoginFailure::Throttled);
         metrics.rpc_finished("pgfleet.v1.AuthService", "Login", "OK", Duration::from_millis(3));
+        metrics.call_refused(
+            "/pgfleet.v1.QueryService/Execute",
+            tonic::Code::PermissionDenied,
+            RefusalReason::Denied,
+        );
+        // A made-up path cannot mint a series.
+        metrics.call_refused(
+            "/evil/Path",
+            tonic::Code::Unauthenticated,
+            RefusalReason::UnknownMethod,
+        );
+        metrics.login_guessing_detected();
         let text = metrics.render()?;
+        assert!(
+            text.contains(
+                "pgfleet_refused_calls_total{code=\"PERMISSION_DENIED\",method=\"Execute\",reason=\"denied\",service=\"pgfleet.v1.QueryService\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pgfleet_refused_calls_total{code=\"UNAUTHENTICATED\",method=\"unknown\",reason=\"unknown_method\",service=\"unknown\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("pgfleet_login_guessing_detected_total 1"), "{text}");
+        let reasons: std::collections::HashSet<&str> =
+            RefusalReason::ALL.iter().map(|reason| reason.as_str()).collect();
+        assert_eq!(
+            reasons.len(),
+            RefusalReason::ALL.len(),
+            "reason labels are distinct"
+        );
         assert!(
             text.contains("pgfleet_login_failures_total{reason=\"throttled\"} 1"),
             "{text}"

@@ -187,7 +187,7 @@ fn settle_request_id(headers: &mut HeaderMap) -> String {
 }
 
 /// `grpc-status` of a header or trailer block.
-fn status_in(headers: &HeaderMap) -> Option<tonic::Code> {
+pub(crate) fn status_in(headers: &HeaderMap) -> Option<tonic::Code> {
     let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
     Some(tonic::Code::from_i32(value))
 }

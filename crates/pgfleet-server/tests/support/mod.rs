@@ -375,23 +375,60 @@ pub async fn count(s: &Session, cloud: &str, name: &str, table: &str) -> anyhow:
     Ok(text.unwrap_or_default().parse()?)
 }
 
+/// A `pgfleet serve` child (a `Child` through `Deref`) whose stdout and
+/// stderr are read while it runs: a pipe nobody reads fills up (64 KiB of
+/// debug log, e.g. the migrations' SQL) and then blocks the server's logging
+/// threads, and so the server.
+pub struct ServerProcess {
+    child: tokio::process::Child,
+    /// stderr, then stdout, each read to its end.
+    output: Vec<tokio::task::JoinHandle<String>>,
+}
+
+impl std::ops::Deref for ServerProcess {
+    type Target = tokio::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.child
+    }
+}
+
+/// Reads `pipe` to its end in a task.
+fn drain(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes).await;
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
 /// `pgfleet --config <config_path> serve` as an operator runs it (debug
 /// logs, output captured), and a channel once it listens on `port`.
-pub async fn spawn_server_binary(
-    config_path: &Path,
-    port: u16,
-) -> anyhow::Result<(tokio::process::Child, Channel)> {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfleet"))
+pub async fn spawn_server_binary(config_path: &Path, port: u16) -> anyhow::Result<(ServerProcess, Channel)> {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfleet"))
         .env("PGFLEET_LOG", "debug")
         .args(["--config", &config_path.to_string_lossy(), "serve"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
+    let output = vec![drain(child.stderr.take()), drain(child.stdout.take())];
+    let server = ServerProcess { child, output };
     let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?;
     for _ in 0..200 {
         if let Ok(channel) = endpoint.connect().await {
-            return Ok((child, channel));
+            return Ok((server, channel));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -411,15 +448,11 @@ pub async fn send_signal(child: &tokio::process::Child, signal: &str) -> anyhow:
     Ok(())
 }
 
-/// Everything a child wrote to stdout and stderr, after it exited.
-pub async fn child_output(child: &mut tokio::process::Child) -> anyhow::Result<String> {
-    use tokio::io::AsyncReadExt as _;
+/// Everything the server wrote to stderr and stdout, after it exited.
+pub async fn child_output(server: &mut ServerProcess) -> anyhow::Result<String> {
     let mut output = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        stderr.read_to_string(&mut output).await?;
-    }
-    if let Some(mut stdout) = child.stdout.take() {
-        stdout.read_to_string(&mut output).await?;
+    for drained in server.output.drain(..) {
+        output.push_str(&drained.await?);
     }
     Ok(output)
 }
