@@ -127,6 +127,7 @@ async fn every_rpc_allows_and_denies_by_role() -> anyhow::Result<()> {
         "AuthService/ListApiKeys",
         "AuthService/RevokeApiKey",
         "HistoryService/VerifyChain",
+        "HistoryService/ExportChainCheckpoint",
         "ReplicationService/CreateJob",
         "ReplicationService/UpdateJob",
         "ReplicationService/DeleteJob",
