@@ -686,8 +686,11 @@ async fn a_reader_cannot_write_whatever_the_sql_hides() -> anyhow::Result<()> {
         }
         pool.close().await;
     }
+    // A file of this run only: another process may use /tmp too.
+    let pwned = format!("/tmp/pgfleet-pwned-{}", std::process::id());
     let mut outcomes = Vec::new();
     for text in HIDDEN_WRITES {
+        let text = &text.replace("/tmp/pgfleet-pwned", &pwned);
         let result = client(&s.channel)
             .execute(bearer(execute(text, "app"), &s.reader))
             .await;
@@ -767,7 +770,7 @@ async fn a_reader_cannot_write_whatever_the_sql_hides() -> anyhow::Result<()> {
         assert_eq!(locks, 0, "no advisory lock leaked");
         pool.close().await;
     }
-    assert!(!std::path::Path::new("/tmp/pgfleet-pwned").exists());
+    assert!(!std::path::Path::new(&pwned).exists(), "COPY TO PROGRAM ran");
     s.server.shutdown().await?;
     Ok(())
 }
