@@ -166,6 +166,14 @@ impl Plan {
 
         let params = params(fields.params, analysis.statements.len())?;
         let transactional = !analysis.requires_no_transaction_block();
+        // Fail-closed execution relies on this: a statement outside a
+        // transaction block cannot be made READ ONLY, so it must always be
+        // on record, which every statement that is not a read is.
+        if !transactional && analysis.is_read_only() {
+            return Err(RequestError::Internal(
+                "a statement classified as a read cannot run in a transaction block".to_owned(),
+            ));
+        }
         let statements = analysis
             .statements
             .iter()

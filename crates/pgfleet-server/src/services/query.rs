@@ -74,24 +74,21 @@ impl QueryService {
         }
     }
 
-    /// Starts every target; events pass through the recorder when the
-    /// execution is on record.
+    /// Starts every target; with `record` the execution may write and its
+    /// events pass through the recorder, without one it runs READ ONLY.
     fn start(
         &self,
         plan: &Arc<Plan>,
         cancel: CancellationToken,
         record: Option<OpenExecution>,
     ) -> tokio::sync::mpsc::Receiver<(usize, TargetEvent)> {
-        let events = query::dispatch(
+        query::dispatch(
             Arc::clone(&self.registry),
             Arc::clone(plan),
             cancel,
             &self.metrics,
-        );
-        match record {
-            Some(open) => audited::record(open.started(), Arc::clone(plan), events),
-            None => events,
-        }
+            record,
+        )
     }
 }
 
