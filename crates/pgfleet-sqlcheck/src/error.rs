@@ -31,6 +31,12 @@ pub enum ParseError {
         message: String,
         statement: SourcePosition,
     },
+    /// PostgreSQL would take the text, but pgfleet will not guess what it
+    /// does: a repeated or unknown option (`EXPLAIN (ANALYZE false, ANALYZE)`),
+    /// an option value PostgreSQL would refuse, a setting outside the SET
+    /// allow-list. `cursor` is the option, or the statement's start.
+    #[error("{message} (line {}, column {})", cursor.line, cursor.column)]
+    Refused { message: String, cursor: SourcePosition },
     /// The text holds a NUL byte, which PostgreSQL never accepts in a query.
     #[error("the SQL text contains a NUL byte (line {}, column {})", cursor.line, cursor.column)]
     NulByte { cursor: SourcePosition },
@@ -51,7 +57,9 @@ impl ParseError {
     /// PostgreSQL's message, or this crate's description for the other cases.
     pub fn message(&self) -> String {
         match self {
-            ParseError::Syntax { message, .. } | ParseError::Rejected { message, .. } => message.clone(),
+            ParseError::Syntax { message, .. }
+            | ParseError::Rejected { message, .. }
+            | ParseError::Refused { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }
@@ -60,7 +68,9 @@ impl ParseError {
     /// [`ParseError::NulByte`], the statement's start for `Rejected` and `TooDeep`.
     pub fn position(&self) -> Option<SourcePosition> {
         match self {
-            ParseError::Syntax { cursor, .. } | ParseError::NulByte { cursor } => Some(*cursor),
+            ParseError::Syntax { cursor, .. }
+            | ParseError::Refused { cursor, .. }
+            | ParseError::NulByte { cursor } => Some(*cursor),
             ParseError::Rejected { statement, .. } | ParseError::TooDeep { statement } => Some(*statement),
             ParseError::Internal(_) => None,
         }
