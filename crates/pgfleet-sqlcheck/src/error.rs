@@ -135,10 +135,17 @@ pub(crate) fn cursor_offset(sql: &str, message: &str) -> Option<usize> {
             .collect();
         // PostgreSQL quotes the whole token: prefer candidates where a token
         // is exactly `near` (so `SELEC` is not found inside `SELECT`).
+        // Tokens are sorted by start: a binary search per candidate keeps
+        // this linear-logarithmic (a 400,000-token text has as many
+        // candidates as tokens; a scan per candidate was quadratic).
         let whole_token: Vec<usize> = at_token
             .iter()
             .copied()
-            .filter(|c| tokens.iter().any(|t| t.start == *c && t.end == *c + near.len()))
+            .filter(|c| {
+                tokens
+                    .binary_search_by_key(c, |t| t.start)
+                    .is_ok_and(|i| tokens[i].end == *c + near.len())
+            })
             .collect();
         if !whole_token.is_empty() {
             candidates = whole_token;
@@ -146,12 +153,31 @@ pub(crate) fn cursor_offset(sql: &str, message: &str) -> Option<usize> {
             candidates = at_token;
         }
     }
+    // The cursor is in the first statement that fails on its own (a prefix
+    // of a statement that parses fails only at end of input): search there
+    // only, parsing from that statement's start, so a long text costs one
+    // pass over its statements plus a few parses of one statement.
+    let mut from = 0;
+    if candidates.len() > 1 {
+        let ranges = split::token_ranges(sql);
+        if let Some(failing) = engine::first_failing(sql, &ranges).and_then(|i| ranges.get(i)) {
+            let inside: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|c| failing.contains(c))
+                .collect();
+            if !inside.is_empty() {
+                candidates = inside;
+                from = failing.start;
+            }
+        }
+    }
     match candidates.as_slice() {
         [] => None,
         [only] => Some(*only),
         several => {
             let fails_here = |&candidate: &usize| {
-                let prefix = sql.get(..candidate + near.len()).unwrap_or(sql);
+                let prefix = sql.get(from..candidate + near.len()).unwrap_or(sql);
                 engine::parse_error_message(prefix).as_deref() == Some(message)
             };
             let first = several.partition_point(|c| !fails_here(c));
@@ -175,12 +201,8 @@ fn occurrences(haystack: &str, needle: &str) -> Vec<usize> {
 /// splits the text), or of the text's first token.
 fn failing_statement_start(sql: &str) -> usize {
     let ranges = split::token_ranges(sql);
-    ranges
-        .iter()
-        .find(|r| {
-            sql.get((*r).clone())
-                .is_some_and(|text| engine::parse(text, false).is_err())
-        })
+    engine::first_failing(sql, &ranges)
+        .and_then(|i| ranges.get(i))
         .or(ranges.first())
         .map_or(0, |r| r.start)
 }
