@@ -6,6 +6,7 @@
 //! - [`run`]: one target: one connection, one transaction, one statement at
 //!   a time through the extended protocol, events as they happen, the
 //!   connection reset before it goes back.
+//! - [`parser`]: the SQL check, on the blocking pool behind a bound.
 //! - [`values`]: result values to wire cells, rendered by PostgreSQL where
 //!   psql's text is the faithful form.
 //! - [`dispatch`] starts every target concurrently and merges their events
@@ -16,6 +17,7 @@
 //!   classifier miss fails with SQLSTATE 25006 instead of writing unaudited).
 
 pub mod audited;
+pub mod parser;
 pub mod plan;
 pub mod run;
 pub mod values;
