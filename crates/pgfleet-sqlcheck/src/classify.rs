@@ -1216,10 +1216,13 @@ fn command_from_kind(kind: &str) -> String {
 mod set_tests {
     use crate::{DangerCode, StatementClass};
 
+    type Expected = Result<(StatementClass, bool), &'static str>;
+
     /// One row per SET text: allowed (class, whether dangerous) or refused.
     #[test]
     fn set_is_classified_by_an_allow_list() {
-        let cases: &[(&str, Result<(StatementClass, bool), &str>)] = &[
+        // (text, Ok((class, dangerous)) or Err(words of the refusal))
+        let cases: &[(&str, Expected)] = &[
             (
                 "SET search_path = app, public",
                 Ok((StatementClass::Session, false)),
