@@ -35,6 +35,10 @@ pub enum RequestError {
     /// may succeed.
     #[error("{0}")]
     Aborted(String),
+    /// A server-wide bound is reached (too many texts waiting for the SQL
+    /// check); retrying later may succeed.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A dependency (target database, history store) cannot be reached.
     #[error("{0}")]
     Unavailable(String),

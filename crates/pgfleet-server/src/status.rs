@@ -39,6 +39,7 @@ impl From<RequestError> for Status {
             RequestError::PermissionDenied(_) => Status::permission_denied(message),
             RequestError::FailedPrecondition(_) => Status::failed_precondition(message),
             RequestError::Aborted(_) => Status::aborted(message),
+            RequestError::ResourceExhausted(_) => Status::resource_exhausted(message),
             RequestError::Unavailable(_) => Status::unavailable(message),
             RequestError::Internal(detail) => internal(&detail),
         }

@@ -8,6 +8,7 @@ use crate::classify::{self, DangerFinding, StatementClass};
 use crate::engine;
 use crate::error::{ParseError, locate};
 use crate::functions::{QualifiedName, SideEffectFunction, lookup_side_effect_function};
+use crate::position::LineIndex;
 use crate::split::{self, StatementSpan};
 use crate::tree::Tree;
 
@@ -56,15 +57,24 @@ impl Parsed {
         self.statements.is_empty()
     }
 
-    /// Classifies every statement and fingerprints the text. Fails only if
+    /// Classifies every statement and fingerprints the text. Fails with
+    /// [`ParseError::Refused`] for a statement pgfleet will not guess about
+    /// (a repeated or unknown option, a SET outside the allow-list), or if
     /// libpg_query fails internally while fingerprinting or normalising.
     pub fn analyze(&self) -> Result<Analysis, ParseError> {
+        let lines = LineIndex::new(&self.source);
         let statements = self
             .statements
             .iter()
             .map(|(span, tree)| {
                 let verdict = classify::classify(tree);
-                StatementAnalysis {
+                if let Some(refusal) = verdict.refusal {
+                    return Err(ParseError::Refused {
+                        message: refusal.message,
+                        cursor: lines.position(refusal.offset.unwrap_or(span.range.start)),
+                    });
+                }
+                Ok(StatementAnalysis {
                     span: span.clone(),
                     class: verdict.class,
                     command: verdict.command,
@@ -74,19 +84,55 @@ impl Parsed {
                     requires_no_transaction_block: verdict.requires_no_transaction_block,
                     is_transaction_control: verdict.is_transaction_control,
                     notes: verdict.notes,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, ParseError>>()?;
         let summary = match &self.summary {
             Some(summary) => summary.clone(),
             None => engine::summarize(&self.source).map_err(|e| locate(&self.source, e))?,
         };
+        // pg_query's normalize leaves the values of SET statements alone, and
+        // an ALTER SYSTEM value may be a secret (a connection string).
+        let normalized = if statements.iter().any(|s| s.command == "ALTER SYSTEM") {
+            replace_literals(&summary.normalized).map_err(|e| locate(&summary.normalized, e))?
+        } else {
+            summary.normalized
+        };
         Ok(Analysis {
             statements,
             fingerprint: Fingerprint(summary.fingerprint),
-            normalized: summary.normalized,
+            normalized,
         })
     }
+}
+
+/// `text` with every literal left in it replaced by a new `$n`.
+fn replace_literals(text: &str) -> Result<String, engine::EngineError> {
+    use pg_query::protobuf::Token as Kind;
+    let tokens = engine::scan(text)?;
+    let mut next = tokens
+        .iter()
+        .filter(|t| t.kind == Kind::Param)
+        .filter_map(|t| text.get(t.start + 1..t.end)?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for token in &tokens {
+        let literal = matches!(
+            token.kind,
+            Kind::Sconst | Kind::Usconst | Kind::Iconst | Kind::Fconst | Kind::Bconst | Kind::Xconst
+        );
+        if !literal || token.start < copied {
+            continue;
+        }
+        next += 1;
+        out.push_str(text.get(copied..token.start).unwrap_or_default());
+        out.push_str(&format!("${next}"));
+        copied = token.end;
+    }
+    out.push_str(text.get(copied..).unwrap_or_default());
+    Ok(out)
 }
 
 /// What one statement does.
@@ -124,6 +170,8 @@ const CREDENTIAL_COMMANDS: &[&str] = &[
     "ALTER SUBSCRIPTION",
     "CREATE SERVER",
     "ALTER SERVER",
+    // A setting's value can be a secret (a key, a connection string).
+    "ALTER SYSTEM",
 ];
 
 /// Functions whose arguments may be connection strings with a password.

@@ -19,6 +19,7 @@ use pg_query::protobuf::{
 use serde::Serialize;
 
 use crate::functions::{QualifiedName, SideEffectFunction, lookup_side_effect_function};
+use crate::options::{OptionError, Options};
 use crate::tree::{Descend, Node, Tree, relation_name, string_values};
 
 /// What kind of statement this is, for deciding which roles may run it.
@@ -165,6 +166,9 @@ pub(crate) struct Verdict {
     pub(crate) is_transaction_control: bool,
     pub(crate) findings: Vec<DangerFinding>,
     pub(crate) notes: Vec<String>,
+    /// Why the statement is refused before it runs (a repeated or unknown
+    /// option, a setting outside the allow-list); the first reason found.
+    pub(crate) refusal: Option<OptionError>,
 }
 
 impl Verdict {
@@ -181,7 +185,12 @@ impl Verdict {
             is_transaction_control: class == StatementClass::TransactionControl,
             findings: Vec::new(),
             notes: Vec::new(),
+            refusal: None,
         }
+    }
+
+    fn refuse(&mut self, error: OptionError) {
+        self.refusal.get_or_insert(error);
     }
 
     fn finding(&mut self, code: DangerCode, reason: impl Into<String>) {
@@ -235,18 +244,64 @@ pub(crate) fn functions_called(statement: &Tree) -> Vec<QualifiedName> {
     names
 }
 
+/// Every option EXPLAIN knows (PostgreSQL 13 to 18), and those of them
+/// that take a boolean.
+const EXPLAIN_OPTIONS: &[&str] = &[
+    "analyze",
+    "verbose",
+    "costs",
+    "settings",
+    "generic_plan",
+    "buffers",
+    "serialize",
+    "wal",
+    "timing",
+    "summary",
+    "memory",
+    "format",
+];
+const EXPLAIN_BOOLEAN_OPTIONS: &[&str] = &[
+    "analyze",
+    "verbose",
+    "costs",
+    "settings",
+    "generic_plan",
+    "buffers",
+    "wal",
+    "timing",
+    "summary",
+    "memory",
+];
+
+/// EXPLAIN is classified as the statement it explains, with or without
+/// ANALYZE: a planned DELETE needs what the DELETE needs and is on record.
+/// Reading ANALYZE right matters only for the notes then; its options are
+/// still read strictly, since a list read wrongly is a list to refuse.
 fn explain(root: &Node) -> Verdict {
-    if option_enabled(root.list("options"), &["analyze", "analyse"]) != Some(true) {
-        let mut verdict = Verdict::new(StatementClass::Read, "EXPLAIN");
-        verdict.note("EXPLAIN without ANALYZE plans the statement without running it");
-        return verdict;
-    }
     let inner = classify(root.field("query"));
-    let mut notes = vec![format!("EXPLAIN ANALYZE runs the {} it explains", inner.command)];
+    let options = Options::read(root.list("options"), "EXPLAIN", Some(EXPLAIN_OPTIONS)).and_then(|options| {
+        options.check_booleans(EXPLAIN_BOOLEAN_OPTIONS)?;
+        options.boolean("analyze")
+    });
+    let (analyze, refusal) = match options {
+        Ok(analyze) => (analyze == Some(true), None),
+        Err(error) => (false, Some(error)),
+    };
+    let mut notes = vec![if analyze {
+        format!("EXPLAIN ANALYZE runs the {} it explains", inner.command)
+    } else if inner.class == StatementClass::Read {
+        "EXPLAIN without ANALYZE plans the statement without running it".to_owned()
+    } else {
+        format!(
+            "EXPLAIN without ANALYZE only plans the {}, but is classified as the statement it explains: it needs the same role and goes on record",
+            inner.command
+        )
+    }];
     notes.extend(inner.notes);
     Verdict {
         command: "EXPLAIN".into(),
         notes,
+        refusal: inner.refusal.or(refusal),
         ..inner
     }
 }
@@ -364,6 +419,11 @@ fn base(root: &Node) -> Verdict {
 
 fn copy(root: &Node) -> Verdict {
     let mut verdict = Verdict::new(StatementClass::Write, "COPY");
+    // PostgreSQL refuses repeats itself ("conflicting or redundant options");
+    // refusing them here too keeps one rule for every option list.
+    if let Err(error) = Options::read(root.list("options"), "COPY", None) {
+        verdict.refuse(error);
+    }
     let direction = if root.bool("is_from") { "FROM" } else { "TO" };
     if root.bool("is_program") {
         verdict.finding(
@@ -426,8 +486,85 @@ fn variable_set(root: &Node) -> Verdict {
             );
             verdict
         }
-        _ => Verdict::new(StatementClass::Session, command),
+        _ => {
+            let mut verdict = Verdict::new(StatementClass::Session, command);
+            // RESET only goes back to the server's default; SET is checked.
+            if !reset && let Err(message) = settable(&name) {
+                verdict.refuse(OptionError {
+                    message,
+                    offset: None,
+                });
+            }
+            verdict
+        }
     }
+}
+
+/// Settings that change how the text after them is read: pgfleet's parser
+/// always reads it with PostgreSQL's defaults, so after such a SET the
+/// server and this check would read the same text differently.
+const PARSE_SETTINGS: &[&str] = &[
+    "standard_conforming_strings",
+    "backslash_quote",
+    "escape_string_warning",
+];
+
+/// Settings a statement may SET (with `enable_*` planner switches): query
+/// planning, timeouts, output formats and locale, nothing that changes
+/// parsing, privileges, the transaction or the connection's protocol.
+pub(crate) const SETTABLE: &[&str] = &[
+    "application_name",
+    "bytea_output",
+    "client_min_messages",
+    "constraint_exclusion",
+    "cpu_index_tuple_cost",
+    "cpu_operator_cost",
+    "cpu_tuple_cost",
+    "cursor_tuple_fraction",
+    "datestyle",
+    "default_statistics_target",
+    "default_text_search_config",
+    "effective_cache_size",
+    "effective_io_concurrency",
+    "extra_float_digits",
+    "from_collapse_limit",
+    "geqo",
+    "hash_mem_multiplier",
+    "idle_in_transaction_session_timeout",
+    "intervalstyle",
+    "jit",
+    "join_collapse_limit",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "lock_timeout",
+    "maintenance_work_mem",
+    "max_parallel_workers_per_gather",
+    "parallel_setup_cost",
+    "parallel_tuple_cost",
+    "plan_cache_mode",
+    "random_page_cost",
+    "search_path",
+    "seq_page_cost",
+    "statement_timeout",
+    "temp_buffers",
+    "timezone",
+    "work_mem",
+];
+
+/// Whether `SET name` is allowed; the refusal says why not.
+fn settable(name: &str) -> Result<(), String> {
+    if PARSE_SETTINGS.contains(&name) {
+        return Err(format!(
+            "SET {name} changes how PostgreSQL reads the text that follows, which pgfleet's check would then read differently; it is refused"
+        ));
+    }
+    if SETTABLE.contains(&name) || name.starts_with("enable_") {
+        return Ok(());
+    }
+    Err(format!(
+        "SET {name}: the setting {name} is not in pgfleet's allow-list of settings a statement may change (planner, timeouts, formats, locale, search_path: see docs/SECURITY.md)"
+    ))
 }
 
 fn transaction(root: &Node) -> Verdict {
@@ -459,6 +596,38 @@ fn transaction(root: &Node) -> Verdict {
     verdict
 }
 
+/// The options of VACUUM and ANALYZE (PostgreSQL 13 to 18).
+const VACUUM_OPTIONS: &[&str] = &[
+    "verbose",
+    "analyze",
+    "freeze",
+    "full",
+    "disable_page_skipping",
+    "skip_locked",
+    "index_cleanup",
+    "process_main",
+    "process_toast",
+    "truncate",
+    "parallel",
+    "buffer_usage_limit",
+    "skip_database_stats",
+    "only_database_stats",
+];
+const ANALYZE_OPTIONS: &[&str] = &["verbose", "skip_locked", "buffer_usage_limit"];
+const VACUUM_BOOLEAN_OPTIONS: &[&str] = &[
+    "verbose",
+    "analyze",
+    "freeze",
+    "full",
+    "disable_page_skipping",
+    "skip_locked",
+    "process_main",
+    "process_toast",
+    "truncate",
+    "skip_database_stats",
+    "only_database_stats",
+];
+
 fn vacuum(root: &Node) -> Verdict {
     let is_vacuum = root.bool("is_vacuumcmd");
     let mut verdict = Verdict::new(
@@ -466,7 +635,20 @@ fn vacuum(root: &Node) -> Verdict {
         if is_vacuum { "VACUUM" } else { "ANALYZE" },
     )
     .no_transaction_block(is_vacuum);
-    if is_vacuum && option_enabled(root.list("options"), &["full"]) == Some(true) {
+    let (command, known) = if is_vacuum {
+        ("VACUUM", VACUUM_OPTIONS)
+    } else {
+        ("ANALYZE", ANALYZE_OPTIONS)
+    };
+    let full = Options::read(root.list("options"), command, Some(known)).and_then(|options| {
+        options.check_booleans(VACUUM_BOOLEAN_OPTIONS)?;
+        options.boolean("full")
+    });
+    let full = full.unwrap_or_else(|error| {
+        verdict.refuse(error);
+        None
+    });
+    if is_vacuum && full == Some(true) {
         verdict.finding(
             DangerCode::VacuumFull,
             "VACUUM FULL rewrites tables under an ACCESS EXCLUSIVE lock, blocking all reads and writes on them",
@@ -476,7 +658,14 @@ fn vacuum(root: &Node) -> Verdict {
 }
 
 fn reindex(root: &Node) -> Verdict {
-    let concurrently = option_enabled(root.list("params"), &["concurrently"]) == Some(true);
+    let mut refusal = None;
+    let concurrently = option_flag(
+        root.list("params"),
+        "REINDEX",
+        Some(&["concurrently", "tablespace", "verbose"]),
+        "concurrently",
+        &mut refusal,
+    ) == Some(true);
     let many = matches!(
         enum_value::<ReindexObjectType>(root.int("kind")),
         Some(
@@ -487,6 +676,7 @@ fn reindex(root: &Node) -> Verdict {
     );
     let mut verdict =
         Verdict::new(StatementClass::Utility, "REINDEX").no_transaction_block(concurrently || many);
+    verdict.refusal = refusal;
     let blocking = if concurrently {
         ""
     } else {
@@ -609,6 +799,7 @@ fn ddl_command(root: &Node) -> Option<String> {
 }
 
 fn ddl(root: &Node, command: String) -> Verdict {
+    let mut refusal = None;
     let no_block = match root.kind {
         "CreatedbStmt"
         | "DropdbStmt"
@@ -616,12 +807,19 @@ fn ddl(root: &Node, command: String) -> Verdict {
         | "CreateTableSpaceStmt"
         | "DropTableSpaceStmt"
         | "DropSubscriptionStmt" => true,
-        "AlterDatabaseStmt" => option_enabled(root.list("options"), &["tablespace"]).is_some(),
+        "AlterDatabaseStmt" => match Options::read(root.list("options"), "ALTER DATABASE", None) {
+            Ok(options) => options.has("tablespace"),
+            Err(error) => {
+                refusal = Some(error);
+                false
+            }
+        },
         "IndexStmt" | "DropStmt" => root.bool("concurrent"),
         "CreateSubscriptionStmt" => {
             let options = root.list("options");
-            option_enabled(options, &["create_slot"]) != Some(false)
-                && option_enabled(options, &["connect"]) != Some(false)
+            let command = "CREATE SUBSCRIPTION";
+            option_flag(options, command, None, "create_slot", &mut refusal) != Some(false)
+                && option_flag(options, command, None, "connect", &mut refusal) != Some(false)
         }
         "AlterSubscriptionStmt" => match enum_value::<AlterSubscriptionType>(root.int("kind")) {
             Some(AlterSubscriptionType::AlterSubscriptionRefresh) => true,
@@ -629,7 +827,15 @@ fn ddl(root: &Node, command: String) -> Verdict {
                 AlterSubscriptionType::AlterSubscriptionSetPublication
                 | AlterSubscriptionType::AlterSubscriptionAddPublication
                 | AlterSubscriptionType::AlterSubscriptionDropPublication,
-            ) => option_enabled(root.list("options"), &["refresh"]) != Some(false),
+            ) => {
+                option_flag(
+                    root.list("options"),
+                    "ALTER SUBSCRIPTION",
+                    None,
+                    "refresh",
+                    &mut refusal,
+                ) != Some(false)
+            }
             _ => false,
         },
         "AlterTableStmt" => root.list("cmds").iter().filter_map(Tree::as_node).any(|cmd| {
@@ -639,6 +845,7 @@ fn ddl(root: &Node, command: String) -> Verdict {
         _ => false,
     };
     let mut verdict = Verdict::new(StatementClass::Ddl, command.as_str()).no_transaction_block(no_block);
+    verdict.refusal = refusal;
     match root.kind {
         "GrantStmt" | "GrantRoleStmt" | "AlterDefaultPrivilegesStmt" => {
             verdict.finding(
@@ -851,31 +1058,22 @@ fn always_true(expr: &Tree) -> bool {
     }
 }
 
-/// The value of the first `DefElem` named one of `names`: `None` if absent,
-/// otherwise PostgreSQL's boolean reading of its argument (no argument is true).
-fn option_enabled(options: &[Tree], names: &[&str]) -> Option<bool> {
-    options
-        .iter()
-        .filter_map(Tree::as_node)
-        .filter(|o| o.kind == "DefElem")
-        .find_map(|option| {
-            let name = option.text("defname")?.to_lowercase();
-            if !names.contains(&name.as_str()) {
-                return None;
-            }
-            Some(match option.field("arg").as_node() {
-                None => true,
-                Some(arg) => match arg.kind {
-                    "Boolean" => arg.bool("boolval"),
-                    "Integer" => arg.int("ival") != 0,
-                    "String" => !matches!(
-                        arg.text("sval").unwrap_or_default().to_lowercase().as_str(),
-                        "false" | "off" | "no" | "0"
-                    ),
-                    _ => true,
-                },
-            })
-        })
+/// `name`'s boolean value in `list`, read by [`Options`]; a list it
+/// refuses is kept in `refusal` (the first one wins) and reads as absent.
+fn option_flag(
+    list: &[Tree],
+    command: &'static str,
+    known: Option<&[&str]>,
+    name: &str,
+    refusal: &mut Option<OptionError>,
+) -> Option<bool> {
+    match Options::read(list, command, known).and_then(|options| options.boolean(name)) {
+        Ok(value) => value,
+        Err(error) => {
+            refusal.get_or_insert(error);
+            None
+        }
+    }
 }
 
 fn cascades(root: &Node) -> bool {
@@ -1012,4 +1210,167 @@ fn command_from_kind(kind: &str) -> String {
         command.extend(c.to_uppercase());
     }
     command
+}
+
+#[cfg(test)]
+mod set_tests {
+    use crate::{DangerCode, StatementClass};
+
+    type Expected = Result<(StatementClass, bool), &'static str>;
+
+    /// One row per SET text: allowed (class, whether dangerous) or refused.
+    #[test]
+    fn set_is_classified_by_an_allow_list() {
+        // (text, Ok((class, dangerous)) or Err(words of the refusal))
+        let cases: &[(&str, Expected)] = &[
+            (
+                "SET search_path = app, public",
+                Ok((StatementClass::Session, false)),
+            ),
+            (
+                "SET statement_timeout = '5s'",
+                Ok((StatementClass::Session, false)),
+            ),
+            (
+                "SET LOCAL work_mem = '64MB'",
+                Ok((StatementClass::Session, false)),
+            ),
+            ("SET TIME ZONE 'UTC'", Ok((StatementClass::Session, false))),
+            ("SET enable_seqscan = off", Ok((StatementClass::Session, false))),
+            ("SET jit = off", Ok((StatementClass::Session, false))),
+            (
+                "RESET standard_conforming_strings",
+                Ok((StatementClass::Session, false)),
+            ),
+            ("RESET ALL", Ok((StatementClass::Session, false))),
+            ("SET ROLE admin", Ok((StatementClass::Session, true))),
+            (
+                "SET SESSION AUTHORIZATION admin",
+                Ok((StatementClass::Session, true)),
+            ),
+            (
+                "SET transaction_read_only = off",
+                Ok((StatementClass::TransactionControl, false)),
+            ),
+            (
+                "SET standard_conforming_strings = off",
+                Err("standard_conforming_strings changes how"),
+            ),
+            ("SET backslash_quote = on", Err("backslash_quote changes how")),
+            (
+                "SET escape_string_warning = off",
+                Err("escape_string_warning changes how"),
+            ),
+            (
+                "SET default_transaction_read_only = off",
+                Err("default_transaction_read_only is not in"),
+            ),
+            ("SET client_encoding = 'LATIN1'", Err("client_encoding is not in")),
+            ("SET NAMES 'LATIN1'", Err("client_encoding is not in")),
+            (
+                "SET session_replication_role = replica",
+                Err("session_replication_role is not in"),
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+                Err("is not in"),
+            ),
+        ];
+        for (sql, expected) in cases {
+            match (expected, crate::analyze(sql)) {
+                (Ok((class, dangerous)), Ok(analysis)) => {
+                    let statement = &analysis.statements[0];
+                    assert_eq!(statement.class, *class, "{sql}");
+                    assert_eq!(
+                        !statement.findings.is_empty(),
+                        *dangerous,
+                        "{sql}: {:?}",
+                        statement.findings
+                    );
+                }
+                (Err(words), Err(error)) => {
+                    assert!(error.message().contains(words), "{sql}: {error}");
+                    assert_eq!(error.position().map(|p| p.offset), Some(0), "{sql}");
+                }
+                (expected, got) => panic!("{sql}: expected {expected:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn set_config_anywhere_is_dangerous() {
+        for sql in [
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+            "SELECT 1 WHERE set_config('role', 'admin', true) IS NOT NULL",
+            "EXPLAIN SELECT pg_catalog.set_config('search_path', 'x', true)",
+        ] {
+            let analysis = crate::analyze(sql).expect("parses");
+            let statement = &analysis.statements[0];
+            assert_eq!(statement.class, StatementClass::Write, "{sql}");
+            assert!(
+                statement
+                    .findings
+                    .iter()
+                    .any(|f| f.code == DangerCode::SideEffectFunction),
+                "{sql}: {:?}",
+                statement.findings
+            );
+        }
+    }
+
+    #[test]
+    fn explain_is_classified_by_what_it_explains() {
+        for (sql, class, dangerous) in [
+            ("EXPLAIN SELECT 1", StatementClass::Read, false),
+            ("EXPLAIN DELETE FROM t WHERE id = 1", StatementClass::Write, false),
+            (
+                "EXPLAIN (ANALYZE false) DELETE FROM t WHERE id = 1",
+                StatementClass::Write,
+                false,
+            ),
+            (
+                "EXPLAIN SELECT lo_import('/etc/passwd')",
+                StatementClass::Write,
+                true,
+            ),
+            ("EXPLAIN SELECT pg_notify('c', 'x')", StatementClass::Write, false),
+            ("EXPLAIN SELECT pg_advisory_lock(1)", StatementClass::Write, false),
+            ("EXPLAIN SELECT pg_cancel_backend(1)", StatementClass::Write, true),
+            (
+                "EXPLAIN SELECT pg_read_file('/etc/passwd')",
+                StatementClass::Write,
+                true,
+            ),
+            ("EXPLAIN SELECT lo_creat(-1)", StatementClass::Write, false),
+            (
+                "EXPLAIN SELECT lo_from_bytea(0, 'x')",
+                StatementClass::Write,
+                false,
+            ),
+            ("EXPLAIN SELECT lowrite(0, 'x')", StatementClass::Write, false),
+        ] {
+            let analysis = crate::analyze(sql).expect("parses");
+            let statement = &analysis.statements[0];
+            assert_eq!(statement.command, "EXPLAIN", "{sql}");
+            assert_eq!(statement.class, class, "{sql}");
+            assert_eq!(
+                !statement.findings.is_empty(),
+                dangerous,
+                "{sql}: {:?}",
+                statement.findings
+            );
+        }
+    }
+
+    #[test]
+    fn alter_system_is_redacted() {
+        let analysis =
+            crate::analyze("ALTER SYSTEM SET primary_conninfo = 'host=x password=hunter2'").expect("parses");
+        assert!(analysis.may_carry_credentials());
+        assert!(
+            !analysis.normalized.contains("hunter2"),
+            "{}",
+            analysis.normalized
+        );
+    }
 }

@@ -181,6 +181,21 @@ pub(crate) fn parse_error_message(sql: &str) -> Option<String> {
     outcome.unwrap_or(None)
 }
 
+/// The first of `ranges` (statements of `sql`) that fails to parse on its
+/// own, in one trip to the parser thread (one trip per statement cost more
+/// than the parses).
+pub(crate) fn first_failing(sql: &str, ranges: &[std::ops::Range<usize>]) -> Option<usize> {
+    let sql = sql.to_owned();
+    let ranges = ranges.to_vec();
+    run(move || {
+        Ok(ranges.iter().position(|range| {
+            sql.get(range.clone())
+                .is_some_and(|text| pg_query::parse(text, 0).is_err())
+        }))
+    })
+    .unwrap_or(None)
+}
+
 /// A lexical token: byte range and kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Token {

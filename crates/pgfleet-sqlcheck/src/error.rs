@@ -31,6 +31,12 @@ pub enum ParseError {
         message: String,
         statement: SourcePosition,
     },
+    /// PostgreSQL would take the text, but pgfleet will not guess what it
+    /// does: a repeated or unknown option (`EXPLAIN (ANALYZE false, ANALYZE)`),
+    /// an option value PostgreSQL would refuse, a setting outside the SET
+    /// allow-list. `cursor` is the option, or the statement's start.
+    #[error("{message} (line {}, column {})", cursor.line, cursor.column)]
+    Refused { message: String, cursor: SourcePosition },
     /// The text holds a NUL byte, which PostgreSQL never accepts in a query.
     #[error("the SQL text contains a NUL byte (line {}, column {})", cursor.line, cursor.column)]
     NulByte { cursor: SourcePosition },
@@ -51,7 +57,9 @@ impl ParseError {
     /// PostgreSQL's message, or this crate's description for the other cases.
     pub fn message(&self) -> String {
         match self {
-            ParseError::Syntax { message, .. } | ParseError::Rejected { message, .. } => message.clone(),
+            ParseError::Syntax { message, .. }
+            | ParseError::Rejected { message, .. }
+            | ParseError::Refused { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }
@@ -60,7 +68,9 @@ impl ParseError {
     /// [`ParseError::NulByte`], the statement's start for `Rejected` and `TooDeep`.
     pub fn position(&self) -> Option<SourcePosition> {
         match self {
-            ParseError::Syntax { cursor, .. } | ParseError::NulByte { cursor } => Some(*cursor),
+            ParseError::Syntax { cursor, .. }
+            | ParseError::Refused { cursor, .. }
+            | ParseError::NulByte { cursor } => Some(*cursor),
             ParseError::Rejected { statement, .. } | ParseError::TooDeep { statement } => Some(*statement),
             ParseError::Internal(_) => None,
         }
@@ -125,10 +135,17 @@ pub(crate) fn cursor_offset(sql: &str, message: &str) -> Option<usize> {
             .collect();
         // PostgreSQL quotes the whole token: prefer candidates where a token
         // is exactly `near` (so `SELEC` is not found inside `SELECT`).
+        // Tokens are sorted by start: a binary search per candidate keeps
+        // this linear-logarithmic (a 400,000-token text has as many
+        // candidates as tokens; a scan per candidate was quadratic).
         let whole_token: Vec<usize> = at_token
             .iter()
             .copied()
-            .filter(|c| tokens.iter().any(|t| t.start == *c && t.end == *c + near.len()))
+            .filter(|c| {
+                tokens
+                    .binary_search_by_key(c, |t| t.start)
+                    .is_ok_and(|i| tokens[i].end == *c + near.len())
+            })
             .collect();
         if !whole_token.is_empty() {
             candidates = whole_token;
@@ -136,12 +153,31 @@ pub(crate) fn cursor_offset(sql: &str, message: &str) -> Option<usize> {
             candidates = at_token;
         }
     }
+    // The cursor is in the first statement that fails on its own (a prefix
+    // of a statement that parses fails only at end of input): search there
+    // only, parsing from that statement's start, so a long text costs one
+    // pass over its statements plus a few parses of one statement.
+    let mut from = 0;
+    if candidates.len() > 1 {
+        let ranges = split::token_ranges(sql);
+        if let Some(failing) = engine::first_failing(sql, &ranges).and_then(|i| ranges.get(i)) {
+            let inside: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|c| failing.contains(c))
+                .collect();
+            if !inside.is_empty() {
+                candidates = inside;
+                from = failing.start;
+            }
+        }
+    }
     match candidates.as_slice() {
         [] => None,
         [only] => Some(*only),
         several => {
             let fails_here = |&candidate: &usize| {
-                let prefix = sql.get(..candidate + near.len()).unwrap_or(sql);
+                let prefix = sql.get(from..candidate + near.len()).unwrap_or(sql);
                 engine::parse_error_message(prefix).as_deref() == Some(message)
             };
             let first = several.partition_point(|c| !fails_here(c));
@@ -165,12 +201,8 @@ fn occurrences(haystack: &str, needle: &str) -> Vec<usize> {
 /// splits the text), or of the text's first token.
 fn failing_statement_start(sql: &str) -> usize {
     let ranges = split::token_ranges(sql);
-    ranges
-        .iter()
-        .find(|r| {
-            sql.get((*r).clone())
-                .is_some_and(|text| engine::parse(text, false).is_err())
-        })
+    engine::first_failing(sql, &ranges)
+        .and_then(|i| ranges.get(i))
         .or(ranges.first())
         .map_or(0, |r| r.start)
 }

@@ -19,6 +19,7 @@ mod classify;
 mod engine;
 mod error;
 mod functions;
+mod options;
 mod position;
 mod split;
 mod tree;

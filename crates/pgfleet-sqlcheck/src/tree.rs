@@ -9,7 +9,7 @@
 //!
 //! The protobuf `Node` wrapper and its `oneof` are collapsed: a [`Node`] carries
 //! the message name as its `kind` (`"FuncCall"`, `"DeleteStmt"`…). Absent
-//! fields, empty lists and source locations are left out.
+//! fields, empty lists and source locations (but an option's) are left out.
 
 use std::fmt;
 
@@ -167,8 +167,9 @@ pub(crate) fn build<T: Serialize + ?Sized>(value: &T) -> Result<Tree, TreeError>
 
 struct Builder;
 
-fn keep_field(key: &str, value: &Tree) -> bool {
-    let noise = key == "location" || key.ends_with("_location");
+fn keep_field(kind: &str, key: &str, value: &Tree) -> bool {
+    // An option's location is kept: a refused option is reported where it is.
+    let noise = (key == "location" && kind != "DefElem") || key.ends_with("_location");
     let empty = matches!(value, Tree::Absent) || matches!(value, Tree::List(items) if items.is_empty());
     !noise && !empty
 }
@@ -388,7 +389,7 @@ impl ser::SerializeStruct for StructBuilder {
         value: &T,
     ) -> Result<(), TreeError> {
         let value = value.serialize(Builder)?;
-        if keep_field(key, &value) {
+        if keep_field(self.node.kind, key, &value) {
             self.node.fields.push((key, value));
         }
         Ok(())

@@ -228,3 +228,32 @@ fn empty_text_parses_to_nothing() {
         assert!(parsed.is_empty(), "case {sql:?}");
     }
 }
+
+/// The error-position search is not quadratic: a 400,000-token text whose
+/// offending token occurs everywhere is answered in well under a second per
+/// hundred thousand tokens (a loose bound; debug build, shared machine).
+#[test]
+fn a_huge_erroneous_text_is_located_quickly() {
+    let cases = [
+        (
+            "repeated token",
+            format!("{}SELECT 1 1", "SELECT 1;".repeat(100_000)),
+        ),
+        (
+            "grammar error",
+            format!("{}SELECT 1 LIMIT 1,2", "SELECT 1;".repeat(100_000)),
+        ),
+        ("long statement", format!("SELECT {} 1 1", "1 +".repeat(200_000))),
+    ];
+    for (name, sql) in cases {
+        let started = std::time::Instant::now();
+        let error = pgfleet_sqlcheck::analyze(&sql).expect_err(name);
+        let elapsed = started.elapsed();
+        assert!(error.position().is_some(), "{name}: {error}");
+        assert!(
+            elapsed < std::time::Duration::from_secs(10),
+            "{name}: took {elapsed:?}"
+        );
+        eprintln!("{name}: {elapsed:?} -> {:?}", error.position());
+    }
+}

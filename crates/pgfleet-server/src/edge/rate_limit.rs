@@ -1,6 +1,8 @@
-//! The per-identity rate limit on `QueryService/Execute` and
-//! `ExecuteStream` (`[query.rate_limit]`), a tower layer inside the
-//! authentication gate so it knows who is calling.
+//! The per-identity rate limit on `QueryService/Execute`, `ExecuteStream`
+//! and `Validate` (`[query.rate_limit]`), a tower layer inside the
+//! authentication gate so it knows who is calling. Validate has a bucket of
+//! its own (same rate): it runs nothing, but each call is a trip through
+//! the one SQL parser thread, so it is bounded too.
 //!
 //! One token bucket (GCRA, `governor`) per user or API key, in this
 //! process: with several replicas behind a balancer each allows the rate,
@@ -23,11 +25,19 @@ use uuid::Uuid;
 
 use crate::identity::{Identity, Principal};
 
-/// The methods the limit applies to.
-const LIMITED_PATHS: [&str; 2] = [
-    "/pgfleet.v1.QueryService/Execute",
-    "/pgfleet.v1.QueryService/ExecuteStream",
+/// The methods the limit applies to, and the bucket each draws on.
+const LIMITED_PATHS: [(&str, Bucket); 3] = [
+    ("/pgfleet.v1.QueryService/Execute", Bucket::Execute),
+    ("/pgfleet.v1.QueryService/ExecuteStream", Bucket::Execute),
+    ("/pgfleet.v1.QueryService/Validate", Bucket::Validate),
 ];
+
+/// Executions and validations are counted apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Bucket {
+    Execute,
+    Validate,
+}
 
 /// Buckets idle long enough to be full again are dropped every this many
 /// checks, so identities that stopped calling do not hold memory.
@@ -53,8 +63,8 @@ pub enum RateLimitError {
 /// Whose bucket: users and API keys are counted apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
-    User(Uuid),
-    ApiKey(Uuid),
+    User(Uuid, Bucket),
+    ApiKey(Uuid, Bucket),
 }
 
 /// The buckets, shared by every connection.
@@ -79,13 +89,13 @@ impl QueryRateLimiter {
     }
 
     /// Takes one token from `identity`'s bucket, or says when one is due.
-    pub fn check(&self, identity: &Identity) -> Result<(), RateLimitError> {
+    fn check(&self, identity: &Identity, bucket: Bucket) -> Result<(), RateLimitError> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             self.limiter.retain_recent();
         }
         let key = match &identity.principal {
-            Principal::User { id, .. } => Key::User(*id),
-            Principal::ApiKey { id, .. } => Key::ApiKey(*id),
+            Principal::User { id, .. } => Key::User(*id, bucket),
+            Principal::ApiKey { id, .. } => Key::ApiKey(*id, bucket),
         };
         self.limiter.check_key(&key).map_err(|not_until| {
             let now = DefaultClock::default().now();
@@ -148,9 +158,11 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if let Some(limiter) = &self.limiter
-            && LIMITED_PATHS.contains(&request.uri().path())
+            && let Some((_, bucket)) = LIMITED_PATHS
+                .iter()
+                .find(|(path, _)| *path == request.uri().path())
             && let Some(identity) = request.extensions().get::<Identity>()
-            && let Err(error) = limiter.check(identity)
+            && let Err(error) = limiter.check(identity, *bucket)
         {
             tracing::info!(who = %identity.label(), path = request.uri().path(), "query rate limit exceeded");
             return Either::Right(futures::future::ready(Ok(tonic::Status::from(error).into_http())));

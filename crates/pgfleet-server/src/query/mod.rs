@@ -6,12 +6,18 @@
 //! - [`run`]: one target: one connection, one transaction, one statement at
 //!   a time through the extended protocol, events as they happen, the
 //!   connection reset before it goes back.
+//! - [`parser`]: the SQL check, on the blocking pool behind a bound.
 //! - [`values`]: result values to wire cells, rendered by PostgreSQL where
 //!   psql's text is the faithful form.
 //! - [`dispatch`] starts every target concurrently and merges their events
-//!   into one bounded channel, so a slow consumer slows the reads.
+//!   into one bounded channel, so a slow consumer slows the reads. It is
+//!   also the one place that decides a target's transaction mode: an
+//!   execution without an open audit record runs `BEGIN READ ONLY`, whatever
+//!   the caller's role and whatever the classifier said (fail closed: a
+//!   classifier miss fails with SQLSTATE 25006 instead of writing unaudited).
 
 pub mod audited;
+pub mod parser;
 pub mod plan;
 pub mod run;
 pub mod values;
@@ -23,9 +29,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::audit::OpenExecution;
 use crate::telemetry::Metrics;
 
 pub use plan::{ExecuteFields, Plan, Scope};
+use run::Access;
 pub use run::{EventSink, StatementOutcome, TargetEvent, TargetOutcome};
 
 /// Events buffered per target before its reads pause.
@@ -35,6 +43,12 @@ const EVENTS_PER_TARGET: usize = 4;
 /// index in `plan.targets`, each target ending with `Finished`. Cancelling
 /// `cancel` cancels the running statements on their servers.
 ///
+/// `record` is the execution's open audit record, if it is on record: only
+/// then may the targets run read-write (and the events then pass through
+/// the recorder, which closes the record). Without one every target runs
+/// `BEGIN READ ONLY`; a plan that cannot run in a transaction block is
+/// never run unrecorded.
+///
 /// Each target runs in a `target` span, a child of the caller's span: its
 /// names and the statement fingerprint, never the text or parameters.
 pub fn dispatch(
@@ -42,6 +56,34 @@ pub fn dispatch(
     plan: Arc<Plan>,
     cancel: CancellationToken,
     metrics: &Metrics,
+    record: Option<OpenExecution>,
+) -> mpsc::Receiver<(usize, TargetEvent)> {
+    let access = match &record {
+        Some(_) if !plan.read_only => Access::ReadWrite,
+        Some(_) => Access::ReadOnly,
+        None if plan.transactional => Access::ReadOnly,
+        // VACUUM, CREATE INDEX CONCURRENTLY…: no transaction to make READ
+        // ONLY. Such statements are never reads, so they are always on
+        // record; reaching here is a bug, and it fails closed.
+        None => Access::Refused,
+    };
+    debug_assert!(
+        access != Access::Refused,
+        "a statement that cannot run in a transaction block reached dispatch without an audit record"
+    );
+    let events = start_targets(registry, Arc::clone(&plan), cancel, metrics, access);
+    match record {
+        Some(open) => audited::record(open.started(), plan, events),
+        None => events,
+    }
+}
+
+fn start_targets(
+    registry: Arc<Registry>,
+    plan: Arc<Plan>,
+    cancel: CancellationToken,
+    metrics: &Metrics,
+    access: Access,
 ) -> mpsc::Receiver<(usize, TargetEvent)> {
     let (sender, receiver) = mpsc::channel(EVENTS_PER_TARGET * plan.targets.len().max(1));
     for index in 0..plan.targets.len() {
@@ -61,7 +103,7 @@ pub fn dispatch(
         tokio::spawn(
             async move {
                 let target = &plan.targets[index];
-                run::run_target(&registry, &plan, target, sink, cancel, &metrics).await;
+                run::run_target(&registry, &plan, target, access, sink, cancel, &metrics).await;
             }
             .instrument(span)
             .in_current_span(),

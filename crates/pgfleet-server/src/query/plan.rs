@@ -7,7 +7,7 @@ use std::time::Duration;
 use pgfleet_config::{FleetConfig, QueryLimits};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Registry, Target};
-use pgfleet_sqlcheck::{Analysis, StatementAnalysis, StatementClass};
+use pgfleet_sqlcheck::{Analysis, ParseError, StatementAnalysis, StatementClass};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
@@ -101,12 +101,13 @@ pub struct Plan {
 
 impl Plan {
     /// Checks a request against the config, the caller's role and the SQL's
-    /// analysis.
+    /// `analysis` (made by [`super::parser::analyze`], off the runtime).
     pub fn new(
         fields: &ExecuteFields<'_>,
         identity: &Identity,
         config: &FleetConfig,
         registry: &Registry,
+        analysis: Result<Analysis, ParseError>,
     ) -> Result<Self, RequestError> {
         let limits = &config.query;
         check_query_text(fields.query, limits)?;
@@ -146,7 +147,7 @@ impl Plan {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let analysis = pgfleet_sqlcheck::analyze(fields.query).map_err(|error| {
+        let analysis = analysis.map_err(|error| {
             let message = match error.position() {
                 Some(at) => format!("{} (line {}, column {})", error.message(), at.line, at.column),
                 None => error.message(),
@@ -166,6 +167,14 @@ impl Plan {
 
         let params = params(fields.params, analysis.statements.len())?;
         let transactional = !analysis.requires_no_transaction_block();
+        // Fail-closed execution relies on this: a statement outside a
+        // transaction block cannot be made READ ONLY, so it must always be
+        // on record, which every statement that is not a read is.
+        if !transactional && analysis.is_read_only() {
+            return Err(RequestError::Internal(
+                "a statement classified as a read cannot run in a transaction block".to_owned(),
+            ));
+        }
         let statements = analysis
             .statements
             .iter()

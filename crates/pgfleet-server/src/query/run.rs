@@ -59,6 +59,20 @@ pub struct TargetOutcome {
     pub replica: String,
 }
 
+/// How a target's transaction begins. Decided in one place,
+/// [`super::dispatch`], from whether the execution has an open audit record:
+/// nothing outside `query` can ask for a read-write transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// `BEGIN READ ONLY`: PostgreSQL refuses any write (SQLSTATE 25006).
+    ReadOnly,
+    /// `BEGIN` (or no transaction block for a lone non-transactional
+    /// statement): only for an execution on record.
+    ReadWrite,
+    /// Not run at all: a non-transactional statement without a record.
+    Refused,
+}
+
 /// Where a target's events go; `index` tags them with the target.
 pub struct EventSink {
     pub index: usize,
@@ -103,15 +117,20 @@ enum Stop {
 /// Runs `plan` on `target` and reports through `sink`. Never panics on
 /// database input; every outcome ends with one `Finished` event, counted in
 /// `metrics` and noted on the current (`target`) span first.
-pub async fn run_target(
+pub(super) async fn run_target(
     registry: &Registry,
     plan: &Plan,
     target: &Target,
+    access: Access,
     sink: EventSink,
     cancel: CancellationToken,
     metrics: &Metrics,
 ) {
-    let outcome = run_on_target(registry, plan, target, &sink, cancel).await;
+    let outcome = if access == Access::Refused {
+        refused_outcome()
+    } else {
+        run_on_target(registry, plan, target, access, &sink, cancel).await
+    };
     metrics.target_finished(target, &outcome);
     note_on_span(&outcome);
     sink.send(TargetEvent::Finished(Box::new(outcome))).await;
@@ -152,6 +171,7 @@ async fn run_on_target(
     registry: &Registry,
     plan: &Plan,
     target: &Target,
+    access: Access,
     sink: &EventSink,
     cancel: CancellationToken,
 ) -> TargetOutcome {
@@ -210,7 +230,7 @@ async fn run_on_target(
             Err(error) => Err(Stop::Setup(error)),
             Ok(backend_pid) => {
                 let schema = plan.schema_for(target);
-                let work = run_statements(connection, plan, &schema, sink, &commit_sent);
+                let work = run_statements(connection, plan, access, &schema, sink, &commit_sent);
                 tokio::pin!(work);
                 // A backstop: statement_timeout should fire first.
                 let deadline = tokio::time::sleep(plan.timeout + Duration::from_secs(1));
@@ -289,15 +309,15 @@ async fn reset(connection: &mut PgConnection, succeeded: bool) -> bool {
 async fn run_statements(
     connection: &mut PgConnection,
     plan: &Plan,
+    access: Access,
     schema: &str,
     sink: &EventSink,
     commit_sent: &AtomicBool,
 ) -> Result<(), Stop> {
     if plan.transactional {
-        let begin = if plan.read_only {
-            "BEGIN READ ONLY"
-        } else {
-            "BEGIN"
+        let begin = match access {
+            Access::ReadWrite => "BEGIN",
+            Access::ReadOnly | Access::Refused => "BEGIN READ ONLY",
         };
         sqlx::query(begin)
             .execute(&mut *connection)
@@ -591,6 +611,23 @@ async fn cancel_backend(registry: &Registry, target: &Target, member: &Member, r
             let _ = connection.close().await;
         }
         Err(error) => tracing::warn!(%target, %error, "could not connect to cancel a statement"),
+    }
+}
+
+/// A non-transactional statement without an audit record: not run (see
+/// [`super::dispatch`]); no connection was taken.
+fn refused_outcome() -> TargetOutcome {
+    TargetOutcome {
+        success: false,
+        error: Some(pb::TargetError {
+            code: pb::ErrorCode::Internal.into(),
+            message: "not run: a statement that cannot run in a transaction block must be on record, and this execution is not".to_owned(),
+            postgres: None,
+        }),
+        duration: Duration::ZERO,
+        failed_statement_index: None,
+        outcome_unknown: false,
+        replica: String::new(),
     }
 }
 

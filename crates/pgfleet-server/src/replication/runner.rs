@@ -335,6 +335,7 @@ fn error_code(error: &RequestError) -> pb::ErrorCode {
         RequestError::PermissionDenied(_) => pb::ErrorCode::PermissionDenied,
         RequestError::FailedPrecondition(_) => pb::ErrorCode::FailedPrecondition,
         RequestError::Aborted(_) => pb::ErrorCode::Aborted,
+        RequestError::ResourceExhausted(_) => pb::ErrorCode::ResourceExhausted,
         RequestError::Unavailable(_) => pb::ErrorCode::Unavailable,
         RequestError::Internal(_) => pb::ErrorCode::Internal,
     }

@@ -45,8 +45,11 @@ impl QueryService {
         }
     }
 
-    fn plan(&self, fields: &ExecuteFields<'_>, identity: &Identity) -> Result<Arc<Plan>, RequestError> {
-        Plan::new(fields, identity, &self.config, &self.registry).map(Arc::new)
+    async fn plan(&self, fields: &ExecuteFields<'_>, identity: &Identity) -> Result<Arc<Plan>, RequestError> {
+        // The size limit first: an oversized text never reaches the parser.
+        check_query_size(fields.query, &self.config.query)?;
+        let analysis = query::parser::analyze(fields.query).await?;
+        Plan::new(fields, identity, &self.config, &self.registry, analysis).map(Arc::new)
     }
 
     /// Puts the execution on record (committed) if it must be, before
@@ -74,24 +77,21 @@ impl QueryService {
         }
     }
 
-    /// Starts every target; events pass through the recorder when the
-    /// execution is on record.
+    /// Starts every target; with `record` the execution may write and its
+    /// events pass through the recorder, without one it runs READ ONLY.
     fn start(
         &self,
         plan: &Arc<Plan>,
         cancel: CancellationToken,
         record: Option<OpenExecution>,
     ) -> tokio::sync::mpsc::Receiver<(usize, TargetEvent)> {
-        let events = query::dispatch(
+        query::dispatch(
             Arc::clone(&self.registry),
             Arc::clone(plan),
             cancel,
             &self.metrics,
-        );
-        match record {
-            Some(open) => audited::record(open.started(), Arc::clone(plan), events),
-            None => events,
-        }
+            record,
+        )
     }
 }
 
@@ -162,7 +162,7 @@ impl query_service_server::QueryService for QueryService {
             0,
             Some(self.config.query.max_rows_per_statement)
         );
-        let plan = self.plan(&fields, &identity)?;
+        let plan = self.plan(&fields, &identity).await?;
         let record = self.open_record(&fields, &plan, &identity, origin).await?;
         let execution_id = record.as_ref().map_or_else(uuid::Uuid::now_v7, OpenExecution::id);
         let cancel = CancellationToken::new();
@@ -249,7 +249,7 @@ impl query_service_server::QueryService for QueryService {
             request.batch_size,
             None
         );
-        let plan = self.plan(&fields, &identity)?;
+        let plan = self.plan(&fields, &identity).await?;
         let record = self.open_record(&fields, &plan, &identity, origin).await?;
         let execution_id = record.as_ref().map_or_else(uuid::Uuid::now_v7, OpenExecution::id);
         let cancel = CancellationToken::new();
@@ -283,7 +283,8 @@ impl query_service_server::QueryService for QueryService {
     ) -> Result<Response<pb::ValidateResponse>, Status> {
         let query = request.into_inner().query;
         check_query_size(&query, &self.config.query)?;
-        Ok(Response::new(validate(&query)))
+        let analysis = query::parser::analyze(&query).await?;
+        Ok(Response::new(validate(analysis)))
     }
 }
 
@@ -377,10 +378,12 @@ fn wire_class(class: StatementClass) -> pb::StatementClass {
     }
 }
 
-/// Parses and analyses `query` without touching any database.
-fn validate(query: &str) -> pb::ValidateResponse {
+/// What the parser made of a text, as Validate answers it.
+fn validate(
+    analysis: Result<pgfleet_sqlcheck::Analysis, pgfleet_sqlcheck::ParseError>,
+) -> pb::ValidateResponse {
     let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    match pgfleet_sqlcheck::analyze(query) {
+    match analysis {
         Err(error) => {
             let position = error.position();
             pb::ValidateResponse {
