@@ -6,12 +6,14 @@
 //! - [`run`]: one target: one connection, one transaction, one statement at
 //!   a time through the extended protocol, events as they happen, the
 //!   connection reset before it goes back.
+//! - [`budget`]: byte limits on results, checked as each row arrives.
 //! - [`values`]: result values to wire cells, rendered by PostgreSQL where
 //!   psql's text is the faithful form.
 //! - [`dispatch`] starts every target concurrently and merges their events
 //!   into one bounded channel, so a slow consumer slows the reads.
 
 pub mod audited;
+pub mod budget;
 pub mod plan;
 pub mod run;
 pub mod values;
