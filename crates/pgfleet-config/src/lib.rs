@@ -29,7 +29,7 @@ pub use edge::RateLimitConfig;
 pub use error::{ConfigError, Problem};
 pub use load::{CONFIG_ENV, Inputs, LoadedConfig, format_of, load, load_str, load_with, render_redacted};
 pub use model::CorsConfig;
-pub use model::{AuditChainConfig, MIN_CHAIN_KEY_BYTES};
+pub use model::{AuditChainConfig, MIN_CHAIN_KEY_BYTES, MIN_RESULT_BYTES, RESPONSE_RESERVE_BYTES};
 pub use model::{
     AuditConfig, AuthConfig, CloudConfig, ConnectionConfig, DatabaseConfig, FleetConfig, HealthConfig,
     HistoryStoreConfig, LogConfig, LogFormat, LogRotation, PoolConfig, QueryLimits, ReadPreference,

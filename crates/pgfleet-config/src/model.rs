@@ -490,6 +490,19 @@ pub struct QueryLimits {
     /// as truncated (`ExecuteStream` has no such cap).
     #[serde(deserialize_with = "lenient_u64")]
     pub max_rows_per_statement: u64,
+    /// Bytes of result one unary `Execute` call may hold and return, summed
+    /// over all its targets; past it each target still reading stops with
+    /// RESOURCE_EXHAUSTED and rolls back. Capped at `server.max_message_bytes`
+    /// (less a reserve for the response's own fields), so a response always
+    /// encodes.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub max_response_bytes: u64,
+    /// Bytes of rows in one batch: one `RowBatch` message of `ExecuteStream`,
+    /// and what a target reads ahead of its consumer. A single row larger
+    /// than this fails its statement with RESOURCE_EXHAUSTED. Capped like
+    /// `max_response_bytes`.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub max_batch_bytes: u64,
     /// Per-identity limit on `Execute` / `ExecuteStream`; none: unlimited.
     #[serde(default)]
     pub rate_limit: Option<crate::edge::RateLimitConfig>,
@@ -502,8 +515,41 @@ impl Default for QueryLimits {
             max_timeout: Duration::from_secs(300),
             max_query_bytes: 1024 * 1024,
             max_rows_per_statement: 10_000,
+            max_response_bytes: 64 * 1024 * 1024,
+            max_batch_bytes: 4 * 1024 * 1024,
             rate_limit: None,
         }
+    }
+}
+
+/// Smallest accepted `query.max_response_bytes` / `query.max_batch_bytes`.
+pub const MIN_RESULT_BYTES: u64 = 4096;
+
+/// Bytes of a response kept for what is not rows (target names, errors,
+/// durations, headers) when a result budget is set against
+/// `server.max_message_bytes`.
+pub const RESPONSE_RESERVE_BYTES: u64 = 256 * 1024;
+
+impl FleetConfig {
+    /// The bytes of rows one unary `Execute` response may carry:
+    /// `query.max_response_bytes`, capped so the whole response stays under
+    /// `server.max_message_bytes` (else encoding it would fail the call
+    /// after the memory was spent).
+    pub fn response_budget_bytes(&self) -> u64 {
+        self.query.max_response_bytes.min(self.rows_per_message())
+    }
+
+    /// The bytes of rows in one `RowBatch`: `query.max_batch_bytes`, capped
+    /// the same way.
+    pub fn batch_budget_bytes(&self) -> u64 {
+        self.query.max_batch_bytes.min(self.rows_per_message())
+    }
+
+    /// What rows may fill of one message: `server.max_message_bytes` less a
+    /// reserve for the other fields (a quarter of small limits).
+    fn rows_per_message(&self) -> u64 {
+        let message = self.server.max_message_bytes;
+        message - RESPONSE_RESERVE_BYTES.min(message / 4)
     }
 }
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use crate::error::Problem;
 use crate::model::{
-    AuditConfig, AuthConfig, ConnectionConfig, FleetConfig, LogConfig, PoolConfig, SslMode, TelemetryConfig,
+    AuditConfig, AuthConfig, ConnectionConfig, FleetConfig, LogConfig, MIN_RESULT_BYTES, PoolConfig, SslMode,
+    TelemetryConfig,
 };
 use crate::path::ConfigPath;
 
@@ -122,6 +123,19 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
     }
     if query.max_rows_per_statement == 0 {
         problems.add(&query_path.key("max_rows_per_statement"), "must be at least 1");
+    }
+    // Below this not even a row of a few wide columns fits a batch.
+    if query.max_response_bytes < MIN_RESULT_BYTES {
+        problems.add(
+            &query_path.key("max_response_bytes"),
+            format!("must be at least {MIN_RESULT_BYTES}"),
+        );
+    }
+    if query.max_batch_bytes < MIN_RESULT_BYTES {
+        problems.add(
+            &query_path.key("max_batch_bytes"),
+            format!("must be at least {MIN_RESULT_BYTES}"),
+        );
     }
 
     check_audit(&mut problems, &root.key("audit"), &config.audit);

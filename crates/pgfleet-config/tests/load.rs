@@ -690,3 +690,29 @@ fn log_and_telemetry_settings_load_from_the_file_and_overrides() {
     assert_eq!(defaults.config.server.metrics_addr, None);
     assert_eq!(defaults.config.log.file, None);
 }
+
+#[test]
+fn result_budgets_default_validate_and_fit_the_message_limit() {
+    let loaded = load(MINIMAL_FLEET, FileFormat::Toml, &vars(&[])).expect("loads");
+    let config = &loaded.config;
+    assert_eq!(config.query.max_response_bytes, 64 * 1024 * 1024);
+    assert_eq!(config.query.max_batch_bytes, 4 * 1024 * 1024);
+    // 64 MiB could never be sent under the 16 MiB message limit: capped.
+    assert_eq!(config.response_budget_bytes(), 16 * 1024 * 1024 - 256 * 1024);
+    assert_eq!(config.batch_budget_bytes(), 4 * 1024 * 1024);
+
+    let small = format!("[server]\nmax_message_bytes = 1100000\n{MINIMAL_FLEET}");
+    let config = load(&small, FileFormat::Toml, &vars(&[])).expect("loads").config;
+    assert_eq!(config.batch_budget_bytes(), 1_100_000 - 256 * 1024);
+
+    let bad = format!("[query]\nmax_response_bytes = 0\nmax_batch_bytes = 100\n{MINIMAL_FLEET}");
+    let shown = load(&bad, FileFormat::Toml, &vars(&[]))
+        .expect_err("budgets too small")
+        .to_string();
+    for expected in [
+        "query.max_response_bytes: must be at least 4096",
+        "query.max_batch_bytes: must be at least 4096",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
+    }
+}

@@ -238,7 +238,10 @@ impl RunningServer {
                 limit
             ))
             .add_service(crate::sized!(
-                HistoryServiceServer::new(HistoryService::new(Arc::clone(&audit))),
+                HistoryServiceServer::new(HistoryService::new(
+                    Arc::clone(&audit),
+                    config.response_budget_bytes(),
+                )),
                 limit
             ))
             .add_service(crate::sized!(

@@ -1083,3 +1083,172 @@ async fn an_api_key_sees_only_what_it_ran() -> anyhow::Result<()> {
     s.server.shutdown().await?;
     Ok(())
 }
+
+// --- Limits on list calls (issue 13): no list answer is unbounded. ---
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_calls_refuse_oversized_pages_offsets_and_filters_naming_the_field() -> anyhow::Result<()> {
+    use pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient;
+    use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
+    let s = session("").await?;
+    let refused = |result: Result<tonic::Status, ()>, field: &str, case: &str| {
+        let status = result.unwrap_or_else(|()| panic!("{case}: accepted"));
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_eq!(bad_field(&status), field, "{case}: {}", status.message());
+    };
+    let list = |request: pb::ListExecutionsRequest| {
+        let mut client = history(&s.channel);
+        let request = bearer(request, &s.master);
+        async move { client.list_executions(request).await.err().ok_or(()) }
+    };
+    let filter = |filter: pb::ExecutionFilter| pb::ListExecutionsRequest {
+        filter: Some(filter),
+        ..Default::default()
+    };
+    refused(
+        list(filter(pb::ExecutionFilter {
+            query_contains: "x".repeat(1025),
+            ..Default::default()
+        }))
+        .await,
+        "filter.query_contains",
+        "a 1025-byte query_contains",
+    );
+    refused(
+        list(filter(pb::ExecutionFilter {
+            username: "u".repeat(257),
+            ..Default::default()
+        }))
+        .await,
+        "filter.username",
+        "a 257-byte username",
+    );
+    refused(
+        list(pb::ListExecutionsRequest {
+            offset: 10_001,
+            ..Default::default()
+        })
+        .await,
+        "offset",
+        "offset past 10000",
+    );
+    refused(
+        list(pb::ListExecutionsRequest {
+            page_size: 501,
+            ..Default::default()
+        })
+        .await,
+        "page_size",
+        "history page of 501",
+    );
+    // The biggest accepted filter is fine.
+    history(&s.channel)
+        .list_executions(bearer(
+            filter(pb::ExecutionFilter {
+                query_contains: "x".repeat(1024),
+                ..Default::default()
+            }),
+            &s.master,
+        ))
+        .await?;
+
+    let target = Some(support::target("aws", "app"));
+    let tables = FleetServiceClient::new(s.channel.clone())
+        .list_tables(bearer(
+            pb::ListTablesRequest {
+                target: target.clone(),
+                page_size: 1001,
+                ..Default::default()
+            },
+            &s.reader,
+        ))
+        .await;
+    refused(tables.err().ok_or(()), "page_size", "ListTables page of 1001");
+    let schemas = FleetServiceClient::new(s.channel.clone())
+        .list_schemas(bearer(
+            pb::ListSchemasRequest {
+                target,
+                page_size: 1001,
+                ..Default::default()
+            },
+            &s.reader,
+        ))
+        .await;
+    refused(schemas.err().ok_or(()), "page_size", "ListSchemas page of 1001");
+    let users = support::auth_client(&s.channel)
+        .list_users(bearer(
+            pb::ListUsersRequest {
+                page_size: 501,
+                ..Default::default()
+            },
+            &s.master,
+        ))
+        .await;
+    refused(users.err().ok_or(()), "page_size", "ListUsers page of 501");
+    let jobs = ReplicationServiceClient::new(s.channel.clone())
+        .list_jobs(bearer(
+            pb::ListJobsRequest {
+                page_size: 501,
+                ..Default::default()
+            },
+            &s.master,
+        ))
+        .await;
+    refused(jobs.err().ok_or(()), "page_size", "ListJobs page of 501");
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_of_large_records_stops_at_the_response_budget_and_continues() -> anyhow::Result<()> {
+    let s = session("[query]\nmax_response_bytes = 65536\n").await?;
+    run_sql(&s, "aws", "app", "CREATE TABLE notes (body text)").await?;
+    // Ten recorded writes of 20 kB texts each: 200 kB of records.
+    let padding = "n".repeat(20_000);
+    for _ in 0..10 {
+        let response = query(&s.channel)
+            .execute(bearer(
+                on_cloud(&format!("INSERT INTO notes VALUES ('{padding}')"), "aws"),
+                &s.user,
+            ))
+            .await?
+            .into_inner();
+        assert!(response.success, "{response:?}");
+    }
+    let mut seen = HashSet::new();
+    let mut pages = 0;
+    let mut token = String::new();
+    loop {
+        let page = history(&s.channel)
+            .list_executions(bearer(
+                pb::ListExecutionsRequest {
+                    filter: Some(pb::ExecutionFilter {
+                        query_contains: "INSERT INTO notes".to_owned(),
+                        ..Default::default()
+                    }),
+                    page_size: 10,
+                    page_token: token.clone(),
+                    ..Default::default()
+                },
+                &s.master,
+            ))
+            .await?
+            .into_inner();
+        pages += 1;
+        assert!(
+            page.executions.len() <= 3,
+            "a page of {} records",
+            page.executions.len()
+        );
+        assert_eq!(page.total_count, 10);
+        seen.extend(page.executions.iter().map(|e| e.id.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        assert!(pages < 20, "pages never end");
+    }
+    assert_eq!(seen.len(), 10, "every record once, over {pages} pages");
+    s.server.shutdown().await?;
+    Ok(())
+}

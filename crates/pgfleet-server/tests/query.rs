@@ -1221,3 +1221,385 @@ async fn readers_run_through_the_databases_read_only_login() -> anyhow::Result<(
     admin.close().await;
     Ok(())
 }
+
+// --- Byte budgets (issue 13): no caller can make the server hold a result. ---
+
+/// A gigabyte of result: a thousand rows of a megabyte each.
+const GIGABYTE_QUERY: &str = "SELECT repeat('x', 1000000) AS wide FROM generate_series(1, 1000)";
+
+/// Samples this process's resident memory every 10 ms until dropped; the
+/// highest figure seen so far.
+struct PeakSampler {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PeakSampler {
+    fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(resident_bytes()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(resident_bytes(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self { peak, stop }
+    }
+
+    fn peak(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for PeakSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Resident memory once the server let go: allocators hand pages back
+/// lazily, so allow it a moment.
+async fn settled_resident(baseline: u64) -> u64 {
+    let mut now = resident_bytes();
+    for _ in 0..20 {
+        if now.saturating_sub(baseline) < 50 * MIB {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = resident_bytes();
+    }
+    now
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gigabyte_through_execute_stops_at_the_response_budget_and_memory_returns() -> anyhow::Result<()> {
+    let s = session("").await?;
+    // Warm up (pools, caches) so the baseline is the server at rest.
+    let warm = client(&s.channel)
+        .execute(bearer(execute("SELECT 1", "app"), &s.reader))
+        .await?
+        .into_inner();
+    assert!(warm.success);
+    let check = |response: pb::ExecuteResponse| {
+        assert!(!response.success);
+        assert_eq!(response.results.len(), 2);
+        let mut held: u64 = 0;
+        for result in &response.results {
+            let error = result.error.as_ref().expect("a target error");
+            assert_eq!(
+                error.code,
+                i32::from(pb::ErrorCode::ResourceExhausted),
+                "{error:?}"
+            );
+            assert!(
+                error.message.contains("query.max_response_bytes = "),
+                "the limit is named: {}",
+                error.message
+            );
+            assert_eq!(result.failed_statement_index, Some(0));
+            held += result
+                .statements
+                .iter()
+                .map(|st| st.rows.len() as u64)
+                .sum::<u64>();
+        }
+        // 16 MiB of message limit by default: about 16 one-megabyte rows.
+        assert!(held <= 16, "rows returned: {held}");
+    };
+
+    // One attempt: before the budget it took the server to 3 GB.
+    let baseline = resident_bytes();
+    let sampler = PeakSampler::start();
+    let response = client(&s.channel)
+        .execute(bearer(execute(GIGABYTE_QUERY, "app"), &s.reader))
+        .await?
+        .into_inner();
+    check(response);
+    let peak = sampler.peak();
+    let after = settled_resident(baseline).await;
+    eprintln!(
+        "one call: baseline {} MiB, peak {} MiB, after {} MiB",
+        baseline / MIB,
+        peak / MIB,
+        after / MIB
+    );
+    assert!(
+        after.saturating_sub(baseline) < 50 * MIB,
+        "memory stayed {} MiB above the baseline",
+        after.saturating_sub(baseline) / MIB
+    );
+
+    // Four at once, each on both clouds: bounded by four budgets.
+    let calls = (0..4).map(|_| {
+        let mut client = client(&s.channel);
+        let request = bearer(execute(GIGABYTE_QUERY, "app"), &s.reader);
+        async move { client.execute(request).await }
+    });
+    for response in futures::future::join_all(calls).await {
+        check(response?.into_inner());
+    }
+    let peak = sampler.peak();
+    drop(sampler);
+    eprintln!("four calls: peak {} MiB", peak / MIB);
+    assert!(
+        peak.saturating_sub(baseline) < 512 * MIB,
+        "four gigabyte results in parallel grew the server by {} MiB",
+        peak.saturating_sub(baseline) / MIB
+    );
+    // The connections were closed, not drained: the targets still serve.
+    let again = client(&s.channel)
+        .execute(bearer(execute("SELECT 2", "app"), &s.reader))
+        .await?
+        .into_inner();
+    assert!(again.success, "{again:?}");
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gigabyte_through_execute_stream_arrives_in_bounded_batches_and_memory_returns()
+-> anyhow::Result<()> {
+    let s = session("").await?;
+    let baseline = resident_bytes();
+    let sampler = PeakSampler::start();
+    let mut stream = client(&s.channel)
+        .execute_stream(bearer(
+            stream_request(
+                GIGABYTE_QUERY,
+                pb::execute_stream_request::Scope::Cloud("aws".to_owned()),
+                500,
+            ),
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    let mut rows = 0_usize;
+    let mut batches = 0_usize;
+    while let Some(message) = stream.message().await? {
+        if let Some(pb::execute_stream_response::Event::RowBatch(batch)) = message.event {
+            use prost::Message as _;
+            // query.max_batch_bytes defaults to 4 MiB.
+            assert!(
+                batch.encoded_len() as u64 <= 4 * MIB + 4096,
+                "{}",
+                batch.encoded_len()
+            );
+            rows += batch.rows.len();
+            batches += 1;
+            // A slow reader: the server must wait, not buffer.
+            if batches < 20 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // 200 MB is enough to see it bounded; then the caller leaves.
+            if rows >= 200 {
+                break;
+            }
+        }
+    }
+    drop(stream);
+    let peak = sampler.peak();
+    drop(sampler);
+    let after = settled_resident(baseline).await;
+    eprintln!(
+        "resident memory: baseline {} MiB, peak {} MiB, after {} MiB ({batches} batches)",
+        baseline / MIB,
+        peak / MIB,
+        after / MIB
+    );
+    assert!(
+        batches >= 50,
+        "a megabyte row per batch or so: {batches} batches for {rows} rows"
+    );
+    assert!(
+        peak.saturating_sub(baseline) < 128 * MIB,
+        "grew by {} MiB",
+        peak.saturating_sub(baseline) / MIB
+    );
+    assert!(
+        after.saturating_sub(baseline) < 50 * MIB,
+        "memory stayed {} MiB above the baseline",
+        after.saturating_sub(baseline) / MIB
+    );
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+/// The row batches of one statement of a stream (other events skipped);
+/// fails on a target that did not succeed.
+async fn stream_batches(
+    s: &support::Session,
+    token: &str,
+    query: &str,
+    statement: u32,
+) -> anyhow::Result<Vec<pb::RowBatch>> {
+    let mut stream = client(&s.channel)
+        .execute_stream(bearer(
+            stream_request(
+                query,
+                pb::execute_stream_request::Scope::Cloud("aws".to_owned()),
+                0,
+            ),
+            token,
+        ))
+        .await?
+        .into_inner();
+    let mut batches = Vec::new();
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(pb::execute_stream_response::Event::RowBatch(batch))
+                if batch.statement_index == statement =>
+            {
+                batches.push(batch);
+            }
+            Some(pb::execute_stream_response::Event::TargetSummary(summary)) => {
+                anyhow::ensure!(summary.success, "{query}: {:?}", summary.error);
+            }
+            _ => {}
+        }
+    }
+    Ok(batches)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wide_rows_are_split_into_batches_by_bytes_whatever_reads_them() -> anyhow::Result<()> {
+    let s = session("[query]\nmax_batch_bytes = 65536\n").await?;
+    support::run_sql(
+        &s,
+        "aws",
+        "app",
+        "CREATE TABLE wide (id int PRIMARY KEY, body text)",
+    )
+    .await?;
+    // 20 rows of 20 kB: 400 kB, at most three rows per 64 KiB batch.
+    let cases = [
+        (
+            "cursor read",
+            "SELECT g, repeat('x', 20000) FROM generate_series(1, 20) g",
+            0,
+            &s.reader,
+        ),
+        (
+            "RETURNING",
+            "INSERT INTO wide SELECT g, repeat('y', 20000) FROM generate_series(1, 20) g RETURNING id, body",
+            0,
+            &s.user,
+        ),
+        (
+            "FETCH from the caller's cursor",
+            "DECLARE c CURSOR FOR SELECT g, repeat('z', 20000) FROM generate_series(1, 20) g; FETCH ALL FROM c",
+            1,
+            &s.reader,
+        ),
+        (
+            "EXPLAIN",
+            "EXPLAIN (VERBOSE) SELECT * FROM generate_series(1, 2) AS a(x) WHERE x::text = repeat('w', 20000)",
+            0,
+            &s.reader,
+        ),
+    ];
+    for (name, query, statement, token) in cases {
+        let batches = stream_batches(&s, token, query, statement).await?;
+        let rows: usize = batches.iter().map(|b| b.rows.len()).sum();
+        for batch in &batches {
+            use prost::Message as _;
+            assert!(
+                batch.encoded_len() <= 65536 + 1024,
+                "{name}: a batch of {} bytes",
+                batch.encoded_len()
+            );
+        }
+        if name == "EXPLAIN" {
+            assert!(rows >= 1, "{name}: the plan came back");
+            continue;
+        }
+        assert_eq!(rows, 20, "{name}");
+        assert!(batches.len() >= 7, "{name}: {} batches", batches.len());
+    }
+    assert_eq!(support::count(&s, "aws", "app", "wide").await?, 20);
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_larger_than_a_batch_fails_its_statement_naming_the_limit() -> anyhow::Result<()> {
+    let s = session("[query]\nmax_batch_bytes = 65536\n").await?;
+    let response = client(&s.channel)
+        .execute(bearer(
+            execute("SELECT repeat('x', 100000) AS big", "app"),
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    assert!(!response.success);
+    for result in &response.results {
+        let error = result.error.as_ref().expect("error");
+        assert_eq!(error.code, i32::from(pb::ErrorCode::ResourceExhausted));
+        assert!(
+            error
+                .message
+                .contains("larger than query.max_batch_bytes = 65536 "),
+            "{}",
+            error.message
+        );
+    }
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_returning_is_over_the_budget_is_rolled_back_and_on_record() -> anyhow::Result<()> {
+    let s = session("[query]\nmax_response_bytes = 65536\n").await?;
+    support::run_sql(
+        &s,
+        "aws",
+        "app",
+        "CREATE TABLE wide (id int PRIMARY KEY, body text)",
+    )
+    .await?;
+    let mut request = execute(
+        "INSERT INTO wide SELECT g, repeat('y', 10000) FROM generate_series(1, 50) g RETURNING id, body",
+        "",
+    );
+    request.scope = Some(pb::execute_request::Scope::Targets(pb::TargetList {
+        targets: vec![support::target("aws", "app")],
+    }));
+    let response = client(&s.channel)
+        .execute(bearer(request, &s.user))
+        .await?
+        .into_inner();
+    assert!(!response.success);
+    let result = &response.results[0];
+    let error = result.error.as_ref().expect("error");
+    assert_eq!(error.code, i32::from(pb::ErrorCode::ResourceExhausted));
+    assert!(
+        error.message.contains("query.max_response_bytes = 65536") && error.message.contains("rolled back"),
+        "{}",
+        error.message
+    );
+    // The table agrees: nothing of the write stayed.
+    assert_eq!(support::count(&s, "aws", "app", "wide").await?, 0);
+    // And the history says it failed.
+    let record =
+        pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient::new(s.channel.clone())
+            .get_execution(bearer(
+                pb::GetExecutionRequest {
+                    id: response.execution_id.clone(),
+                },
+                &s.master,
+            ))
+            .await?
+            .into_inner()
+            .execution
+            .expect("on record");
+    assert!(!record.success, "{record:?}");
+    assert_eq!(record.outcomes.len(), 1);
+    assert!(!record.outcomes[0].success);
+    assert_eq!(record.outcomes[0].failed_statement_index, Some(0));
+    s.server.shutdown().await?;
+    Ok(())
+}

@@ -72,6 +72,15 @@ pub struct StoredExecution {
 }
 
 impl StoredExecution {
+    /// About what the record weighs on the wire: its texts plus a generous
+    /// allowance per target, outcome and finding.
+    pub fn approximate_bytes(&self) -> u64 {
+        let row = &self.row;
+        let texts = row.query.len() + row.fingerprint.len() + row.database.len() + row.client_address.len();
+        let parts = row.targets.0.len() + row.outcomes.0.len() * 2 + row.findings.0.len();
+        (1024 + texts + parts * 256) as u64
+    }
+
     pub fn opened(&self) -> Option<Link> {
         link(&self.opened_sequence, &self.opened_hash, &self.opened_prev_hash)
     }
@@ -165,7 +174,10 @@ fn escape_like(text: &str) -> String {
 }
 
 /// One page, newest first: after `cursor` (keyset) or after skipping
-/// `offset` records (the legacy shape).
+/// `offset` records (the legacy shape). Records are read one at a time and
+/// the page ends early once they weigh `max_bytes` (at least one record),
+/// so a page of large query texts never sits in memory whole. True with
+/// the records when the page was cut short by `max_bytes`.
 pub async fn page(
     pool: &PgPool,
     visibility: Visibility,
@@ -173,21 +185,32 @@ pub async fn page(
     cursor: Option<PageCursor>,
     offset: i64,
     limit: i64,
-) -> Result<Vec<StoredExecution>, AuditError> {
-    let query = sqlx::query_as(concat!(
+    max_bytes: u64,
+) -> Result<(Vec<StoredExecution>, bool), AuditError> {
+    use futures::TryStreamExt as _;
+    let query = sqlx::query_as::<_, StoredExecution>(concat!(
         stored_select!(),
         "WHERE ",
         filter_condition!(),
         " AND ($15::timestamptz IS NULL OR (e.started_at, e.id) < ($15, $16::uuid)) \
          ORDER BY e.started_at DESC, e.id DESC LIMIT $17 OFFSET $18"
     ));
-    Ok(bind_filter!(query, visibility, filter)
+    let mut rows = bind_filter!(query, visibility, filter)
         .bind(cursor.map(|c| c.started_at))
         .bind(cursor.map(|c| c.id))
         .bind(limit)
         .bind(offset)
-        .fetch_all(pool)
-        .await?)
+        .fetch(pool);
+    let mut page: Vec<StoredExecution> = Vec::new();
+    let mut bytes = 0_u64;
+    while let Some(record) = rows.try_next().await? {
+        bytes = bytes.saturating_add(record.approximate_bytes());
+        if !page.is_empty() && bytes > max_bytes {
+            return Ok((page, true));
+        }
+        page.push(record);
+    }
+    Ok((page, false))
 }
 
 /// How many records match, over all pages.

@@ -7,6 +7,7 @@
 //!   a time through the extended protocol, events as they happen, the
 //!   connection reset before it goes back.
 //! - [`parser`]: the SQL check, on the blocking pool behind a bound.
+//! - [`budget`]: byte limits on results, checked as each row arrives.
 //! - [`values`]: result values to wire cells, rendered by PostgreSQL where
 //!   psql's text is the faithful form.
 //! - [`dispatch`] starts every target concurrently and merges their events
@@ -17,6 +18,7 @@
 //!   classifier miss fails with SQLSTATE 25006 instead of writing unaudited).
 
 pub mod audited;
+pub mod budget;
 pub mod parser;
 pub mod plan;
 pub mod run;

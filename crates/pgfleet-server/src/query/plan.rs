@@ -2,6 +2,7 @@
 //! refused here, before any connection is taken.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgfleet_config::{FleetConfig, QueryLimits};
@@ -14,6 +15,7 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgTypeInfo};
 use sqlx::{Arguments, Encode, Postgres, Type};
 
+use super::budget::{Budgets, ResponseBudget};
 use crate::identity::{Identity, Role};
 use crate::request_error::RequestError;
 
@@ -34,6 +36,9 @@ pub struct ExecuteFields<'a> {
     pub batch_size: u32,
     /// Unary calls cap rows per statement; streams do not.
     pub row_limit: Option<u64>,
+    /// Unary calls hold their whole response: its byte budget, shared by
+    /// every target. Streams send as they read and have none.
+    pub response_bytes: Option<u64>,
 }
 
 /// Which targets a request names.
@@ -93,6 +98,8 @@ pub struct Plan {
     pub confirmed_findings: Vec<pb::DangerFinding>,
     pub row_limit: Option<u64>,
     pub batch_size: usize,
+    /// Byte limits on results, checked as rows arrive.
+    pub budgets: Budgets,
     pub fingerprint: u64,
     /// The text with every literal as `$n`, set when the text may carry
     /// credentials: what the audit trail records instead of the text.
@@ -206,6 +213,15 @@ impl Plan {
             confirmed_findings,
             row_limit: fields.row_limit,
             batch_size,
+            budgets: Budgets {
+                batch_bytes: config.batch_budget_bytes(),
+                // What one FETCH or one server-rendered result may hold
+                // before it is sent; never more than a unary response.
+                hold_bytes: config.response_budget_bytes(),
+                response: fields
+                    .response_bytes
+                    .map(|limit| Arc::new(ResponseBudget::new(limit))),
+            },
             fingerprint: analysis.fingerprint.0,
             redacted_query: analysis
                 .may_carry_credentials()
@@ -224,6 +240,18 @@ impl Plan {
 }
 
 impl ParamValue {
+    /// The type sqlx sends the value as (see [`bind`](Self::bind)).
+    pub fn type_info(&self) -> PgTypeInfo {
+        match self {
+            ParamValue::Null => UntypedNull::type_info(),
+            ParamValue::Bool(_) => <bool as Type<Postgres>>::type_info(),
+            ParamValue::Int(_) => <i64 as Type<Postgres>>::type_info(),
+            ParamValue::Double(_) => <f64 as Type<Postgres>>::type_info(),
+            ParamValue::Text(_) => <String as Type<Postgres>>::type_info(),
+            ParamValue::Bytes(_) => <Vec<u8> as Type<Postgres>>::type_info(),
+        }
+    }
+
     /// Binds the value with its natural PostgreSQL type (NULL untyped).
     pub fn bind(&self, arguments: &mut PgArguments) -> Result<(), sqlx::Error> {
         match self {

@@ -9,11 +9,14 @@ use futures::TryStreamExt as _;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Checkout, Member, Registry, Route, Target};
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgArguments, PgDatabaseError, PgErrorPosition, PgQueryResult, PgRow};
-use sqlx::{Arguments as _, Connection, Either, Executor, PgConnection, Row as _, SqlSafeStr};
+use sqlx::postgres::{PgArguments, PgDatabaseError, PgErrorPosition, PgQueryResult, PgRow, PgTypeInfo};
+use sqlx::{
+    Arguments as _, Connection, Either, Executor, PgConnection, Row as _, SqlSafeStr, Statement as _,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::{Budgets, Exceeded, encoded_row_bytes, row_bytes, split_by_bytes};
 use super::plan::{ParamValue, Plan, PlannedStatement};
 use super::values::{RawValue, ResultShape, ValueError};
 use crate::telemetry::Metrics;
@@ -107,6 +110,12 @@ enum Stop {
     Param {
         index: u32,
         message: String,
+    },
+    /// A result went past a byte budget: the statement is cancelled and
+    /// the connection closed without COMMIT, so PostgreSQL rolls it back.
+    Budget {
+        index: u32,
+        exceeded: Exceeded,
     },
     /// The caller went away or the deadline passed.
     Cancelled {
@@ -221,6 +230,7 @@ async fn run_on_target(
 
     let commit_sent = AtomicBool::new(false);
     let mut completed = false;
+    let mut backend: Option<i32> = None;
     let result = {
         let connection = checkout.connection_mut();
         match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
@@ -229,6 +239,7 @@ async fn run_on_target(
         {
             Err(error) => Err(Stop::Setup(error)),
             Ok(backend_pid) => {
+                backend = Some(backend_pid);
                 let schema = plan.schema_for(target);
                 let work = run_statements(connection, plan, access, &schema, sink, &commit_sent);
                 tokio::pin!(work);
@@ -259,7 +270,8 @@ async fn run_on_target(
                                     Err(
                                         Stop::Statement { index, .. }
                                         | Stop::Value { index, .. }
-                                        | Stop::Param { index, .. },
+                                        | Stop::Param { index, .. }
+                                        | Stop::Budget { index, .. },
                                     ) => Err(Stop::Cancelled { index: Some(index) }),
                                     Err(_) => Err(Stop::Cancelled { index: None }),
                                 }
@@ -271,7 +283,15 @@ async fn run_on_target(
             }
         }
     };
-    let reusable = completed && reset(checkout.connection_mut(), result.is_ok()).await;
+    let over_budget = matches!(result, Err(Stop::Budget { .. }));
+    if over_budget && let Some(pid) = backend {
+        // The statement may still be producing rows nobody will read: stop
+        // it there rather than drain them through this connection.
+        cancel_backend(registry, target, &member, reader_login, pid).await;
+    }
+    // Over budget the connection is closed unread: without COMMIT,
+    // PostgreSQL rolls the transaction back.
+    let reusable = completed && !over_budget && reset(checkout.connection_mut(), result.is_ok()).await;
     let outcome = match result {
         Ok(()) => TargetOutcome {
             success: true,
@@ -361,127 +381,12 @@ async fn run_statement(
     sink: &EventSink,
 ) -> Result<(), Stop> {
     let index = statement.index;
-    let fail = |error| Stop::Statement {
-        index,
-        error,
-        shift: 0,
-    };
     let started = Instant::now();
-    let arguments = bind_params(connection, plan, index).await?;
+    let (arguments, types) = bind_params(connection, plan, index).await?;
     let (tag, rows_affected, truncated) = if statement.cursorable {
-        let prefix = format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR ");
-        let shift = u32::try_from(prefix.chars().count()).unwrap_or(0);
-        sqlx::query_with(
-            sqlx::AssertSqlSafe(format!("{prefix}{}", statement.text)),
-            arguments,
-        )
-        .execute(&mut *connection)
-        .await
-        .map_err(|error| Stop::Statement { index, error, shift })?;
-        let fetch_sql = format!("FETCH FORWARD {} FROM {CURSOR}", plan.batch_size);
-        let mut shape: Option<ResultShape> = None;
-        let mut total: u64 = 0;
-        let mut truncated = false;
-        loop {
-            let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(fetch_sql.clone()))
-                .fetch_all(&mut *connection)
-                .await
-                .map_err(fail)?;
-            if shape.is_none() {
-                let described = match rows.first() {
-                    Some(row) => ResultShape::of(row.columns(), connection).await.map_err(fail)?,
-                    // No row to learn the columns from: describe the cursor.
-                    None => describe(connection, &fetch_sql).await,
-                };
-                sink.send(TargetEvent::Header {
-                    statement: index,
-                    columns: described.columns.clone(),
-                })
-                .await;
-                shape = Some(described);
-            }
-            let fetched = rows.len();
-            let keep = match plan.row_limit {
-                Some(limit) => {
-                    let room = usize::try_from(limit.saturating_sub(total)).unwrap_or(usize::MAX);
-                    truncated = fetched > room;
-                    fetched.min(room)
-                }
-                None => fetched,
-            };
-            if let Some(shape) = &shape
-                && keep > 0
-            {
-                let converted = shape
-                    .convert(&rows[..keep], connection)
-                    .await
-                    .map_err(|error| Stop::Value { index, error })?;
-                total += keep as u64;
-                sink.send(TargetEvent::Rows {
-                    statement: index,
-                    rows: converted,
-                })
-                .await;
-            }
-            if truncated || fetched < plan.batch_size {
-                break;
-            }
-        }
-        sqlx::query(sqlx::AssertSqlSafe(format!("CLOSE {CURSOR}")))
-            .execute(&mut *connection)
-            .await
-            .map_err(fail)?;
-        ("SELECT".to_owned(), total, truncated)
+        read_through_cursor(connection, plan, statement, arguments, sink).await?
     } else {
-        // A statement returns rows (SELECT ... FOR UPDATE, ... RETURNING,
-        // SHOW) or a count; fetch_many sees both. Its deprecation is about
-        // several statements in one text, which pgfleet never sends.
-        let mut rows: Vec<PgRow> = Vec::new();
-        let mut affected: u64 = 0;
-        {
-            #[allow(deprecated)]
-            let mut results = sqlx::query_with(sqlx::AssertSqlSafe(statement.text.clone()), arguments)
-                .fetch_many(&mut *connection);
-            while let Some(item) = results.try_next().await.map_err(fail)? {
-                match item {
-                    Either::Left(done) => affected += PgQueryResult::rows_affected(&done),
-                    Either::Right(row) => rows.push(row),
-                }
-            }
-        }
-        let returned = rows.len() as u64;
-        let mut truncated = false;
-        if let Some(limit) = plan.row_limit
-            && returned > limit
-        {
-            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            truncated = true;
-        }
-        let shape = match rows.first() {
-            Some(row) => ResultShape::of(row.columns(), connection).await.map_err(fail)?,
-            None if returns_rows(&statement.command) => describe(connection, &statement.text).await,
-            None => ResultShape::empty(),
-        };
-        if !shape.columns.is_empty() {
-            sink.send(TargetEvent::Header {
-                statement: index,
-                columns: shape.columns.clone(),
-            })
-            .await;
-            for chunk in rows.chunks(plan.batch_size.max(1)) {
-                let converted = shape
-                    .convert(chunk, connection)
-                    .await
-                    .map_err(|error| Stop::Value { index, error })?;
-                sink.send(TargetEvent::Rows {
-                    statement: index,
-                    rows: converted,
-                })
-                .await;
-            }
-        }
-        let count = if affected == 0 { returned } else { affected };
-        (statement.command.clone(), count, truncated)
+        read_direct(connection, plan, statement, arguments, &types, sink).await?
     };
     sink.send(TargetEvent::StatementDone(StatementOutcome {
         index,
@@ -494,20 +399,323 @@ async fn run_statement(
     Ok(())
 }
 
+/// Rows of the first FETCH, before any row size is known: small, so a
+/// result of huge rows never arrives many at a time.
+const FIRST_FETCH_ROWS: usize = 8;
+
+/// Rows arrived but not yet sent, with the size estimated for each.
+#[derive(Default)]
+struct Held {
+    rows: Vec<PgRow>,
+    estimates: Vec<u64>,
+    bytes: u64,
+}
+
+impl Held {
+    /// Admits `row` under `budgets` and holds it.
+    fn push(&mut self, row: PgRow, budgets: &Budgets) -> Result<u64, Exceeded> {
+        let bytes = row_bytes(&row);
+        budgets.admit(bytes, self.bytes)?;
+        self.rows.push(row);
+        self.estimates.push(bytes);
+        self.bytes += bytes;
+        Ok(bytes)
+    }
+
+    /// Lets go of rows past `keep` (cut by the row cap), refunding them.
+    fn truncate(&mut self, keep: usize, budgets: &Budgets) -> Result<(), Exceeded> {
+        if keep >= self.rows.len() {
+            return Ok(());
+        }
+        let dropped: u64 = self.estimates[keep..].iter().sum();
+        self.rows.truncate(keep);
+        self.estimates.truncate(keep);
+        self.bytes -= dropped;
+        budgets.settle(dropped, 0)
+    }
+}
+
+/// A plain read: DECLARE a cursor and FETCH it in batches whose row count
+/// follows the size of the rows seen, each row admitted under the budgets
+/// as it arrives.
+async fn read_through_cursor(
+    connection: &mut PgConnection,
+    plan: &Plan,
+    statement: &PlannedStatement,
+    arguments: PgArguments,
+    sink: &EventSink,
+) -> Result<(String, u64, bool), Stop> {
+    let index = statement.index;
+    let fail = |error| Stop::Statement {
+        index,
+        error,
+        shift: 0,
+    };
+    let over = |exceeded| Stop::Budget { index, exceeded };
+    let budgets = &plan.budgets;
+    let prefix = format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR ");
+    let shift = u32::try_from(prefix.chars().count()).unwrap_or(0);
+    sqlx::query_with(
+        sqlx::AssertSqlSafe(format!("{prefix}{}", statement.text)),
+        arguments,
+    )
+    .execute(&mut *connection)
+    .await
+    .map_err(|error| Stop::Statement { index, error, shift })?;
+    let mut shape: Option<ResultShape> = None;
+    let mut total: u64 = 0;
+    let mut truncated = false;
+    let mut fetch_rows = plan.batch_size.min(FIRST_FETCH_ROWS);
+    loop {
+        let fetch_sql = format!("FETCH FORWARD {fetch_rows} FROM {CURSOR}");
+        let mut held = Held::default();
+        let mut largest: u64 = 0;
+        {
+            // Row by row, not fetch_all: a row past a budget stops the read
+            // before the next one is held.
+            let mut stream = sqlx::query(sqlx::AssertSqlSafe(fetch_sql.clone())).fetch(&mut *connection);
+            while let Some(row) = stream.try_next().await.map_err(fail)? {
+                largest = largest.max(held.push(row, budgets).map_err(over)?);
+            }
+        }
+        if shape.is_none() {
+            let described = match held.rows.first() {
+                Some(row) => ResultShape::of(row.columns(), connection).await.map_err(fail)?,
+                // No row to learn the columns from: describe the cursor.
+                None => describe(connection, &fetch_sql).await,
+            };
+            sink.send(TargetEvent::Header {
+                statement: index,
+                columns: described.columns.clone(),
+            })
+            .await;
+            shape = Some(described);
+        }
+        let fetched = held.rows.len();
+        if let Some(limit) = plan.row_limit {
+            let room = usize::try_from(limit.saturating_sub(total)).unwrap_or(usize::MAX);
+            truncated = fetched > room;
+            held.truncate(room, budgets).map_err(over)?;
+        }
+        let kept = held.rows.len();
+        if let Some(shape) = &shape
+            && kept > 0
+        {
+            send_held(connection, plan, shape, held, index, sink).await?;
+            total += kept as u64;
+        }
+        if truncated || fetched < fetch_rows {
+            break;
+        }
+        fetch_rows = next_fetch_rows(plan, largest);
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("CLOSE {CURSOR}")))
+        .execute(&mut *connection)
+        .await
+        .map_err(fail)?;
+    Ok(("SELECT".to_owned(), total, truncated))
+}
+
+/// Rows of the next FETCH: as many rows as the largest seen fit in a batch,
+/// at least one, at most the batch size.
+fn next_fetch_rows(plan: &Plan, largest_row: u64) -> usize {
+    let fit = plan.budgets.batch_bytes / largest_row.max(1);
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .clamp(1, plan.batch_size.max(1))
+}
+
+/// Any other statement (writes with RETURNING, SHOW, EXPLAIN, FETCH from
+/// the caller's cursor, SELECT ... FOR UPDATE): its columns are learnt by
+/// preparing it first, so its rows go out in batches while it still runs
+/// instead of being held whole. Rows of a shape PostgreSQL must render wait
+/// for the end of the statement (the connection is busy until then), within
+/// the hold budget.
+async fn read_direct(
+    connection: &mut PgConnection,
+    plan: &Plan,
+    statement: &PlannedStatement,
+    arguments: PgArguments,
+    types: &[PgTypeInfo],
+    sink: &EventSink,
+) -> Result<(String, u64, bool), Stop> {
+    let index = statement.index;
+    let fail = |error| Stop::Statement {
+        index,
+        error,
+        shift: 0,
+    };
+    let over = |exceeded| Stop::Budget { index, exceeded };
+    let budgets = &plan.budgets;
+    let mut shape: Option<ResultShape> = None;
+    if returns_rows(&statement.command) {
+        // Prepared under another text than the one executed (sqlx caches by
+        // text), with the same parameter types, so it fails exactly when the
+        // execution would; the suffix keeps error positions.
+        let prepared = (&mut *connection)
+            .prepare_with(
+                sqlx::AssertSqlSafe(format!("{}\n", statement.text)).into_sql_str(),
+                types,
+            )
+            .await
+            .map_err(fail)?;
+        if !prepared.columns().is_empty() {
+            match ResultShape::of(prepared.columns(), connection).await {
+                Ok(described) => {
+                    sink.send(TargetEvent::Header {
+                        statement: index,
+                        columns: described.columns.clone(),
+                    })
+                    .await;
+                    shape = Some(described);
+                }
+                Err(error) => tracing::debug!(%error, "could not describe a result before running it"),
+            }
+        }
+    }
+    let streams = shape.as_ref().is_some_and(|shape| !shape.renders_on_server());
+    let mut held = Held::default();
+    let mut returned: u64 = 0;
+    let mut affected: u64 = 0;
+    let mut truncated = false;
+    {
+        // fetch_many sees both rows and counts. Its deprecation is about
+        // several statements in one text, which pgfleet never sends.
+        #[allow(deprecated)]
+        let mut results = sqlx::query_with(sqlx::AssertSqlSafe(statement.text.clone()), arguments)
+            .fetch_many(&mut *connection);
+        while let Some(item) = results.try_next().await.map_err(fail)? {
+            let row = match item {
+                Either::Left(done) => {
+                    affected += PgQueryResult::rows_affected(&done);
+                    continue;
+                }
+                Either::Right(row) => row,
+            };
+            returned += 1;
+            // Past the row cap a row is counted, never held.
+            if plan.row_limit.is_some_and(|limit| returned > limit) {
+                truncated = true;
+                continue;
+            }
+            held.push(row, budgets).map_err(over)?;
+            if let Some(shape) = shape.as_ref().filter(|_| streams)
+                && (held.bytes >= budgets.batch_bytes || held.rows.len() >= plan.batch_size)
+            {
+                let batch = std::mem::take(&mut held);
+                let converted = shape
+                    .convert_plain(&batch.rows)
+                    .map_err(|error| Stop::Value { index, error })?;
+                drop(batch.rows);
+                send_converted(plan, converted, batch.bytes, index, sink).await?;
+            }
+        }
+    }
+    let shape = match shape {
+        Some(shape) => shape,
+        None => match held.rows.first() {
+            Some(row) => {
+                let described = ResultShape::of(row.columns(), connection).await.map_err(fail)?;
+                sink.send(TargetEvent::Header {
+                    statement: index,
+                    columns: described.columns.clone(),
+                })
+                .await;
+                described
+            }
+            None => ResultShape::empty(),
+        },
+    };
+    if !shape.columns.is_empty() && !held.rows.is_empty() {
+        send_held(connection, plan, &shape, held, index, sink).await?;
+    }
+    let count = if affected == 0 { returned } else { affected };
+    Ok((statement.command.clone(), count, truncated))
+}
+
+/// Converts and sends `held` in batches of at most `query.max_batch_bytes`
+/// (by estimate, then exactly), letting go of each batch's raw rows once
+/// converted.
+async fn send_held(
+    connection: &mut PgConnection,
+    plan: &Plan,
+    shape: &ResultShape,
+    held: Held,
+    index: u32,
+    sink: &EventSink,
+) -> Result<(), Stop> {
+    let batch_bytes = plan.budgets.batch_bytes;
+    let batch_rows = plan.batch_size.max(1);
+    let mut rows = held.rows.into_iter();
+    let mut estimates = held.estimates.into_iter().peekable();
+    loop {
+        let mut chunk = Vec::new();
+        let mut estimated = 0_u64;
+        while let Some(&next) = estimates.peek() {
+            if !chunk.is_empty() && (estimated + next > batch_bytes || chunk.len() >= batch_rows) {
+                break;
+            }
+            let Some(row) = rows.next() else { break };
+            estimates.next();
+            estimated += next;
+            chunk.push(row);
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let converted = shape
+            .convert(&chunk, connection)
+            .await
+            .map_err(|error| Stop::Value { index, error })?;
+        drop(chunk);
+        send_converted(plan, converted, estimated, index, sink).await?;
+    }
+}
+
+/// Settles the response budget with the rows' exact size and sends them,
+/// split so no message carries more than `query.max_batch_bytes` of rows.
+async fn send_converted(
+    plan: &Plan,
+    converted: Vec<pb::Row>,
+    estimated: u64,
+    index: u32,
+    sink: &EventSink,
+) -> Result<(), Stop> {
+    let exact: u64 = converted.iter().map(encoded_row_bytes).sum();
+    plan.budgets
+        .settle(estimated, exact)
+        .map_err(|exceeded| Stop::Budget { index, exceeded })?;
+    for rows in split_by_bytes(converted, plan.budgets.batch_bytes, plan.batch_size.max(1)) {
+        sink.send(TargetEvent::Rows {
+            statement: index,
+            rows,
+        })
+        .await;
+    }
+    Ok(())
+}
+
 /// The statement's parameters. A parameter with a type name is converted
 /// to that type by PostgreSQL on this target (`CAST($1 AS type)`, the
 /// type's own input function for text) and bound in that type's binary
 /// form, so the statement sees exactly the declared type.
-async fn bind_params(connection: &mut PgConnection, plan: &Plan, index: u32) -> Result<PgArguments, Stop> {
+async fn bind_params(
+    connection: &mut PgConnection,
+    plan: &Plan,
+    index: u32,
+) -> Result<(PgArguments, Vec<PgTypeInfo>), Stop> {
     let fail = |error| Stop::Statement {
         index,
         error,
         shift: 0,
     };
     let mut arguments = PgArguments::default();
+    // The type of each bound value, as sqlx sends it with the statement.
+    let mut types = Vec::with_capacity(plan.params.len());
     for (position, param) in plan.params.iter().enumerate() {
         let Some(type_name) = &param.type_name else {
             param.value.bind(&mut arguments).map_err(fail)?;
+            types.push(param.value.type_info());
             continue;
         };
         let resolved: (Option<Oid>, Option<String>) =
@@ -522,6 +730,7 @@ async fn bind_params(connection: &mut PgConnection, plan: &Plan, index: u32) -> 
                 message: format!("params[{position}].type_name: no type {type_name:?} on this target"),
             });
         };
+        types.push(PgTypeInfo::with_oid(oid));
         if matches!(param.value, ParamValue::Null) {
             arguments
                 .add(RawValue {
@@ -555,7 +764,7 @@ async fn bind_params(connection: &mut PgConnection, plan: &Plan, index: u32) -> 
             })
             .map_err(|e| fail(sqlx::Error::Encode(e)))?;
     }
-    Ok(arguments)
+    Ok((arguments, types))
 }
 
 /// Commands that may return rows even when none came back.
@@ -672,6 +881,16 @@ fn failure_outcome(stop: Stop, started: Instant, replica: String, commit_sent: b
             pb::TargetError {
                 code: pb::ErrorCode::Internal.into(),
                 message: error.to_string(),
+                postgres: None,
+            },
+        ),
+        Stop::Budget { index, exceeded } => (
+            Some(index),
+            pb::TargetError {
+                code: pb::ErrorCode::ResourceExhausted.into(),
+                message: format!(
+                    "statement {index}: {exceeded}; the statement was cancelled and its transaction rolled back"
+                ),
                 postgres: None,
             },
         ),

@@ -125,6 +125,12 @@ impl ResultShape {
         })
     }
 
+    /// Whether some column's values are rendered by PostgreSQL, so
+    /// converting rows of this shape needs the connection.
+    pub fn renders_on_server(&self) -> bool {
+        self.decodings.contains(&Decoding::Formatted)
+    }
+
     /// Converts `rows` (all of this shape) to wire rows, rendering the
     /// formatted columns through `connection`.
     pub async fn convert(
@@ -132,8 +138,45 @@ impl ResultShape {
         rows: &[PgRow],
         connection: &mut PgConnection,
     ) -> Result<Vec<pb::Row>, ValueError> {
+        let (mut converted, pending) = self.decode_rows(rows)?;
+        for chunk in pending.chunks(MAX_PARAMS.min(4096)) {
+            let texts = render(
+                chunk.iter().map(|(_, _, oid, bytes)| (*oid, bytes.as_slice())),
+                connection,
+            )
+            .await?;
+            for ((row, column, _, _), text) in chunk.iter().zip(texts) {
+                converted[*row].cells[*column] = pb::Cell {
+                    kind: Some(pb::cell::Kind::FormattedValue(text)),
+                };
+            }
+        }
+        Ok(converted)
+    }
+
+    /// Converts `rows` of a shape that [`renders_on_server`](Self::renders_on_server)
+    /// is false for, without the connection (which may be busy reading them).
+    pub fn convert_plain(&self, rows: &[PgRow]) -> Result<Vec<pb::Row>, ValueError> {
+        let (converted, pending) = self.decode_rows(rows)?;
+        if pending.is_empty() {
+            Ok(converted)
+        } else {
+            Err(ValueError::Malformed {
+                type_name: "formatted",
+                reason: "a value needs PostgreSQL to render it".to_owned(),
+            })
+        }
+    }
+
+    /// Wire rows with every cell decoded here, and the (row, column, oid,
+    /// binary value) of each non-null cell PostgreSQL must render (left
+    /// NULL in the rows until then).
+    #[allow(clippy::type_complexity)]
+    fn decode_rows(
+        &self,
+        rows: &[PgRow],
+    ) -> Result<(Vec<pb::Row>, Vec<(usize, usize, u32, Vec<u8>)>), ValueError> {
         let mut converted: Vec<pb::Row> = Vec::with_capacity(rows.len());
-        // (row, column, oid, binary value) of every non-null formatted cell.
         let mut pending: Vec<(usize, usize, u32, Vec<u8>)> = Vec::new();
         for (row_index, row) in rows.iter().enumerate() {
             let mut cells = Vec::with_capacity(self.decodings.len());
@@ -150,26 +193,14 @@ impl ResultShape {
                         type_oid(&value.type_info()),
                         value.as_bytes()?.to_vec(),
                     ));
-                    cells.push(null_cell()); // replaced below
+                    cells.push(null_cell()); // replaced by `convert`
                     continue;
                 }
                 cells.push(decode(*decoding, value)?);
             }
             converted.push(pb::Row { cells });
         }
-        for chunk in pending.chunks(MAX_PARAMS.min(4096)) {
-            let texts = render(
-                chunk.iter().map(|(_, _, oid, bytes)| (*oid, bytes.as_slice())),
-                connection,
-            )
-            .await?;
-            for ((row, column, _, _), text) in chunk.iter().zip(texts) {
-                converted[*row].cells[*column] = pb::Cell {
-                    kind: Some(pb::cell::Kind::FormattedValue(text)),
-                };
-            }
-        }
-        Ok(converted)
+        Ok((converted, pending))
     }
 }
 

@@ -289,7 +289,12 @@ fn page_size(requested: i32) -> Result<i64, AuthError> {
     match requested {
         ..0 => Err(AuthError::invalid("page_size", "must not be negative")),
         0 => Ok(i64::from(DEFAULT_PAGE_SIZE)),
-        n => Ok(i64::from(n.min(MAX_PAGE_SIZE))),
+        // Refused like every other list call's oversized page.
+        n if n > MAX_PAGE_SIZE => Err(AuthError::invalid(
+            "page_size",
+            format!("{n} is above the maximum of {MAX_PAGE_SIZE}"),
+        )),
+        n => Ok(i64::from(n)),
     }
 }
 
@@ -776,7 +781,8 @@ mod tests {
     #[test]
     fn page_sizes_default_and_cap() {
         assert_eq!(page_size(0).ok(), Some(50));
-        assert_eq!(page_size(10_000).ok(), Some(500));
+        assert_eq!(page_size(500).ok(), Some(500));
+        assert!(page_size(501).is_err());
         assert!(page_size(-1).is_err());
     }
 }

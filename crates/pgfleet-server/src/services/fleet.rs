@@ -505,7 +505,13 @@ fn page_size(requested: i32) -> Result<i64, RequestError> {
     match requested {
         ..0 => Err(RequestError::invalid("page_size", "must not be negative")),
         0 => Ok(DEFAULT_PAGE_SIZE),
-        n => Ok(i64::from(n).min(MAX_PAGE_SIZE)),
+        // Refused, not quietly cut: every list call of the API answers an
+        // oversized page the same way (INVALID_ARGUMENT naming the field).
+        n if i64::from(n) > MAX_PAGE_SIZE => Err(RequestError::invalid(
+            "page_size",
+            format!("{n} is above the maximum of {MAX_PAGE_SIZE}"),
+        )),
+        n => Ok(i64::from(n)),
     }
 }
 
@@ -688,7 +694,8 @@ mod tests {
     fn page_sizes_default_cap_and_refuse_negatives() {
         assert_eq!(page_size(0).ok(), Some(100));
         assert_eq!(page_size(7).ok(), Some(7));
-        assert_eq!(page_size(5000).ok(), Some(1000));
+        assert_eq!(page_size(1000).ok(), Some(1000));
+        assert!(page_size(1001).is_err());
         assert!(page_size(-1).is_err());
 
         let mut rows = vec![1, 2, 3];

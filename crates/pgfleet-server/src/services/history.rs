@@ -33,12 +33,35 @@ const EXPORT_BATCH: i64 = 500;
 #[derive(Clone)]
 pub struct HistoryService {
     audit: Arc<AuditLog>,
+    /// Bytes of records one ListExecutions page may hold (the unary
+    /// response budget): a page stops short of it and says so with a token.
+    page_bytes: u64,
 }
 
 impl HistoryService {
-    pub fn new(audit: Arc<AuditLog>) -> Self {
-        Self { audit }
+    pub fn new(audit: Arc<AuditLog>, page_bytes: u64) -> Self {
+        Self { audit, page_bytes }
     }
+}
+
+/// Longest `query_contains`: a search term, not a document; a longer one
+/// would make every row's ILIKE scan it.
+const MAX_QUERY_CONTAINS_BYTES: usize = 1024;
+/// Longest other text filter (names, fingerprints).
+const MAX_FILTER_TEXT_BYTES: usize = 256;
+/// Largest legacy `offset`: PostgreSQL reads and discards every skipped
+/// record; beyond this page with `page_token`.
+const MAX_OFFSET: i32 = 10_000;
+
+/// Refuses a text filter longer than `max` bytes, naming its field.
+fn check_filter_text(text: &str, field: &str, name: &str, max: usize) -> Result<(), RequestError> {
+    if text.len() > max {
+        return Err(RequestError::invalid(
+            format!("{field}.{name}"),
+            format!("is {} bytes; at most {max}", text.len()),
+        ));
+    }
+    Ok(())
 }
 
 /// The stored name of a wire enum value: its proto name without the
@@ -56,6 +79,20 @@ fn filter_from_wire(wire: Option<&pb::ExecutionFilter>, field: &str) -> Result<F
     let Some(wire) = wire else {
         return Ok(Filter::default());
     };
+    check_filter_text(
+        &wire.query_contains,
+        field,
+        "query_contains",
+        MAX_QUERY_CONTAINS_BYTES,
+    )?;
+    for (name, text) in [
+        ("database", &wire.database),
+        ("cloud", &wire.cloud),
+        ("username", &wire.username),
+        ("fingerprint", &wire.fingerprint),
+    ] {
+        check_filter_text(text, field, name, MAX_FILTER_TEXT_BYTES)?;
+    }
     let non_empty = |text: &str| (!text.is_empty()).then(|| text.to_owned());
     let time = |value: Option<&prost_types::Timestamp>, name: &str| {
         value
@@ -429,6 +466,16 @@ impl history_service_server::HistoryService for HistoryService {
         if request.offset < 0 {
             return Err(RequestError::invalid("offset", "must not be negative").into());
         }
+        if request.offset > MAX_OFFSET {
+            return Err(RequestError::invalid(
+                "offset",
+                format!(
+                    "{} is above {MAX_OFFSET}; page further with page_token",
+                    request.offset
+                ),
+            )
+            .into());
+        }
         let digest = filter_digest(request.filter.as_ref());
         let cursor = match request.page_token.as_str() {
             "" => None,
@@ -443,19 +490,21 @@ impl history_service_server::HistoryService for HistoryService {
         let pool = self.audit.pool();
         let limit = i64::from(page_size);
         // One more than asked tells whether another page exists.
-        let (mut records, total) = tokio::try_join!(
+        let ((mut records, cut_short), total) = tokio::try_join!(
             search::page(
                 pool,
                 visibility,
                 &filter,
                 cursor,
                 i64::from(request.offset),
-                limit + 1
+                limit + 1,
+                self.page_bytes,
             ),
             search::count(pool, visibility, &filter),
         )
         .map_err(RequestError::from)?;
-        let more = i64::try_from(records.len()).unwrap_or(i64::MAX) > limit;
+        // A page cut short by bytes is shorter than asked, and has a next.
+        let more = cut_short || i64::try_from(records.len()).unwrap_or(i64::MAX) > limit;
         records.truncate(usize::try_from(page_size).unwrap_or(0));
         let next_page_token = match records.last() {
             Some(last) if more => encode_page_token(

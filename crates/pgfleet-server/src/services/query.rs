@@ -106,7 +106,7 @@ fn with_request_id<T>(mut response: Response<T>, origin_request_id: &str) -> Res
 /// The fields `ExecuteRequest` and `ExecuteStreamRequest` share (their
 /// scope oneofs are distinct generated types with the same variants).
 macro_rules! execute_fields {
-    ($request:ident, $scope:path, $batch_size:expr, $row_limit:expr) => {{
+    ($request:ident, $scope:path, $batch_size:expr, $row_limit:expr, $response_bytes:expr) => {{
         use $scope as Wire;
         ExecuteFields {
             query: &$request.query,
@@ -123,6 +123,7 @@ macro_rules! execute_fields {
             read_only: $request.read_only,
             batch_size: $batch_size,
             row_limit: $row_limit,
+            response_bytes: $response_bytes,
         }
     }};
 }
@@ -160,7 +161,8 @@ impl query_service_server::QueryService for QueryService {
             request,
             pb::execute_request::Scope,
             0,
-            Some(self.config.query.max_rows_per_statement)
+            Some(self.config.query.max_rows_per_statement),
+            Some(self.config.response_budget_bytes())
         );
         let plan = self.plan(&fields, &identity).await?;
         let record = self.open_record(&fields, &plan, &identity, origin).await?;
@@ -247,6 +249,7 @@ impl query_service_server::QueryService for QueryService {
             request,
             pb::execute_stream_request::Scope,
             request.batch_size,
+            None,
             None
         );
         let plan = self.plan(&fields, &identity).await?;
