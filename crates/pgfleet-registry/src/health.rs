@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::pools::{MemberEntry, Registry};
+use crate::privileges::login_privileges;
 use crate::target::{Member, Target};
 
 /// How a member looked at its last probe.
@@ -151,6 +152,9 @@ async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
         Ok::<_, sqlx::Error>(started.elapsed())
     })
     .await;
+    if matches!(outcome, Ok(Ok(_))) && !member.logins_checked.swap(true, Ordering::Relaxed) {
+        warn_about_logins(target, member).await;
+    }
     let Ok(mut state) = member.state.lock() else {
         return;
     };
@@ -177,6 +181,40 @@ async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
                 humantime_duration(config.probe_timeout)
             ));
         }
+    }
+}
+
+/// Once per member, at its first successful probe: a warning for a main
+/// login that is a superuser (writes do not need it; nothing is refused,
+/// existing setups keep working) and for a missing or privileged
+/// `reader_user` (READER executions are refused until it is fixed).
+async fn warn_about_logins(target: &Target, member: &MemberEntry) {
+    let check = async {
+        let mut connection = member.pool.acquire().await?;
+        let main = login_privileges(&mut connection).await?;
+        drop(connection);
+        if main.excess.iter().any(|excess| excess == "SUPERUSER") {
+            tracing::warn!(%target, member = %member.member, user = %main.user,
+                "the main login is a superuser; USER and MASTER statements run with every privilege \
+                 (a login that owns or is granted the tables is enough, see docs/SECURITY.md)");
+        }
+        match &member.reader_pool {
+            None => tracing::warn!(%target, member = %member.member,
+                "no reader_user: READER executions on this database are refused (docs/SECURITY.md)"),
+            Some(pool) => {
+                let mut connection = pool.acquire().await?;
+                let reader = login_privileges(&mut connection).await?;
+                if !reader.is_unprivileged() {
+                    tracing::warn!(%target, member = %member.member, user = %reader.user,
+                        excess = ?reader.excess,
+                        "reader_user is privileged: READER executions on this database are refused");
+                }
+            }
+        }
+        Ok::<_, sqlx::Error>(())
+    };
+    if let Err(error) = check.await {
+        tracing::debug!(%target, member = %member.member, %error, "could not check the logins' privileges");
     }
 }
 

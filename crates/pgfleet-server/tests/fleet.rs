@@ -123,7 +123,9 @@ fn names(response: &pb::GetConfigurationResponse) -> Vec<(String, Vec<String>)> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn configuration_shows_connections_to_master_only_and_passwords_to_no_one() -> anyhow::Result<()> {
-    let fleet = Fleet::create().await?;
+    let mut fleet = Fleet::create().await?;
+    // The live clouds without reader_user: has_reader_login must say so.
+    fleet.reader_login = false;
     let dead_port = pgfleet_testkit::free_port()?;
     let server = fleet.start(&unreachable_cloud(dead_port)).await?;
     let channel = channel(&server).await?;

@@ -126,6 +126,18 @@ impl Plan {
                 let database = registry
                     .database_config(target)
                     .ok_or_else(|| RequestError::NotFound(format!("no target {target}")))?;
+                if identity.role == Role::Reader && database.reader_user.is_none() {
+                    // Without it the READER would run under the main login,
+                    // often a superuser: refused before anything runs. A
+                    // privileged reader_user is found when connecting
+                    // (the target's result says FAILED_PRECONDITION).
+                    return Err(RequestError::FailedPrecondition(
+                        pgfleet_registry::RegistryError::NoReaderLogin {
+                            target: target.clone(),
+                        }
+                        .to_string(),
+                    ));
+                }
                 if fields.pg_schema.is_empty() {
                     return Ok((
                         target.clone(),
