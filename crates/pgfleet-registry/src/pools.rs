@@ -474,7 +474,7 @@ async fn check_reader_login(
 
 fn record_failure(member: &MemberEntry, error: &sqlx::Error) {
     if let Ok(mut state) = member.state.lock() {
-        state.record_error(error.to_string());
+        state.record_error(error.to_string(), crate::health::error_category(error));
     }
 }
 

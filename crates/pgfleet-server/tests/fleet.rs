@@ -503,7 +503,9 @@ async fn list_tables_pages_through_tables_with_kinds_columns_and_primary_keys() 
     pool.close().await;
     let server = fleet.start("").await?;
     let channel = channel(&server).await?;
-    let reader = user_token(&fleet, &channel, "viewer", Role::Reader).await?;
+    // MASTER: the test lists a schema the database does not configure
+    // (below MASTER only configured schemas are listed).
+    let master = user_token(&fleet, &channel, "boss", Role::Master).await?;
     let mut client = fleet_client(&channel);
     let list = |schema: &str, page_size: i32, page_token: String, include_columns: bool| {
         bearer(
@@ -514,7 +516,7 @@ async fn list_tables_pages_through_tables_with_kinds_columns_and_primary_keys() 
                 page_token,
                 include_columns,
             },
-            &reader,
+            &master,
         )
     };
 
@@ -649,7 +651,7 @@ async fn list_tables_pages_through_tables_with_kinds_columns_and_primary_keys() 
                 page_token: first.next_page_token,
                 ..Default::default()
             },
-            &reader,
+            &master,
         ))
         .await
         .expect_err("token of another listing");
@@ -706,15 +708,35 @@ async fn introspection_rejects_bad_requests_and_unknown_targets() -> anyhow::Res
     for (request, named) in [
         (tables(target("azure", "app"), "", 0, ""), "azure"),
         (tables(target("aws", "nope"), "", 0, ""), "nope"),
-        (
-            tables(target("aws", "app"), "no_such_schema", 0, ""),
-            "no_such_schema",
-        ),
     ] {
         let status = client.list_tables(request).await.expect_err("not found");
         assert_eq!(status.code(), Code::NotFound, "{status:?}");
         assert!(status.message().contains(named), "{}", status.message());
     }
+    // Below MASTER only configured schemas; MASTER learns it does not exist.
+    let status = client
+        .list_tables(tables(target("aws", "app"), "no_such_schema", 0, ""))
+        .await
+        .expect_err("not configured");
+    assert_eq!(bad_field(&status), "schema", "{status:?}");
+    let master = user_token(&fleet, &channel, "boss", Role::Master).await?;
+    let status = client
+        .list_tables(bearer(
+            pb::ListTablesRequest {
+                target: target("aws", "app"),
+                schema: "no_such_schema".to_owned(),
+                ..Default::default()
+            },
+            &master,
+        ))
+        .await
+        .expect_err("not found");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        status.message().contains("no_such_schema"),
+        "{}",
+        status.message()
+    );
     let status = client
         .list_schemas(bearer(
             pb::ListSchemasRequest {

@@ -288,3 +288,239 @@ async fn a_privileged_reader_user_is_refused_until_it_loses_the_privilege() -> a
     database.drop_now().await?;
     Ok(())
 }
+
+/// Creates a READER API key limited to `patterns`; returns its secret.
+async fn reader_key(channel: &Channel, master: &str, patterns: &[(&str, &str)]) -> anyhow::Result<String> {
+    let created = support::auth_client(channel)
+        .create_api_key(bearer(
+            pb::CreateApiKeyRequest {
+                name: format!("key-{}", patterns.len()),
+                role: pb::Role::Reader.into(),
+                expires_at: None,
+                allowed_targets: patterns
+                    .iter()
+                    .map(|(cloud, database)| pb::TargetPattern {
+                        cloud: (*cloud).to_owned(),
+                        database: (*database).to_owned(),
+                    })
+                    .collect(),
+            },
+            master,
+        ))
+        .await?
+        .into_inner();
+    Ok(created.secret)
+}
+
+/// A status as (code, message with `name` blanked): equal for two targets
+/// when nothing but the name the caller sent differs.
+fn answer<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    name: &str,
+) -> (Code, String) {
+    match result {
+        // The message only: metadata (request ids) differs between calls.
+        Ok(response) => (
+            Code::Ok,
+            format!("{:?}", response.get_ref()).replace(name, "<target>"),
+        ),
+        Err(status) => (status.code(), status.message().replace(name, "<target>")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_keys_get_one_answer_for_unknown_and_forbidden_targets() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let key = reader_key(&s.channel, &s.master, &[("aws", "*")]).await?;
+    let fleet =
+        || pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient::new(s.channel.clone());
+    // gcp/app exists outside the key's allow-list; the others do not exist.
+    let forbidden = ("gcp", "app");
+    for unknown in [("gcp", "nope"), ("azure", "app")] {
+        let mut answers = Vec::new();
+        for (cloud, database) in [forbidden, unknown] {
+            let name = format!("{cloud}/{database}");
+            let tables = fleet()
+                .list_tables(support::api_key(
+                    pb::ListTablesRequest {
+                        target: Some(support::target(cloud, database)),
+                        ..Default::default()
+                    },
+                    &key,
+                ))
+                .await;
+            let schemas = fleet()
+                .list_schemas(support::api_key(
+                    pb::ListSchemasRequest {
+                        target: Some(support::target(cloud, database)),
+                        ..Default::default()
+                    },
+                    &key,
+                ))
+                .await;
+            let health = fleet()
+                .get_health(support::api_key(
+                    pb::GetHealthRequest {
+                        cloud: cloud.to_owned(),
+                        database: database.to_owned(),
+                    },
+                    &key,
+                ))
+                .await;
+            let by_target = client(&s.channel)
+                .execute(support::api_key(
+                    pb::ExecuteRequest {
+                        scope: Some(pb::execute_request::Scope::Targets(pb::TargetList {
+                            targets: vec![support::target(cloud, database)],
+                        })),
+                        ..execute("SELECT 1", "")
+                    },
+                    &key,
+                ))
+                .await;
+            let by_cloud = client(&s.channel)
+                .execute(support::api_key(
+                    pb::ExecuteRequest {
+                        scope: Some(pb::execute_request::Scope::Cloud(cloud.to_owned())),
+                        ..execute("SELECT 1", database)
+                    },
+                    &key,
+                ))
+                .await;
+            let answer = [
+                answer(tables, &name),
+                answer(schemas, &name),
+                answer(health, &name),
+                answer(by_target, &name),
+                answer(by_cloud, &name),
+            ];
+            assert_eq!(answer[0].0, Code::PermissionDenied, "{name}: {answer:?}");
+            assert_eq!(answer[2].0, Code::Ok, "{name}: {answer:?}");
+            assert_eq!(answer[3].0, Code::PermissionDenied, "{name}: {answer:?}");
+            answers.push(answer);
+        }
+        assert_eq!(answers[0], answers[1], "{forbidden:?} vs {unknown:?}");
+    }
+    // A database name alone: one that exists outside the list, one nowhere.
+    let all_clouds = async |database: &str| {
+        answer(
+            client(&s.channel)
+                .execute(support::api_key(execute("SELECT 1", database), &key))
+                .await,
+            database,
+        )
+    };
+    let (exists, nowhere) = (all_clouds("app").await, all_clouds("nowhere").await);
+    assert_eq!(exists.0, Code::PermissionDenied, "{exists:?}");
+    assert_eq!(exists, nowhere);
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_errors_show_their_category_below_master() -> anyhow::Result<()> {
+    let dead_port = pgfleet_testkit::free_port()?;
+    let live = TestDatabase::create("sec_health_error").await?;
+    // Nobody listens on `dead_port`; `stranger` is a login the server lacks.
+    let extra = format!(
+        "[[clouds]]\nname = 'azure'\n[[clouds.databases]]\nname = 'app'\nhost = '127.0.0.1'\nport = {dead_port}\n\
+         user = 'fleet_owner'\ndatabase = 'nowhere'\nsslmode = 'disable'\nschemas = ['public']\n\
+         pool = {{ acquire_timeout = '300ms' }}\n\
+         [[clouds]]\nname = 'onprem'\n[[clouds.databases]]\nname = 'app'\nhost = '{}'\nport = {}\n\
+         user = 'stranger_{}'\ndatabase = '{}'\nsslmode = 'disable'\nschemas = ['public']\n\
+         pool = {{ acquire_timeout = '300ms' }}\n\
+         [health]\ninterval = '200ms'\nprobe_timeout = '1s'\n[retry]\nmax_attempts = 1\n",
+        live.host(),
+        live.port(),
+        dead_port,
+        live.name()
+    );
+    let s = session(&extra).await?;
+    let last_error = async |cloud: &str, token: &str| -> anyhow::Result<String> {
+        let health =
+            pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient::new(s.channel.clone())
+                .get_health(bearer(
+                    pb::GetHealthRequest {
+                        cloud: cloud.to_owned(),
+                        database: String::new(),
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner();
+        Ok(health.targets[0].last_error.clone())
+    };
+    for (cloud, categories) in [
+        ("azure", &["connection refused", "timeout"][..]),
+        ("onprem", &["authentication failed"][..]),
+    ] {
+        pgfleet_testkit::wait_until(
+            std::time::Duration::from_secs(15),
+            std::time::Duration::from_millis(100),
+            async || {
+                last_error(cloud, &s.master)
+                    .await
+                    .is_ok_and(|error| !error.is_empty())
+            },
+        )
+        .await?;
+        let detailed = last_error(cloud, &s.master).await?;
+        for token in [&s.user, &s.reader] {
+            let shown = last_error(cloud, token).await?;
+            assert!(
+                categories.contains(&shown.as_str()),
+                "{cloud}: {shown:?}, master sees {detailed:?}"
+            );
+            assert!(!shown.contains(&dead_port.to_string()), "{shown:?}");
+        }
+        assert!(
+            !categories.contains(&detailed.as_str()),
+            "MASTER gets the driver's text: {detailed:?}"
+        );
+    }
+    // The login the server refused is named to MASTER only.
+    assert!(last_error("onprem", &s.master).await?.contains("stranger_"));
+    s.server.shutdown().await?;
+    live.drop_now().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_tables_shows_only_configured_schemas_below_master() -> anyhow::Result<()> {
+    let s = session("").await?;
+    support::run_sql(
+        &s,
+        "aws",
+        "app",
+        "CREATE SCHEMA hidden; CREATE TABLE hidden.secrets (v int)",
+    )
+    .await?;
+    let list = async |token: &str| {
+        pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient::new(s.channel.clone())
+            .list_tables(bearer(
+                pb::ListTablesRequest {
+                    target: Some(support::target("aws", "app")),
+                    schema: "hidden".to_owned(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+    };
+    for token in [&s.user, &s.reader] {
+        let status = list(token).await.expect_err("not a configured schema");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(support::bad_field(&status), "schema", "{status:?}");
+        assert!(
+            status.message().contains("public"),
+            "names what is configured: {status:?}"
+        );
+    }
+    let shown = list(&s.master).await?.into_inner();
+    assert_eq!(
+        shown.tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["secrets"]
+    );
+    s.server.shutdown().await?;
+    Ok(())
+}

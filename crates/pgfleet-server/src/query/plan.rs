@@ -14,7 +14,7 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgTypeInfo};
 use sqlx::{Arguments, Encode, Postgres, Type};
 
-use crate::identity::{Identity, Role};
+use crate::identity::{Identity, Principal, Role};
 use crate::request_error::RequestError;
 
 /// Rows per batch when the request names none.
@@ -111,11 +111,21 @@ impl Plan {
         let limits = &config.query;
         check_query_text(fields.query, limits)?;
         let timeout = timeout(fields.timeout, limits)?;
-        let targets = resolve_targets(fields, registry)?;
+        let targets = resolve_targets(fields, registry).map_err(|error| match error {
+            // One answer for "does not exist" and "not yours": an API key
+            // cannot probe which clouds and databases are configured.
+            RequestError::NotFound(_) if matches!(identity.principal, Principal::ApiKey { .. }) => {
+                RequestError::PermissionDenied(format!(
+                    "{} may not reach the targets of this request (API key allow-list)",
+                    identity.label()
+                ))
+            }
+            other => other,
+        })?;
         for target in &targets {
             if !identity.may_access(target) {
                 return Err(RequestError::PermissionDenied(format!(
-                    "{} may not reach {target} (API key allow-list)",
+                    "{} may not reach the targets of this request (API key allow-list)",
                     identity.label()
                 )));
             }
