@@ -215,7 +215,8 @@ pub struct DatabaseConfig {
     /// Schema used when a request names none.
     #[serde(default)]
     pub default_schema: Option<String>,
-    /// A separate, read-only login used for READER executions.
+    /// The unprivileged login READER executions run as; without it (or
+    /// with a privileged one) they are refused.
     #[serde(default)]
     pub reader_user: Option<String>,
     /// Password of `reader_user`.

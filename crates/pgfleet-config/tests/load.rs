@@ -342,6 +342,7 @@ fn the_shipped_example_configuration_loads() {
         ("AWS_DB_HOST", "aws.example.com"),
         ("AWS_DB_PASSWORD", "p"),
         ("AWS_REPLICA_HOST", "aws-replica.example.com"),
+        ("AWS_READER_PASSWORD", "p"),
         ("GCP_DB_HOST", "gcp.example.com"),
         ("GCP_DB_PASSWORD", "p"),
         ("HISTORY_DB_HOST", "history.example.com"),

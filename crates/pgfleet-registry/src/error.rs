@@ -2,6 +2,7 @@
 
 use pgfleet_config::SslMode;
 
+use crate::privileges::LoginPrivileges;
 use crate::target::{Member, Target};
 
 /// Why no connection could be handed out.
@@ -30,6 +31,33 @@ pub enum RegistryError {
         sslmode: SslMode,
         /// rustls' or sqlx's reason; names no secret.
         reason: String,
+    },
+    /// A READER's execution needs the database's `reader_user`, and none is
+    /// configured: it would otherwise run under the main login, which may
+    /// be a superuser.
+    #[error(
+        "READER executions on {target} are refused: the database has no reader_user. Create a login \
+         without superuser, CREATEROLE, REPLICATION, BYPASSRLS or membership in pg_read_server_files, \
+         pg_write_server_files, pg_execute_server_program, pg_signal_backend, pg_read_all_data or \
+         pg_read_all_stats, grant it CONNECT, USAGE \
+         on the schemas and SELECT on the tables, and set reader_user (and reader_password) on database \
+         {:?} of cloud {:?} (docs/SECURITY.md)", target.database, target.cloud
+    )]
+    NoReaderLogin { target: Target },
+    /// The database's `reader_user` holds an attribute or a predefined role
+    /// that reaches the server itself (files, programs, other backends) or
+    /// escapes privileges.
+    #[error(
+        "READER executions on {target} are refused: its reader_user {:?} ({member}) holds {}; \
+         configure as reader_user a login without superuser, CREATEROLE, REPLICATION, BYPASSRLS or \
+         membership in pg_read_server_files, pg_write_server_files, pg_execute_server_program, \
+         pg_signal_backend, pg_read_all_data or pg_read_all_stats (docs/SECURITY.md)", login.user, login.excess.join(", ")
+    )]
+    PrivilegedReaderLogin {
+        target: Target,
+        member: Member,
+        /// Boxed: keeps every `Result<_, RegistryError>` small.
+        login: Box<LoginPrivileges>,
     },
     /// A non-transient failure while connecting (bad password, unknown database…).
     #[error("{target} ({member}) refused the connection: {source}")]

@@ -11,6 +11,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::pools::{MemberEntry, Registry};
+use crate::privileges::login_privileges;
+use crate::retry::tls_failure;
 use crate::target::{Member, Target};
 
 /// How a member looked at its last probe.
@@ -32,6 +34,7 @@ pub(crate) struct MemberState {
     pub(crate) status: HealthStatus,
     pub(crate) latency: Option<Duration>,
     pub(crate) last_error: Option<String>,
+    pub(crate) last_error_category: Option<&'static str>,
     pub(crate) last_error_at: Option<DateTime<Utc>>,
     pub(crate) last_checked_at: Option<DateTime<Utc>>,
     /// Probes failed since the last successful one.
@@ -39,9 +42,10 @@ pub(crate) struct MemberState {
 }
 
 impl MemberState {
-    pub(crate) fn record_error(&mut self, message: String) {
+    pub(crate) fn record_error(&mut self, message: String, category: &'static str) {
         self.status = HealthStatus::Unhealthy;
         self.last_error = Some(message);
+        self.last_error_category = Some(category);
         self.last_error_at = Some(Utc::now());
     }
 }
@@ -60,7 +64,11 @@ pub struct MemberHealth {
     pub pool_idle: u32,
     /// Callers waiting for a connection.
     pub pool_waiting: u32,
+    /// The driver's text: hosts, ports, users. For MASTER only.
     pub last_error: Option<String>,
+    /// What kind of failure it was ([`error_category`]), without details:
+    /// what other callers see.
+    pub last_error_category: Option<&'static str>,
     pub last_error_at: Option<DateTime<Utc>>,
     pub last_checked_at: Option<DateTime<Utc>>,
     /// Probes failed in a row (connection failures of callers not counted).
@@ -70,17 +78,25 @@ pub struct MemberHealth {
 impl MemberHealth {
     pub(crate) fn from_entry(target: &Target, member: &MemberEntry) -> Self {
         let state = member.state.lock();
-        let (status, latency, last_error, last_error_at, last_checked_at, consecutive_failures) = match &state
-        {
+        let (
+            status,
+            latency,
+            last_error,
+            last_error_category,
+            last_error_at,
+            last_checked_at,
+            consecutive_failures,
+        ) = match &state {
             Ok(s) => (
                 s.status,
                 s.latency,
                 s.last_error.clone(),
+                s.last_error_category,
                 s.last_error_at,
                 s.last_checked_at,
                 s.consecutive_failures,
             ),
-            Err(_) => (HealthStatus::Unknown, None, None, None, None, 0),
+            Err(_) => (HealthStatus::Unknown, None, None, None, None, None, 0),
         };
         Self {
             target: target.clone(),
@@ -91,6 +107,7 @@ impl MemberHealth {
             pool_idle: u32::try_from(member.pool.num_idle()).unwrap_or(u32::MAX),
             pool_waiting: member.waiting.load(Ordering::Relaxed),
             last_error,
+            last_error_category,
             last_error_at,
             last_checked_at,
             consecutive_failures,
@@ -151,6 +168,9 @@ async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
         Ok::<_, sqlx::Error>(started.elapsed())
     })
     .await;
+    if matches!(outcome, Ok(Ok(_))) && !member.logins_checked.swap(true, Ordering::Relaxed) {
+        warn_about_logins(target, member).await;
+    }
     let Ok(mut state) = member.state.lock() else {
         return;
     };
@@ -168,15 +188,74 @@ async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
         Ok(Err(error)) => {
             tracing::debug!(%target, member = %member.member, %error, "health probe failed");
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-            state.record_error(error.to_string());
+            state.record_error(error.to_string(), error_category(&error));
         }
         Err(_) => {
             state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-            state.record_error(format!(
-                "no answer within {}",
-                humantime_duration(config.probe_timeout)
-            ));
+            state.record_error(
+                format!("no answer within {}", humantime_duration(config.probe_timeout)),
+                "timeout",
+            );
         }
+    }
+}
+
+/// A connection failure in a few words that name no host, port, user or
+/// server message: what GetHealth shows callers below MASTER.
+pub fn error_category(error: &sqlx::Error) -> &'static str {
+    if tls_failure(error).is_some() {
+        return "TLS handshake failed";
+    }
+    match error {
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused",
+            std::io::ErrorKind::TimedOut => "timeout",
+            _ => "network error",
+        },
+        sqlx::Error::PoolTimedOut => "timeout",
+        sqlx::Error::Tls(_) => "TLS handshake failed",
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("28P01" | "28000") => "authentication failed",
+            Some("3D000") => "database does not exist",
+            Some("57P03" | "53300") => "server not accepting connections",
+            Some("57014") => "timeout",
+            _ => "server error",
+        },
+        _ => "connection failed",
+    }
+}
+
+/// Once per member, at its first successful probe: a warning for a main
+/// login that is a superuser (writes do not need it; nothing is refused,
+/// existing setups keep working) and for a missing or privileged
+/// `reader_user` (READER executions are refused until it is fixed).
+async fn warn_about_logins(target: &Target, member: &MemberEntry) {
+    let check = async {
+        let mut connection = member.pool.acquire().await?;
+        let main = login_privileges(&mut connection).await?;
+        drop(connection);
+        if main.excess.iter().any(|excess| excess == "SUPERUSER") {
+            tracing::warn!(%target, member = %member.member, user = %main.user,
+                "the main login is a superuser; USER and MASTER statements run with every privilege \
+                 (a login that owns or is granted the tables is enough, see docs/SECURITY.md)");
+        }
+        match &member.reader_pool {
+            None => tracing::warn!(%target, member = %member.member,
+                "no reader_user: READER executions on this database are refused (docs/SECURITY.md)"),
+            Some(pool) => {
+                let mut connection = pool.acquire().await?;
+                let reader = login_privileges(&mut connection).await?;
+                if !reader.is_unprivileged() {
+                    tracing::warn!(%target, member = %member.member, user = %reader.user,
+                        excess = ?reader.excess,
+                        "reader_user is privileged: READER executions on this database are refused");
+                }
+            }
+        }
+        Ok::<_, sqlx::Error>(())
+    };
+    if let Err(error) = check.await {
+        tracing::debug!(%target, member = %member.member, %error, "could not check the logins' privileges");
     }
 }
 

@@ -13,13 +13,15 @@
 mod error;
 mod health;
 mod pools;
+mod privileges;
 mod read_only;
 mod retry;
 mod target;
 
 pub use error::RegistryError;
-pub use health::{HealthMonitor, HealthStatus, MemberHealth, probe_all};
+pub use health::{HealthMonitor, HealthStatus, MemberHealth, error_category, probe_all};
 pub use pools::{Checkout, Registry, Reloaded, connect_options, pool_options};
+pub use privileges::{LoginPrivileges, READER_FORBIDDEN_ROLES, login_privileges};
 pub use read_only::{begin_bounded, begin_read_only, discard_session, statement_timeout_setting};
 pub use retry::{Backoff, is_transient};
 pub use target::{Member, Route, Target};

@@ -1,7 +1,7 @@
 //! The pools themselves and the acquisition path.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use sqlx::{PgConnection, Postgres};
 
 use crate::error::RegistryError;
 use crate::health::{HealthStatus, MemberHealth, MemberState};
+use crate::privileges::login_privileges;
 use crate::retry::{Backoff, is_transient, tls_failure};
 use crate::target::{Member, Route, Target};
 
@@ -79,6 +80,8 @@ pub(crate) struct MemberEntry {
     pub(crate) state: Mutex<MemberState>,
     /// Callers currently waiting in `acquire` (sqlx does not count them).
     pub(crate) waiting: AtomicU32,
+    /// The logins' privileges were looked at (and warned about) once.
+    pub(crate) logins_checked: AtomicBool,
 }
 
 impl MemberEntry {
@@ -309,6 +312,11 @@ impl Registry {
         let member = select_member(&entry, route);
         let (pool, reader_login) = match (&member.reader_pool, route) {
             (Some(reader_pool), Route::ReaderLogin) => (reader_pool, true),
+            (None, Route::ReaderLogin) => {
+                return Err(RegistryError::NoReaderLogin {
+                    target: target.clone(),
+                });
+            }
             _ => (&member.pool, false),
         };
         let started = Instant::now();
@@ -318,6 +326,14 @@ impl Registry {
             let result = pool.acquire().await;
             member.waiting.fetch_sub(1, Ordering::Relaxed);
             let error = match result {
+                Ok(mut connection) if reader_login => {
+                    check_reader_login(target, &member.member, &mut connection).await?;
+                    return Ok(Checkout {
+                        connection,
+                        member: member.member.clone(),
+                        reader_login,
+                    });
+                }
                 Ok(connection) => {
                     return Ok(Checkout {
                         connection,
@@ -420,12 +436,45 @@ fn member_entry(
         reader_pool,
         state: Mutex::new(MemberState::default()),
         waiting: AtomicU32::new(0),
+        logins_checked: AtomicBool::new(false),
     }
+}
+
+/// Refuses a reader connection whose login is privileged. Checked on every
+/// checkout, not once per pool: a grant made while pgfleet runs counts from
+/// the next READER execution on, and the check is one catalog lookup.
+async fn check_reader_login(
+    target: &Target,
+    member: &Member,
+    connection: &mut PoolConnection<Postgres>,
+) -> Result<(), RegistryError> {
+    let privileges = match login_privileges(connection).await {
+        Ok(privileges) => privileges,
+        Err(source) => {
+            // The connection's state is unknown: do not hand it out again.
+            connection.close_on_drop();
+            return Err(RegistryError::Connect {
+                target: target.clone(),
+                member: member.clone(),
+                source,
+            });
+        }
+    };
+    if privileges.is_unprivileged() {
+        return Ok(());
+    }
+    tracing::warn!(%target, %member, user = %privileges.user, excess = ?privileges.excess,
+        "reader_user is privileged; READER executions refused");
+    Err(RegistryError::PrivilegedReaderLogin {
+        target: target.clone(),
+        member: member.clone(),
+        login: Box::new(privileges),
+    })
 }
 
 fn record_failure(member: &MemberEntry, error: &sqlx::Error) {
     if let Ok(mut state) = member.state.lock() {
-        state.record_error(error.to_string());
+        state.record_error(error.to_string(), crate::health::error_category(error));
     }
 }
 

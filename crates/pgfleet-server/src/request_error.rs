@@ -61,6 +61,9 @@ impl From<RegistryError> for RequestError {
     fn from(error: RegistryError) -> Self {
         match error {
             unknown @ RegistryError::UnknownTarget { .. } => RequestError::NotFound(unknown.to_string()),
+            refused @ (RegistryError::NoReaderLogin { .. } | RegistryError::PrivilegedReaderLogin { .. }) => {
+                RequestError::FailedPrecondition(refused.to_string())
+            }
             other => RequestError::Unavailable(other.to_string()),
         }
     }

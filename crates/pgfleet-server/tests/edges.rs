@@ -357,10 +357,11 @@ async fn postgres_sslmodes_verify_require_and_disable_against_real_servers() -> 
     )
     .await?;
 
+    // As USER: these clusters have no reader_user (READERs would be refused).
     let uses_tls = "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
     for (cloud, want) in [("verified", "true"), ("required", "true"), ("plain", "false")] {
         let response = query(&s.channel)
-            .execute(bearer(execute_on(uses_tls, cloud, "secure"), &s.reader))
+            .execute(bearer(execute_on(uses_tls, cloud, "secure"), &s.user))
             .await?
             .into_inner();
         assert!(response.success, "{cloud}: {response:?}");
@@ -368,7 +369,7 @@ async fn postgres_sslmodes_verify_require_and_disable_against_real_servers() -> 
     }
 
     let response = query(&s.channel)
-        .execute(bearer(execute_on("SELECT 1", "forged", "secure"), &s.reader))
+        .execute(bearer(execute_on("SELECT 1", "forged", "secure"), &s.user))
         .await?
         .into_inner();
     assert!(

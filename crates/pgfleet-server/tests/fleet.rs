@@ -123,7 +123,9 @@ fn names(response: &pb::GetConfigurationResponse) -> Vec<(String, Vec<String>)> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn configuration_shows_connections_to_master_only_and_passwords_to_no_one() -> anyhow::Result<()> {
-    let fleet = Fleet::create().await?;
+    let mut fleet = Fleet::create().await?;
+    // The live clouds without reader_user: has_reader_login must say so.
+    fleet.reader_login = false;
     let dead_port = pgfleet_testkit::free_port()?;
     let server = fleet.start(&unreachable_cloud(dead_port)).await?;
     let channel = channel(&server).await?;
@@ -501,7 +503,9 @@ async fn list_tables_pages_through_tables_with_kinds_columns_and_primary_keys() 
     pool.close().await;
     let server = fleet.start("").await?;
     let channel = channel(&server).await?;
-    let reader = user_token(&fleet, &channel, "viewer", Role::Reader).await?;
+    // MASTER: the test lists a schema the database does not configure
+    // (below MASTER only configured schemas are listed).
+    let master = user_token(&fleet, &channel, "boss", Role::Master).await?;
     let mut client = fleet_client(&channel);
     let list = |schema: &str, page_size: i32, page_token: String, include_columns: bool| {
         bearer(
@@ -512,7 +516,7 @@ async fn list_tables_pages_through_tables_with_kinds_columns_and_primary_keys() 
                 page_token,
                 include_columns,
             },
-            &reader,
+            &master,
         )
     };
 
@@ -647,7 +651,7 @@ async fn list_tables_pages_through_tables_with_kinds_columns_and_primary_keys() 
                 page_token: first.next_page_token,
                 ..Default::default()
             },
-            &reader,
+            &master,
         ))
         .await
         .expect_err("token of another listing");
@@ -704,15 +708,35 @@ async fn introspection_rejects_bad_requests_and_unknown_targets() -> anyhow::Res
     for (request, named) in [
         (tables(target("azure", "app"), "", 0, ""), "azure"),
         (tables(target("aws", "nope"), "", 0, ""), "nope"),
-        (
-            tables(target("aws", "app"), "no_such_schema", 0, ""),
-            "no_such_schema",
-        ),
     ] {
         let status = client.list_tables(request).await.expect_err("not found");
         assert_eq!(status.code(), Code::NotFound, "{status:?}");
         assert!(status.message().contains(named), "{}", status.message());
     }
+    // Below MASTER only configured schemas; MASTER learns it does not exist.
+    let status = client
+        .list_tables(tables(target("aws", "app"), "no_such_schema", 0, ""))
+        .await
+        .expect_err("not configured");
+    assert_eq!(bad_field(&status), "schema", "{status:?}");
+    let master = user_token(&fleet, &channel, "boss", Role::Master).await?;
+    let status = client
+        .list_tables(bearer(
+            pb::ListTablesRequest {
+                target: target("aws", "app"),
+                schema: "no_such_schema".to_owned(),
+                ..Default::default()
+            },
+            &master,
+        ))
+        .await
+        .expect_err("not found");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        status.message().contains("no_such_schema"),
+        "{}",
+        status.message()
+    );
     let status = client
         .list_schemas(bearer(
             pb::ListSchemasRequest {

@@ -146,6 +146,11 @@ impl TestDatabase {
         self.password.as_deref()
     }
 
+    /// The admin URL the database was created with.
+    pub(crate) fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
     /// The database name, for config files' `database` key.
     pub fn database(&self) -> &str {
         &self.name

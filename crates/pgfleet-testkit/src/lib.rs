@@ -33,6 +33,7 @@
 mod cluster;
 mod database;
 mod proxy;
+mod reader;
 mod redis;
 mod s3;
 mod services;
@@ -48,6 +49,7 @@ use tokio::time::Instant;
 pub use cluster::{PG_BINDIR_ENV, PgCluster, PgClusterBuilder, ReplayLag};
 pub use database::{STALE_AFTER, TestDatabase, sweep_stale_databases};
 pub use proxy::{FaultProxy, ProxyMode};
+pub use reader::{TEST_READER, TEST_READER_PASSWORD};
 pub use redis::RedisServer;
 pub use s3::{MOTO_SERVER_ENV, S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY, S3Server};
 pub use services::{require_services, require_services_at};

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgTypeInfo};
 use sqlx::{Arguments, Encode, Postgres, Type};
 
 use super::budget::{Budgets, ResponseBudget};
-use crate::identity::{Identity, Role};
+use crate::identity::{Identity, Principal, Role};
 use crate::request_error::RequestError;
 
 /// Rows per batch when the request names none.
@@ -119,11 +119,21 @@ impl Plan {
         let limits = &config.query;
         check_query_text(fields.query, limits)?;
         let timeout = timeout(fields.timeout, limits)?;
-        let targets = resolve_targets(fields, registry)?;
+        let targets = resolve_targets(fields, registry).map_err(|error| match error {
+            // One answer for "does not exist" and "not yours": an API key
+            // cannot probe which clouds and databases are configured.
+            RequestError::NotFound(_) if matches!(identity.principal, Principal::ApiKey { .. }) => {
+                RequestError::PermissionDenied(format!(
+                    "{} may not reach the targets of this request (API key allow-list)",
+                    identity.label()
+                ))
+            }
+            other => other,
+        })?;
         for target in &targets {
             if !identity.may_access(target) {
                 return Err(RequestError::PermissionDenied(format!(
-                    "{} may not reach {target} (API key allow-list)",
+                    "{} may not reach the targets of this request (API key allow-list)",
                     identity.label()
                 )));
             }
@@ -134,6 +144,18 @@ impl Plan {
                 let database = registry
                     .database_config(target)
                     .ok_or_else(|| RequestError::NotFound(format!("no target {target}")))?;
+                if identity.role == Role::Reader && database.reader_user.is_none() {
+                    // Without it the READER would run under the main login,
+                    // often a superuser: refused before anything runs. A
+                    // privileged reader_user is found when connecting
+                    // (the target's result says FAILED_PRECONDITION).
+                    return Err(RequestError::FailedPrecondition(
+                        pgfleet_registry::RegistryError::NoReaderLogin {
+                            target: target.clone(),
+                        }
+                        .to_string(),
+                    ));
+                }
                 if fields.pg_schema.is_empty() {
                     return Ok((
                         target.clone(),

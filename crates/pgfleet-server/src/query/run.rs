@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
 use pgfleet_proto::pgfleet::v1 as pb;
-use pgfleet_registry::{Checkout, Member, Registry, Route, Target};
+use pgfleet_registry::{Checkout, Member, Registry, RegistryError, Route, Target};
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArguments, PgDatabaseError, PgErrorPosition, PgQueryResult, PgRow, PgTypeInfo};
 use sqlx::{
@@ -185,10 +185,12 @@ async fn run_on_target(
     cancel: CancellationToken,
 ) -> TargetOutcome {
     let started = Instant::now();
-    let route = if plan.writes {
-        Route::Write
-    } else if plan.reader_login {
+    // A READER's execution never leaves its unprivileged login, whatever
+    // the plan says about writing: the login is the guarantee.
+    let route = if plan.reader_login {
         Route::ReaderLogin
+    } else if plan.writes {
+        Route::Write
     } else {
         Route::Read
     };
@@ -199,10 +201,16 @@ async fn run_on_target(
     let mut checkout: Checkout = match acquired {
         Ok(checkout) => checkout,
         Err(error) => {
+            let code = match error {
+                RegistryError::NoReaderLogin { .. } | RegistryError::PrivilegedReaderLogin { .. } => {
+                    pb::ErrorCode::FailedPrecondition
+                }
+                _ => pb::ErrorCode::Unavailable,
+            };
             return TargetOutcome {
                 success: false,
                 error: Some(pb::TargetError {
-                    code: pb::ErrorCode::Unavailable.into(),
+                    code: code.into(),
                     message: error.to_string(),
                     postgres: None,
                 }),

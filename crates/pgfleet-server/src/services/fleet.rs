@@ -4,9 +4,12 @@
 //!
 //! Secrets never leave: responses are built field by field from the
 //! configuration and no password field is ever read here. Connection details
-//! (host, port, user) go to MASTER only. API keys see only the targets in
-//! their allow-list: other targets are left out of the configuration and the
-//! health report, and introspecting them is PERMISSION_DENIED.
+//! (host, port, user) go to MASTER only, and so does the driver's text of a
+//! member's last error (others get its category). API keys see only the
+//! targets in their allow-list: other targets are left out of the
+//! configuration and the health report, and introspecting them is
+//! PERMISSION_DENIED, the same answer as for a target that does not exist.
+//! ListTables shows only the database's configured schemas below MASTER.
 //!
 //! Catalog queries are fixed statements with bind parameters: a schema or
 //! table name from a request is never spliced into SQL.
@@ -62,7 +65,19 @@ impl FleetService {
             return Err(RequestError::invalid("target.database", "required"));
         }
         let target = Target::new(&wire.cloud, &wire.database);
+        // The allow-list first, with one answer whether the target exists or
+        // not: an API key cannot probe which targets are configured.
+        if !identity.may_access(&target) {
+            return Err(RequestError::PermissionDenied(format!(
+                "this API key may not access {target}"
+            )));
+        }
         let Some(database) = self.registry.database_config(&target) else {
+            if matches!(identity.principal, Principal::ApiKey { .. }) {
+                return Err(RequestError::PermissionDenied(format!(
+                    "this API key may not access {target}"
+                )));
+            }
             return Err(RequestError::NotFound(
                 if self
                     .registry
@@ -76,11 +91,6 @@ impl FleetService {
                 },
             ));
         };
-        if !identity.may_access(&target) {
-            return Err(RequestError::PermissionDenied(format!(
-                "this API key may not access {target}"
-            )));
-        }
         Ok((target, database))
     }
 
@@ -109,7 +119,9 @@ impl FleetService {
         }
     }
 
-    fn target_health(&self, health: MemberHealth, now: DateTime<Utc>) -> pb::TargetHealth {
+    /// `detailed`: the driver's error text (hosts, ports, users) for MASTER;
+    /// others get its category only ("connection refused", "timeout"…).
+    fn target_health(&self, health: MemberHealth, now: DateTime<Utc>, detailed: bool) -> pb::TargetHealth {
         // Every snapshot entry comes from a configured target; the default
         // only guards against a registry built from another config.
         let max_size = self
@@ -131,7 +143,11 @@ impl FleetService {
                 waiting: health.pool_waiting,
                 max_size,
             }),
-            last_error: health.last_error.unwrap_or_default(),
+            last_error: if detailed {
+                health.last_error.unwrap_or_default()
+            } else {
+                health.last_error_category.unwrap_or_default().to_owned()
+            },
             last_error_at: health.last_error_at.map(timestamp),
             last_checked_at: health.last_checked_at.map(timestamp),
             consecutive_failures: health.consecutive_failures,
@@ -188,7 +204,12 @@ impl fleet_service_server::FleetService for FleetService {
     ) -> Result<Response<pb::GetHealthResponse>, Status> {
         let identity = Identity::of(&request)?;
         let filter = request.get_ref();
-        self.check_health_filter(&filter.cloud, &filter.database)?;
+        // An API key gets an empty list for a name that does not exist, as
+        // for one outside its allow-list: it cannot probe what exists.
+        if !matches!(identity.principal, Principal::ApiKey { .. }) {
+            self.check_health_filter(&filter.cloud, &filter.database)?;
+        }
+        let detailed = identity.role >= Role::Master;
         let now = Utc::now();
         let targets = self
             .registry
@@ -197,7 +218,7 @@ impl fleet_service_server::FleetService for FleetService {
             .filter(|health| filter.cloud.is_empty() || health.target.cloud == filter.cloud)
             .filter(|health| filter.database.is_empty() || health.target.database == filter.database)
             .filter(|health| identity.may_access(&health.target))
-            .map(|health| self.target_health(health, now))
+            .map(|health| self.target_health(health, now, detailed))
             .collect();
         Ok(Response::new(pb::GetHealthResponse { targets }))
     }
@@ -288,6 +309,18 @@ impl fleet_service_server::FleetService for FleetService {
         } else {
             message.schema.clone()
         };
+        // Below MASTER, only what the configuration exposes (as for
+        // pg_schema in QueryService); MASTER may look at any schema.
+        if identity.role < Role::Master && !database.schemas.contains(&schema) {
+            return Err(RequestError::invalid(
+                "schema",
+                format!(
+                    "{schema:?} is not a configured schema of {target} (configured: {})",
+                    database.schemas.join(", ")
+                ),
+            )
+            .into());
+        }
         let after = match token {
             Some(token) => Some(token.position_for(&target, Some(&schema))?),
             None => None,
@@ -627,6 +660,7 @@ mod tests {
             pool_idle: 1,
             pool_waiting: 0,
             last_error: None,
+            last_error_category: None,
             last_error_at: None,
             last_checked_at: Some(Utc::now()),
             consecutive_failures: 0,

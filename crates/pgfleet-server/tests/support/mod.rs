@@ -35,6 +35,10 @@ pub struct Fleet {
     /// Body of the `[audit.chain]` table: a chain key of this fleet's own
     /// (the server refuses to start without one); empty for no table.
     pub audit_chain_toml: String,
+    /// Configure the testkit's unprivileged reader login as every
+    /// database's `reader_user` (pgfleet refuses READER executions
+    /// without one); false for tests of exactly that refusal.
+    pub reader_login: bool,
 }
 
 impl Fleet {
@@ -44,6 +48,7 @@ impl Fleet {
         for cloud in ["aws", "gcp"] {
             for name in ["app", "analytics"] {
                 let db = TestDatabase::create(&format!("srv_{cloud}_{name}")).await?;
+                db.grant_reader().await?;
                 databases.push((cloud.to_owned(), name.to_owned(), db));
             }
         }
@@ -58,6 +63,7 @@ impl Fleet {
             replication_toml: "scheduler = false\nwatch_interval = '100ms'\n".to_owned(),
             server_toml: String::new(),
             audit_chain_toml: format!("key = '{}'\n", test_chain_key()),
+            reader_login: true,
         })
     }
 
@@ -99,6 +105,9 @@ impl Fleet {
                 db.user(),
                 db.name()
             ));
+            if self.reader_login {
+                text.push_str(&reader_toml());
+            }
         }
         text.push_str(extra_clouds);
         text
@@ -334,6 +343,16 @@ pub async fn database_hash(database: &TestDatabase, table: &str) -> anyhow::Resu
     Ok(hash.unwrap_or_default())
 }
 
+/// The `reader_user` lines of a `[[clouds.databases]]` entry: the testkit's
+/// unprivileged login (see `TestDatabase::grant_reader`).
+pub fn reader_toml() -> String {
+    format!(
+        "reader_user = '{}'\nreader_password = '{}'\n",
+        pgfleet_testkit::TEST_READER,
+        pgfleet_testkit::TEST_READER_PASSWORD
+    )
+}
+
 /// A third cloud, "azure", whose `app` database sits behind a fault proxy.
 pub struct ProxiedCloud {
     pub database: TestDatabase,
@@ -344,6 +363,7 @@ impl ProxiedCloud {
     /// `prefix` names the throwaway database.
     pub async fn start(prefix: &str) -> anyhow::Result<Self> {
         let database = TestDatabase::create(prefix).await?;
+        database.grant_reader().await?;
         let proxy =
             pgfleet_testkit::FaultProxy::start(format!("{}:{}", database.host(), database.port())).await?;
         Ok(Self { database, proxy })
@@ -353,10 +373,11 @@ impl ProxiedCloud {
     pub fn toml(&self) -> String {
         format!(
             "[[clouds]]\nname = 'azure'\n[[clouds.databases]]\nname = 'app'\nhost = '127.0.0.1'\nport = {}\n\
-             user = '{}'\ndatabase = '{}'\nsslmode = 'disable'\nschemas = ['public']\n",
+             user = '{}'\ndatabase = '{}'\nsslmode = 'disable'\nschemas = ['public']\n{}",
             self.proxy.port(),
             self.database.user(),
-            self.database.name()
+            self.database.name(),
+            reader_toml()
         )
     }
 
