@@ -749,11 +749,18 @@ async fn introspection_rejects_bad_requests_and_unknown_targets() -> anyhow::Res
         .expect_err("unknown database");
     assert_eq!(status.code(), Code::NotFound);
 
-    // A huge page size is capped, not refused.
-    let capped = client
+    // A huge page size is refused with the field named, like every list
+    // call's (issue 13); the maximum itself is accepted.
+    let status = client
         .list_tables(tables(target("aws", "app"), "", i32::MAX, ""))
+        .await
+        .expect_err("page_size above 1000");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(bad_field(&status), "page_size");
+    let largest = client
+        .list_tables(tables(target("aws", "app"), "", 1000, ""))
         .await?;
-    assert!(capped.into_inner().next_page_token.is_empty());
+    assert!(largest.into_inner().next_page_token.is_empty());
     server.shutdown().await?;
     Ok(())
 }
