@@ -158,18 +158,18 @@ pub(crate) fn cursor_offset(sql: &str, message: &str) -> Option<usize> {
     // only, parsing from that statement's start, so a long text costs one
     // pass over its statements plus a few parses of one statement.
     let mut from = 0;
-    if candidates.len() > 1 {
-        let ranges = split::token_ranges(sql);
-        if let Some(failing) = engine::first_failing(sql, &ranges).and_then(|i| ranges.get(i)) {
-            let inside: Vec<usize> = candidates
-                .iter()
-                .copied()
-                .filter(|c| failing.contains(c))
-                .collect();
-            if !inside.is_empty() {
-                candidates = inside;
-                from = failing.start;
-            }
+    if candidates.len() > 1
+        && let Some(ranges) = split::scanned_ranges(sql)
+        && let Some(failing) = engine::first_failing(sql, &ranges).and_then(|i| ranges.get(i))
+    {
+        let inside: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|c| failing.contains(c))
+            .collect();
+        if !inside.is_empty() {
+            candidates = inside;
+            from = failing.start;
         }
     }
     match candidates.as_slice() {

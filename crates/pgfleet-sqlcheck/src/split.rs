@@ -100,6 +100,15 @@ fn trim_whitespace(sql: &str, range: Range<usize>) -> Option<Range<usize>> {
     (start < end).then_some(start..end)
 }
 
+/// Statement ranges of a text the scanner reads whole; `None` when it
+/// cannot. For the error search, which must not recurse into
+/// [`token_ranges`]: that locates a scan error through the error search.
+pub(crate) fn scanned_ranges(sql: &str) -> Option<Vec<Range<usize>>> {
+    engine::scan(sql)
+        .ok()
+        .map(|tokens| split_tokens(&significant(tokens)).0)
+}
+
 /// Statement ranges from the scanner alone (for texts that do not parse).
 pub(crate) fn token_ranges(sql: &str) -> Vec<Range<usize>> {
     match engine::scan(sql) {
