@@ -746,3 +746,64 @@ fn load_dir_reads_sql_files_only() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failing_statement_is_located_in_its_file() -> anyhow::Result<()> {
+    pgfleet_testkit::require_services().await?;
+    let db = TestDatabase::create("migrate").await?;
+    let target = Target::of("aws", &db);
+    let set = MigrationSet::from_sources([
+        ("0001_ok.sql", "CREATE TABLE a (id int);"),
+        ("0002_typo.sql", "CREATE TABLE b (id int);\nSELECT nope FROM a;"),
+        ("0003_later.sql", "CREATE TABLE c (id int);"),
+    ])?;
+    let mut conn = target.connect().await?;
+    let mut events = Vec::new();
+    let result = apply_on_target(&mut conn, &set, &ApplyOptions::new("tests"), |e| events.push(e)).await;
+    match result {
+        Err(ApplyError::Migration(failed)) => {
+            assert_eq!(failed.file, "0002_typo.sql");
+            assert_eq!(failed.failure.sqlstate.as_deref(), Some("42703"));
+            assert_eq!(failed.line_column, Some((2, 8)), "{failed:?}");
+            assert_eq!(failed.applied_before, [1]);
+        }
+        other => bail!("{other:?}"),
+    }
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            ApplyEvent::Locked { pending, .. } => format!("locked {pending:?}"),
+            ApplyEvent::Started { version, .. } => format!("started {version}"),
+            ApplyEvent::Applied { version, .. } => format!("applied {version}"),
+            ApplyEvent::Failed {
+                version,
+                failure,
+                line_column,
+                ..
+            } => format!(
+                "failed {version} {} {line_column:?}",
+                failure.sqlstate.as_deref().unwrap_or("")
+            ),
+            ApplyEvent::Skipped { version, reason, .. } => format!("skipped {version} {reason:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "locked [1, 2, 3]",
+            "started 1",
+            "applied 1",
+            "started 2",
+            "failed 2 42703 Some((2, 8))",
+            "skipped 3 EarlierFailed",
+        ]
+    );
+    assert!(!has_column(&target, "b", "id").await?, "half-applied");
+    match status(&mut conn, &set).await?.state(2) {
+        Some(MigrationState::Failed(recorded)) => {
+            assert_eq!(recorded.failure.position, Some(33), "{recorded:?}")
+        }
+        other => bail!("{other:?}"),
+    }
+    Ok(())
+}
