@@ -340,10 +340,14 @@ async fn run_script(
         let duration = started.elapsed();
         // The statement took effect: from here on, a failure leaves it
         // applied but unrecorded.
+        let unrecorded = |failure: PgFailure| RunFailed {
+            failure: Box::new(failure),
+            outcome_unknown: true,
+        };
         let mut transaction = conn.begin().await.map_err(failed(true))?;
         write_record(&mut transaction, &record, duration)
             .await
-            .map_err(failed(true))?;
+            .map_err(unrecorded)?;
         transaction.commit().await.map_err(failed(true))?;
         return Ok(duration);
     }
@@ -352,15 +356,18 @@ async fn run_script(
     let duration = started.elapsed();
     let written = match ran {
         Ok(_) => write_record(&mut transaction, &record, duration).await,
-        Err(e) => Err(e),
+        Err(e) => Err(PgFailure::from_sqlx(&e)),
     };
-    if let Err(e) = written {
+    if let Err(failure) = written {
         // Explicitly, so the failure row written next is not queued behind
         // sqlx's deferred rollback; a lost connection rolled back already.
         if let Err(rollback) = transaction.rollback().await {
             tracing::debug!(error = %rollback, "rolling back a failed migration failed");
         }
-        return Err(failed(false)(e));
+        return Err(RunFailed {
+            failure: Box::new(failure),
+            outcome_unknown: false,
+        });
     }
     transaction.commit().await.map_err(failed(true))?;
     Ok(duration)
@@ -370,23 +377,27 @@ async fn write_record(
     conn: &mut PgConnection,
     record: &Record<'_>,
     duration: Duration,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), PgFailure> {
     match record {
         Record::Applied(row) => {
             let row = NewRow { duration, ..*row };
-            tracking::record_applied(conn, &row).await
+            tracking::record_applied(conn, &row)
+                .await
+                .map_err(|e| PgFailure::from_sqlx(&e))
         }
         Record::Undone(version) => {
             let deleted = sqlx::query("DELETE FROM pgfleet.schema_migrations WHERE version = $1")
                 .bind(version)
                 .execute(&mut *conn)
-                .await?;
+                .await
+                .map_err(|e| PgFailure::from_sqlx(&e))?;
             if deleted.rows_affected() != 1 {
                 // Under the lock this cannot happen; refuse rather than commit
                 // a down file whose version was not recorded.
-                return Err(sqlx::Error::Protocol(format!(
-                    "the tracking row of version {version} vanished during its rollback"
-                )));
+                return Err(PgFailure {
+                    message: format!("the tracking row of version {version} vanished during its rollback"),
+                    ..PgFailure::default()
+                });
             }
             Ok(())
         }

@@ -26,11 +26,10 @@ pub const TRACKING_SCHEMA: &str = "pgfleet";
 /// locks are recognisable in `pg_locks` wherever they are taken.
 pub const TARGET_LOCK: (i32, i32) = (0x7067_666c, 0x6d69_6772);
 
-/// Creates the schema and tables if missing. Only called with [`TARGET_LOCK`]
-/// held, so two pgfleet writers never race on `CREATE SCHEMA IF NOT EXISTS`
-/// (which is not safe against a concurrent create of the same name).
-const CREATE_TRACKING: &str = "\
-CREATE SCHEMA IF NOT EXISTS pgfleet;
+/// Creates the tables if missing. Only run with [`TARGET_LOCK`] held, so two
+/// pgfleet writers never race on `CREATE … IF NOT EXISTS` (which is not safe
+/// against a concurrent create of the same name).
+const CREATE_TABLES: &str = "\
 CREATE TABLE IF NOT EXISTS pgfleet.schema_migrations (
     version bigint PRIMARY KEY CHECK (version > 0),
     name text NOT NULL,
@@ -214,11 +213,28 @@ fn checksum_of(version: i64, bytes: &[u8]) -> Result<Checksum, TrackingError> {
 }
 
 /// Creates the tracking schema and tables if they are missing. Call with
-/// [`TARGET_LOCK`] held.
+/// [`TARGET_LOCK`] held. Nothing is created when they exist, so a login
+/// without CREATE on the database works once a DBA created the schema (and
+/// `CREATE SCHEMA IF NOT EXISTS` checks that privilege even when the schema exists).
 pub(crate) async fn ensure(conn: &mut PgConnection) -> Result<(), TrackingError> {
     use sqlx::Connection as _;
+    let (schema, applied, failures): (bool, bool, bool) = sqlx::query_as(
+        "SELECT to_regnamespace('pgfleet') IS NOT NULL, \
+                to_regclass('pgfleet.schema_migrations') IS NOT NULL, \
+                to_regclass('pgfleet.schema_migration_failures') IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if applied && failures {
+        return Ok(());
+    }
     let mut transaction = conn.begin().await?;
-    sqlx::raw_sql(CREATE_TRACKING).execute(&mut *transaction).await?;
+    if !schema {
+        sqlx::raw_sql("CREATE SCHEMA IF NOT EXISTS pgfleet")
+            .execute(&mut *transaction)
+            .await?;
+    }
+    sqlx::raw_sql(CREATE_TABLES).execute(&mut *transaction).await?;
     transaction.commit().await?;
     Ok(())
 }

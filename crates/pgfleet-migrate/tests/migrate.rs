@@ -807,3 +807,38 @@ async fn a_failing_statement_is_located_in_its_file() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_login_without_create_on_the_database_uses_a_schema_made_by_a_dba() -> anyhow::Result<()> {
+    pgfleet_testkit::require_services().await?;
+    // A cluster of its own: roles are cluster-wide.
+    let cluster = PgCluster::start().await?;
+    let db = TestDatabase::create_on(&cluster.admin_url(), "migrate").await?;
+    let deployer = Target {
+        cloud: "onprem",
+        name: db.name().to_owned(),
+        options: db.connect_options().username("deployer"),
+    };
+    let set = MigrationSet::from_sources([("0001_a.sql", "CREATE TABLE a (id int);")])?;
+    let mut admin = db.connect().await?;
+    sqlx::raw_sql("CREATE ROLE deployer LOGIN; GRANT CREATE ON SCHEMA public TO deployer;")
+        .execute(&mut admin)
+        .await?;
+
+    // Without CREATE on the database, the tracking schema cannot be made...
+    let mut conn = deployer.connect().await?;
+    match apply_on_target(&mut conn, &set, &ApplyOptions::new("deployer"), |_| {}).await {
+        Err(ApplyError::Tracking(pgfleet_migrate::TrackingError::Query(failure))) => {
+            assert!(failure.is("42501"), "{failure:?}")
+        }
+        other => bail!("{other:?}"),
+    }
+    // ...and once a DBA made it, nothing else needs that privilege.
+    sqlx::raw_sql("CREATE SCHEMA pgfleet AUTHORIZATION deployer")
+        .execute(&mut admin)
+        .await?;
+    let report = apply_on_target(&mut conn, &set, &ApplyOptions::new("deployer"), |_| {}).await?;
+    assert_eq!(report.applied.len(), 1);
+    assert_eq!(applied_versions(&deployer).await?, [1]);
+    Ok(())
+}
