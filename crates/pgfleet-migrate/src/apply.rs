@@ -234,7 +234,8 @@ async fn apply_locked(
             version: migration.version(),
             name: migration.name().to_owned(),
         });
-        let row = NewRow {
+        // The tracking row, for success and again for a recorded failure.
+        let row = || NewRow {
             version: migration.version(),
             name: migration.name(),
             checksum: migration.checksum(),
@@ -243,7 +244,7 @@ async fn apply_locked(
             execution_id: options.execution_id,
             no_transaction: migration.up().no_transaction(),
         };
-        match run_script(conn, migration.up(), Record::Applied(row)).await {
+        match run_script(conn, migration.up(), Record::Applied(row())).await {
             Ok(duration) => {
                 on_event(ApplyEvent::Applied {
                     version: migration.version(),
@@ -259,19 +260,10 @@ async fn apply_locked(
             }
             Err(ran) => {
                 let failure = *ran.failure;
-                if !failure.connection_lost {
-                    let row = NewRow {
-                        version: migration.version(),
-                        name: migration.name(),
-                        checksum: migration.checksum(),
-                        by: &options.applied_by,
-                        duration: Duration::ZERO,
-                        execution_id: options.execution_id,
-                        no_transaction: migration.up().no_transaction(),
-                    };
-                    if let Err(e) = tracking::record_failure(conn, &row, &failure).await {
-                        tracing::warn!(version = migration.version(), error = %e, "recording a failed migration failed");
-                    }
+                if !failure.connection_lost
+                    && let Err(e) = tracking::record_failure(conn, &row(), &failure).await
+                {
+                    tracing::warn!(version = migration.version(), error = %e, "recording a failed migration failed");
                 }
                 let line_column = failure.line_column(migration.up().sql());
                 on_event(ApplyEvent::Failed {
