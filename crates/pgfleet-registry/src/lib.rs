@@ -12,6 +12,7 @@
 
 mod error;
 mod health;
+mod monitor;
 mod pools;
 mod privileges;
 mod read_only;
@@ -19,7 +20,8 @@ mod retry;
 mod target;
 
 pub use error::RegistryError;
-pub use health::{HealthMonitor, HealthStatus, MemberHealth, error_category, probe_all};
+pub use health::{HealthStatus, MemberHealth, error_category};
+pub use monitor::{HealthMonitor, probe_all};
 pub use pools::{Checkout, Registry, Reloaded, connect_options, pool_options};
 pub use privileges::{LoginPrivileges, READER_FORBIDDEN_ROLES, login_privileges};
 pub use read_only::{begin_bounded, begin_read_only, discard_session, statement_timeout_setting};

@@ -381,12 +381,7 @@ impl Registry {
     pub fn health_snapshot(&self) -> Vec<MemberHealth> {
         self.entries()
             .iter()
-            .flat_map(|(target, entry)| {
-                entry
-                    .members
-                    .iter()
-                    .map(move |member| MemberHealth::from_entry(target, member))
-            })
+            .flat_map(|(target, entry)| entry.members.iter().map(move |member| member.health(target)))
             .collect()
     }
 
@@ -497,5 +492,47 @@ fn select_member(entry: &TargetEntry, route: Route) -> &MemberEntry {
             healthy_replica().unwrap_or(primary)
         }
         ReadPreference::PrimaryThenReplica => primary,
+    }
+}
+
+impl MemberEntry {
+    /// This member's health as reported (a snapshot of its state).
+    pub(crate) fn health(&self, target: &Target) -> MemberHealth {
+        let member = self;
+        let state = member.state.lock();
+        let (
+            status,
+            latency,
+            last_error,
+            last_error_category,
+            last_error_at,
+            last_checked_at,
+            consecutive_failures,
+        ) = match &state {
+            Ok(s) => (
+                s.status,
+                s.latency,
+                s.last_error.clone(),
+                s.last_error_category,
+                s.last_error_at,
+                s.last_checked_at,
+                s.consecutive_failures,
+            ),
+            Err(_) => (HealthStatus::Unknown, None, None, None, None, None, 0),
+        };
+        MemberHealth {
+            target: target.clone(),
+            member: member.member.clone(),
+            status,
+            latency,
+            pool_size: member.pool.size(),
+            pool_idle: u32::try_from(member.pool.num_idle()).unwrap_or(u32::MAX),
+            pool_waiting: member.waiting.load(Ordering::Relaxed),
+            last_error,
+            last_error_category,
+            last_error_at,
+            last_checked_at,
+            consecutive_failures,
+        }
     }
 }

@@ -56,12 +56,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::TryStreamExt as _;
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::auth_service_client::AuthServiceClient;
 use pgfleet_proto::pgfleet::v1::replication_event::Event;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use pgfleet_server::app::RunningServer;
-use pgfleet_server::identity::Role;
 use pgfleet_testkit::TestDatabase;
 use sqlx::{Connection as _, PgConnection};
 use tonic::Request;

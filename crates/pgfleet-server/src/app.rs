@@ -18,19 +18,19 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{self, AuditLog};
 use crate::auth::gate::AuthLayer;
 use crate::auth::{AuthError, Authenticator, SessionStore, SessionStoreError};
 use crate::browser::{BrowserAccess, BrowserConfigError};
 use crate::edge::{
     self, ClientAddressLayer, QueryRateLimitLayer, ServerTls, TlsError, transport::MessageLimit,
 };
-use crate::history_store::{self, HistoryStoreError};
 use crate::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 use crate::services::{AuthService, FleetService, HistoryService, QueryService, ReplicationService};
 use crate::telemetry::Metrics;
 use crate::telemetry::exposition::MetricsListener;
 use crate::telemetry::rpc::RpcLayer;
+use pgfleet_engine::audit::{self, AuditLog};
+use pgfleet_engine::history_store::{self, HistoryStoreError};
 
 /// Longest wait for the history store at start when migrations run.
 const STARTUP_STORE_WAIT: Duration = Duration::from_secs(30);
@@ -63,7 +63,7 @@ pub enum ServeError {
     #[error("cannot define the metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot prepare the audit trail: {0}")]
-    Audit(#[from] crate::audit::AuditError),
+    Audit(#[from] pgfleet_engine::audit::AuditError),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -111,7 +111,8 @@ impl RunningServer {
         let metrics = Metrics::new()?;
         // The chain key is read and the chain sealed under it before
         // anything can append (the maintenance task below does).
-        let audit = AuditLog::with_metrics(history.clone(), config.audit.clone(), metrics.clone())?;
+        let audit =
+            AuditLog::with_observer(history.clone(), config.audit.clone(), Arc::new(metrics.clone()))?;
         match audit.prepare_chain().await {
             Ok(()) => {}
             // Unreachable now: the first append seals it, and a server

@@ -9,9 +9,9 @@ use pgfleet_config::{CONFIG_ENV, LoadedConfig};
 
 use crate::app::{self, RunningServer, ServeError};
 use crate::auth::{AuthError, Authenticator, SessionStore, UserSpec};
-use crate::history_store;
-use crate::identity::Role;
 use crate::telemetry::{self, LogFormat, Settings};
+use pgfleet_engine::history_store;
+use pgfleet_engine::identity::Role;
 
 /// pgfleet: run SQL across a fleet of PostgreSQL databases, audited.
 #[derive(Debug, Parser)]

@@ -9,7 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthError;
 use crate::edge::RateLimitError;
-use crate::request_error::RequestError;
+use pgfleet_engine::RequestError;
 
 /// INVALID_ARGUMENT with a `google.rpc.BadRequest` naming the field.
 fn invalid_argument(message: String, field: String, description: String) -> Status {
@@ -26,8 +26,9 @@ fn internal(detail: &str) -> Status {
     Status::internal("internal error; see the server log")
 }
 
-impl From<RequestError> for Status {
-    fn from(error: RequestError) -> Self {
+/// The status of a request the engine refused or could not serve.
+pub(crate) fn request_status(error: RequestError) -> Status {
+    {
         let message = error.to_string();
         match error {
             RequestError::InvalidArgument {

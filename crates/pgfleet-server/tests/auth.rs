@@ -6,8 +6,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
-use pgfleet_server::identity::Role;
 use pgfleet_testkit::RedisServer;
 use prost::Message;
 use tonic::Code;

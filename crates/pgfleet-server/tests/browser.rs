@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use pgfleet_server::identity::Role;
+use pgfleet_engine::identity::Role;
 use support::Fleet;
 use tokio::net::TcpListener;
 

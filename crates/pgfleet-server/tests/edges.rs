@@ -9,11 +9,11 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_server::app::RunningServer;
-use pgfleet_server::identity::Role;
 use pgfleet_testkit::{PgCluster, TestCa, wait_until};
 use tonic::Code;
 use tonic::metadata::MetadataValue;

@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient;
-use pgfleet_server::identity::Role;
 use pgfleet_testkit::{TestDatabase, wait_until};
 use tonic::transport::Channel;
 use tonic::{Code, Status};

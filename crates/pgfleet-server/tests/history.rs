@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use pgfleet_config::AuditConfig;
+use pgfleet_engine::audit::{
+    self, Actor, AuditLog, Kind, NewExecution, RecordedOutcome, RecordedTarget, TargetScope,
+};
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
-use pgfleet_server::audit::{
-    self, Actor, AuditLog, Kind, NewExecution, RecordedOutcome, RecordedTarget, TargetScope,
-};
-use pgfleet_server::identity::Role;
 use pgfleet_testkit::{FaultProxy, wait_until};
 use tonic::Code;
 use tonic::transport::Channel;

@@ -14,12 +14,12 @@ use axum::body::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use pb::replication_event::Event;
 use pgfleet_config::{FileFormat, Inputs, LoadedConfig, ProcessEnv};
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use pgfleet_server::app::RunningServer;
-use pgfleet_server::identity::Role;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use pgfleet_server::identity::Role;
+use pgfleet_engine::identity::Role;
 
 use support::Fleet;
 

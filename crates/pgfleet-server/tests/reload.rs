@@ -7,10 +7,10 @@ mod support;
 
 use std::time::Duration;
 
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
-use pgfleet_server::identity::Role;
 use pgfleet_testkit::TestDatabase;
 use tonic::Code;
 use tonic::transport::Channel;

@@ -510,7 +510,7 @@ async fn two_schedulers_never_run_the_same_job_at_once() -> anyhow::Result<()> {
     let first = fleet.start("").await?;
     let second = fleet.start("").await?;
     let password = fleet
-        .create_user("sched-master", pgfleet_server::identity::Role::Master)
+        .create_user("sched-master", pgfleet_engine::identity::Role::Master)
         .await?;
     let channel = channel(&first).await?;
     let token = login(&channel, "sched-master", &password).await?;

@@ -7,16 +7,16 @@ mod support;
 
 use std::time::Duration;
 
+use pgfleet_engine::audit::checkpoint::Checkpoint;
+use pgfleet_engine::audit::keys::ChainKeys;
+use pgfleet_engine::audit::record::{ExecutionRow, LinkKind, link_hash};
+use pgfleet_engine::audit::{
+    self, Actor, AuditLog, Kind, NewExecution, RecordedOutcome, RecordedTarget, TargetScope,
+};
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
-use pgfleet_server::audit::checkpoint::Checkpoint;
-use pgfleet_server::audit::keys::ChainKeys;
-use pgfleet_server::audit::record::{ExecutionRow, LinkKind, link_hash};
-use pgfleet_server::audit::{
-    self, Actor, AuditLog, Kind, NewExecution, RecordedOutcome, RecordedTarget, TargetScope,
-};
-use pgfleet_server::identity::Role;
 use pgfleet_testkit::wait_until;
 use sqlx::PgPool;
 use tonic::Code;

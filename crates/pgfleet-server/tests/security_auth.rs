@@ -11,11 +11,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgfleet_config::{FileFormat, Inputs, LoadedConfig, ProcessEnv};
+use pgfleet_engine::advisory_locks::{HistoryLock, NAMESPACE};
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
-use pgfleet_server::advisory_locks::{HistoryLock, NAMESPACE};
 use pgfleet_server::app::RunningServer;
-use pgfleet_server::identity::Role;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -591,7 +591,7 @@ async fn existing_keys_get_their_creator_from_the_migration() -> anyhow::Result<
     // one and of nobody on record; then the server migrates it.
     let fleet = Fleet::create().await?;
     let mut connection = fleet.history.connect().await?;
-    pgfleet_server::history_store::MIGRATOR
+    pgfleet_engine::history_store::MIGRATOR
         .run_to(5, &mut connection)
         .await?;
     let hasher = pgfleet_server::auth::passwords::PasswordHasher::new(4, 10).await?;

@@ -303,7 +303,7 @@ async fn login_and_health_answer_while_huge_invalid_texts_are_validated() -> any
     let s = session("").await?;
     let password = s
         .fleet
-        .create_user("s-timed", pgfleet_server::identity::Role::Reader)
+        .create_user("s-timed", pgfleet_engine::identity::Role::Reader)
         .await?;
     let health = || {
         let mut client = FleetServiceClient::new(s.channel.clone());

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use pgfleet_server::identity::Role;
+use pgfleet_engine::identity::Role;
 use support::{Fleet, run_grpcurl};
 
 #[tokio::test(flavor = "multi_thread")]

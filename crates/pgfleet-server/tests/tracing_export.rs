@@ -19,9 +19,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use pgfleet_config::{LogConfig, TelemetryConfig};
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
-use pgfleet_server::identity::Role;
 use pgfleet_server::telemetry::{self, Settings};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;

@@ -4,7 +4,7 @@
 //! for everyone, so a new RPC is unreachable until someone decides its role
 //! here (a test walks the descriptor set to make sure none is missing).
 
-use crate::identity::Role;
+use pgfleet_engine::identity::Role;
 
 /// What a method requires of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::AuthError;
 use super::credentials::ApiKeySecret;
 use super::users::StoredRole;
-use crate::identity::{Role, TargetPattern};
+use pgfleet_engine::identity::{Role, TargetPattern};
 
 /// `last_used_at` is written at most this often per key, so a busy service
 /// does not turn every call into a write on the history store.

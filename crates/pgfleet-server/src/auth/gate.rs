@@ -16,10 +16,10 @@ use tower::{Layer, Service};
 
 use super::{Authenticator, Refusal};
 use crate::edge::ClientAddress;
-use crate::identity::Identity;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::RefusalReason;
 use crate::telemetry::rpc::{code_name, status_in};
+use pgfleet_engine::identity::Identity;
 
 /// Wraps the whole router (see `app.rs`).
 #[derive(Clone)]

@@ -35,8 +35,8 @@ use self::credentials::Credential;
 use self::passwords::PasswordHasher;
 use self::throttle::LoginThrottle;
 use self::users::{NewUser, UserRecord, UserStore};
-use crate::identity::{Identity, Principal, Role};
 use crate::telemetry::metrics::RefusalReason;
+use pgfleet_engine::identity::{Identity, Principal, Role};
 
 /// A user to create, as requested (unchecked).
 pub struct UserSpec<'a> {

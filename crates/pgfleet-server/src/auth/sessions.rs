@@ -27,15 +27,8 @@ use uuid::Uuid;
 use super::SessionStoreError;
 use super::credentials::SessionToken;
 
-/// A live session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    /// Hex SHA-256 of the token.
-    pub id: String,
-    pub user_id: Uuid,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-}
+/// A live session (the engine's type: an [`Identity`](pgfleet_engine::identity::Identity) carries it).
+pub use pgfleet_engine::identity::Session;
 
 /// The counters one login attempt touches, by name (see `auth::throttle`).
 #[derive(Debug, Clone, PartialEq, Eq)]

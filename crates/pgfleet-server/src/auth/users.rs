@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::AuthError;
 use super::api_keys::ApiKeyStore;
-use crate::advisory_locks::HistoryLock;
-use crate::identity::Role;
+use pgfleet_engine::advisory_locks::HistoryLock;
+use pgfleet_engine::identity::Role;
 
 /// A stored user. `password_hash` never leaves the server.
 #[derive(Debug, Clone, sqlx::FromRow)]

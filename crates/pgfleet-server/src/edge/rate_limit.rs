@@ -23,7 +23,7 @@ use pgfleet_config::RateLimitConfig;
 use tower::{Layer, Service};
 use uuid::Uuid;
 
-use crate::identity::{Identity, Principal};
+use pgfleet_engine::identity::{Identity, Principal};
 
 /// The methods the limit applies to, and the bucket each draws on.
 const LIMITED_PATHS: [(&str, Bucket); 3] = [

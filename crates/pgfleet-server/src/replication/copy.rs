@@ -41,7 +41,6 @@
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
-use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{
     Checkout, Registry, RegistryError, Route, Target, begin_bounded, statement_timeout_setting,
 };
@@ -52,7 +51,8 @@ use tokio_util::sync::CancellationToken;
 use super::catalog::{self, CatalogError, TableShape};
 use super::sql::{self, KeyColumn, PageStart, SourceQuery, TargetStatements, count_rows, last_row_fields};
 use super::{JobSpec, Mode, validate};
-use crate::request_error::RequestError;
+use pgfleet_engine::RequestError;
+use pgfleet_engine::query::{FailureCode, TargetFailure};
 
 /// How a table is copied.
 #[derive(Debug, Clone)]
@@ -110,28 +110,24 @@ pub enum CopyError {
 impl CopyError {
     /// This failure as reported for its target (TableFinished, audit),
     /// with PostgreSQL's SQLSTATE and fields when it came from PostgreSQL.
-    pub fn target_error(&self) -> pb::TargetError {
-        let plain = |code: pb::ErrorCode| pb::TargetError {
-            code: code.into(),
-            message: self.to_string(),
-            postgres: None,
-        };
+    pub fn target_error(&self) -> TargetFailure {
+        let plain = |code: FailureCode| TargetFailure::new(code, self.to_string());
         match self {
-            CopyError::Connect(RegistryError::UnknownTarget { .. }) => plain(pb::ErrorCode::NotFound),
+            CopyError::Connect(RegistryError::UnknownTarget { .. }) => plain(FailureCode::NotFound),
             CopyError::Connect(_) | CopyError::Catalog(CatalogError::Connect(_)) => {
-                plain(pb::ErrorCode::Unavailable)
+                plain(FailureCode::Unavailable)
             }
-            CopyError::Catalog(CatalogError::TimedOut(_)) => plain(pb::ErrorCode::DeadlineExceeded),
-            CopyError::Catalog(CatalogError::ConnectionLost { .. }) => plain(pb::ErrorCode::Unavailable),
+            CopyError::Catalog(CatalogError::TimedOut(_)) => plain(FailureCode::DeadlineExceeded),
+            CopyError::Catalog(CatalogError::ConnectionLost { .. }) => plain(FailureCode::Unavailable),
             CopyError::Catalog(CatalogError::Query { .. }) | CopyError::Malformed(..) => {
-                plain(pb::ErrorCode::Internal)
+                plain(FailureCode::Internal)
             }
-            CopyError::Unfit(_) => plain(pb::ErrorCode::FailedPrecondition),
-            CopyError::Cancelled => plain(pb::ErrorCode::Cancelled),
+            CopyError::Unfit(_) => plain(FailureCode::FailedPrecondition),
+            CopyError::Cancelled => plain(FailureCode::Cancelled),
             CopyError::Source { source, .. } | CopyError::Target { source, .. } => {
                 // Keep the driver's classification and PostgreSQL's fields,
                 // but say which side and table failed.
-                let mut error = crate::query::run::target_error(source);
+                let mut error = TargetFailure::from_sqlx(source);
                 error.message = self.to_string();
                 error
             }
@@ -196,7 +192,7 @@ pub struct Progress {
 #[derive(Debug, Clone)]
 pub enum TableOutcome {
     Succeeded,
-    Failed(Box<pb::TargetError>),
+    Failed(Box<TargetFailure>),
     Cancelled,
 }
 

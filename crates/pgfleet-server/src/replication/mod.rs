@@ -139,3 +139,51 @@ impl JobField {
         JobField::Overlap,
     ];
 }
+
+// How replication's errors answer a request that cannot be served as a whole.
+
+use pgfleet_engine::RequestError;
+
+use self::catalog::CatalogError;
+use self::copy::CopyError;
+use self::jobs::JobStoreError;
+
+impl From<JobStoreError> for RequestError {
+    fn from(error: JobStoreError) -> Self {
+        match error {
+            JobStoreError::NameTaken(_) => RequestError::AlreadyExists(error.to_string()),
+            JobStoreError::Conflict(_) => RequestError::Aborted(error.to_string()),
+            JobStoreError::Corrupt { .. } => RequestError::Internal(error.to_string()),
+            JobStoreError::Store(error) => RequestError::history_store(error),
+        }
+    }
+}
+
+impl From<CatalogError> for RequestError {
+    fn from(error: CatalogError) -> Self {
+        match error {
+            CatalogError::Connect(error) => error.into(),
+            CatalogError::TimedOut(_) | CatalogError::ConnectionLost { .. } => {
+                RequestError::Unavailable(error.to_string())
+            }
+            CatalogError::Query { .. } => RequestError::Internal(error.to_string()),
+        }
+    }
+}
+
+/// A copy that cannot even start (the table cannot be planned); failures
+/// during a run are reported per target instead.
+impl From<CopyError> for RequestError {
+    fn from(error: CopyError) -> Self {
+        match error {
+            CopyError::Connect(error) => error.into(),
+            CopyError::Catalog(error) => error.into(),
+            CopyError::Unfit(message) => RequestError::FailedPrecondition(message),
+            CopyError::Cancelled => RequestError::Aborted(error.to_string()),
+            CopyError::Source { .. } | CopyError::Target { .. } => {
+                RequestError::Unavailable(error.to_string())
+            }
+            CopyError::Malformed(..) => RequestError::Internal(error.to_string()),
+        }
+    }
+}

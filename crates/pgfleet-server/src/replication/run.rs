@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Registry, Target};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -31,10 +30,11 @@ use uuid::Uuid;
 use super::Mode;
 use super::copy::{self, CopyUpdate, Progress, ProgressSink, Start, TableOutcome, TablePlan, TableResult};
 use super::state::{RunStore, StopReason, StoredOutcome};
-use crate::audit::{RecordedError, RecordedOutcome, RunningExecution};
-use crate::query::audited::{recorded_error, recorded_target};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ADHOC_REPLICATION;
+use pgfleet_engine::audit::{RecordedError, RecordedOutcome, RunningExecution};
+use pgfleet_engine::query::audited::{recorded_error, recorded_target};
+use pgfleet_engine::query::{FailureCode, TargetFailure};
 
 /// Events buffered between the copies, the recorder and the caller; small,
 /// so a slow caller holds the copies at their next batch.
@@ -83,7 +83,7 @@ pub enum RunEvent {
     Failed {
         table: String,
         target: Target,
-        error: Box<pb::TargetError>,
+        error: Box<TargetFailure>,
     },
     TableFinished {
         table: String,
@@ -443,7 +443,7 @@ fn recorded_outcome(target: &Target, results: &[(String, TableResult)]) -> Recor
             }
             TableOutcome::Cancelled => {
                 error.get_or_insert_with(|| RecordedError {
-                    code: pb::ErrorCode::Cancelled.as_str_name().to_owned(),
+                    code: FailureCode::Cancelled.as_str().to_owned(),
                     message: copy::CopyError::Cancelled.to_string(),
                     ..RecordedError::default()
                 });
@@ -472,6 +472,7 @@ fn recorded_outcome(target: &Target, results: &[(String, TableResult)]) -> Recor
 mod tests {
     use super::*;
     use crate::replication::copy::Counters;
+    use pgfleet_engine::query::PostgresError;
 
     fn result(outcome: TableOutcome, written: u64) -> TableResult {
         TableResult {
@@ -491,10 +492,10 @@ mod tests {
     #[test]
     fn a_target_outcome_sums_its_tables_and_keeps_the_first_error() {
         let target = Target::new("gcp", "app");
-        let failure = pb::TargetError {
-            code: pb::ErrorCode::Aborted.into(),
+        let failure = TargetFailure {
+            code: FailureCode::Aborted,
             message: "writing public.b to gcp/app failed".to_owned(),
-            postgres: Some(pb::PostgresError {
+            postgres: Some(PostgresError {
                 sqlstate: "23514".to_owned(),
                 ..Default::default()
             }),

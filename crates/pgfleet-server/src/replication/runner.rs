@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use pgfleet_config::FleetConfig;
-use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Registry, Target};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,11 +19,14 @@ use super::copy::{CopySettings, Start, TablePlan};
 use super::run::{self, JobLedger, RunEvent, RunPlan};
 use super::state::{JobLock, RunStore};
 use super::{Job, JobSpec, Mode, catalog, validate};
-use crate::audit::{Actor, AuditLog, Kind, NewExecution, RecordedError, RecordedTarget, TargetScope};
-use crate::identity::Role;
-use crate::query::audited::Origin;
-use crate::request_error::RequestError;
 use crate::telemetry::Metrics;
+use pgfleet_engine::RequestError;
+use pgfleet_engine::audit::{
+    Actor, AuditLog, Kind, NewExecution, RecordedError, RecordedTarget, TargetScope,
+};
+use pgfleet_engine::identity::Role;
+use pgfleet_engine::query::FailureCode;
+use pgfleet_engine::query::audited::Origin;
 
 /// Who starts a run, as the audit record names them.
 #[derive(Debug, Clone)]
@@ -100,7 +102,7 @@ impl JobRunner {
         self.runs
             .try_lock(job.id)
             .await
-            .map_err(|error| RequestError::Unavailable(format!("history store: {error}")))?
+            .map_err(RequestError::history_store)?
             .ok_or_else(|| {
                 RequestError::Aborted(format!(
                     "replication job {:?} ({}) is already running",
@@ -126,7 +128,7 @@ impl JobRunner {
             Ok((plan, new)) => self.begin(lock, job, plan, new, cancel).await,
             Err(error) => {
                 let recorded = RecordedError {
-                    code: error_code(&error).as_str_name().to_owned(),
+                    code: error_code(&error).as_str().to_owned(),
                     message: error.to_string(),
                     ..RecordedError::default()
                 };
@@ -167,7 +169,7 @@ impl JobRunner {
             .runs
             .pairs(&[job.id])
             .await
-            .map_err(|error| RequestError::Unavailable(format!("history store: {error}")))?;
+            .map_err(RequestError::history_store)?;
         let starts = table_plans
             .iter()
             .map(|table| {
@@ -326,18 +328,18 @@ pub fn describe_run(spec: &JobSpec) -> String {
     )
 }
 
-/// The wire code a refused run is recorded with.
-fn error_code(error: &RequestError) -> pb::ErrorCode {
+/// The code a refused run is recorded with.
+fn error_code(error: &RequestError) -> FailureCode {
     match error {
-        RequestError::InvalidArgument { .. } => pb::ErrorCode::InvalidArgument,
-        RequestError::NotFound(_) => pb::ErrorCode::NotFound,
-        RequestError::AlreadyExists(_) => pb::ErrorCode::AlreadyExists,
-        RequestError::PermissionDenied(_) => pb::ErrorCode::PermissionDenied,
-        RequestError::FailedPrecondition(_) => pb::ErrorCode::FailedPrecondition,
-        RequestError::Aborted(_) => pb::ErrorCode::Aborted,
-        RequestError::ResourceExhausted(_) => pb::ErrorCode::ResourceExhausted,
-        RequestError::Unavailable(_) => pb::ErrorCode::Unavailable,
-        RequestError::Internal(_) => pb::ErrorCode::Internal,
+        RequestError::InvalidArgument { .. } => FailureCode::InvalidArgument,
+        RequestError::NotFound(_) => FailureCode::NotFound,
+        RequestError::AlreadyExists(_) => FailureCode::AlreadyExists,
+        RequestError::PermissionDenied(_) => FailureCode::PermissionDenied,
+        RequestError::FailedPrecondition(_) => FailureCode::FailedPrecondition,
+        RequestError::Aborted(_) => FailureCode::Aborted,
+        RequestError::ResourceExhausted(_) => FailureCode::ResourceExhausted,
+        RequestError::Unavailable(_) => FailureCode::Unavailable,
+        RequestError::Internal(_) => FailureCode::Internal,
     }
 }
 
@@ -368,7 +370,7 @@ mod tests {
         assert_eq!(record.targets.len(), 2);
         assert_eq!(
             error_code(&RequestError::Aborted(String::new())),
-            pb::ErrorCode::Aborted
+            FailureCode::Aborted
         );
     }
 }

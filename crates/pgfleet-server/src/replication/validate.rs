@@ -17,7 +17,7 @@ use super::catalog::{self, TableShape};
 use super::{
     JobSpec, MAX_BATCH_SIZE, MAX_NAME_CHARS, MAX_TABLES, MAX_TARGETS, MAX_WINDOW, MIN_INTERVAL, Mode,
 };
-use crate::request_error::RequestError;
+use pgfleet_engine::RequestError;
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1): longer names are
 /// silently truncated by the server, so they would name another object.

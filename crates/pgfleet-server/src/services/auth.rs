@@ -27,9 +27,9 @@ use crate::auth::throttle::AdmittedAttempt;
 use crate::auth::users::{StandingChange, UserFilter, UserRecord};
 use crate::auth::{AuthError, Authenticator, UserSpec};
 use crate::edge::ClientAddress;
-use crate::identity::{Identity, Principal, Role, TargetPattern};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{LoginFailure, RefusalReason};
+use pgfleet_engine::identity::{Identity, Principal, Role, TargetPattern};
 
 const LOGIN_PATH: &str = "/pgfleet.v1.AuthService/Login";
 const CHANGE_PASSWORD_PATH: &str = "/pgfleet.v1.AuthService/ChangePassword";
@@ -315,7 +315,7 @@ fn decode_token(token: &str) -> Result<Option<String>, AuthError> {
 }
 
 fn identity_of<T>(request: &Request<T>) -> Result<Identity, Status> {
-    Identity::of(request).cloned()
+    super::identity(request).cloned()
 }
 
 impl AuthService {

@@ -1,5 +1,10 @@
-//! Conversions between wire (prost) types and domain types shared by the
-//! services.
+//! Conversions between wire (prost) types and the engine's domain types,
+//! shared by the services: the server's half of the boundary.
+//!
+//! Requests become engine specs through [`FromWire`] (a local trait: the
+//! orphan rule forbids `TryFrom` between a prost type and an engine type,
+//! both foreign here); engine results become wire messages through plain
+//! functions; rows are built straight into wire cells by [`WireRows`].
 
 use std::time::Duration;
 
@@ -9,7 +14,12 @@ use prost_types::Timestamp;
 
 use pgfleet_registry::Target;
 
-use crate::identity::Role;
+use pgfleet_engine::RequestError;
+use pgfleet_engine::identity::Role;
+use pgfleet_engine::query::{
+    Cell, Column, FailureCode, Finding, Param, ParamValue, RowEncoder, TargetFailure,
+};
+use prost::Message as _;
 
 pub fn role_to_wire(role: Role) -> pb::Role {
     match role {
@@ -60,11 +70,9 @@ pub fn signed_seconds(seconds: f64) -> prost_types::Duration {
 }
 
 /// A recorded target error on the wire, PostgreSQL's fields kept.
-pub fn target_error(error: &crate::audit::RecordedError) -> pb::TargetError {
+pub fn recorded_error(error: &pgfleet_engine::audit::RecordedError) -> pb::TargetError {
     pb::TargetError {
-        code: pb::ErrorCode::from_str_name(&error.code)
-            .unwrap_or(pb::ErrorCode::Unknown)
-            .into(),
+        code: error_code(FailureCode::parse(&error.code).unwrap_or(FailureCode::Unknown)).into(),
         message: error.message.clone(),
         postgres: (!error.sqlstate.is_empty()).then(|| pb::PostgresError {
             sqlstate: error.sqlstate.clone(),
@@ -74,6 +82,182 @@ pub fn target_error(error: &crate::audit::RecordedError) -> pb::TargetError {
             position: error.position,
             ..Default::default()
         }),
+    }
+}
+
+/// A wire request checked into an engine spec: the fields only the wire
+/// can get wrong (an unset oneof, a malformed duration) are refused here
+/// with their field path; everything else is the engine's to check.
+pub trait FromWire<W>: Sized {
+    fn from_wire(wire: W) -> Result<Self, RequestError>;
+}
+
+/// A wire duration as a `Duration`; `field` names it in the refusal.
+pub fn duration_from_wire(wire: &prost_types::Duration, field: &str) -> Result<Duration, RequestError> {
+    let valid = wire.seconds >= 0 && (0..1_000_000_000).contains(&wire.nanos);
+    u64::try_from(wire.seconds)
+        .ok()
+        .filter(|_| valid)
+        .map(|seconds| Duration::new(seconds, u32::try_from(wire.nanos).unwrap_or(0)))
+        .ok_or_else(|| RequestError::invalid(field, "must be a positive duration"))
+}
+
+/// Query parameters, each with a value and a sane type name.
+impl FromWire<Vec<pb::QueryParam>> for Vec<Param> {
+    fn from_wire(params: Vec<pb::QueryParam>) -> Result<Self, RequestError> {
+        params
+            .into_iter()
+            .enumerate()
+            .map(|(index, param)| {
+                use pb::query_param::Value;
+                let type_name = param.type_name.trim();
+                if type_name.len() > 200 {
+                    return Err(RequestError::invalid(
+                        format!("params[{index}].type_name"),
+                        "too long",
+                    ));
+                }
+                let value = match param.value {
+                    None => {
+                        return Err(RequestError::invalid(
+                            format!("params[{index}].value"),
+                            "must be set",
+                        ));
+                    }
+                    Some(Value::NullValue(_)) => ParamValue::Null,
+                    Some(Value::BoolValue(v)) => ParamValue::Bool(v),
+                    Some(Value::IntValue(v)) => ParamValue::Int(v),
+                    Some(Value::DoubleValue(v)) => ParamValue::Double(v),
+                    Some(Value::TextValue(v)) => ParamValue::Text(v),
+                    Some(Value::BytesValue(v)) => ParamValue::Bytes(v),
+                };
+                Ok(Param {
+                    value,
+                    type_name: (!type_name.is_empty()).then(|| type_name.to_owned()),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Targets named on the wire (checked against the fleet by the engine).
+pub fn targets_from_wire(targets: Vec<pb::Target>) -> Vec<Target> {
+    targets
+        .into_iter()
+        .map(|target| Target::new(target.cloud, target.database))
+        .collect()
+}
+
+/// The wire code of a target failure (same numbers and names).
+pub fn error_code(code: FailureCode) -> pb::ErrorCode {
+    match code {
+        FailureCode::Cancelled => pb::ErrorCode::Cancelled,
+        FailureCode::Unknown => pb::ErrorCode::Unknown,
+        FailureCode::InvalidArgument => pb::ErrorCode::InvalidArgument,
+        FailureCode::DeadlineExceeded => pb::ErrorCode::DeadlineExceeded,
+        FailureCode::NotFound => pb::ErrorCode::NotFound,
+        FailureCode::AlreadyExists => pb::ErrorCode::AlreadyExists,
+        FailureCode::PermissionDenied => pb::ErrorCode::PermissionDenied,
+        FailureCode::ResourceExhausted => pb::ErrorCode::ResourceExhausted,
+        FailureCode::FailedPrecondition => pb::ErrorCode::FailedPrecondition,
+        FailureCode::Aborted => pb::ErrorCode::Aborted,
+        FailureCode::OutOfRange => pb::ErrorCode::OutOfRange,
+        FailureCode::Unimplemented => pb::ErrorCode::Unimplemented,
+        FailureCode::Internal => pb::ErrorCode::Internal,
+        FailureCode::Unavailable => pb::ErrorCode::Unavailable,
+        FailureCode::DataLoss => pb::ErrorCode::DataLoss,
+        FailureCode::Unauthenticated => pb::ErrorCode::Unauthenticated,
+    }
+}
+
+/// A target failure on the wire, every PostgreSQL field kept.
+pub fn target_error(failure: TargetFailure) -> pb::TargetError {
+    pb::TargetError {
+        code: error_code(failure.code).into(),
+        message: failure.message,
+        postgres: failure.postgres.map(|pg| pb::PostgresError {
+            sqlstate: pg.sqlstate,
+            severity: pg.severity,
+            message: pg.message,
+            detail: pg.detail,
+            hint: pg.hint,
+            position: pg.position,
+            internal_position: pg.internal_position,
+            internal_query: pg.internal_query,
+            r#where: pg.r#where,
+            schema_name: pg.schema_name,
+            table_name: pg.table_name,
+            column_name: pg.column_name,
+            data_type_name: pg.data_type_name,
+            constraint_name: pg.constraint_name,
+        }),
+    }
+}
+
+pub fn column(column: Column) -> pb::Column {
+    pb::Column {
+        name: column.name,
+        type_oid: column.type_oid,
+        type_name: column.type_name,
+    }
+}
+
+pub fn columns(columns: Vec<Column>) -> Vec<pb::Column> {
+    columns.into_iter().map(column).collect()
+}
+
+pub fn finding(finding: &Finding) -> pb::DangerFinding {
+    pb::DangerFinding {
+        code: finding.code.clone(),
+        reason: finding.reason.clone(),
+        statement_index: finding.statement_index,
+    }
+}
+
+/// Result rows built straight into wire cells: each decoded value is moved
+/// into its `pb::Cell`, with no intermediate row.
+pub struct WireRows;
+
+impl WireRows {
+    fn cell(cell: Cell) -> pb::Cell {
+        use pb::cell::Kind;
+        let kind = match cell {
+            Cell::Null => Kind::NullValue(prost_types::NullValue::NullValue.into()),
+            Cell::Bool(value) => Kind::BoolValue(value),
+            Cell::Int(value) => Kind::IntValue(value),
+            Cell::Double(value) => Kind::DoubleValue(value),
+            Cell::Text(value) => Kind::TextValue(value),
+            Cell::Bytes(value) => Kind::BytesValue(value),
+            Cell::Json(value) => Kind::JsonValue(value),
+            Cell::Formatted(value) => Kind::FormattedValue(value),
+        };
+        pb::Cell { kind: Some(kind) }
+    }
+}
+
+impl RowEncoder for WireRows {
+    type Row = pb::Row;
+
+    fn row(columns: usize) -> pb::Row {
+        pb::Row {
+            cells: Vec::with_capacity(columns),
+        }
+    }
+
+    fn push(row: &mut pb::Row, cell: Cell) {
+        row.cells.push(Self::cell(cell));
+    }
+
+    fn replace(row: &mut pb::Row, column: usize, cell: Cell) {
+        if let Some(slot) = row.cells.get_mut(column) {
+            *slot = Self::cell(cell);
+        }
+    }
+
+    fn encoded_len(row: &pb::Row) -> u64 {
+        let len = row.encoded_len();
+        // Field tag (one byte) + length prefix + the row.
+        (1 + prost::length_delimiter_len(len) + len) as u64
     }
 }
 
@@ -102,6 +286,29 @@ mod tests {
         let wire = signed_seconds(-1.5);
         assert_eq!((wire.seconds, wire.nanos), (-1, -500_000_000));
         assert_eq!(signed_seconds(f64::NAN).seconds, 0);
+    }
+
+    #[test]
+    fn failure_codes_are_the_wire_codes() {
+        for code in FailureCode::ALL {
+            assert_eq!(error_code(code).as_str_name(), code.as_str());
+        }
+    }
+
+    #[test]
+    fn a_batch_of_rows_weighs_no_more_than_its_rows() {
+        let row = |len: usize| {
+            let mut row = WireRows::row(1);
+            WireRows::push(&mut row, Cell::Text("x".repeat(len)));
+            row
+        };
+        let rows = vec![row(100), row(3), row(70_000)];
+        let counted: u64 = rows.iter().map(WireRows::encoded_len).sum();
+        let batch = pb::RowBatch {
+            rows,
+            ..Default::default()
+        };
+        assert!(batch.encoded_len() as u64 <= counted);
     }
 
     #[test]

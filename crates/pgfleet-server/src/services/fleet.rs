@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::status::request_status;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -30,8 +31,8 @@ use sqlx::postgres::types::Oid;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, timestamp};
-use crate::identity::{Identity, Principal, Role};
-use crate::request_error::RequestError;
+use pgfleet_engine::RequestError;
+use pgfleet_engine::identity::{Identity, Principal, Role};
 
 /// Page size when a request asks for none.
 const DEFAULT_PAGE_SIZE: i64 = 100;
@@ -161,7 +162,7 @@ impl fleet_service_server::FleetService for FleetService {
         &self,
         request: Request<pb::GetConfigurationRequest>,
     ) -> Result<Response<pb::GetConfigurationResponse>, Status> {
-        let identity = Identity::of(&request)?;
+        let identity = super::identity(&request)?;
         let show_connections = identity.role >= Role::Master;
         let is_api_key = matches!(identity.principal, Principal::ApiKey { .. });
         let clouds = self
@@ -202,12 +203,13 @@ impl fleet_service_server::FleetService for FleetService {
         &self,
         request: Request<pb::GetHealthRequest>,
     ) -> Result<Response<pb::GetHealthResponse>, Status> {
-        let identity = Identity::of(&request)?;
+        let identity = super::identity(&request)?;
         let filter = request.get_ref();
         // An API key gets an empty list for a name that does not exist, as
         // for one outside its allow-list: it cannot probe what exists.
         if !matches!(identity.principal, Principal::ApiKey { .. }) {
-            self.check_health_filter(&filter.cloud, &filter.database)?;
+            self.check_health_filter(&filter.cloud, &filter.database)
+                .map_err(request_status)?;
         }
         let detailed = identity.role >= Role::Master;
         let now = Utc::now();
@@ -227,13 +229,15 @@ impl fleet_service_server::FleetService for FleetService {
         &self,
         request: Request<pb::ListSchemasRequest>,
     ) -> Result<Response<pb::ListSchemasResponse>, Status> {
-        let identity = Identity::of(&request)?.clone();
+        let identity = super::identity(&request)?.clone();
         let message = request.into_inner();
-        let limit = page_size(message.page_size)?;
-        let token = PageToken::decode(&message.page_token)?;
-        let (target, database) = self.resolve_target(&identity, message.target.as_ref())?;
+        let limit = page_size(message.page_size).map_err(request_status)?;
+        let token = PageToken::decode(&message.page_token).map_err(request_status)?;
+        let (target, database) = self
+            .resolve_target(&identity, message.target.as_ref())
+            .map_err(request_status)?;
         let after = match token {
-            Some(token) => Some(token.position_for(&target, None)?),
+            Some(token) => Some(token.position_for(&target, None).map_err(request_status)?),
             None => None,
         };
 
@@ -241,7 +245,8 @@ impl fleet_service_server::FleetService for FleetService {
             .registry
             .acquire(&target, Route::Read)
             .await
-            .map_err(RequestError::from)?;
+            .map_err(RequestError::from)
+            .map_err(request_status)?;
         let read = async {
             let mut transaction =
                 begin_read_only(checkout.connection_mut(), self.config.query.default_timeout).await?;
@@ -268,7 +273,7 @@ impl fleet_service_server::FleetService for FleetService {
             Err(error) => {
                 // The connection's state is unknown after a failure.
                 checkout.connection.close_on_drop();
-                return Err(catalog_error(&target, error).into());
+                return Err(request_status(catalog_error(&target, error)));
             }
         };
         drop(checkout);
@@ -294,17 +299,20 @@ impl fleet_service_server::FleetService for FleetService {
         &self,
         request: Request<pb::ListTablesRequest>,
     ) -> Result<Response<pb::ListTablesResponse>, Status> {
-        let identity = Identity::of(&request)?.clone();
+        let identity = super::identity(&request)?.clone();
         let message = request.into_inner();
-        let limit = page_size(message.page_size)?;
-        let token = PageToken::decode(&message.page_token)?;
-        let (target, database) = self.resolve_target(&identity, message.target.as_ref())?;
+        let limit = page_size(message.page_size).map_err(request_status)?;
+        let token = PageToken::decode(&message.page_token).map_err(request_status)?;
+        let (target, database) = self
+            .resolve_target(&identity, message.target.as_ref())
+            .map_err(request_status)?;
         let schema = if message.schema.is_empty() {
             database
                 .effective_default_schema()
                 .ok_or_else(|| {
                     RequestError::invalid("schema", "required: the database has no default schema")
-                })?
+                })
+                .map_err(request_status)?
                 .to_owned()
         } else {
             message.schema.clone()
@@ -312,17 +320,20 @@ impl fleet_service_server::FleetService for FleetService {
         // Below MASTER, only what the configuration exposes (as for
         // pg_schema in QueryService); MASTER may look at any schema.
         if identity.role < Role::Master && !database.schemas.contains(&schema) {
-            return Err(RequestError::invalid(
+            return Err(request_status(RequestError::invalid(
                 "schema",
                 format!(
                     "{schema:?} is not a configured schema of {target} (configured: {})",
                     database.schemas.join(", ")
                 ),
-            )
-            .into());
+            )));
         }
         let after = match token {
-            Some(token) => Some(token.position_for(&target, Some(&schema))?),
+            Some(token) => Some(
+                token
+                    .position_for(&target, Some(&schema))
+                    .map_err(request_status)?,
+            ),
             None => None,
         };
 
@@ -330,7 +341,8 @@ impl fleet_service_server::FleetService for FleetService {
             .registry
             .acquire(&target, Route::Read)
             .await
-            .map_err(RequestError::from)?;
+            .map_err(RequestError::from)
+            .map_err(request_status)?;
         let read = async {
             let mut transaction =
                 begin_read_only(checkout.connection_mut(), self.config.query.default_timeout).await?;
@@ -389,12 +401,14 @@ impl fleet_service_server::FleetService for FleetService {
         let (mut tables, columns) = match read {
             Ok(Some(found)) => found,
             Ok(None) => {
-                return Err(RequestError::NotFound(format!("no schema {schema:?} on {target}")).into());
+                return Err(request_status(RequestError::NotFound(format!(
+                    "no schema {schema:?} on {target}"
+                ))));
             }
             Err(error) => {
                 // The connection's state is unknown after a failure.
                 checkout.connection.close_on_drop();
-                return Err(catalog_error(&target, error).into());
+                return Err(request_status(catalog_error(&target, error)));
             }
         };
         drop(checkout);

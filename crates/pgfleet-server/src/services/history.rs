@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::status::request_status;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::DateTime;
@@ -15,12 +16,12 @@ use uuid::Uuid;
 
 use super::ResponseStream;
 use super::convert::{self, role_to_wire};
-use crate::audit::chain::{self, ChainWarning, CheckpointCheck, Link, Verification, WarningKind};
-use crate::audit::checkpoint::{Checkpoint, CheckpointRejection};
-use crate::audit::search::{self, Filter, PageCursor, StoredExecution, Visibility};
-use crate::audit::{AuditLog, RecordedOutcome};
-use crate::identity::{Identity, Role};
-use crate::request_error::RequestError;
+use pgfleet_engine::RequestError;
+use pgfleet_engine::audit::chain::{self, ChainWarning, CheckpointCheck, Link, Verification, WarningKind};
+use pgfleet_engine::audit::checkpoint::{Checkpoint, CheckpointRejection};
+use pgfleet_engine::audit::search::{self, Filter, PageCursor, StoredExecution, Visibility};
+use pgfleet_engine::audit::{AuditLog, RecordedOutcome};
+use pgfleet_engine::identity::Role;
 
 /// Page size when the request names none.
 const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -239,7 +240,7 @@ fn wire_checkpoint(checkpoint: &Checkpoint) -> pb::ChainCheckpoint {
 /// `checkpoint`.
 fn checkpoint_from_wire(
     wire: &pb::ChainCheckpoint,
-    keys: &crate::audit::keys::ChainKeys,
+    keys: &pgfleet_engine::audit::keys::ChainKeys,
 ) -> Result<Checkpoint, RequestError> {
     let field = |name: &str| format!("checkpoint.{name}");
     let sequence = |value: u64, name: &str| {
@@ -345,7 +346,7 @@ fn wire_verification(verification: Verification, checkpoint: Option<&Checkpoint>
     }
 }
 
-fn wire_target(target: crate::audit::RecordedTarget) -> pb::Target {
+fn wire_target(target: pgfleet_engine::audit::RecordedTarget) -> pb::Target {
     pb::Target {
         cloud: target.cloud,
         database: target.database,
@@ -353,7 +354,7 @@ fn wire_target(target: crate::audit::RecordedTarget) -> pb::Target {
 }
 
 fn wire_outcome(outcome: RecordedOutcome) -> pb::TargetOutcome {
-    let error = outcome.error.as_ref().map(convert::target_error);
+    let error = outcome.error.as_ref().map(convert::recorded_error);
     pb::TargetOutcome {
         target: Some(wire_target(outcome.target)),
         success: outcome.success,
@@ -449,40 +450,44 @@ impl history_service_server::HistoryService for HistoryService {
         &self,
         request: Request<pb::ListExecutionsRequest>,
     ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
-        let identity = Identity::of(&request)?.clone();
+        let identity = super::identity(&request)?.clone();
         let request = request.into_inner();
-        let filter = filter_from_wire(request.filter.as_ref(), "filter")?;
+        let filter = filter_from_wire(request.filter.as_ref(), "filter").map_err(request_status)?;
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
             size @ 1..=MAX_PAGE_SIZE => size,
             other => {
-                return Err(RequestError::invalid(
+                return Err(request_status(RequestError::invalid(
                     "page_size",
                     format!("{other} is outside 1..={MAX_PAGE_SIZE} (0 for the default {DEFAULT_PAGE_SIZE})"),
-                )
-                .into());
+                )));
             }
         };
         if request.offset < 0 {
-            return Err(RequestError::invalid("offset", "must not be negative").into());
+            return Err(request_status(RequestError::invalid(
+                "offset",
+                "must not be negative",
+            )));
         }
         if request.offset > MAX_OFFSET {
-            return Err(RequestError::invalid(
+            return Err(request_status(RequestError::invalid(
                 "offset",
                 format!(
                     "{} is above {MAX_OFFSET}; page further with page_token",
                     request.offset
                 ),
-            )
-            .into());
+            )));
         }
         let digest = filter_digest(request.filter.as_ref());
         let cursor = match request.page_token.as_str() {
             "" => None,
             _ if request.offset > 0 => {
-                return Err(RequestError::invalid("offset", "cannot be combined with page_token").into());
+                return Err(request_status(RequestError::invalid(
+                    "offset",
+                    "cannot be combined with page_token",
+                )));
             }
-            token => Some(decode_page_token(token, &digest)?),
+            token => Some(decode_page_token(token, &digest).map_err(request_status)?),
         };
         // Non-MASTER callers only ever see their own records; a username filter
         // naming someone else then simply matches nothing.
@@ -502,7 +507,8 @@ impl history_service_server::HistoryService for HistoryService {
             ),
             search::count(pool, visibility, &filter),
         )
-        .map_err(RequestError::from)?;
+        .map_err(RequestError::from)
+        .map_err(request_status)?;
         // A page cut short by bytes is shorter than asked, and has a next.
         let more = cut_short || i64::try_from(records.len()).unwrap_or(i64::MAX) > limit;
         records.truncate(usize::try_from(page_size).unwrap_or(0));
@@ -527,12 +533,14 @@ impl history_service_server::HistoryService for HistoryService {
         &self,
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::GetExecutionResponse>, Status> {
-        let identity = Identity::of(&request)?.clone();
-        let id = parse_uuid(&request.get_ref().id, "id")?;
+        let identity = super::identity(&request)?.clone();
+        let id = parse_uuid(&request.get_ref().id, "id").map_err(request_status)?;
         let stored = search::get(self.audit.pool(), Visibility::of(&identity), id)
             .await
-            .map_err(RequestError::from)?
-            .ok_or_else(|| RequestError::NotFound(format!("execution {id} not found")))?;
+            .map_err(RequestError::from)
+            .map_err(request_status)?
+            .ok_or_else(|| RequestError::NotFound(format!("execution {id} not found")))
+            .map_err(request_status)?;
         Ok(Response::new(pb::GetExecutionResponse {
             execution: Some(wire_record(stored)),
         }))
@@ -542,11 +550,12 @@ impl history_service_server::HistoryService for HistoryService {
         &self,
         request: Request<pb::ExportExecutionsRequest>,
     ) -> Result<Response<Self::ExportExecutionsStream>, Status> {
-        let identity = Identity::of(&request)?.clone();
+        let identity = super::identity(&request)?.clone();
         let request = request.into_inner();
-        let filter = filter_from_wire(request.filter.as_ref(), "filter")?;
+        let filter = filter_from_wire(request.filter.as_ref(), "filter").map_err(request_status)?;
         let mut after = i64::try_from(request.after_sequence)
-            .map_err(|_| RequestError::invalid("after_sequence", "out of range"))?;
+            .map_err(|_| RequestError::invalid("after_sequence", "out of range"))
+            .map_err(request_status)?;
         // Non-MASTER callers only ever see their own records; a username filter
         // naming someone else then simply matches nothing.
         let visibility = Visibility::of(&identity);
@@ -560,7 +569,7 @@ impl history_service_server::HistoryService for HistoryService {
                 {
                     Ok(batch) => batch,
                     Err(error) => {
-                        let _ = sender.send(Err(Status::from(RequestError::from(error)))).await;
+                        let _ = sender.send(Err(request_status(RequestError::from(error)))).await;
                         return;
                     }
                 };
@@ -597,27 +606,35 @@ impl history_service_server::HistoryService for HistoryService {
                     .map_err(|_| RequestError::invalid(field, "out of range")),
             }
         };
-        let from = bound(request.from_sequence, "from_sequence")?;
-        let to = bound(request.to_sequence, "to_sequence")?;
+        let from = bound(request.from_sequence, "from_sequence").map_err(request_status)?;
+        let to = bound(request.to_sequence, "to_sequence").map_err(request_status)?;
         if let (Some(from), Some(to)) = (from, to)
             && to < from
         {
-            return Err(
-                RequestError::invalid("to_sequence", format!("{to} is before from_sequence {from}")).into(),
-            );
+            return Err(request_status(RequestError::invalid(
+                "to_sequence",
+                format!("{to} is before from_sequence {from}"),
+            )));
         }
         let given = request
             .checkpoint
             .as_ref()
             .map(|wire| checkpoint_from_wire(wire, self.audit.keys()))
-            .transpose()?;
+            .transpose()
+            .map_err(request_status)?;
         let verification = chain::verify(&self.audit, from, to, given.as_ref())
             .await
-            .map_err(RequestError::from)?;
+            .map_err(RequestError::from)
+            .map_err(request_status)?;
         // A fresh checkpoint only of a head just verified whole; a head that
         // moved since the walk is checked again by `chain::checkpoint`.
         let fresh = if verification.ok() && verification.complete && verification.keyed {
-            Some(chain::checkpoint(&self.audit).await.map_err(RequestError::from)?)
+            Some(
+                chain::checkpoint(&self.audit)
+                    .await
+                    .map_err(RequestError::from)
+                    .map_err(request_status)?,
+            )
         } else {
             None
         };
@@ -628,12 +645,16 @@ impl history_service_server::HistoryService for HistoryService {
         &self,
         _request: Request<pb::ExportChainCheckpointRequest>,
     ) -> Result<Response<pb::ExportChainCheckpointResponse>, Status> {
-        let checkpoint = chain::checkpoint(&self.audit).await.map_err(RequestError::from)?;
+        let checkpoint = chain::checkpoint(&self.audit)
+            .await
+            .map_err(RequestError::from)
+            .map_err(request_status)?;
         let key = self
             .audit
             .keys()
             .find(&checkpoint.key_id)
-            .ok_or_else(|| RequestError::Internal("the signing key vanished".to_owned()))?;
+            .ok_or_else(|| RequestError::Internal("the signing key vanished".to_owned()))
+            .map_err(request_status)?;
         Ok(Response::new(pb::ExportChainCheckpointResponse {
             checkpoint: Some(wire_checkpoint(&checkpoint)),
             public_key: key.public_key().to_vec(),

@@ -8,7 +8,8 @@ use futures::Stream;
 use tonic::Status;
 
 use crate::edge::ClientAddress;
-use crate::query::audited::Origin;
+use pgfleet_engine::identity::Identity;
+use pgfleet_engine::query::audited::Origin;
 
 mod auth;
 mod convert;
@@ -49,6 +50,17 @@ fn origin<T>(request: &tonic::Request<T>) -> Origin {
             .unwrap_or_default(),
         request_id,
     }
+}
+
+/// The identity the authentication layer attached to `request`.
+///
+/// Missing only if a method was routed around the layer, which is a bug;
+/// failing closed with UNAUTHENTICATED keeps it harmless.
+fn identity<T>(request: &tonic::Request<T>) -> Result<&Identity, Status> {
+    request
+        .extensions()
+        .get::<Identity>()
+        .ok_or_else(|| Status::unauthenticated("authentication required"))
 }
 
 /// The response stream of a server-streaming RPC.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::status::request_status;
 use pgfleet_config::FleetConfig;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::query_service_server;
@@ -12,14 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::ResponseStream;
-use super::convert::{self, role_to_wire};
-use crate::audit::{AuditLog, OpenExecution};
-use crate::identity::{Identity, Role};
-use crate::query::audited::{self, Origin};
-use crate::query::plan::{check_query_size, required_role, wire_findings};
-use crate::query::{self, ExecuteFields, Plan, Scope, TargetEvent, TargetOutcome};
-use crate::request_error::RequestError;
+use super::convert::{self, FromWire, WireRows, role_to_wire};
 use crate::telemetry::Metrics;
+use pgfleet_engine::RequestError;
+use pgfleet_engine::audit::{AuditLog, OpenExecution};
+use pgfleet_engine::identity::{Identity, Role};
+use pgfleet_engine::query::audited::{self, Origin};
+use pgfleet_engine::query::plan::{check_query_size, findings, required_role};
+use pgfleet_engine::query::{self, ExecuteSpec, Plan, Scope, TargetEvent, TargetOutcome};
 
 /// Serves `pgfleet.v1.QueryService`.
 #[derive(Clone)]
@@ -45,10 +46,10 @@ impl QueryService {
         }
     }
 
-    async fn plan(&self, fields: &ExecuteFields<'_>, identity: &Identity) -> Result<Arc<Plan>, RequestError> {
+    async fn plan(&self, fields: &ExecuteSpec, identity: &Identity) -> Result<Arc<Plan>, RequestError> {
         // The size limit first: an oversized text never reaches the parser.
-        check_query_size(fields.query, &self.config.query)?;
-        let analysis = query::parser::analyze(fields.query).await?;
+        check_query_size(&fields.query, &self.config.query)?;
+        let analysis = query::parser::analyze(&fields.query).await?;
         Plan::new(fields, identity, &self.config, &self.registry, analysis).map(Arc::new)
     }
 
@@ -57,7 +58,7 @@ impl QueryService {
     /// execution is refused.
     async fn open_record(
         &self,
-        fields: &ExecuteFields<'_>,
+        fields: &ExecuteSpec,
         plan: &Plan,
         identity: &Identity,
         origin: Origin,
@@ -84,12 +85,12 @@ impl QueryService {
         plan: &Arc<Plan>,
         cancel: CancellationToken,
         record: Option<OpenExecution>,
-    ) -> tokio::sync::mpsc::Receiver<(usize, TargetEvent)> {
-        query::dispatch(
+    ) -> tokio::sync::mpsc::Receiver<(usize, TargetEvent<pb::Row>)> {
+        query::dispatch::<WireRows>(
             Arc::clone(&self.registry),
             Arc::clone(plan),
             cancel,
-            &self.metrics,
+            Arc::new(self.metrics.clone()),
             record,
         )
     }
@@ -103,29 +104,57 @@ fn with_request_id<T>(mut response: Response<T>, origin_request_id: &str) -> Res
     response
 }
 
-/// The fields `ExecuteRequest` and `ExecuteStreamRequest` share (their
-/// scope oneofs are distinct generated types with the same variants).
-macro_rules! execute_fields {
-    ($request:ident, $scope:path, $batch_size:expr, $row_limit:expr, $response_bytes:expr) => {{
-        use $scope as Wire;
-        ExecuteFields {
-            query: &$request.query,
-            database: &$request.database,
-            scope: match &$request.scope {
-                Some(Wire::Cloud(cloud)) => Scope::Cloud(cloud),
-                Some(Wire::Targets(list)) => Scope::Targets(&list.targets),
-                Some(Wire::AllClouds(_)) | None => Scope::AllClouds,
-            },
-            pg_schema: &$request.pg_schema,
-            timeout: $request.timeout.as_ref(),
-            params: &$request.params,
-            confirm_dangerous: $request.confirm_dangerous,
-            read_only: $request.read_only,
-            batch_size: $batch_size,
-            row_limit: $row_limit,
-            response_bytes: $response_bytes,
-        }
-    }};
+impl FromWire<pb::ExecuteRequest> for ExecuteSpec {
+    fn from_wire(request: pb::ExecuteRequest) -> Result<Self, RequestError> {
+        use pb::execute_request::Scope as Wire;
+        let scope = match request.scope {
+            Some(Wire::Cloud(cloud)) => Scope::Cloud(cloud),
+            Some(Wire::Targets(list)) => Scope::Targets(convert::targets_from_wire(list.targets)),
+            Some(Wire::AllClouds(_)) | None => Scope::AllClouds,
+        };
+        Ok(ExecuteSpec {
+            query: request.query,
+            database: request.database,
+            scope,
+            pg_schema: request.pg_schema,
+            timeout: timeout_from_wire(request.timeout.as_ref())?,
+            params: Vec::from_wire(request.params)?,
+            confirm_dangerous: request.confirm_dangerous,
+            read_only: request.read_only,
+            ..ExecuteSpec::default()
+        })
+    }
+}
+
+impl FromWire<pb::ExecuteStreamRequest> for ExecuteSpec {
+    fn from_wire(request: pb::ExecuteStreamRequest) -> Result<Self, RequestError> {
+        use pb::execute_stream_request::Scope as Wire;
+        let scope = match request.scope {
+            Some(Wire::Cloud(cloud)) => Scope::Cloud(cloud),
+            Some(Wire::Targets(list)) => Scope::Targets(convert::targets_from_wire(list.targets)),
+            Some(Wire::AllClouds(_)) | None => Scope::AllClouds,
+        };
+        Ok(ExecuteSpec {
+            query: request.query,
+            database: request.database,
+            scope,
+            pg_schema: request.pg_schema,
+            timeout: timeout_from_wire(request.timeout.as_ref())?,
+            params: Vec::from_wire(request.params)?,
+            confirm_dangerous: request.confirm_dangerous,
+            read_only: request.read_only,
+            batch_size: request.batch_size,
+            ..ExecuteSpec::default()
+        })
+    }
+}
+
+fn timeout_from_wire(
+    timeout: Option<&prost_types::Duration>,
+) -> Result<Option<std::time::Duration>, RequestError> {
+    timeout
+        .map(|timeout| convert::duration_from_wire(timeout, "timeout"))
+        .transpose()
 }
 
 fn outcome_into_result(
@@ -136,7 +165,7 @@ fn outcome_into_result(
     pb::TargetResult {
         target: Some(convert::target(target)),
         success: outcome.success,
-        error: outcome.error,
+        error: outcome.error.map(convert::target_error),
         duration: Some(convert::duration(outcome.duration)),
         statements,
         failed_statement_index: outcome.failed_statement_index,
@@ -153,19 +182,19 @@ impl query_service_server::QueryService for QueryService {
         &self,
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
-        let identity = Identity::of(&request)?.clone();
+        let identity = super::identity(&request)?.clone();
         let origin = super::origin(&request);
         let request_id = origin.request_id.clone();
-        let request = request.into_inner();
-        let fields = execute_fields!(
-            request,
-            pb::execute_request::Scope,
-            0,
-            Some(self.config.query.max_rows_per_statement),
-            Some(self.config.response_budget_bytes())
-        );
-        let plan = self.plan(&fields, &identity).await?;
-        let record = self.open_record(&fields, &plan, &identity, origin).await?;
+        let fields = ExecuteSpec {
+            row_limit: Some(self.config.query.max_rows_per_statement),
+            response_bytes: Some(self.config.response_budget_bytes()),
+            ..ExecuteSpec::from_wire(request.into_inner()).map_err(request_status)?
+        };
+        let plan = self.plan(&fields, &identity).await.map_err(request_status)?;
+        let record = self
+            .open_record(&fields, &plan, &identity, origin)
+            .await
+            .map_err(request_status)?;
         let execution_id = record.as_ref().map_or_else(uuid::Uuid::now_v7, OpenExecution::id);
         let cancel = CancellationToken::new();
         // Dropped when tonic drops this call (client cancel, deadline):
@@ -181,7 +210,7 @@ impl query_service_server::QueryService for QueryService {
                 TargetEvent::Started { .. } => {}
                 TargetEvent::Header { statement, columns } => target_statements.push(pb::StatementResult {
                     index: statement,
-                    columns,
+                    columns: convert::columns(columns),
                     ..Default::default()
                 }),
                 TargetEvent::Rows { statement, rows } => {
@@ -232,7 +261,7 @@ impl query_service_server::QueryService for QueryService {
             execution_id: execution_id.to_string(),
             success: results.iter().all(|r| r.success),
             results,
-            confirmed_findings: plan.confirmed_findings.clone(),
+            confirmed_findings: plan.confirmed_findings.iter().map(convert::finding).collect(),
         });
         Ok(with_request_id(response, &request_id))
     }
@@ -241,19 +270,15 @@ impl query_service_server::QueryService for QueryService {
         &self,
         request: Request<pb::ExecuteStreamRequest>,
     ) -> Result<Response<Self::ExecuteStreamStream>, Status> {
-        let identity = Identity::of(&request)?.clone();
+        let identity = super::identity(&request)?.clone();
         let origin = super::origin(&request);
         let request_id = origin.request_id.clone();
-        let request = request.into_inner();
-        let fields = execute_fields!(
-            request,
-            pb::execute_stream_request::Scope,
-            request.batch_size,
-            None,
-            None
-        );
-        let plan = self.plan(&fields, &identity).await?;
-        let record = self.open_record(&fields, &plan, &identity, origin).await?;
+        let fields = ExecuteSpec::from_wire(request.into_inner()).map_err(request_status)?;
+        let plan = self.plan(&fields, &identity).await.map_err(request_status)?;
+        let record = self
+            .open_record(&fields, &plan, &identity, origin)
+            .await
+            .map_err(request_status)?;
         let execution_id = record.as_ref().map_or_else(uuid::Uuid::now_v7, OpenExecution::id);
         let cancel = CancellationToken::new();
         let events = self.start(&plan, cancel.clone(), record);
@@ -262,7 +287,7 @@ impl query_service_server::QueryService for QueryService {
                 pb::ExecutionStarted {
                     execution_id: execution_id.to_string(),
                     targets: plan.targets.iter().map(convert::target).collect(),
-                    confirmed_findings: plan.confirmed_findings.clone(),
+                    confirmed_findings: plan.confirmed_findings.iter().map(convert::finding).collect(),
                 },
             )),
         };
@@ -285,8 +310,8 @@ impl query_service_server::QueryService for QueryService {
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
         let query = request.into_inner().query;
-        check_query_size(&query, &self.config.query)?;
-        let analysis = query::parser::analyze(&query).await?;
+        check_query_size(&query, &self.config.query).map_err(request_status)?;
+        let analysis = query::parser::analyze(&query).await.map_err(request_status)?;
         Ok(Response::new(validate(analysis)))
     }
 }
@@ -294,7 +319,7 @@ impl query_service_server::QueryService for QueryService {
 use futures::StreamExt as _;
 
 struct StreamState {
-    events: tokio::sync::mpsc::Receiver<(usize, TargetEvent)>,
+    events: tokio::sync::mpsc::Receiver<(usize, TargetEvent<pb::Row>)>,
     plan: Arc<Plan>,
     /// Per target, the statement summaries so far.
     statements: Vec<(usize, pb::StatementSummary)>,
@@ -329,7 +354,7 @@ async fn next_stream_event(
         TargetEvent::Header { statement, columns } => Event::ResultHeader(pb::ResultHeader {
             target: Some(target),
             statement_index: statement,
-            columns,
+            columns: convert::columns(columns),
         }),
         TargetEvent::Rows { statement, rows } => Event::RowBatch(pb::RowBatch {
             target: Some(target),
@@ -358,7 +383,7 @@ async fn next_stream_event(
             Event::TargetSummary(pb::TargetSummary {
                 target: Some(target),
                 success: outcome.success,
-                error: outcome.error,
+                error: outcome.error.map(convert::target_error),
                 duration: Some(convert::duration(outcome.duration)),
                 statements,
                 failed_statement_index: outcome.failed_statement_index,
@@ -410,7 +435,7 @@ fn validate(
                     text: statement.span.text.clone(),
                     statement_class: wire_class(statement.class).into(),
                     command: statement.command.clone(),
-                    findings: wire_findings(index, statement),
+                    findings: findings(index, statement).iter().map(convert::finding).collect(),
                     byte_offset: as_u32(statement.span.range.start),
                     byte_length: as_u32(statement.span.range.len()),
                     line: as_u32(statement.span.start.line),

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::status::request_status;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pgfleet_config::FleetConfig;
@@ -26,8 +27,6 @@ use uuid::Uuid;
 
 use super::ResponseStream;
 use super::convert;
-use crate::audit::{Actor, AuditLog};
-use crate::identity::{Identity, Principal};
 use crate::replication::copy::{Start, TableOutcome};
 use crate::replication::jobs::JobStore;
 use crate::replication::run::{self, RunEvent, RunOutcome, RunPlan};
@@ -35,7 +34,9 @@ use crate::replication::runner::{self, JobRunner, RunBy, copy_settings, plan_tab
 use crate::replication::state::{JobState, PairState, RunStore, StoredOutcome};
 use crate::replication::status::{self, SourceMeasure};
 use crate::replication::{DEFAULT_BATCH_SIZE, Job, JobField, JobSpec, Mode, catalog, validate};
-use crate::request_error::RequestError;
+use pgfleet_engine::RequestError;
+use pgfleet_engine::audit::{Actor, AuditLog};
+use pgfleet_engine::identity::{Identity, Principal};
 /// Page size when the request names none.
 const DEFAULT_PAGE_SIZE: i64 = 50;
 /// Largest page a request may ask for.
@@ -277,7 +278,7 @@ fn event_to_wire(event: RunEvent) -> pb::ReplicationEvent {
         RunEvent::Failed { table, target, error } => Event::Error(pb::ReplicationError {
             table,
             target: Some(convert::target(&target)),
-            error: Some(*error),
+            error: Some(convert::target_error(*error)),
         }),
         RunEvent::TableFinished {
             table,
@@ -286,7 +287,10 @@ fn event_to_wire(event: RunEvent) -> pb::ReplicationEvent {
         } => {
             let (outcome, error) = match result.outcome {
                 TableOutcome::Succeeded => (pb::ReplicationOutcome::Succeeded, None),
-                TableOutcome::Failed(error) => (pb::ReplicationOutcome::Failed, Some(*error)),
+                TableOutcome::Failed(error) => (
+                    pb::ReplicationOutcome::Failed,
+                    Some(convert::target_error(*error)),
+                ),
                 TableOutcome::Cancelled => (pb::ReplicationOutcome::Cancelled, None),
             };
             Event::TableFinished(pb::TableFinished {
@@ -537,12 +541,16 @@ impl replication_service_server::ReplicationService for ReplicationService {
         &self,
         request: Request<CreateJobRequest>,
     ) -> Result<Response<CreateJobResponse>, Status> {
-        let identity = Identity::of(&request)?.clone();
+        let identity = super::identity(&request)?.clone();
         let request = request.into_inner();
         let wire = request
             .job
-            .ok_or_else(|| RequestError::invalid("job", "required"))?;
-        let spec = self.check(&identity, spec_from_wire(&wire)?, None).await?;
+            .ok_or_else(|| RequestError::invalid("job", "required"))
+            .map_err(request_status)?;
+        let spec = self
+            .check(&identity, spec_from_wire(&wire).map_err(request_status)?, None)
+            .await
+            .map_err(request_status)?;
         let created_by = actor_name(&identity);
         if request.validate_only {
             return Ok(Response::new(CreateJobResponse {
@@ -556,7 +564,8 @@ impl replication_service_server::ReplicationService for ReplicationService {
             .jobs
             .create(&spec, &created_by)
             .await
-            .map_err(RequestError::from)?;
+            .map_err(RequestError::from)
+            .map_err(request_status)?;
         tracing::info!(job = %job.id, name = %job.spec.name, by = %identity.label(), "replication job created");
         Ok(Response::new(CreateJobResponse {
             job: Some(job_to_wire(job)),
@@ -567,27 +576,33 @@ impl replication_service_server::ReplicationService for ReplicationService {
         &self,
         request: Request<UpdateJobRequest>,
     ) -> Result<Response<UpdateJobResponse>, Status> {
-        let identity = Identity::of(&request)?.clone();
+        let identity = super::identity(&request)?.clone();
         let request = request.into_inner();
         let wire = request
             .job
-            .ok_or_else(|| RequestError::invalid("job", "required"))?;
-        let id = parse_id(&wire.id, "job.id")?;
-        let fields = mask_fields(request.update_mask.as_ref())?;
-        let current = self.visible_job(&identity, id).await?;
+            .ok_or_else(|| RequestError::invalid("job", "required"))
+            .map_err(request_status)?;
+        let id = parse_id(&wire.id, "job.id").map_err(request_status)?;
+        let fields = mask_fields(request.update_mask.as_ref()).map_err(request_status)?;
+        let current = self.visible_job(&identity, id).await.map_err(request_status)?;
         let mut spec = current.spec.clone();
         for field in fields {
-            set_field(&mut spec, &wire, field)?;
+            set_field(&mut spec, &wire, field).map_err(request_status)?;
         }
-        let spec = self.check(&identity, spec, Some(&current)).await?;
+        let spec = self
+            .check(&identity, spec, Some(&current))
+            .await
+            .map_err(request_status)?;
         // Written only if nobody changed the job since it was read above
         // (ABORTED otherwise): the checks ran against that version.
         let job = self
             .jobs
             .update(id, current.revision, &spec)
             .await
-            .map_err(RequestError::from)?
-            .ok_or_else(|| not_found(id))?;
+            .map_err(RequestError::from)
+            .map_err(request_status)?
+            .ok_or_else(|| not_found(id))
+            .map_err(request_status)?;
         // Positions of another source, mode or sync key mean nothing now;
         // those of dropped tables and targets are left over.
         let restart = current.spec.source != job.spec.source
@@ -596,7 +611,8 @@ impl replication_service_server::ReplicationService for ReplicationService {
         self.runs()
             .forget_positions(job.id, &job.spec.tables, &job.spec.targets, restart)
             .await
-            .map_err(|error| RequestError::Unavailable(format!("history store: {error}")))?;
+            .map_err(RequestError::history_store)
+            .map_err(request_status)?;
         tracing::info!(job = %job.id, name = %job.spec.name, by = %identity.label(), "replication job updated");
         Ok(Response::new(UpdateJobResponse {
             job: Some(job_to_wire(job)),
@@ -607,22 +623,28 @@ impl replication_service_server::ReplicationService for ReplicationService {
         &self,
         request: Request<DeleteJobRequest>,
     ) -> Result<Response<DeleteJobResponse>, Status> {
-        let identity = Identity::of(&request)?.clone();
-        let id = parse_id(&request.get_ref().id, "id")?;
+        let identity = super::identity(&request)?.clone();
+        let id = parse_id(&request.get_ref().id, "id").map_err(request_status)?;
         // Through visible_job so an API key could never delete what it
         // cannot see.
-        self.visible_job(&identity, id).await?;
-        if !self.jobs.delete(id).await.map_err(RequestError::from)? {
-            return Err(not_found(id).into());
+        self.visible_job(&identity, id).await.map_err(request_status)?;
+        if !self
+            .jobs
+            .delete(id)
+            .await
+            .map_err(RequestError::from)
+            .map_err(request_status)?
+        {
+            return Err(request_status(not_found(id)));
         }
         tracing::info!(job = %id, by = %identity.label(), "replication job deleted");
         Ok(Response::new(DeleteJobResponse {}))
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
-        let identity = Identity::of(&request)?;
-        let id = parse_id(&request.get_ref().id, "id")?;
-        let job = self.visible_job(identity, id).await?;
+        let identity = super::identity(&request)?;
+        let id = parse_id(&request.get_ref().id, "id").map_err(request_status)?;
+        let job = self.visible_job(identity, id).await.map_err(request_status)?;
         Ok(Response::new(GetJobResponse {
             job: Some(job_to_wire(job)),
         }))
@@ -632,10 +654,10 @@ impl replication_service_server::ReplicationService for ReplicationService {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        let identity = Identity::of(&request)?;
+        let identity = super::identity(&request)?;
         let message = request.get_ref();
-        let limit = page_size(message.page_size)?;
-        let mut after = decode_page_token(&message.page_token)?;
+        let limit = page_size(message.page_size).map_err(request_status)?;
+        let mut after = decode_page_token(&message.page_token).map_err(request_status)?;
         let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
         // One more than asked tells whether another page exists. Jobs an API
         // key may not see are skipped, so reading may take several rounds.
@@ -645,7 +667,8 @@ impl replication_service_server::ReplicationService for ReplicationService {
                 .jobs
                 .list(after.as_deref(), limit + 1)
                 .await
-                .map_err(RequestError::from)?;
+                .map_err(RequestError::from)
+                .map_err(request_status)?;
             let exhausted = batch.len() <= wanted;
             after = batch.last().map(|job| job.spec.name.clone());
             jobs.extend(batch.into_iter().filter(|job| visible(identity, &job.spec)));
@@ -668,14 +691,14 @@ impl replication_service_server::ReplicationService for ReplicationService {
     }
 
     async fn run_job(&self, request: Request<RunJobRequest>) -> Result<Response<Self::RunJobStream>, Status> {
-        let identity = Identity::of(&request)?.clone();
+        let identity = super::identity(&request)?.clone();
         let origin = super::origin(&request);
         let message = request.into_inner();
-        let id = parse_id(&message.job_id, "job_id")?;
-        let job = self.visible_job(&identity, id).await?;
-        let tables = pick_tables(&job, &message.tables)?;
-        let targets = pick_targets(&job, &message.targets)?;
-        let lock = self.runner.lock(&job).await?;
+        let id = parse_id(&message.job_id, "job_id").map_err(request_status)?;
+        let job = self.visible_job(&identity, id).await.map_err(request_status)?;
+        let tables = pick_tables(&job, &message.tables).map_err(request_status)?;
+        let targets = pick_targets(&job, &message.targets).map_err(request_status)?;
+        let lock = self.runner.lock(&job).await.map_err(request_status)?;
         let by = RunBy {
             actor: Actor::of(&identity),
             role: identity.role,
@@ -685,7 +708,8 @@ impl replication_service_server::ReplicationService for ReplicationService {
         let events = self
             .runner
             .launch(lock, &job, tables, targets, by, cancel.clone())
-            .await?;
+            .await
+            .map_err(request_status)?;
         tracing::info!(job = %job.id, name = %job.spec.name, by = %identity.label(), "replication job run on demand");
         Ok(Response::new(event_stream(events, cancel, |event| {
             RunJobResponse { event: Some(event) }
@@ -696,10 +720,13 @@ impl replication_service_server::ReplicationService for ReplicationService {
         &self,
         request: Request<ReplicateTableRequest>,
     ) -> Result<Response<Self::ReplicateTableStream>, Status> {
-        let identity = Identity::of(&request)?.clone();
+        let identity = super::identity(&request)?.clone();
         let origin = super::origin(&request);
         let message = request.into_inner();
-        let (spec, plan) = self.one_shot_plan(&identity, &message).await?;
+        let (spec, plan) = self
+            .one_shot_plan(&identity, &message)
+            .await
+            .map_err(request_status)?;
         let by = RunBy {
             actor: Actor::of(&identity),
             role: identity.role,
@@ -715,7 +742,8 @@ impl replication_service_server::ReplicationService for ReplicationService {
                     RequestError::Unavailable(format!("{message}: the copy was refused and no target saw it"))
                 }
                 other => other,
-            })?;
+            })
+            .map_err(request_status)?;
         tracing::info!(run = %open.id(), by = %identity.label(), "{}", runner::describe_run(&spec));
         let cancel = self.runner.run_token();
         let events = run::start(
@@ -735,21 +763,40 @@ impl replication_service_server::ReplicationService for ReplicationService {
         &self,
         request: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
-        let identity = Identity::of(&request)?;
+        let identity = super::identity(&request)?;
         let message = request.get_ref();
         let jobs = if message.job_id.is_empty() {
-            self.all_visible_jobs(identity).await?
+            self.all_visible_jobs(identity).await.map_err(request_status)?
         } else {
             vec![
-                self.visible_job(identity, parse_id(&message.job_id, "job_id")?)
-                    .await?,
+                self.visible_job(
+                    identity,
+                    parse_id(&message.job_id, "job_id").map_err(request_status)?,
+                )
+                .await
+                .map_err(request_status)?,
             ]
         };
         let ids: Vec<Uuid> = jobs.iter().map(|job| job.id).collect();
-        let store = |error: sqlx::Error| RequestError::Unavailable(format!("history store: {error}"));
-        let mut states = self.runs().jobs(&ids).await.map_err(store)?;
-        let pairs = self.runs().pairs(&ids).await.map_err(store)?;
-        let running = self.runs().running(&ids).await.map_err(store)?;
+        let store = RequestError::history_store;
+        let mut states = self
+            .runs()
+            .jobs(&ids)
+            .await
+            .map_err(store)
+            .map_err(request_status)?;
+        let pairs = self
+            .runs()
+            .pairs(&ids)
+            .await
+            .map_err(store)
+            .map_err(request_status)?;
+        let running = self
+            .runs()
+            .running(&ids)
+            .await
+            .map_err(store)
+            .map_err(request_status)?;
         let mut statuses = Vec::with_capacity(jobs.len());
         for job in jobs {
             let state = states.remove(&job.id).unwrap_or_default();
@@ -958,7 +1005,7 @@ fn job_status(
         last_error: state
             .last_error
             .as_ref()
-            .map(|error| convert::target_error(&error.0)),
+            .map(|error| convert::recorded_error(&error.0)),
     }
 }
 
@@ -992,7 +1039,7 @@ fn pair_status(
         row_count_difference: source_rows.zip(target_rows).map(|(s, t)| s - t),
         last_error: stored
             .and_then(|p| p.last_error.as_ref())
-            .map(|error| convert::target_error(&error.0)),
+            .map(|error| convert::recorded_error(&error.0)),
         last_error_at: stored.and_then(|p| p.last_error_at).map(convert::timestamp),
     }
 }

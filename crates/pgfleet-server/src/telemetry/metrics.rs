@@ -15,13 +15,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{HealthStatus, Member, Registry, Target};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
 
-use crate::query::TargetOutcome;
+pub use pgfleet_engine::AuditWrite;
+use pgfleet_engine::Observer;
+use pgfleet_engine::query::TargetOutcome;
 
 /// Latency buckets (seconds) for calls and per-target queries: from a
 /// sub-millisecond `SELECT 1` to streams and long statements.
@@ -145,27 +146,6 @@ impl RefusalReason {
             RefusalReason::Role => "role",
             RefusalReason::UnknownMethod => "unknown_method",
             RefusalReason::Denied => "denied",
-        }
-    }
-}
-
-/// Which audit-trail write was timed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditWrite {
-    /// The write-ahead insert and its chain link (before any target runs).
-    Open,
-    /// One target's outcome added to a running record.
-    Outcome,
-    /// The closing update and its chain link.
-    Close,
-}
-
-impl AuditWrite {
-    fn as_str(self) -> &'static str {
-        match self {
-            AuditWrite::Open => "open",
-            AuditWrite::Outcome => "outcome",
-            AuditWrite::Close => "close",
         }
     }
 }
@@ -347,11 +327,8 @@ impl Metrics {
         }
         let (code, sqlstate) = match &outcome.error {
             Some(error) => (
-                error_code_label(error.code),
-                error
-                    .postgres
-                    .as_ref()
-                    .map_or("none", |postgres| sqlstate_class(&postgres.sqlstate)),
+                error.code.label(),
+                error.sqlstate().map_or("none", sqlstate_class),
             ),
             None => ("unknown".to_owned(), "none"),
         };
@@ -407,14 +384,15 @@ impl Metrics {
     }
 }
 
-/// `ERROR_CODE_ABORTED` → `aborted` (one of the enum's names: bounded).
-fn error_code_label(code: i32) -> String {
-    let name = pb::ErrorCode::try_from(code)
-        .unwrap_or(pb::ErrorCode::Unknown)
-        .as_str_name();
-    name.strip_prefix("ERROR_CODE_")
-        .unwrap_or(name)
-        .to_ascii_lowercase()
+/// The engine's events, counted.
+impl Observer for Metrics {
+    fn target_finished(&self, target: &Target, outcome: &TargetOutcome) {
+        Metrics::target_finished(self, target, outcome);
+    }
+
+    fn audit_write(&self, write: AuditWrite, succeeded: bool, elapsed: Duration) {
+        Metrics::audit_write(self, write, succeeded, elapsed);
+    }
 }
 
 /// The class of a SQLSTATE (`23505` → `23`); `none` for anything that is

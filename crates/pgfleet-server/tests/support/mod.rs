@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pgfleet_config::{FileFormat, Inputs, LoadedConfig, ProcessEnv};
+use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::auth_service_client::AuthServiceClient;
 use pgfleet_server::app::RunningServer;
 use pgfleet_server::auth::{Authenticator, SessionStore, UserSpec};
-use pgfleet_server::identity::Role;
 use pgfleet_testkit::TestDatabase;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};

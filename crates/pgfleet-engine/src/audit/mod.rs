@@ -32,8 +32,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::telemetry::Metrics;
-use crate::telemetry::metrics::AuditWrite;
+use crate::{AuditWrite, Observer};
 
 pub use record::{
     Actor, ExecutionRow, Kind, NewExecution, RecordedError, RecordedFinding, RecordedOutcome, RecordedTarget,
@@ -98,7 +97,7 @@ pub struct AuditLog {
     /// of a dead instance are closed as INTERRUPTED.
     writer_id: Uuid,
     /// Where write latencies go; none for tools and tests without a server.
-    metrics: Option<Metrics>,
+    observer: Option<Arc<dyn Observer>>,
     /// The chain keys of `settings.chain`, read once.
     keys: keys::ChainKeys,
 }
@@ -110,22 +109,26 @@ impl AuditLog {
         Self::build(pool, settings, None)
     }
 
-    /// An audit log whose writes are timed in `metrics`.
-    pub fn with_metrics(
+    /// An audit log whose writes are timed and reported to `observer`.
+    pub fn with_observer(
         pool: PgPool,
         settings: AuditConfig,
-        metrics: Metrics,
+        observer: Arc<dyn Observer>,
     ) -> Result<Arc<Self>, AuditError> {
-        Self::build(pool, settings, Some(metrics))
+        Self::build(pool, settings, Some(observer))
     }
 
-    fn build(pool: PgPool, settings: AuditConfig, metrics: Option<Metrics>) -> Result<Arc<Self>, AuditError> {
+    fn build(
+        pool: PgPool,
+        settings: AuditConfig,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Result<Arc<Self>, AuditError> {
         let keys = keys::ChainKeys::load(&settings.chain)?;
         Ok(Arc::new(Self {
             pool,
             settings,
             writer_id: Uuid::now_v7(),
-            metrics,
+            observer,
             keys,
         }))
     }
@@ -141,8 +144,8 @@ impl AuditLog {
     }
 
     fn observe(&self, operation: AuditWrite, succeeded: bool, started: Instant) {
-        if let Some(metrics) = &self.metrics {
-            metrics.audit_write(operation, succeeded, started.elapsed());
+        if let Some(observer) = &self.observer {
+            observer.audit_write(operation, succeeded, started.elapsed());
         }
     }
 

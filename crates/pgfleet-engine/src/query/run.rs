@@ -6,38 +6,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
-use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Checkout, Member, Registry, RegistryError, Route, Target};
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgArguments, PgDatabaseError, PgErrorPosition, PgQueryResult, PgRow, PgTypeInfo};
+use sqlx::postgres::{PgArguments, PgQueryResult, PgRow, PgTypeInfo};
 use sqlx::{
     Arguments as _, Connection, Either, Executor, PgConnection, Row as _, SqlSafeStr, Statement as _,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::{Budgets, Exceeded, encoded_row_bytes, row_bytes, split_by_bytes};
+use super::budget::{Budgets, Exceeded, row_bytes, split_by_bytes};
+use super::encode::{Column, RowEncoder};
+use super::failure::{FailureCode, TargetFailure};
 use super::plan::{ParamValue, Plan, PlannedStatement};
 use super::values::{RawValue, ResultShape, ValueError};
-use crate::telemetry::Metrics;
+use crate::Observer;
 
 /// Name of the cursor large reads are fetched through.
 const CURSOR: &str = "pgfleet_cursor";
 
-/// What one target reports, in order.
+/// What one target reports, in order; rows are the caller's encoder's
+/// (see [`RowEncoder`]).
 #[derive(Debug)]
-pub enum TargetEvent {
-    Started {
-        replica: String,
-    },
-    Header {
-        statement: u32,
-        columns: Vec<pb::Column>,
-    },
-    Rows {
-        statement: u32,
-        rows: Vec<pb::Row>,
-    },
+pub enum TargetEvent<R> {
+    Started { replica: String },
+    Header { statement: u32, columns: Vec<Column> },
+    Rows { statement: u32, rows: Vec<R> },
     StatementDone(StatementOutcome),
     Finished(Box<TargetOutcome>),
 }
@@ -55,7 +49,7 @@ pub struct StatementOutcome {
 #[derive(Debug, Clone)]
 pub struct TargetOutcome {
     pub success: bool,
-    pub error: Option<pb::TargetError>,
+    pub error: Option<TargetFailure>,
     pub duration: Duration,
     pub failed_statement_index: Option<u32>,
     pub outcome_unknown: bool,
@@ -77,15 +71,15 @@ pub(super) enum Access {
 }
 
 /// Where a target's events go; `index` tags them with the target.
-pub struct EventSink {
+pub struct EventSink<R> {
     pub index: usize,
-    pub sender: mpsc::Sender<(usize, TargetEvent)>,
+    pub sender: mpsc::Sender<(usize, TargetEvent<R>)>,
 }
 
-impl EventSink {
+impl<R> EventSink<R> {
     /// Sends one event; waits while the consumer is behind (flow control).
     /// False when the consumer is gone.
-    async fn send(&self, event: TargetEvent) -> bool {
+    async fn send(&self, event: TargetEvent<R>) -> bool {
         self.sender.send((self.index, event)).await.is_ok()
     }
 }
@@ -124,23 +118,23 @@ enum Stop {
 }
 
 /// Runs `plan` on `target` and reports through `sink`. Never panics on
-/// database input; every outcome ends with one `Finished` event, counted in
-/// `metrics` and noted on the current (`target`) span first.
-pub(super) async fn run_target(
+/// database input; every outcome ends with one `Finished` event, reported
+/// to `observer` and noted on the current (`target`) span first.
+pub(super) async fn run_target<E: RowEncoder>(
     registry: &Registry,
     plan: &Plan,
     target: &Target,
     access: Access,
-    sink: EventSink,
+    sink: EventSink<E::Row>,
     cancel: CancellationToken,
-    metrics: &Metrics,
+    observer: &dyn Observer,
 ) {
     let outcome = if access == Access::Refused {
         refused_outcome()
     } else {
-        run_on_target(registry, plan, target, access, &sink, cancel).await
+        run_on_target::<E>(registry, plan, target, access, &sink, cancel).await
     };
-    metrics.target_finished(target, &outcome);
+    observer.target_finished(target, &outcome);
     note_on_span(&outcome);
     sink.send(TargetEvent::Finished(Box::new(outcome))).await;
 }
@@ -151,22 +145,14 @@ fn note_on_span(outcome: &TargetOutcome) {
     let span = tracing::Span::current();
     span.record("success", outcome.success);
     span.record("replica", outcome.replica.as_str());
-    let sqlstate = outcome
-        .error
-        .as_ref()
-        .and_then(|error| error.postgres.as_ref())
-        .map(|postgres| postgres.sqlstate.as_str());
+    let sqlstate = outcome.error.as_ref().and_then(TargetFailure::sqlstate);
     if let Some(sqlstate) = sqlstate {
         span.record("sqlstate", sqlstate);
     }
     if !outcome.success {
         span.record("otel.status_code", "ERROR");
     }
-    let code = outcome.error.as_ref().map_or("", |error| {
-        pb::ErrorCode::try_from(error.code)
-            .unwrap_or(pb::ErrorCode::Unknown)
-            .as_str_name()
-    });
+    let code = outcome.error.as_ref().map_or("", |error| error.code.as_str());
     tracing::debug!(
         success = outcome.success,
         code,
@@ -176,44 +162,22 @@ fn note_on_span(outcome: &TargetOutcome) {
     );
 }
 
-async fn run_on_target(
+async fn run_on_target<E: RowEncoder>(
     registry: &Registry,
     plan: &Plan,
     target: &Target,
     access: Access,
-    sink: &EventSink,
+    sink: &EventSink<E::Row>,
     cancel: CancellationToken,
 ) -> TargetOutcome {
     let started = Instant::now();
-    // A READER's execution never leaves its unprivileged login, whatever
-    // the plan says about writing: the login is the guarantee.
-    let route = if plan.reader_login {
-        Route::ReaderLogin
-    } else if plan.writes {
-        Route::Write
-    } else {
-        Route::Read
-    };
-    let acquired = tokio::select! {
-        acquired = registry.acquire(target, route) => acquired,
-        () = cancel.cancelled() => return cancelled_outcome(started, None, String::new()),
-    };
-    let mut checkout: Checkout = match acquired {
+    let mut checkout = match acquire(registry, plan, target, &cancel).await {
         Ok(checkout) => checkout,
-        Err(error) => {
-            let code = match error {
-                RegistryError::NoReaderLogin { .. } | RegistryError::PrivilegedReaderLogin { .. } => {
-                    pb::ErrorCode::FailedPrecondition
-                }
-                _ => pb::ErrorCode::Unavailable,
-            };
+        Err(None) => return cancelled_outcome(started, None, String::new()),
+        Err(Some(failure)) => {
             return TargetOutcome {
                 success: false,
-                error: Some(pb::TargetError {
-                    code: code.into(),
-                    message: error.to_string(),
-                    postgres: None,
-                }),
+                error: Some(failure),
                 duration: started.elapsed(),
                 failed_statement_index: None,
                 outcome_unknown: false,
@@ -221,9 +185,13 @@ async fn run_on_target(
             };
         }
     };
-    let member = checkout.member.clone();
-    let reader_login = checkout.reader_login;
-    let replica = match &member {
+    let server = Server {
+        registry,
+        target,
+        member: checkout.member.clone(),
+        reader_login: checkout.reader_login,
+    };
+    let replica = match &server.member {
         Member::Primary => String::new(),
         Member::Replica(name) => name.clone(),
     };
@@ -237,70 +205,27 @@ async fn run_on_target(
     }
 
     let commit_sent = AtomicBool::new(false);
-    let mut completed = false;
-    let mut backend: Option<i32> = None;
-    let result = {
-        let connection = checkout.connection_mut();
-        match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
-            .fetch_one(&mut *connection)
-            .await
-        {
-            Err(error) => Err(Stop::Setup(error)),
-            Ok(backend_pid) => {
-                backend = Some(backend_pid);
-                let schema = plan.schema_for(target);
-                let work = run_statements(connection, plan, access, &schema, sink, &commit_sent);
-                tokio::pin!(work);
-                // A backstop: statement_timeout should fire first.
-                let deadline = tokio::time::sleep(plan.timeout + Duration::from_secs(1));
-                tokio::pin!(deadline);
-                let first = tokio::select! {
-                    result = &mut work => Some(result),
-                    () = cancel.cancelled() => None,
-                    () = &mut deadline => None,
-                };
-                match first {
-                    Some(result) => {
-                        completed = true;
-                        result
-                    }
-                    None => {
-                        // The statement may still run on the server: cancel it
-                        // there (from another connection, as libpq does), then
-                        // let the work see the error and leave the connection
-                        // in a known state.
-                        cancel_backend(registry, target, &member, reader_login, backend_pid).await;
-                        match tokio::time::timeout(Duration::from_secs(5), &mut work).await {
-                            Ok(result) => {
-                                completed = true;
-                                match result {
-                                    Ok(()) => Ok(()),
-                                    Err(
-                                        Stop::Statement { index, .. }
-                                        | Stop::Value { index, .. }
-                                        | Stop::Param { index, .. }
-                                        | Stop::Budget { index, .. },
-                                    ) => Err(Stop::Cancelled { index: Some(index) }),
-                                    Err(_) => Err(Stop::Cancelled { index: None }),
-                                }
-                            }
-                            Err(_) => Err(Stop::Cancelled { index: None }),
-                        }
-                    }
-                }
-            }
-        }
-    };
-    let over_budget = matches!(result, Err(Stop::Budget { .. }));
-    if over_budget && let Some(pid) = backend {
+    let run = run_to_the_end::<E>(
+        &server,
+        checkout.connection_mut(),
+        plan,
+        access,
+        sink,
+        &cancel,
+        &commit_sent,
+    )
+    .await;
+    let over_budget = matches!(run.result, Err(Stop::Budget { .. }));
+    if over_budget && let Some(pid) = run.backend {
         // The statement may still be producing rows nobody will read: stop
         // it there rather than drain them through this connection.
-        cancel_backend(registry, target, &member, reader_login, pid).await;
+        server.cancel_backend(pid).await;
     }
     // Over budget the connection is closed unread: without COMMIT,
     // PostgreSQL rolls the transaction back.
-    let reusable = completed && !over_budget && reset(checkout.connection_mut(), result.is_ok()).await;
-    let outcome = match result {
+    let reusable =
+        run.completed && !over_budget && reset(checkout.connection_mut(), run.result.is_ok()).await;
+    let outcome = match run.result {
         Ok(()) => TargetOutcome {
             success: true,
             error: None,
@@ -319,6 +244,144 @@ async fn run_on_target(
     outcome
 }
 
+/// A connection for `plan` on `target`: `Err(None)` when cancelled first.
+async fn acquire(
+    registry: &Registry,
+    plan: &Plan,
+    target: &Target,
+    cancel: &CancellationToken,
+) -> Result<Checkout, Option<TargetFailure>> {
+    // A READER's execution never leaves its unprivileged login, whatever
+    // the plan says about writing: the login is the guarantee.
+    let route = if plan.reader_login {
+        Route::ReaderLogin
+    } else if plan.writes {
+        Route::Write
+    } else {
+        Route::Read
+    };
+    let acquired = tokio::select! {
+        acquired = registry.acquire(target, route) => acquired,
+        () = cancel.cancelled() => return Err(None),
+    };
+    acquired.map_err(|error| {
+        let code = match error {
+            RegistryError::NoReaderLogin { .. } | RegistryError::PrivilegedReaderLogin { .. } => {
+                FailureCode::FailedPrecondition
+            }
+            _ => FailureCode::Unavailable,
+        };
+        Some(TargetFailure::new(code, error.to_string()))
+    })
+}
+
+/// The server a checkout's connection is on, to cancel a statement from a
+/// second connection of the same login.
+struct Server<'a> {
+    registry: &'a Registry,
+    target: &'a Target,
+    member: Member,
+    reader_login: bool,
+}
+
+impl Server<'_> {
+    /// Cancels `pid` from a second connection of the same login (a role may
+    /// always cancel its own backends).
+    async fn cancel_backend(&self, pid: i32) {
+        let target = self.target;
+        let Some(pool) = self.registry.pool_of(target, &self.member, self.reader_login) else {
+            return;
+        };
+        let options = pool.connect_options();
+        match PgConnection::connect_with(&options).await {
+            Ok(mut connection) => {
+                let cancelled = sqlx::query_scalar::<_, bool>("SELECT pg_cancel_backend($1)")
+                    .bind(pid)
+                    .fetch_one(&mut connection)
+                    .await;
+                tracing::debug!(%target, pid, ?cancelled, "cancelled the running statement");
+                let _ = connection.close().await;
+            }
+            Err(error) => tracing::warn!(%target, %error, "could not connect to cancel a statement"),
+        }
+    }
+}
+
+/// How the statements of a plan ended on one connection.
+struct Run {
+    result: Result<(), Stop>,
+    /// The work ran to its end (or to its error): the connection is in a
+    /// known state and may be reset for reuse.
+    completed: bool,
+    /// The backend running the statements, once known.
+    backend: Option<i32>,
+}
+
+/// Runs the statements until they end, the call is cancelled or the
+/// deadline passes; then cancels the running statement on the server and
+/// waits a little for the work to see it.
+async fn run_to_the_end<E: RowEncoder>(
+    server: &Server<'_>,
+    connection: &mut PgConnection,
+    plan: &Plan,
+    access: Access,
+    sink: &EventSink<E::Row>,
+    cancel: &CancellationToken,
+    commit_sent: &AtomicBool,
+) -> Run {
+    let backend_pid = match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
+        .fetch_one(&mut *connection)
+        .await
+    {
+        Ok(pid) => pid,
+        Err(error) => {
+            return Run {
+                result: Err(Stop::Setup(error)),
+                completed: false,
+                backend: None,
+            };
+        }
+    };
+    let schema = plan.schema_for(server.target);
+    let work = run_statements::<E>(connection, plan, access, &schema, sink, commit_sent);
+    tokio::pin!(work);
+    // A backstop: statement_timeout should fire first.
+    let deadline = tokio::time::sleep(plan.timeout + Duration::from_secs(1));
+    tokio::pin!(deadline);
+    let first = tokio::select! {
+        result = &mut work => Some(result),
+        () = cancel.cancelled() => None,
+        () = &mut deadline => None,
+    };
+    if let Some(result) = first {
+        return Run {
+            result,
+            completed: true,
+            backend: Some(backend_pid),
+        };
+    }
+    // The statement may still run on the server: cancel it there (from
+    // another connection, as libpq does), then let the work see the error
+    // and leave the connection in a known state.
+    server.cancel_backend(backend_pid).await;
+    let (result, completed) = match tokio::time::timeout(Duration::from_secs(5), &mut work).await {
+        Ok(Ok(())) => (Ok(()), true),
+        Ok(Err(
+            Stop::Statement { index, .. }
+            | Stop::Value { index, .. }
+            | Stop::Param { index, .. }
+            | Stop::Budget { index, .. },
+        )) => (Err(Stop::Cancelled { index: Some(index) }), true),
+        Ok(Err(_)) => (Err(Stop::Cancelled { index: None }), true),
+        Err(_) => (Err(Stop::Cancelled { index: None }), false),
+    };
+    Run {
+        result,
+        completed,
+        backend: Some(backend_pid),
+    }
+}
+
 /// Ends any open transaction and resets the session (`DISCARD ALL`: role,
 /// search_path, prepared statements, LISTEN, advisory locks, cursors, temp
 /// tables). False when the connection must not be reused.
@@ -334,12 +397,12 @@ async fn reset(connection: &mut PgConnection, succeeded: bool) -> bool {
 
 /// Runs every statement of the plan, in one transaction unless the plan says
 /// otherwise.
-async fn run_statements(
+async fn run_statements<E: RowEncoder>(
     connection: &mut PgConnection,
     plan: &Plan,
     access: Access,
     schema: &str,
-    sink: &EventSink,
+    sink: &EventSink<E::Row>,
     commit_sent: &AtomicBool,
 ) -> Result<(), Stop> {
     if plan.transactional {
@@ -366,7 +429,7 @@ async fn run_statements(
     .await
     .map_err(Stop::Setup)?;
     for statement in &plan.statements {
-        run_statement(connection, plan, statement, sink).await?;
+        run_statement::<E>(connection, plan, statement, sink).await?;
     }
     if plan.transactional {
         commit_sent.store(true, Ordering::Relaxed);
@@ -382,19 +445,19 @@ async fn run_statements(
     Ok(())
 }
 
-async fn run_statement(
+async fn run_statement<E: RowEncoder>(
     connection: &mut PgConnection,
     plan: &Plan,
     statement: &PlannedStatement,
-    sink: &EventSink,
+    sink: &EventSink<E::Row>,
 ) -> Result<(), Stop> {
     let index = statement.index;
     let started = Instant::now();
     let (arguments, types) = bind_params(connection, plan, index).await?;
     let (tag, rows_affected, truncated) = if statement.cursorable {
-        read_through_cursor(connection, plan, statement, arguments, sink).await?
+        read_through_cursor::<E>(connection, plan, statement, arguments, sink).await?
     } else {
-        read_direct(connection, plan, statement, arguments, &types, sink).await?
+        read_direct::<E>(connection, plan, statement, arguments, &types, sink).await?
     };
     sink.send(TargetEvent::StatementDone(StatementOutcome {
         index,
@@ -446,12 +509,12 @@ impl Held {
 /// A plain read: DECLARE a cursor and FETCH it in batches whose row count
 /// follows the size of the rows seen, each row admitted under the budgets
 /// as it arrives.
-async fn read_through_cursor(
+async fn read_through_cursor<E: RowEncoder>(
     connection: &mut PgConnection,
     plan: &Plan,
     statement: &PlannedStatement,
     arguments: PgArguments,
-    sink: &EventSink,
+    sink: &EventSink<E::Row>,
 ) -> Result<(String, u64, bool), Stop> {
     let index = statement.index;
     let fail = |error| Stop::Statement {
@@ -509,7 +572,7 @@ async fn read_through_cursor(
         if let Some(shape) = &shape
             && kept > 0
         {
-            send_held(connection, plan, shape, held, index, sink).await?;
+            send_held::<E>(connection, plan, shape, held, index, sink).await?;
             total += kept as u64;
         }
         if truncated || fetched < fetch_rows {
@@ -539,13 +602,13 @@ fn next_fetch_rows(plan: &Plan, largest_row: u64) -> usize {
 /// instead of being held whole. Rows of a shape PostgreSQL must render wait
 /// for the end of the statement (the connection is busy until then), within
 /// the hold budget.
-async fn read_direct(
+async fn read_direct<E: RowEncoder>(
     connection: &mut PgConnection,
     plan: &Plan,
     statement: &PlannedStatement,
     arguments: PgArguments,
     types: &[PgTypeInfo],
-    sink: &EventSink,
+    sink: &EventSink<E::Row>,
 ) -> Result<(String, u64, bool), Stop> {
     let index = statement.index;
     let fail = |error| Stop::Statement {
@@ -612,10 +675,10 @@ async fn read_direct(
             {
                 let batch = std::mem::take(&mut held);
                 let converted = shape
-                    .convert_plain(&batch.rows)
+                    .convert_plain::<E>(&batch.rows)
                     .map_err(|error| Stop::Value { index, error })?;
                 drop(batch.rows);
-                send_converted(plan, converted, batch.bytes, index, sink).await?;
+                send_converted::<E>(plan, converted, batch.bytes, index, sink).await?;
             }
         }
     }
@@ -635,7 +698,7 @@ async fn read_direct(
         },
     };
     if !shape.columns.is_empty() && !held.rows.is_empty() {
-        send_held(connection, plan, &shape, held, index, sink).await?;
+        send_held::<E>(connection, plan, &shape, held, index, sink).await?;
     }
     let count = if affected == 0 { returned } else { affected };
     Ok((statement.command.clone(), count, truncated))
@@ -644,13 +707,13 @@ async fn read_direct(
 /// Converts and sends `held` in batches of at most `query.max_batch_bytes`
 /// (by estimate, then exactly), letting go of each batch's raw rows once
 /// converted.
-async fn send_held(
+async fn send_held<E: RowEncoder>(
     connection: &mut PgConnection,
     plan: &Plan,
     shape: &ResultShape,
     held: Held,
     index: u32,
-    sink: &EventSink,
+    sink: &EventSink<E::Row>,
 ) -> Result<(), Stop> {
     let batch_bytes = plan.budgets.batch_bytes;
     let batch_rows = plan.batch_size.max(1);
@@ -672,28 +735,33 @@ async fn send_held(
             return Ok(());
         }
         let converted = shape
-            .convert(&chunk, connection)
+            .convert::<E>(&chunk, connection)
             .await
             .map_err(|error| Stop::Value { index, error })?;
         drop(chunk);
-        send_converted(plan, converted, estimated, index, sink).await?;
+        send_converted::<E>(plan, converted, estimated, index, sink).await?;
     }
 }
 
 /// Settles the response budget with the rows' exact size and sends them,
 /// split so no message carries more than `query.max_batch_bytes` of rows.
-async fn send_converted(
+async fn send_converted<E: RowEncoder>(
     plan: &Plan,
-    converted: Vec<pb::Row>,
+    converted: Vec<E::Row>,
     estimated: u64,
     index: u32,
-    sink: &EventSink,
+    sink: &EventSink<E::Row>,
 ) -> Result<(), Stop> {
-    let exact: u64 = converted.iter().map(encoded_row_bytes).sum();
+    let exact: u64 = converted.iter().map(E::encoded_len).sum();
     plan.budgets
         .settle(estimated, exact)
         .map_err(|exceeded| Stop::Budget { index, exceeded })?;
-    for rows in split_by_bytes(converted, plan.budgets.batch_bytes, plan.batch_size.max(1)) {
+    for rows in split_by_bytes(
+        converted,
+        E::encoded_len,
+        plan.budgets.batch_bytes,
+        plan.batch_size.max(1),
+    ) {
         sink.send(TargetEvent::Rows {
             statement: index,
             rows,
@@ -811,36 +879,15 @@ fn command_tag(command: &str, rows: u64) -> String {
     }
 }
 
-/// Cancels `pid` from a second connection of the same login (a role may
-/// always cancel its own backends).
-async fn cancel_backend(registry: &Registry, target: &Target, member: &Member, reader_login: bool, pid: i32) {
-    let Some(pool) = registry.pool_of(target, member, reader_login) else {
-        return;
-    };
-    let options = pool.connect_options();
-    match PgConnection::connect_with(&options).await {
-        Ok(mut connection) => {
-            let cancelled = sqlx::query_scalar::<_, bool>("SELECT pg_cancel_backend($1)")
-                .bind(pid)
-                .fetch_one(&mut connection)
-                .await;
-            tracing::debug!(%target, pid, ?cancelled, "cancelled the running statement");
-            let _ = connection.close().await;
-        }
-        Err(error) => tracing::warn!(%target, %error, "could not connect to cancel a statement"),
-    }
-}
-
 /// A non-transactional statement without an audit record: not run (see
 /// [`super::dispatch`]); no connection was taken.
 fn refused_outcome() -> TargetOutcome {
     TargetOutcome {
         success: false,
-        error: Some(pb::TargetError {
-            code: pb::ErrorCode::Internal.into(),
-            message: "not run: a statement that cannot run in a transaction block must be on record, and this execution is not".to_owned(),
-            postgres: None,
-        }),
+        error: Some(TargetFailure::new(
+            FailureCode::Internal,
+            "not run: a statement that cannot run in a transaction block must be on record, and this execution is not",
+        )),
         duration: Duration::ZERO,
         failed_statement_index: None,
         outcome_unknown: false,
@@ -851,11 +898,10 @@ fn refused_outcome() -> TargetOutcome {
 fn cancelled_outcome(started: Instant, index: Option<u32>, replica: String) -> TargetOutcome {
     TargetOutcome {
         success: false,
-        error: Some(pb::TargetError {
-            code: pb::ErrorCode::Cancelled.into(),
-            message: "cancelled: the call was cancelled or its deadline passed; the statement was cancelled on the server".to_owned(),
-            postgres: None,
-        }),
+        error: Some(TargetFailure::new(
+            FailureCode::Cancelled,
+            "cancelled: the call was cancelled or its deadline passed; the statement was cancelled on the server",
+        )),
         duration: started.elapsed(),
         failed_statement_index: index,
         outcome_unknown: false,
@@ -866,9 +912,9 @@ fn cancelled_outcome(started: Instant, index: Option<u32>, replica: String) -> T
 fn failure_outcome(stop: Stop, started: Instant, replica: String, commit_sent: bool) -> TargetOutcome {
     let (index, error) = match stop {
         Stop::Cancelled { index } => return cancelled_outcome(started, index, replica),
-        Stop::Setup(error) => (None, target_error(&error)),
+        Stop::Setup(error) => (None, TargetFailure::from_sqlx(&error)),
         Stop::Statement { index, error, shift } => {
-            let mut error = target_error(&error);
+            let mut error = TargetFailure::from_sqlx(&error);
             if let Some(postgres) = error.postgres.as_mut()
                 && postgres.position > shift
             {
@@ -878,33 +924,24 @@ fn failure_outcome(stop: Stop, started: Instant, replica: String, commit_sent: b
         }
         Stop::Param { index, message } => (
             Some(index),
-            pb::TargetError {
-                code: pb::ErrorCode::InvalidArgument.into(),
-                message,
-                postgres: None,
-            },
+            TargetFailure::new(FailureCode::InvalidArgument, message),
         ),
         Stop::Value { index, error } => (
             Some(index),
-            pb::TargetError {
-                code: pb::ErrorCode::Internal.into(),
-                message: error.to_string(),
-                postgres: None,
-            },
+            TargetFailure::new(FailureCode::Internal, error.to_string()),
         ),
         Stop::Budget { index, exceeded } => (
             Some(index),
-            pb::TargetError {
-                code: pb::ErrorCode::ResourceExhausted.into(),
-                message: format!(
+            TargetFailure::new(
+                FailureCode::ResourceExhausted,
+                format!(
                     "statement {index}: {exceeded}; the statement was cancelled and its transaction rolled back"
                 ),
-                postgres: None,
-            },
+            ),
         ),
     };
     // Lost after COMMIT was sent: it may or may not have committed.
-    let outcome_unknown = commit_sent && error.code == i32::from(pb::ErrorCode::Unavailable);
+    let outcome_unknown = commit_sent && error.code == FailureCode::Unavailable;
     TargetOutcome {
         success: false,
         error: Some(error),
@@ -912,80 +949,5 @@ fn failure_outcome(stop: Stop, started: Instant, replica: String, commit_sent: b
         failed_statement_index: index,
         outcome_unknown,
         replica,
-    }
-}
-
-/// A PostgreSQL or connection error as a target error, every field kept.
-pub fn target_error(error: &sqlx::Error) -> pb::TargetError {
-    match error {
-        sqlx::Error::Database(database) => {
-            let Some(pg) = database.try_downcast_ref::<PgDatabaseError>() else {
-                return pb::TargetError {
-                    code: pb::ErrorCode::Aborted.into(),
-                    message: database.message().to_owned(),
-                    postgres: None,
-                };
-            };
-            let code = match pg.code() {
-                "57014" => pb::ErrorCode::DeadlineExceeded,
-                "25006" | "42501" => pb::ErrorCode::PermissionDenied,
-                _ => pb::ErrorCode::Aborted,
-            };
-            let (position, internal_position, internal_query) = match pg.position() {
-                Some(PgErrorPosition::Original(at)) => (at, 0, String::new()),
-                Some(PgErrorPosition::Internal { position, query }) => (0, position, query.to_owned()),
-                None => (0, 0, String::new()),
-            };
-            let as_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-            pb::TargetError {
-                code: code.into(),
-                message: pg.message().to_owned(),
-                postgres: Some(pb::PostgresError {
-                    sqlstate: pg.code().to_owned(),
-                    severity: format!("{:?}", pg.severity()).to_uppercase(),
-                    message: pg.message().to_owned(),
-                    detail: pg.detail().unwrap_or_default().to_owned(),
-                    hint: pg.hint().unwrap_or_default().to_owned(),
-                    position: as_u32(position),
-                    internal_position: as_u32(internal_position),
-                    internal_query,
-                    r#where: pg.r#where().unwrap_or_default().to_owned(),
-                    schema_name: pg.schema().unwrap_or_default().to_owned(),
-                    table_name: pg.table().unwrap_or_default().to_owned(),
-                    column_name: pg.column().unwrap_or_default().to_owned(),
-                    data_type_name: pg.data_type().unwrap_or_default().to_owned(),
-                    constraint_name: pg.constraint().unwrap_or_default().to_owned(),
-                }),
-            }
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => pb::TargetError {
-            code: pb::ErrorCode::Unavailable.into(),
-            message: format!("connection lost: {error}"),
-            postgres: None,
-        },
-        // sqlx 0.9 looks up unknown column types in pg_type and does not
-        // know typtype 'm' (multirange): say so instead of its raw message.
-        sqlx::Error::ColumnDecode { index, source }
-            if index == "\"typtype\"" && source.to_string().contains("109") =>
-        {
-            pb::TargetError {
-                code: pb::ErrorCode::Unimplemented.into(),
-                message:
-                    "a column has a multirange type, which pgfleet's PostgreSQL driver (sqlx 0.9) cannot \
-                          describe yet; cast it to text (e.g. col::text)"
-                        .to_owned(),
-                postgres: None,
-            }
-        }
-        other => pb::TargetError {
-            code: pb::ErrorCode::Unknown.into(),
-            message: other.to_string(),
-            postgres: None,
-        },
     }
 }

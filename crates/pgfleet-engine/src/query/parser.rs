@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use pgfleet_sqlcheck::{Analysis, ParseError};
 use tokio::sync::Semaphore;
 
-use crate::request_error::RequestError;
+use crate::error::RequestError;
 
 /// Texts analysed at the same time.
 pub const PARSES_AT_ONCE: usize = 2;

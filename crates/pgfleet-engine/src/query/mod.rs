@@ -8,8 +8,10 @@
 //!   connection reset before it goes back.
 //! - [`parser`]: the SQL check, on the blocking pool behind a bound.
 //! - [`budget`]: byte limits on results, checked as each row arrives.
-//! - [`values`]: result values to wire cells, rendered by PostgreSQL where
-//!   psql's text is the faithful form.
+//! - [`values`]: result values to [`Cell`]s, rendered by PostgreSQL where
+//!   psql's text is the faithful form; [`encode`]: the caller's
+//!   [`RowEncoder`] turns them into its own rows.
+//! - [`failure`]: why a target failed, PostgreSQL's fields kept.
 //! - [`dispatch`] starts every target concurrently and merges their events
 //!   into one bounded channel, so a slow consumer slows the reads. It is
 //!   also the one place that decides a target's transaction mode: an
@@ -19,6 +21,8 @@
 
 pub mod audited;
 pub mod budget;
+pub mod encode;
+pub mod failure;
 pub mod parser;
 pub mod plan;
 pub mod run;
@@ -31,10 +35,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::Observer;
 use crate::audit::OpenExecution;
-use crate::telemetry::Metrics;
 
-pub use plan::{ExecuteFields, Plan, Scope};
+pub use encode::{Cell, CellRows, Column, RowEncoder};
+pub use failure::{FailureCode, PostgresError, TargetFailure};
+pub use plan::{ExecuteSpec, Finding, Param, ParamValue, Plan, Scope};
 use run::Access;
 pub use run::{EventSink, StatementOutcome, TargetEvent, TargetOutcome};
 
@@ -42,8 +48,9 @@ pub use run::{EventSink, StatementOutcome, TargetEvent, TargetOutcome};
 const EVENTS_PER_TARGET: usize = 4;
 
 /// Starts `plan` on every target; events arrive tagged with the target's
-/// index in `plan.targets`, each target ending with `Finished`. Cancelling
-/// `cancel` cancels the running statements on their servers.
+/// index in `plan.targets`, each target ending with `Finished`, rows built
+/// by `E`. Cancelling `cancel` cancels the running statements on their
+/// servers; every target's outcome is reported to `observer`.
 ///
 /// `record` is the execution's open audit record, if it is on record: only
 /// then may the targets run read-write (and the events then pass through
@@ -53,13 +60,13 @@ const EVENTS_PER_TARGET: usize = 4;
 ///
 /// Each target runs in a `target` span, a child of the caller's span: its
 /// names and the statement fingerprint, never the text or parameters.
-pub fn dispatch(
+pub fn dispatch<E: RowEncoder>(
     registry: Arc<Registry>,
     plan: Arc<Plan>,
     cancel: CancellationToken,
-    metrics: &Metrics,
+    observer: Arc<dyn Observer>,
     record: Option<OpenExecution>,
-) -> mpsc::Receiver<(usize, TargetEvent)> {
+) -> mpsc::Receiver<(usize, TargetEvent<E::Row>)> {
     let access = match &record {
         Some(_) if !plan.read_only => Access::ReadWrite,
         Some(_) => Access::ReadOnly,
@@ -73,20 +80,20 @@ pub fn dispatch(
         access != Access::Refused,
         "a statement that cannot run in a transaction block reached dispatch without an audit record"
     );
-    let events = start_targets(registry, Arc::clone(&plan), cancel, metrics, access);
+    let events = start_targets::<E>(registry, Arc::clone(&plan), cancel, observer, access);
     match record {
         Some(open) => audited::record(open.started(), plan, events),
         None => events,
     }
 }
 
-fn start_targets(
+fn start_targets<E: RowEncoder>(
     registry: Arc<Registry>,
     plan: Arc<Plan>,
     cancel: CancellationToken,
-    metrics: &Metrics,
+    observer: Arc<dyn Observer>,
     access: Access,
-) -> mpsc::Receiver<(usize, TargetEvent)> {
+) -> mpsc::Receiver<(usize, TargetEvent<E::Row>)> {
     let (sender, receiver) = mpsc::channel(EVENTS_PER_TARGET * plan.targets.len().max(1));
     for index in 0..plan.targets.len() {
         let registry = Arc::clone(&registry);
@@ -96,7 +103,7 @@ fn start_targets(
             index,
             sender: sender.clone(),
         };
-        let metrics = metrics.clone();
+        let observer = Arc::clone(&observer);
         let span = target_span(&plan, index);
         // Spawned, not polled by the caller: a target's cleanup (cancel on
         // the server, rollback, reset) runs even when the call is gone.
@@ -105,7 +112,7 @@ fn start_targets(
         tokio::spawn(
             async move {
                 let target = &plan.targets[index];
-                run::run_target(&registry, &plan, target, access, sink, cancel, &metrics).await;
+                run::run_target::<E>(&registry, &plan, target, access, sink, cancel, observer.as_ref()).await;
             }
             .instrument(span)
             .in_current_span(),

@@ -34,12 +34,14 @@ pub const REPLICATION_JOB_SEED: i64 = 0x0070_6766_6c65_6574; // "pgfleet"
 /// SQL for the `bigint` lock key of the replication job whose id is the
 /// expression `$job`, with [`REPLICATION_JOB_SEED`] bound at `$seed`; a
 /// string literal, so queries stay static (`concat!`).
-macro_rules! replication_job_key {
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __replication_job_key {
     ($job:literal, $seed:literal) => {
         concat!("hashtextextended(", $job, "::text, ", $seed, ")")
     };
 }
-pub(crate) use replication_job_key;
+pub use __replication_job_key as replication_job_key;
 
 /// pgfleet's fixed advisory locks (second key of the pair).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

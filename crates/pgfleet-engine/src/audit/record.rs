@@ -385,7 +385,7 @@ impl ExecutionRow {
 pub fn link_hash(prev_hash: &str, sequence: i64, link: LinkKind, content: &[u8]) -> String {
     let mut input = format!("pgfleet-audit-v1\n{prev_hash}\n{sequence}\n{}\n", link.as_str()).into_bytes();
     input.extend_from_slice(content);
-    crate::auth::credentials::hex_sha256(&input)
+    crate::digest::hex_sha256(&input)
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgfleet_config::{FleetConfig, QueryLimits};
-use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::{Registry, Target};
 use pgfleet_sqlcheck::{Analysis, ParseError, StatementAnalysis, StatementClass};
 use sqlx::encode::IsNull;
@@ -16,21 +15,28 @@ use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgTypeInfo};
 use sqlx::{Arguments, Encode, Postgres, Type};
 
 use super::budget::{Budgets, ResponseBudget};
+use crate::error::RequestError;
 use crate::identity::{Identity, Principal, Role};
-use crate::request_error::RequestError;
 
 /// Rows per batch when the request names none.
 pub const DEFAULT_BATCH_SIZE: usize = 500;
 const MAX_BATCH_SIZE: usize = 10_000;
 
-/// The fields shared by `ExecuteRequest` and `ExecuteStreamRequest`.
-pub struct ExecuteFields<'a> {
-    pub query: &'a str,
-    pub database: &'a str,
-    pub scope: Scope<'a>,
-    pub pg_schema: &'a str,
-    pub timeout: Option<&'a prost_types::Duration>,
-    pub params: &'a [pb::QueryParam],
+/// One execution as requested: the SQL text, where to run it and how.
+/// Built by the server from a wire request (its fields already well-formed:
+/// each parameter has a value, the timeout is a duration); everything that
+/// needs the configuration or the SQL is checked by [`Plan::new`].
+#[derive(Debug, Clone, Default)]
+pub struct ExecuteSpec {
+    pub query: String,
+    /// The fleet database (empty with an explicit target list).
+    pub database: String,
+    pub scope: Scope,
+    /// Empty: each database's default schema.
+    pub pg_schema: String,
+    /// `None` or zero: `query.default_timeout`.
+    pub timeout: Option<Duration>,
+    pub params: Vec<Param>,
     pub confirm_dangerous: bool,
     pub read_only: bool,
     pub batch_size: u32,
@@ -42,11 +48,23 @@ pub struct ExecuteFields<'a> {
 }
 
 /// Which targets a request names.
-pub enum Scope<'a> {
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
     /// Every cloud that has the database (also when the scope is unset).
+    #[default]
     AllClouds,
-    Cloud(&'a str),
-    Targets(&'a [pb::Target]),
+    Cloud(String),
+    /// An explicit list; each names its cloud and database.
+    Targets(Vec<Target>),
+}
+
+/// A dangerous statement the caller confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The finding's code, upper case (`DROP_TABLE`).
+    pub code: String,
+    pub reason: String,
+    pub statement_index: u32,
 }
 
 /// One statement, ready to run.
@@ -95,7 +113,7 @@ pub struct Plan {
     pub writes: bool,
     /// A READER's execution: use the database's `reader_user` login.
     pub reader_login: bool,
-    pub confirmed_findings: Vec<pb::DangerFinding>,
+    pub confirmed_findings: Vec<Finding>,
     pub row_limit: Option<u64>,
     pub batch_size: usize,
     /// Byte limits on results, checked as rows arrive.
@@ -110,14 +128,14 @@ impl Plan {
     /// Checks a request against the config, the caller's role and the SQL's
     /// `analysis` (made by [`super::parser::analyze`], off the runtime).
     pub fn new(
-        fields: &ExecuteFields<'_>,
+        fields: &ExecuteSpec,
         identity: &Identity,
         config: &FleetConfig,
         registry: &Registry,
         analysis: Result<Analysis, ParseError>,
     ) -> Result<Self, RequestError> {
         let limits = &config.query;
-        check_query_text(fields.query, limits)?;
+        check_query_text(&fields.query, limits)?;
         let timeout = timeout(fields.timeout, limits)?;
         let targets = resolve_targets(fields, registry).map_err(|error| match error {
             // One answer for "does not exist" and "not yours": an API key
@@ -162,7 +180,7 @@ impl Plan {
                         database.effective_default_schema().unwrap_or("public").to_owned(),
                     ));
                 }
-                if !database.schemas.iter().any(|s| s == fields.pg_schema) {
+                if !database.schemas.contains(&fields.pg_schema) {
                     return Err(RequestError::invalid(
                         "pg_schema",
                         format!(
@@ -172,7 +190,7 @@ impl Plan {
                         ),
                     ));
                 }
-                Ok((target.clone(), fields.pg_schema.to_owned()))
+                Ok((target.clone(), fields.pg_schema.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
 
@@ -194,7 +212,13 @@ impl Plan {
         check_roles(&analysis, identity, read_only)?;
         let confirmed_findings = check_danger(&analysis, identity, fields.confirm_dangerous)?;
 
-        let params = params(fields.params, analysis.statements.len())?;
+        if !fields.params.is_empty() && analysis.statements.len() > 1 {
+            return Err(RequestError::invalid(
+                "params",
+                "parameters need a single-statement query",
+            ));
+        }
+        let params = fields.params.clone();
         let transactional = !analysis.requires_no_transaction_block();
         // Fail-closed execution relies on this: a statement outside a
         // transaction block cannot be made READ ONLY, so it must always be
@@ -310,19 +334,10 @@ pub fn check_query_size(query: &str, limits: &QueryLimits) -> Result<(), Request
     Ok(())
 }
 
-fn timeout(
-    requested: Option<&prost_types::Duration>,
-    limits: &QueryLimits,
-) -> Result<Duration, RequestError> {
-    let Some(requested) = requested else {
+fn timeout(requested: Option<Duration>, limits: &QueryLimits) -> Result<Duration, RequestError> {
+    let Some(duration) = requested else {
         return Ok(limits.default_timeout);
     };
-    let valid = requested.seconds >= 0 && (0..1_000_000_000).contains(&requested.nanos);
-    let duration = u64::try_from(requested.seconds)
-        .ok()
-        .filter(|_| valid)
-        .map(|seconds| Duration::new(seconds, u32::try_from(requested.nanos).unwrap_or(0)))
-        .ok_or_else(|| RequestError::invalid("timeout", "must be a positive duration"))?;
     if duration.is_zero() {
         return Ok(limits.default_timeout);
     }
@@ -339,8 +354,8 @@ fn timeout(
     Ok(duration)
 }
 
-fn resolve_targets(fields: &ExecuteFields<'_>, registry: &Registry) -> Result<Vec<Target>, RequestError> {
-    match fields.scope {
+fn resolve_targets(fields: &ExecuteSpec, registry: &Registry) -> Result<Vec<Target>, RequestError> {
+    match &fields.scope {
         Scope::Targets(targets) => {
             if !fields.database.is_empty() {
                 return Err(RequestError::invalid(
@@ -366,7 +381,7 @@ fn resolve_targets(fields: &ExecuteFields<'_>, registry: &Registry) -> Result<Ve
                     if target.database.is_empty() {
                         return Err(RequestError::invalid(field("database"), "must not be empty"));
                     }
-                    let resolved = Target::new(&target.cloud, &target.database);
+                    let resolved = target.clone();
                     if registry.database_config(&resolved).is_none() {
                         return Err(RequestError::NotFound(format!(
                             "targets.targets[{index}]: no database {:?} in cloud {:?}",
@@ -390,18 +405,18 @@ fn resolve_targets(fields: &ExecuteFields<'_>, registry: &Registry) -> Result<Ve
                     "must name a configured database",
                 ));
             }
-            let all = registry.targets_for_database(fields.database);
+            let all = registry.targets_for_database(&fields.database);
             if all.is_empty() {
                 return Err(RequestError::NotFound(format!(
                     "database {:?} is not configured in any cloud",
                     fields.database
                 )));
             }
-            match fields.scope {
+            match &fields.scope {
                 Scope::Cloud(cloud) => {
-                    let chosen: Vec<Target> = all.into_iter().filter(|t| t.cloud == cloud).collect();
+                    let chosen: Vec<Target> = all.into_iter().filter(|t| t.cloud == *cloud).collect();
                     if chosen.is_empty() {
-                        let cloud_known = registry.targets().iter().any(|t| t.cloud == cloud);
+                        let cloud_known = registry.targets().iter().any(|t| t.cloud == *cloud);
                         return Err(RequestError::NotFound(if cloud_known {
                             format!("cloud {cloud:?} has no database {:?}", fields.database)
                         } else {
@@ -484,12 +499,12 @@ fn check_roles(analysis: &Analysis, identity: &Identity, read_only: bool) -> Res
     Ok(())
 }
 
-/// The dangerous findings of statement `index`, as sent over the API.
-pub fn wire_findings(index: usize, statement: &StatementAnalysis) -> Vec<pb::DangerFinding> {
+/// The dangerous findings of statement `index`.
+pub fn findings(index: usize, statement: &StatementAnalysis) -> Vec<Finding> {
     statement
         .findings
         .iter()
-        .map(|finding| pb::DangerFinding {
+        .map(|finding| Finding {
             code: finding.code.as_str().to_uppercase(),
             reason: finding.reason.clone(),
             statement_index: u32::try_from(index).unwrap_or(u32::MAX),
@@ -501,12 +516,12 @@ fn check_danger(
     analysis: &Analysis,
     identity: &Identity,
     confirmed: bool,
-) -> Result<Vec<pb::DangerFinding>, RequestError> {
-    let findings: Vec<pb::DangerFinding> = analysis
+) -> Result<Vec<Finding>, RequestError> {
+    let findings: Vec<Finding> = analysis
         .statements
         .iter()
         .enumerate()
-        .flat_map(|(index, statement)| wire_findings(index, statement))
+        .flat_map(|(index, statement)| findings(index, statement))
         .collect();
     if findings.is_empty() {
         return Ok(findings);
@@ -527,50 +542,6 @@ fn check_danger(
         )));
     }
     Ok(findings)
-}
-
-fn params(params: &[pb::QueryParam], statements: usize) -> Result<Vec<Param>, RequestError> {
-    if params.is_empty() {
-        return Ok(Vec::new());
-    }
-    if statements > 1 {
-        return Err(RequestError::invalid(
-            "params",
-            "parameters need a single-statement query",
-        ));
-    }
-    params
-        .iter()
-        .enumerate()
-        .map(|(index, param)| {
-            use pb::query_param::Value;
-            let type_name = param.type_name.trim();
-            if type_name.len() > 200 {
-                return Err(RequestError::invalid(
-                    format!("params[{index}].type_name"),
-                    "too long",
-                ));
-            }
-            let value = match &param.value {
-                None => {
-                    return Err(RequestError::invalid(
-                        format!("params[{index}].value"),
-                        "must be set",
-                    ));
-                }
-                Some(Value::NullValue(_)) => ParamValue::Null,
-                Some(Value::BoolValue(v)) => ParamValue::Bool(*v),
-                Some(Value::IntValue(v)) => ParamValue::Int(*v),
-                Some(Value::DoubleValue(v)) => ParamValue::Double(*v),
-                Some(Value::TextValue(v)) => ParamValue::Text(v.clone()),
-                Some(Value::BytesValue(v)) => ParamValue::Bytes(v.clone()),
-            };
-            Ok(Param {
-                value,
-                type_name: (!type_name.is_empty()).then(|| type_name.to_owned()),
-            })
-        })
-        .collect()
 }
 
 /// A NULL parameter of no declared type, so PostgreSQL infers it from the

@@ -10,7 +10,7 @@
 //! any type that has binary I/O, including ones created a moment ago in the
 //! same transaction.
 
-use pgfleet_proto::pgfleet::v1 as pb;
+use super::encode::{Cell, Column, RowEncoder};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
@@ -79,7 +79,7 @@ fn decoding_for(type_oid: u32) -> Decoding {
 /// The columns of one result, with how each is decoded.
 #[derive(Debug, Clone)]
 pub struct ResultShape {
-    pub columns: Vec<pb::Column>,
+    pub columns: Vec<Column>,
     decodings: Vec<Decoding>,
 }
 
@@ -109,7 +109,7 @@ impl ResultShape {
             .iter()
             .zip(&oids)
             .zip(names.into_iter().chain(std::iter::repeat(String::new())))
-            .map(|((column, oid), name)| pb::Column {
+            .map(|((column, oid), name)| Column {
                 name: column.name().to_owned(),
                 type_oid: *oid,
                 type_name: if name.is_empty() {
@@ -131,14 +131,14 @@ impl ResultShape {
         self.decodings.contains(&Decoding::Formatted)
     }
 
-    /// Converts `rows` (all of this shape) to wire rows, rendering the
-    /// formatted columns through `connection`.
-    pub async fn convert(
+    /// Converts `rows` (all of this shape) to the caller's rows, rendering
+    /// the formatted columns through `connection`.
+    pub async fn convert<E: RowEncoder>(
         &self,
         rows: &[PgRow],
         connection: &mut PgConnection,
-    ) -> Result<Vec<pb::Row>, ValueError> {
-        let (mut converted, pending) = self.decode_rows(rows)?;
+    ) -> Result<Vec<E::Row>, ValueError> {
+        let (mut converted, pending) = self.decode_rows::<E>(rows)?;
         for chunk in pending.chunks(MAX_PARAMS.min(4096)) {
             let texts = render(
                 chunk.iter().map(|(_, _, oid, bytes)| (*oid, bytes.as_slice())),
@@ -146,9 +146,7 @@ impl ResultShape {
             )
             .await?;
             for ((row, column, _, _), text) in chunk.iter().zip(texts) {
-                converted[*row].cells[*column] = pb::Cell {
-                    kind: Some(pb::cell::Kind::FormattedValue(text)),
-                };
+                E::replace(&mut converted[*row], *column, Cell::Formatted(text));
             }
         }
         Ok(converted)
@@ -156,8 +154,8 @@ impl ResultShape {
 
     /// Converts `rows` of a shape that [`renders_on_server`](Self::renders_on_server)
     /// is false for, without the connection (which may be busy reading them).
-    pub fn convert_plain(&self, rows: &[PgRow]) -> Result<Vec<pb::Row>, ValueError> {
-        let (converted, pending) = self.decode_rows(rows)?;
+    pub fn convert_plain<E: RowEncoder>(&self, rows: &[PgRow]) -> Result<Vec<E::Row>, ValueError> {
+        let (converted, pending) = self.decode_rows::<E>(rows)?;
         if pending.is_empty() {
             Ok(converted)
         } else {
@@ -168,22 +166,22 @@ impl ResultShape {
         }
     }
 
-    /// Wire rows with every cell decoded here, and the (row, column, oid,
+    /// Rows with every cell decoded here, and the (row, column, oid,
     /// binary value) of each non-null cell PostgreSQL must render (left
     /// NULL in the rows until then).
     #[allow(clippy::type_complexity)]
-    fn decode_rows(
+    fn decode_rows<E: RowEncoder>(
         &self,
         rows: &[PgRow],
-    ) -> Result<(Vec<pb::Row>, Vec<(usize, usize, u32, Vec<u8>)>), ValueError> {
-        let mut converted: Vec<pb::Row> = Vec::with_capacity(rows.len());
+    ) -> Result<(Vec<E::Row>, Vec<(usize, usize, u32, Vec<u8>)>), ValueError> {
+        let mut converted: Vec<E::Row> = Vec::with_capacity(rows.len());
         let mut pending: Vec<(usize, usize, u32, Vec<u8>)> = Vec::new();
         for (row_index, row) in rows.iter().enumerate() {
-            let mut cells = Vec::with_capacity(self.decodings.len());
+            let mut cells = E::row(self.decodings.len());
             for (column, decoding) in self.decodings.iter().enumerate() {
                 let value = row.try_get_raw(column)?;
                 if value.is_null() {
-                    cells.push(null_cell());
+                    E::push(&mut cells, Cell::Null);
                     continue;
                 }
                 if *decoding == Decoding::Formatted {
@@ -193,12 +191,12 @@ impl ResultShape {
                         type_oid(&value.type_info()),
                         value.as_bytes()?.to_vec(),
                     ));
-                    cells.push(null_cell()); // replaced by `convert`
+                    E::push(&mut cells, Cell::Null); // replaced by `convert`
                     continue;
                 }
-                cells.push(decode(*decoding, value)?);
+                E::push(&mut cells, decode(*decoding, value)?);
             }
-            converted.push(pb::Row { cells });
+            converted.push(cells);
         }
         Ok((converted, pending))
     }
@@ -219,14 +217,6 @@ fn type_oid(info: &PgTypeInfo) -> u32 {
     info.oid().map_or(0, |o| o.0)
 }
 
-fn null_cell() -> pb::Cell {
-    pb::Cell {
-        kind: Some(pb::cell::Kind::NullValue(
-            prost_types::NullValue::NullValue.into(),
-        )),
-    }
-}
-
 fn fixed<const N: usize>(bytes: &[u8], type_name: &'static str) -> Result<[u8; N], ValueError> {
     bytes.try_into().map_err(|_| ValueError::Malformed {
         type_name,
@@ -241,23 +231,22 @@ fn utf8(bytes: &[u8], type_name: &'static str) -> Result<String, ValueError> {
     })
 }
 
-fn decode(decoding: Decoding, value: PgValueRef<'_>) -> Result<pb::Cell, ValueError> {
-    use pb::cell::Kind;
+fn decode(decoding: Decoding, value: PgValueRef<'_>) -> Result<Cell, ValueError> {
     let bytes = value.as_bytes()?;
-    let kind = match decoding {
-        Decoding::Bool => Kind::BoolValue(fixed::<1>(bytes, "bool")?[0] != 0),
-        Decoding::Int2 => Kind::IntValue(i16::from_be_bytes(fixed(bytes, "int2")?).into()),
-        Decoding::Int4 => Kind::IntValue(i32::from_be_bytes(fixed(bytes, "int4")?).into()),
-        Decoding::Int8 => Kind::IntValue(i64::from_be_bytes(fixed(bytes, "int8")?)),
-        Decoding::Oid => Kind::IntValue(u32::from_be_bytes(fixed(bytes, "oid")?).into()),
-        Decoding::Float4 => Kind::DoubleValue(f32::from_be_bytes(fixed(bytes, "float4")?).into()),
-        Decoding::Float8 => Kind::DoubleValue(f64::from_be_bytes(fixed(bytes, "float8")?)),
-        Decoding::Text => Kind::TextValue(utf8(bytes, "text")?),
-        Decoding::Bytea => Kind::BytesValue(bytes.to_vec()),
-        Decoding::Json => Kind::JsonValue(utf8(bytes, "json")?),
+    let cell = match decoding {
+        Decoding::Bool => Cell::Bool(fixed::<1>(bytes, "bool")?[0] != 0),
+        Decoding::Int2 => Cell::Int(i16::from_be_bytes(fixed(bytes, "int2")?).into()),
+        Decoding::Int4 => Cell::Int(i32::from_be_bytes(fixed(bytes, "int4")?).into()),
+        Decoding::Int8 => Cell::Int(i64::from_be_bytes(fixed(bytes, "int8")?)),
+        Decoding::Oid => Cell::Int(u32::from_be_bytes(fixed(bytes, "oid")?).into()),
+        Decoding::Float4 => Cell::Double(f32::from_be_bytes(fixed(bytes, "float4")?).into()),
+        Decoding::Float8 => Cell::Double(f64::from_be_bytes(fixed(bytes, "float8")?)),
+        Decoding::Text => Cell::Text(utf8(bytes, "text")?),
+        Decoding::Bytea => Cell::Bytes(bytes.to_vec()),
+        Decoding::Json => Cell::Json(utf8(bytes, "json")?),
         Decoding::Jsonb => match bytes.split_first() {
             // jsonb's binary format: a version byte (1), then the text form.
-            Some((1, text)) => Kind::JsonValue(utf8(text, "jsonb")?),
+            Some((1, text)) => Cell::Json(utf8(text, "jsonb")?),
             _ => {
                 return Err(ValueError::Malformed {
                     type_name: "jsonb",
@@ -272,7 +261,7 @@ fn decode(decoding: Decoding, value: PgValueRef<'_>) -> Result<pb::Cell, ValueEr
             });
         }
     };
-    Ok(pb::Cell { kind: Some(kind) })
+    Ok(cell)
 }
 
 /// A binary value bound as a parameter of its own type (`None`: NULL).

@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_sqlcheck::StatementClass;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::plan::{ExecuteFields, Plan, Scope};
+use super::failure::TargetFailure;
+use super::plan::{ExecuteSpec, Plan, Scope};
 use super::run::{TargetEvent, TargetOutcome};
 use crate::audit::{
     Actor, Kind, NewExecution, RecordedError, RecordedFinding, RecordedOutcome, RecordedTarget,
@@ -54,12 +54,7 @@ pub fn recorded_target(target: &pgfleet_registry::Target) -> RecordedTarget {
 }
 
 /// The record of `plan` as requested by `identity`.
-pub fn new_execution(
-    fields: &ExecuteFields<'_>,
-    plan: &Plan,
-    identity: &Identity,
-    origin: Origin,
-) -> NewExecution {
+pub fn new_execution(fields: &ExecuteSpec, plan: &Plan, identity: &Identity, origin: Origin) -> NewExecution {
     let mut statement_classes: Vec<String> = Vec::new();
     for statement in &plan.statements {
         let name = class_name(statement.class);
@@ -77,12 +72,12 @@ pub fn new_execution(
         query: plan
             .redacted_query
             .clone()
-            .unwrap_or_else(|| fields.query.to_owned()),
+            .unwrap_or_else(|| fields.query.clone()),
         query_redacted: plan.redacted_query.is_some(),
         fingerprint: format!("{:016x}", plan.fingerprint),
         statement_classes,
-        database: fields.database.to_owned(),
-        pg_schema: fields.pg_schema.to_owned(),
+        database: fields.database.clone(),
+        pg_schema: fields.pg_schema.clone(),
         scope: match fields.scope {
             Scope::AllClouds => TargetScope::AllClouds,
             Scope::Cloud(_) => TargetScope::Cloud,
@@ -104,14 +99,11 @@ pub fn new_execution(
     }
 }
 
-/// A wire target error as recorded (SQLSTATE, detail, hint, position kept).
-pub fn recorded_error(error: &pb::TargetError) -> RecordedError {
+/// A target failure as recorded (SQLSTATE, detail, hint, position kept).
+pub fn recorded_error(error: &TargetFailure) -> RecordedError {
     let postgres = error.postgres.clone().unwrap_or_default();
     RecordedError {
-        code: pb::ErrorCode::try_from(error.code)
-            .unwrap_or(pb::ErrorCode::Unknown)
-            .as_str_name()
-            .to_owned(),
+        code: error.code.as_str().to_owned(),
         message: error.message.clone(),
         sqlstate: postgres.sqlstate,
         detail: postgres.detail,
@@ -149,11 +141,11 @@ impl TargetLog {
 /// Passes `upstream`'s events through unchanged (same bounded buffer, so
 /// flow control still reaches PostgreSQL) while noting each target's
 /// outcome, and closes `execution` when every target has ended.
-pub fn record(
+pub fn record<R: Send + 'static>(
     execution: RunningExecution,
     plan: Arc<Plan>,
-    mut upstream: mpsc::Receiver<(usize, TargetEvent)>,
-) -> mpsc::Receiver<(usize, TargetEvent)> {
+    mut upstream: mpsc::Receiver<(usize, TargetEvent<R>)>,
+) -> mpsc::Receiver<(usize, TargetEvent<R>)> {
     let (sender, downstream) = mpsc::channel(upstream.max_capacity());
     // In the caller's span: the record's closing write belongs to the call.
     tokio::spawn(tracing::Instrument::in_current_span(async move {

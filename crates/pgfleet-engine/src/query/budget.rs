@@ -1,6 +1,6 @@
 //! Byte budgets on results, checked row by row as rows arrive from
 //! PostgreSQL, so no caller can make the server hold more than the
-//! configuration allows (issue 13).
+//! configuration allows.
 //!
 //! Three limits: a row never weighs more than a batch; a target never holds
 //! more unsent rows than `hold_bytes`; a unary call's targets together never
@@ -10,8 +10,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pgfleet_proto::pgfleet::v1 as pb;
-use prost::Message as _;
 use sqlx::postgres::PgRow;
 use sqlx::{Row as _, ValueRef as _};
 
@@ -169,21 +167,20 @@ pub fn row_bytes(row: &PgRow) -> u64 {
     total
 }
 
-/// The exact size `row` adds to a repeated field of a message.
-pub fn encoded_row_bytes(row: &pb::Row) -> u64 {
-    let len = row.encoded_len();
-    // Field tag (one byte) + length prefix + the row.
-    (1 + prost::length_delimiter_len(len) + len) as u64
-}
-
-/// Splits `rows` into runs of at most `batch_bytes` encoded bytes and
-/// `batch_rows` rows each (a row larger than a batch alone in its run).
-pub fn split_by_bytes(rows: Vec<pb::Row>, batch_bytes: u64, batch_rows: usize) -> Vec<Vec<pb::Row>> {
+/// Splits `rows` into runs of at most `batch_bytes` bytes (as `size` counts
+/// them) and `batch_rows` rows each (a row larger than a batch alone in its
+/// run).
+pub fn split_by_bytes<R>(
+    rows: Vec<R>,
+    size: impl Fn(&R) -> u64,
+    batch_bytes: u64,
+    batch_rows: usize,
+) -> Vec<Vec<R>> {
     let mut batches = Vec::new();
-    let mut current: Vec<pb::Row> = Vec::new();
+    let mut current: Vec<R> = Vec::new();
     let mut current_bytes = 0_u64;
     for row in rows {
-        let bytes = encoded_row_bytes(&row);
+        let bytes = size(&row);
         if !current.is_empty() && (current_bytes + bytes > batch_bytes || current.len() >= batch_rows) {
             batches.push(std::mem::take(&mut current));
             current_bytes = 0;
@@ -201,12 +198,10 @@ pub fn split_by_bytes(rows: Vec<pb::Row>, batch_bytes: u64, batch_rows: usize) -
 mod tests {
     use super::*;
 
-    fn text_row(len: usize) -> pb::Row {
-        pb::Row {
-            cells: vec![pb::Cell {
-                kind: Some(pb::cell::Kind::TextValue("x".repeat(len))),
-            }],
-        }
+    use crate::query::encode::{Cell, CellRows, RowEncoder as _};
+
+    fn text_row(len: usize) -> Vec<Cell> {
+        vec![Cell::Text("x".repeat(len))]
     }
 
     #[test]
@@ -258,16 +253,11 @@ mod tests {
 
     #[test]
     fn batches_split_by_bytes_and_rows() {
-        let rows: Vec<pb::Row> = (0..10).map(|_| text_row(100)).collect();
-        let one = encoded_row_bytes(&rows[0]);
-        let batches = split_by_bytes(rows.clone(), one * 3, 100);
+        let rows: Vec<Vec<Cell>> = (0..10).map(|_| text_row(100)).collect();
+        let one = CellRows::encoded_len(&rows[0]);
+        let batches = split_by_bytes(rows.clone(), CellRows::encoded_len, one * 3, 100);
         assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
-        let batches = split_by_bytes(rows, one * 100, 4);
+        let batches = split_by_bytes(rows, CellRows::encoded_len, one * 100, 4);
         assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
-        let batch = pb::RowBatch {
-            rows: vec![text_row(100); 3],
-            ..Default::default()
-        };
-        assert!(batch.encoded_len() as u64 <= one * 3);
     }
 }

@@ -1,14 +1,11 @@
-//! Errors of the data-plane services (query, fleet): a request that cannot
-//! be served as a whole. Per-target failures are not errors of the call;
-//! they are reported in that target's result. Mapped to `tonic::Status` in
-//! [`crate::status`] only.
+//! Why a request cannot be served as a whole. Per-target failures are not
+//! errors of the call; they are reported in that target's outcome
+//! ([`crate::query::TargetFailure`]). The server maps each variant to one gRPC
+//! status code, in one place.
 
 use pgfleet_registry::RegistryError;
 
 use crate::audit::AuditError;
-use crate::replication::catalog::CatalogError;
-use crate::replication::copy::CopyError;
-use crate::replication::jobs::JobStoreError;
 
 /// Why a data-plane request was refused before or instead of running.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +70,7 @@ impl From<AuditError> for RequestError {
     fn from(error: AuditError) -> Self {
         match error {
             AuditError::TimedOut(_) => RequestError::Unavailable(format!("history store: {error}")),
-            AuditError::Store(error) => history_store_error(error),
+            AuditError::Store(error) => RequestError::history_store(error),
             AuditError::KeyRequired { .. }
             | AuditError::UnknownKey { .. }
             | AuditError::Unkeyed
@@ -83,57 +80,19 @@ impl From<AuditError> for RequestError {
     }
 }
 
-/// A failed history store statement: UNAVAILABLE when the store could not
-/// be reached, INTERNAL otherwise.
-fn history_store_error(error: sqlx::Error) -> RequestError {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => {
-            RequestError::Unavailable(format!("history store unavailable: {error}"))
-        }
-        other => RequestError::Internal(format!("history store: {other}")),
-    }
-}
-
-impl From<JobStoreError> for RequestError {
-    fn from(error: JobStoreError) -> Self {
+impl RequestError {
+    /// A failed history store statement: UNAVAILABLE when the store could not
+    /// be reached, INTERNAL otherwise.
+    pub fn history_store(error: sqlx::Error) -> RequestError {
         match error {
-            JobStoreError::NameTaken(_) => RequestError::AlreadyExists(error.to_string()),
-            JobStoreError::Conflict(_) => RequestError::Aborted(error.to_string()),
-            JobStoreError::Corrupt { .. } => RequestError::Internal(error.to_string()),
-            JobStoreError::Store(error) => history_store_error(error),
-        }
-    }
-}
-
-impl From<CatalogError> for RequestError {
-    fn from(error: CatalogError) -> Self {
-        match error {
-            CatalogError::Connect(error) => error.into(),
-            CatalogError::TimedOut(_) | CatalogError::ConnectionLost { .. } => {
-                RequestError::Unavailable(error.to_string())
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => {
+                RequestError::Unavailable(format!("history store unavailable: {error}"))
             }
-            CatalogError::Query { .. } => RequestError::Internal(error.to_string()),
-        }
-    }
-}
-
-/// A copy that cannot even start (the table cannot be planned); failures
-/// during a run are reported per target instead.
-impl From<CopyError> for RequestError {
-    fn from(error: CopyError) -> Self {
-        match error {
-            CopyError::Connect(error) => error.into(),
-            CopyError::Catalog(error) => error.into(),
-            CopyError::Unfit(message) => RequestError::FailedPrecondition(message),
-            CopyError::Cancelled => RequestError::Aborted(error.to_string()),
-            CopyError::Source { .. } | CopyError::Target { .. } => {
-                RequestError::Unavailable(error.to_string())
-            }
-            CopyError::Malformed(..) => RequestError::Internal(error.to_string()),
+            other => RequestError::Internal(format!("history store: {other}")),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 
 use pgfleet_registry::Target;
 
-use crate::auth::Session;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -76,6 +76,16 @@ pub enum Principal {
     },
 }
 
+/// A user's login session, as the session store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Hex SHA-256 of the token.
+    pub id: String,
+    pub user_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// The caller of one request, as established by the authentication layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -103,17 +113,6 @@ impl Identity {
             Principal::User { username, .. } => format!("user:{username}"),
             Principal::ApiKey { name, .. } => format!("api_key:{name}"),
         }
-    }
-
-    /// The identity the authentication layer attached to `request`.
-    ///
-    /// Missing only if a method was routed around the layer, which is a bug;
-    /// failing closed with UNAUTHENTICATED keeps it harmless.
-    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Identity, tonic::Status> {
-        request
-            .extensions()
-            .get::<Identity>()
-            .ok_or_else(|| tonic::Status::unauthenticated("authentication required"))
     }
 }
 

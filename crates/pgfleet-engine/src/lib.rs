@@ -1,0 +1,28 @@
+//! pgfleet's domain engine: what the services do, without the wire.
+//!
+//! - [`query`]: a SQL text checked into a [`query::Plan`] (targets, roles,
+//!   dangerous statements, budgets) and run on every target concurrently,
+//!   results out as [`query::TargetEvent`]s, rows encoded by the caller's
+//!   [`query::RowEncoder`] straight into its own row type.
+//! - [`audit`]: the write-ahead, tamper-evident audit trail.
+//! - [`identity`]: callers, roles, API-key target patterns.
+//! - [`advisory_locks`], [`history_store`]: pgfleet's own database.
+//! - [`Observer`]: what the engine reports as it works (target outcomes,
+//!   audit write latencies), for the server's metrics.
+//!
+//! Architecture invariant: this crate depends on neither tonic nor prost.
+//! Requests arrive as domain specs (the server's `TryFrom` of each wire
+//! request), failures leave as [`RequestError`] (one gRPC status each, mapped
+//! by the server) or as per-target [`query::TargetFailure`]s.
+
+pub mod advisory_locks;
+pub mod audit;
+pub mod digest;
+pub mod error;
+pub mod history_store;
+pub mod identity;
+mod observer;
+pub mod query;
+
+pub use error::RequestError;
+pub use observer::{AuditWrite, Observer};

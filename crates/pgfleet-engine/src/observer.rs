@@ -1,0 +1,47 @@
+//! What the engine reports while it works, for whoever keeps metrics.
+//!
+//! The engine never touches gauges or counters: it tells an [`Observer`]
+//! what happened, in domain terms, and the server's telemetry decides what
+//! to count. Every method has a no-op default; `()` observes nothing (tools
+//! and tests without metrics).
+
+use std::time::Duration;
+
+use pgfleet_registry::Target;
+
+use crate::query::TargetOutcome;
+
+/// The audit trail's writes, each timed on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditWrite {
+    /// The write-ahead insert and its chain link (before any target runs).
+    Open,
+    /// One target's outcome added to a running record.
+    Outcome,
+    /// The closing update and its chain link.
+    Close,
+}
+
+impl AuditWrite {
+    /// The name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditWrite::Open => "open",
+            AuditWrite::Outcome => "outcome",
+            AuditWrite::Close => "close",
+        }
+    }
+}
+
+/// Receives the engine's events. Called inline on the engine's tasks: keep
+/// implementations cheap and non-blocking.
+pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
+    /// A target of an execution ended (success or not).
+    fn target_finished(&self, _target: &Target, _outcome: &TargetOutcome) {}
+
+    /// A write to the audit trail ended after `elapsed`.
+    fn audit_write(&self, _write: AuditWrite, _succeeded: bool, _elapsed: Duration) {}
+}
+
+/// Reports nothing: for tools and tests without metrics.
+impl Observer for () {}
