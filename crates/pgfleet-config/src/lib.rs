@@ -32,9 +32,9 @@ pub use model::CorsConfig;
 pub use model::{AuditChainConfig, MIN_CHAIN_KEY_BYTES, MIN_RESULT_BYTES, RESPONSE_RESERVE_BYTES};
 pub use model::{
     AuditConfig, AuthConfig, CloudConfig, ConnectionConfig, DatabaseConfig, FleetConfig, HealthConfig,
-    HistoryStoreConfig, LogConfig, LogFormat, LogRotation, PoolConfig, QueryLimits, ReadPreference,
-    RedisConfig, ReplicaConfig, ReplicationConfig, RetryConfig, ServerConfig, SslMode, TelemetryConfig,
-    TlsConfig,
+    HistoryStoreConfig, LogConfig, LogFormat, LogRotation, MigrationsConfig, PoolConfig, QueryLimits,
+    ReadPreference, RedisConfig, ReplicaConfig, ReplicationConfig, RetryConfig, ServerConfig, SslMode,
+    TelemetryConfig, TlsConfig,
 };
 pub use overlay::PREFIX as OVERRIDE_PREFIX;
 pub use secret::{REDACTED, Secret};

@@ -51,6 +51,32 @@ pub struct FleetConfig {
     /// Distributed tracing: OpenTelemetry spans exported over OTLP/gRPC.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Where each fleet database's schema migrations are (`[[migrations]]`);
+    /// a database without an entry uses the set uploaded through the API.
+    #[serde(default)]
+    pub migrations: Vec<MigrationsConfig>,
+}
+
+/// The migration files of one fleet database (the `name` its clouds share).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationsConfig {
+    /// A configured database name (`clouds[].databases[].name`).
+    pub database: String,
+    /// Directory of `NNNN_name.sql` (and `NNNN_name.down.sql`) files, read
+    /// on every call (so added files count without a restart); a relative
+    /// path is relative to the working directory, like every path here.
+    pub dir: PathBuf,
+}
+
+impl FleetConfig {
+    /// The migrations directory of `database`, when one is configured.
+    pub fn migrations_dir(&self, database: &str) -> Option<&std::path::Path> {
+        self.migrations
+            .iter()
+            .find(|m| m.database == database)
+            .map(|m| m.dir.as_path())
+    }
 }
 
 /// Listen addresses, TLS and shutdown behaviour of the gRPC server.

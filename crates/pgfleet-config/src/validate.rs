@@ -11,6 +11,37 @@ use crate::model::{
 };
 use crate::path::ConfigPath;
 
+/// `[[migrations]]`: each names a configured database, once, and a directory.
+/// The directory's files are checked when a call reads them (they may change
+/// while the server runs), so a missing directory is not a problem here.
+fn check_migrations(problems: &mut Problems, path: &ConfigPath, config: &FleetConfig) {
+    let mut seen = HashSet::new();
+    for (index, entry) in config.migrations.iter().enumerate() {
+        let entry_path = path.index(index);
+        let configured = config
+            .clouds
+            .iter()
+            .any(|cloud| cloud.databases.iter().any(|db| db.name == entry.database));
+        if entry.database.is_empty() {
+            problems.add(&entry_path.key("database"), "must name a configured database");
+        } else if !configured {
+            problems.add(
+                &entry_path.key("database"),
+                format!("{:?} is not a database of any cloud", entry.database),
+            );
+        }
+        if !seen.insert(entry.database.as_str()) {
+            problems.add(
+                &entry_path.key("database"),
+                format!("{:?} has a migrations entry already", entry.database),
+            );
+        }
+        if entry.dir.as_os_str().is_empty() {
+            problems.add(&entry_path.key("dir"), "must name a directory");
+        }
+    }
+}
+
 /// Every problem in `config`, in file order; empty when it is valid.
 pub fn validate(config: &FleetConfig) -> Vec<Problem> {
     let mut problems = Problems::default();
@@ -80,6 +111,7 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
         }
     }
 
+    check_migrations(&mut problems, &root.key("migrations"), config);
     check_auth(&mut problems, &root.key("auth"), &config.auth);
     check_connection(&mut problems, &root.key("history"), &config.history.connection());
     check_pool(

@@ -13,6 +13,11 @@
 //!   ([`replication_job_key!`]). Being in the other space, they can never
 //!   meet a [`HistoryLock`], whatever the hash gives. Two jobs whose ids hash
 //!   alike (odds 2^-64 per pair) would only run one at a time.
+//! - [`MigrationLock`]: one per fleet database while its schema migrations
+//!   run (apply, rollback, repair), in the `bigint` space, keyed
+//!   `hashtextextended(database name, MIGRATION_DATABASE_SEED)`. A database
+//!   whose hash equals a job's (odds 2^-64) would only make the two wait
+//!   for each other.
 //! - sqlx's migrator (not ours): a `bigint` key derived from the database
 //!   name, shared by every replica on purpose. It shares the `bigint` space
 //!   with job locks only; a job whose hash equals it (odds 2^-64) would make
@@ -42,6 +47,77 @@ macro_rules! __replication_job_key {
     };
 }
 pub use __replication_job_key as replication_job_key;
+
+/// Seed of `hashtextextended` for [`MigrationLock`] keys; not the job seed,
+/// so a job id equal to a database name never shares a key.
+pub const MIGRATION_DATABASE_SEED: i64 = 0x006d_6967_7261_7465; // "migrate"
+
+/// The history-store lock of one fleet database's migrations, held for a
+/// whole apply, rollback or repair so that two pgfleet replicas (or a
+/// replica and `pgfleet migrations apply`) never interleave on it.
+///
+/// A session lock on a connection of its own, taken out of the pool: it
+/// stays held however long the rollout takes without holding a transaction
+/// open, and if the holder is dropped (or dies) the connection closes and
+/// PostgreSQL releases the lock; it never goes back to the pool held.
+#[derive(Debug)]
+pub struct MigrationLock {
+    connection: Option<PgConnection>,
+    database: String,
+}
+
+impl MigrationLock {
+    /// Takes the lock of `database`, polling for at most `wait`; `Ok(Err(waited))`
+    /// when another session held it all along.
+    pub async fn acquire(
+        pool: &sqlx::PgPool,
+        database: &str,
+        wait: std::time::Duration,
+    ) -> Result<Result<Self, std::time::Duration>, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let mut connection = pool.acquire().await?.detach();
+        let mut pause = std::time::Duration::from_millis(20);
+        loop {
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, $2))")
+                .bind(database)
+                .bind(MIGRATION_DATABASE_SEED)
+                .fetch_one(&mut connection)
+                .await?;
+            if locked {
+                return Ok(Ok(Self {
+                    connection: Some(connection),
+                    database: database.to_owned(),
+                }));
+            }
+            let waited = started.elapsed();
+            if waited >= wait {
+                return Ok(Err(waited));
+            }
+            tokio::time::sleep(pause.min(wait - waited)).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        }
+    }
+
+    /// Releases the lock and closes its connection (closing alone would do;
+    /// unlocking first frees it at once even if the close is slow).
+    pub async fn release(mut self) {
+        use sqlx::Connection as _;
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, $2))")
+            .bind(&self.database)
+            .bind(MIGRATION_DATABASE_SEED)
+            .execute(&mut connection)
+            .await;
+        if let Err(error) = unlocked {
+            tracing::debug!(%error, database = %self.database, "releasing the migration lock failed (the close releases it)");
+        }
+        if let Err(error) = connection.close().await {
+            tracing::debug!(%error, "closing the migration lock's connection failed");
+        }
+    }
+}
 
 /// pgfleet's fixed advisory locks (second key of the pair).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,5 +191,6 @@ mod tests {
     fn the_namespace_and_seed_spell_pgfleet() {
         assert_eq!(NAMESPACE.to_be_bytes(), *b"pgfl");
         assert_eq!(&REPLICATION_JOB_SEED.to_be_bytes()[1..], b"pgfleet");
+        assert_eq!(&MIGRATION_DATABASE_SEED.to_be_bytes()[1..], b"migrate");
     }
 }

@@ -6,6 +6,8 @@
 //!   [`query::RowEncoder`] straight into its own row type.
 //! - [`audit`]: the write-ahead, tamper-evident audit trail.
 //! - [`identity`]: callers, roles, API-key target patterns.
+//! - [`migrations`]: fleet schema migrations (pgfleet-migrate) on the
+//!   registry's targets, with their sets, locks and audit records.
 //! - [`advisory_locks`], [`history_store`]: pgfleet's own database.
 //! - [`Observer`]: what the engine reports as it works (target outcomes,
 //!   audit write latencies), for the server's metrics.
@@ -21,6 +23,7 @@ pub mod digest;
 pub mod error;
 pub mod history_store;
 pub mod identity;
+pub mod migrations;
 mod observer;
 pub mod query;
 

@@ -10,6 +10,7 @@ use pgfleet_config::{FleetConfig, LoadedConfig};
 use pgfleet_proto::pgfleet::v1::auth_service_server::AuthServiceServer;
 use pgfleet_proto::pgfleet::v1::fleet_service_server::FleetServiceServer;
 use pgfleet_proto::pgfleet::v1::history_service_server::HistoryServiceServer;
+use pgfleet_proto::pgfleet::v1::migration_service_server::MigrationServiceServer;
 use pgfleet_proto::pgfleet::v1::query_service_server::QueryServiceServer;
 use pgfleet_proto::pgfleet::v1::replication_service_server::ReplicationServiceServer;
 use pgfleet_registry::{HealthMonitor, Registry, Reloaded, Target};
@@ -25,12 +26,15 @@ use crate::edge::{
     self, ClientAddressLayer, QueryRateLimitLayer, ServerTls, TlsError, transport::MessageLimit,
 };
 use crate::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
-use crate::services::{AuthService, FleetService, HistoryService, QueryService, ReplicationService};
+use crate::services::{
+    AuthService, FleetService, HistoryService, MigrationService, QueryService, ReplicationService,
+};
 use crate::telemetry::Metrics;
 use crate::telemetry::exposition::MetricsListener;
 use crate::telemetry::rpc::RpcLayer;
 use pgfleet_engine::audit::{self, AuditLog};
 use pgfleet_engine::history_store::{self, HistoryStoreError};
+use pgfleet_engine::migrations::Migrations;
 
 /// Longest wait for the history store at start when migrations run.
 const STARTUP_STORE_WAIT: Duration = Duration::from_secs(30);
@@ -64,6 +68,8 @@ pub enum ServeError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot prepare the audit trail: {0}")]
     Audit(#[from] pgfleet_engine::audit::AuditError),
+    #[error("{0}")]
+    Migrations(pgfleet_engine::migrations::MigrationError),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -193,6 +199,9 @@ impl RunningServer {
         health_reporter
             .set_serving::<FleetServiceServer<FleetService>>()
             .await;
+        health_reporter
+            .set_serving::<MigrationServiceServer<MigrationService>>()
+            .await;
 
         // grpcurl and older clients still ask v1alpha; serve both, each
         // listing the other so either one shows the whole server.
@@ -260,6 +269,14 @@ impl RunningServer {
                     Arc::clone(&registry),
                     Arc::clone(&shared_config),
                 )),
+                limit
+            ))
+            .add_service(crate::sized!(
+                MigrationServiceServer::new(MigrationService::new(Migrations::new(
+                    Arc::clone(&registry),
+                    Arc::clone(&shared_config),
+                    Arc::clone(&audit),
+                ))),
                 limit
             ));
         let incoming = edge::transport::tcp_incoming(listener, &config.server);

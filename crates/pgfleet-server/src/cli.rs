@@ -1,4 +1,4 @@
-//! The command line: `pgfleet serve | migrate | check-config`.
+//! The command line: `pgfleet serve | migrate | check-config | user | migrations`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +41,10 @@ pub enum Command {
     /// Manage users without a running server (e.g. the first MASTER).
     #[command(subcommand)]
     User(UserCommand),
+    /// Fleet schema migrations against the configuration, without a server:
+    /// status, plan, apply (exit status 1 when behind, refused or failed).
+    #[command(subcommand)]
+    Migrations(crate::migrations_cli::MigrationsCommand),
 }
 
 /// `pgfleet user ...`
@@ -83,7 +87,7 @@ pub fn main() -> ExitCode {
             telemetry::init_stderr(cli.log_format);
             check_config(&cli)
         }
-        Command::Serve | Command::Migrate | Command::User(_) => {
+        Command::Serve | Command::Migrate | Command::User(_) | Command::Migrations(_) => {
             // The configuration says how to log, so it is read before any
             // logging; its own problems go to stderr.
             let Some(loaded) = load(&cli) else {
@@ -174,6 +178,14 @@ async fn run_async(cli: Cli, loaded: LoadedConfig) -> ExitCode {
             let email = email.clone().unwrap_or_else(|| format!("{username}@localhost"));
             create_user(&loaded, username, role, &email, name, if_not_exists).await
         }
+        Command::Migrations(command) => match crate::migrations_cli::run(&loaded, command).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                telemetry.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+            Err(error) => Err(error),
+        },
         Command::CheckConfig => Ok(()),
     };
     let code = match result {

@@ -1,5 +1,6 @@
 //! The pgfleet tonic server: one process serving `AuthService`,
-//! `QueryService`, `HistoryService`, `ReplicationService` and `FleetService`
+//! `QueryService`, `HistoryService`, `ReplicationService`, `FleetService` and
+//! `MigrationService`
 //! (package `pgfleet.v1`), plus `grpc.health.v1` and server reflection.
 //!
 //! `main.rs` only calls [`cli::main`]; tests drive the same code through
@@ -10,6 +11,7 @@ pub mod auth;
 pub mod browser;
 pub mod cli;
 pub mod edge;
+pub mod migrations_cli;
 pub mod replication;
 pub mod services;
 mod status;

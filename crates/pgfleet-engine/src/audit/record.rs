@@ -66,6 +66,12 @@ impl Status {
 pub enum Kind {
     Query,
     ReplicationRun,
+    /// A migration rollout (`MigrationService.ApplyMigrations`, `pgfleet migrations apply`).
+    MigrationApply,
+    /// The down file of the newest version, on each chosen target.
+    MigrationRollback,
+    /// A recorded checksum replaced by the file's.
+    MigrationRepair,
 }
 
 impl Kind {
@@ -73,6 +79,9 @@ impl Kind {
         match self {
             Kind::Query => "QUERY",
             Kind::ReplicationRun => "REPLICATION_RUN",
+            Kind::MigrationApply => "MIGRATION_APPLY",
+            Kind::MigrationRollback => "MIGRATION_ROLLBACK",
+            Kind::MigrationRepair => "MIGRATION_REPAIR",
         }
     }
 }

@@ -63,6 +63,15 @@ pub const RPC_ACCESS: &[(&str, Access)] = {
         ("/pgfleet.v1.ReplicationService/RunJob", AtLeast(Master)),
         ("/pgfleet.v1.ReplicationService/ReplicateTable", AtLeast(Master)),
         ("/pgfleet.v1.ReplicationService/GetStatus", AtLeast(Reader)),
+        // Schema changes are MASTER's; everyone may see where the fleet stands.
+        ("/pgfleet.v1.MigrationService/GetMigrationStatus", AtLeast(Reader)),
+        ("/pgfleet.v1.MigrationService/PlanMigrations", AtLeast(Reader)),
+        ("/pgfleet.v1.MigrationService/ApplyMigrations", AtLeast(Master)),
+        ("/pgfleet.v1.MigrationService/RollbackMigration", AtLeast(Master)),
+        ("/pgfleet.v1.MigrationService/RepairChecksum", AtLeast(Master)),
+        ("/pgfleet.v1.MigrationService/CheckSchemaDrift", AtLeast(Reader)),
+        ("/pgfleet.v1.MigrationService/UploadMigrationSet", AtLeast(Master)),
+        ("/pgfleet.v1.MigrationService/GetMigrationSet", AtLeast(Reader)),
         // Connection secrets are redacted for everyone but MASTER (fleet service).
         ("/pgfleet.v1.FleetService/GetConfiguration", AtLeast(Reader)),
         ("/pgfleet.v1.FleetService/GetHealth", AtLeast(Reader)),

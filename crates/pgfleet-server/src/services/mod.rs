@@ -15,12 +15,14 @@ mod auth;
 mod convert;
 mod fleet;
 mod history;
+mod migration;
 mod query;
 mod replication;
 
 pub use auth::AuthService;
 pub use fleet::FleetService;
 pub use history::HistoryService;
+pub use migration::MigrationService;
 pub use query::QueryService;
 pub use replication::ReplicationService;
 
