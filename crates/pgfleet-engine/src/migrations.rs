@@ -130,7 +130,7 @@ pub enum MigrationError {
         field: String,
         context: String,
         #[source]
-        source: SetError,
+        source: Box<SetError>,
     },
     #[error(
         "database {database:?} has no migration set: configure a [[migrations]] directory for it, or upload one (UploadMigrationSet)"
@@ -357,7 +357,7 @@ pub enum RolloutEvent {
     },
     TargetFinished {
         target: Target,
-        result: TargetApplyResult,
+        result: Box<TargetApplyResult>,
     },
     Finished {
         success: bool,
@@ -525,7 +525,7 @@ impl Migrations {
                 .map_err(|source| MigrationError::Set {
                     field: "scope.database".to_owned(),
                     context: format!("the migrations of {database:?} in {}", dir.display()),
-                    source,
+                    source: Box::new(source),
                 })?;
             return Ok(LoadedSet {
                 database: database.to_owned(),
@@ -553,7 +553,7 @@ impl Migrations {
         .map_err(|source| MigrationError::Set {
             field: "scope.database".to_owned(),
             context: format!("the uploaded migrations of {database:?}"),
-            source,
+            source: Box::new(source),
         })?;
         Ok(LoadedSet {
             database: database.to_owned(),
@@ -612,7 +612,7 @@ impl Migrations {
                 MigrationError::Set {
                     field: index.map_or_else(|| "files".to_owned(), |i| format!("files[{i}]")),
                     context: "the uploaded set".to_owned(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         let mut stored: Vec<StoredFile> = files
@@ -1034,7 +1034,7 @@ impl PreparedApply {
                     record.add_outcome(&outcome).await;
                     let _ = events.send(RolloutEvent::TargetFinished {
                         target: target.clone(),
-                        result: result.clone(),
+                        result: Box::new(result.clone()),
                     });
                     if result.success() {
                         Ok(outcome)
@@ -1065,10 +1065,10 @@ impl PreparedApply {
                     });
                     let _ = events.send(RolloutEvent::TargetFinished {
                         target: target.clone(),
-                        result: TargetApplyResult {
+                        result: Box::new(TargetApplyResult {
                             not_run: Some(reason),
                             ..TargetApplyResult::default()
-                        },
+                        }),
                     });
                     failed.push(target);
                 }

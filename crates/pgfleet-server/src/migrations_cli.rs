@@ -130,7 +130,7 @@ pub async fn run(loaded: &LoadedConfig, command: MigrationsCommand) -> Result<bo
             tracing::warn!(%error, "audit lease task failed");
         }
         registry.close().await;
-        Ok::<_, ServeError>(outcome?)
+        outcome
     }
     .await;
     history.close().await;

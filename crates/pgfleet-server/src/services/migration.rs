@@ -360,7 +360,7 @@ fn event_to_wire(event: RolloutEvent, files: &MigrationSet) -> pb::ApplyMigratio
             }
         }
         RolloutEvent::TargetFinished { target, result } => {
-            Event::TargetFinished(finished_to_wire(&target, result))
+            Event::TargetFinished(finished_to_wire(&target, *result))
         }
         RolloutEvent::Finished {
             success,
