@@ -717,3 +717,42 @@ fn result_budgets_default_validate_and_fit_the_message_limit() {
         assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
     }
 }
+
+#[test]
+fn migrations_directories_name_configured_databases_once() {
+    let valid = format!(
+        "{}[[migrations]]\ndatabase = 'app'\ndir = 'migrations/app'\n",
+        with_server("")
+    );
+    let loaded = load(&valid, FileFormat::Toml, &vars(&[])).expect("valid migrations entry");
+    assert_eq!(
+        loaded.config.migrations_dir("app"),
+        Some(Path::new("migrations/app"))
+    );
+    assert_eq!(loaded.config.migrations_dir("analytics"), None);
+
+    let invalid = format!(
+        "{}[[migrations]]\ndatabase = 'nope'\ndir = 'm'\n\
+         [[migrations]]\ndatabase = 'app'\ndir = ''\n\
+         [[migrations]]\ndatabase = 'app'\ndir = 'again'\n",
+        with_server("")
+    );
+    let shown = load(&invalid, FileFormat::Toml, &vars(&[]))
+        .expect_err("invalid migrations entries")
+        .to_string();
+    for expected in [
+        "migrations[0].database: \"nope\" is not a database of any cloud",
+        "migrations[1].dir: must name a directory",
+        "migrations[2].database: \"app\" has a migrations entry already",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
+    }
+    let typo = format!(
+        "{}[[migrations]]\ndatabase = 'app'\ndirectory = 'm'\n",
+        with_server("")
+    );
+    assert!(
+        load(&typo, FileFormat::Toml, &vars(&[])).is_err(),
+        "unknown keys are refused"
+    );
+}
