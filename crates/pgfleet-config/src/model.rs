@@ -816,7 +816,7 @@ pub struct LogConfig {
     /// `human` or `json`. `--log-format` (or `PGFLEET_LOG_FORMAT`) wins, so
     /// one command line can override a shared file.
     pub format: LogFormat,
-    /// A `tracing` filter (`info`, `warn,pgfleet_server=debug`).
+    /// A `tracing` filter (`info`, `warn,pgfleet_engine=debug`).
     /// `PGFLEET_LOG` (then `RUST_LOG`) wins when set.
     pub level: String,
     /// Directory of rotating log files (`pgfleet.<date>.log`); unset logs

@@ -5,6 +5,8 @@
 //!   results out as [`query::TargetEvent`]s, rows encoded by the caller's
 //!   [`query::RowEncoder`] straight into its own row type.
 //! - [`audit`]: the write-ahead, tamper-evident audit trail.
+//! - [`replication`]: table copies between targets, stored jobs, their
+//!   runs, locks and schedule.
 //! - [`identity`]: callers, roles, API-key target patterns.
 //! - [`advisory_locks`], [`history_store`]: pgfleet's own database.
 //! - [`Observer`]: what the engine reports as it works (target outcomes,
@@ -23,6 +25,7 @@ pub mod history_store;
 pub mod identity;
 mod observer;
 pub mod query;
+pub mod replication;
 
 pub use error::RequestError;
 pub use observer::{AuditWrite, Observer};

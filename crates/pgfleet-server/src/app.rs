@@ -24,13 +24,13 @@ use crate::browser::{BrowserAccess, BrowserConfigError};
 use crate::edge::{
     self, ClientAddressLayer, QueryRateLimitLayer, ServerTls, TlsError, transport::MessageLimit,
 };
-use crate::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 use crate::services::{AuthService, FleetService, HistoryService, QueryService, ReplicationService};
 use crate::telemetry::Metrics;
 use crate::telemetry::exposition::MetricsListener;
 use crate::telemetry::rpc::RpcLayer;
 use pgfleet_engine::audit::{self, AuditLog};
 use pgfleet_engine::history_store::{self, HistoryStoreError};
+use pgfleet_engine::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 
 /// Longest wait for the history store at start when migrations run.
 const STARTUP_STORE_WAIT: Duration = Duration::from_secs(30);
@@ -141,7 +141,7 @@ impl RunningServer {
             Arc::clone(&audit),
             Arc::clone(&shared_config),
             replication_shutdown.clone(),
-            metrics.clone(),
+            Arc::new(metrics.clone()),
         ));
         let scheduler = config.replication.scheduler.then(|| {
             replication::scheduler::spawn(
@@ -234,7 +234,7 @@ impl RunningServer {
                     Arc::clone(&registry),
                     Arc::clone(&shared_config),
                     Arc::clone(&audit),
-                    metrics,
+                    metrics.clone(),
                 )),
                 limit
             ))
@@ -252,6 +252,7 @@ impl RunningServer {
                     runner,
                     Arc::clone(&shared_config),
                     Arc::clone(&audit),
+                    metrics,
                 )),
                 limit
             ))

@@ -10,7 +10,6 @@ pub mod auth;
 pub mod browser;
 pub mod cli;
 pub mod edge;
-pub mod replication;
 pub mod services;
 mod status;
 pub mod telemetry;

@@ -562,7 +562,7 @@ async fn the_binary_writes_json_log_files_whose_call_lines_carry_the_request_id(
     std::fs::write(
         &config,
         format!(
-            "{}\n[log]\nformat = 'json'\nlevel = 'info,pgfleet_server=debug,sqlx=warn'\nfile = '{}'\nrotation = 'daily'\n",
+            "{}\n[log]\nformat = 'json'\nlevel = 'info,pgfleet_server=debug,pgfleet_engine=debug,sqlx=warn'\nfile = '{}'\nrotation = 'daily'\n",
             fleet.config_toml(""),
             logs.display()
         ),

@@ -4,9 +4,9 @@
 
 mod support;
 
+use pgfleet_engine::replication::jobs::{JobStore, JobStoreError};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
-use pgfleet_server::replication::jobs::{JobStore, JobStoreError};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 

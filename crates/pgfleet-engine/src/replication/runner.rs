@@ -18,15 +18,14 @@ use uuid::Uuid;
 use super::copy::{CopySettings, Start, TablePlan};
 use super::run::{self, JobLedger, RunEvent, RunPlan};
 use super::state::{JobLock, RunStore};
+use super::validate::{Fitting, RequestKind};
 use super::{Job, JobSpec, Mode, catalog, validate};
-use crate::telemetry::Metrics;
-use pgfleet_engine::RequestError;
-use pgfleet_engine::audit::{
-    Actor, AuditLog, Kind, NewExecution, RecordedError, RecordedTarget, TargetScope,
-};
-use pgfleet_engine::identity::Role;
-use pgfleet_engine::query::FailureCode;
-use pgfleet_engine::query::audited::Origin;
+use crate::Observer;
+use crate::RequestError;
+use crate::audit::{Actor, AuditLog, Kind, NewExecution, RecordedError, RecordedTarget, TargetScope};
+use crate::identity::Role;
+use crate::query::FailureCode;
+use crate::query::audited::Origin;
 
 /// Who starts a run, as the audit record names them.
 #[derive(Debug, Clone)]
@@ -61,7 +60,7 @@ pub struct JobRunner {
     /// boundary (its record is closed, its positions kept).
     shutdown: CancellationToken,
     /// Where the runs' copied rows are counted.
-    metrics: Metrics,
+    observer: Arc<dyn Observer>,
 }
 
 impl JobRunner {
@@ -71,7 +70,7 @@ impl JobRunner {
         audit: Arc<AuditLog>,
         config: Arc<FleetConfig>,
         shutdown: CancellationToken,
-        metrics: Metrics,
+        observer: Arc<dyn Observer>,
     ) -> Self {
         Self {
             registry,
@@ -79,13 +78,13 @@ impl JobRunner {
             audit,
             config,
             shutdown,
-            metrics,
+            observer,
         }
     }
 
-    /// The server's metrics (ReplicateTable and GetStatus use them too).
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+    /// Where runs report their progress (ReplicateTable's runs too).
+    pub fn observer(&self) -> &Arc<dyn Observer> {
+        &self.observer
     }
 
     pub fn runs(&self) -> &RunStore {
@@ -164,7 +163,7 @@ impl JobRunner {
             ..job.spec.clone()
         };
         let settings = copy_settings(&spec, &self.config);
-        let table_plans = plan_tables(&self.registry, &spec, &settings).await?;
+        let table_plans = plan_tables(&self.registry, &spec, &settings, RequestKind::Job).await?;
         let positions = self
             .runs
             .pairs(&[job.id])
@@ -242,7 +241,7 @@ impl JobRunner {
             open.started(),
             cancel,
             Some(ledger),
-            self.metrics.clone(),
+            Arc::clone(&self.observer),
         ))
     }
 }
@@ -266,13 +265,14 @@ pub async fn plan_tables(
     registry: &Registry,
     spec: &JobSpec,
     settings: &CopySettings,
+    request: RequestKind,
 ) -> Result<Vec<TablePlan>, RequestError> {
     let shapes = catalog::read_tables(registry, &spec.source, &spec.tables, settings.catalog_timeout).await?;
-    let source_only = JobSpec {
-        targets: Vec::new(),
-        ..spec.clone()
+    let source_only = Fitting {
+        targets: &[],
+        ..spec.fitting()
     };
-    validate::fit(&source_only, &shapes, &[])?;
+    validate::fit(source_only, &shapes, &[]).map_err(|error| error.in_request(request))?;
     shapes
         .into_iter()
         .map(|shape| {

@@ -142,7 +142,7 @@ impl JobField {
 
 // How replication's errors answer a request that cannot be served as a whole.
 
-use pgfleet_engine::RequestError;
+use crate::RequestError;
 
 use self::catalog::CatalogError;
 use self::copy::CopyError;

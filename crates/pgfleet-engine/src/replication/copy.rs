@@ -48,11 +48,11 @@ use sqlx::{Connection as _, PgConnection};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::Mode;
 use super::catalog::{self, CatalogError, TableShape};
 use super::sql::{self, KeyColumn, PageStart, SourceQuery, TargetStatements, count_rows, last_row_fields};
-use super::{JobSpec, Mode, validate};
-use pgfleet_engine::RequestError;
-use pgfleet_engine::query::{FailureCode, TargetFailure};
+use super::validate::{self, Fitting, Invalid, RequestKind};
+use crate::query::{FailureCode, TargetFailure};
 
 /// How a table is copied.
 #[derive(Debug, Clone)]
@@ -335,32 +335,25 @@ impl TablePlan {
     /// The target's table, checked against the source's as a job would be
     /// (same primary key, column names and types).
     fn check_target(&self, target: &Target, shape: Option<TableShape>) -> Result<TableShape, CopyError> {
-        let spec = JobSpec {
-            name: "copy".to_owned(),
-            source: self.source.clone(),
-            targets: vec![target.clone()],
-            tables: vec![self.shape.name.clone()],
-            sync_key: self.settings.sync_key.clone(),
-            interval: None,
-            enabled: false,
-            mode: self.settings.mode,
-            batch_size: self.settings.batch_size,
+        let fitting = Fitting {
+            source: &self.source,
+            targets: std::slice::from_ref(target),
+            tables: std::slice::from_ref(&self.shape.name),
+            sync_key: self.settings.sync_key.as_deref(),
             overlap: self.settings.overlap,
         };
         let shapes = [vec![shape.clone()]];
-        match (validate::fit(&spec, &[Some(self.shape.clone())], &shapes), shape) {
+        match (
+            validate::fit(fitting, &[Some(self.shape.clone())], &shapes),
+            shape,
+        ) {
             (Ok(_), Some(shape)) => Ok(shape),
             (Ok(_), None) => Err(CopyError::Unfit(format!(
                 "{} does not exist on {target}",
                 self.shape.name
             ))),
-            (Err(RequestError::FailedPrecondition(message)), _) => Err(CopyError::Unfit(
-                message
-                    .strip_prefix("the tables do not fit the job: ")
-                    .unwrap_or(&message)
-                    .to_owned(),
-            )),
-            (Err(other), _) => Err(CopyError::Unfit(other.to_string())),
+            (Err(Invalid::Unfit { problems }), _) => Err(CopyError::Unfit(problems.join("; "))),
+            (Err(other), _) => Err(CopyError::Unfit(other.in_request(RequestKind::Job).to_string())),
         }
     }
 

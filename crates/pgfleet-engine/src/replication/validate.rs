@@ -5,19 +5,152 @@
 //! and the sync key is a column of an orderable type). Mismatches are
 //! reported, never patched.
 //!
-//! Errors name the request field, e.g. `job.targets[1].cloud`: the job is
-//! the `job` field of both CreateJob and UpdateJob.
+//! Errors are typed ([`Invalid`]) and name the spec's field ([`FieldPath`]);
+//! the request that carried the spec decides how the field is spelled
+//! ([`RequestKind`]): `job.targets[1].cloud` in CreateJob and UpdateJob,
+//! `targets[1].cloud` and `table` in ReplicateTable.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use pgfleet_registry::{Registry, Target};
 
-use super::catalog::{self, TableShape};
+use super::catalog::{self, CatalogError, TableShape};
 use super::{
     JobSpec, MAX_BATCH_SIZE, MAX_NAME_CHARS, MAX_TABLES, MAX_TARGETS, MAX_WINDOW, MIN_INTERVAL, Mode,
 };
-use pgfleet_engine::RequestError;
+use crate::RequestError;
+
+/// Where in a [`JobSpec`] a problem is (field, index, part), whichever
+/// request carried the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldPath {
+    Name,
+    Source(Part),
+    Targets,
+    Target(usize, Part),
+    Tables,
+    Table(usize),
+    SyncKey,
+    Interval,
+    Overlap,
+    BatchSize,
+}
+
+/// Which part of a target field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Whole,
+    Cloud,
+    Database,
+}
+
+/// The request a spec came in, which decides how its fields are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// CreateJob and UpdateJob: the spec is their `job` field.
+    Job,
+    /// ReplicateTable: the fields at the top level, its one table `table`.
+    ReplicateTable,
+}
+
+impl FieldPath {
+    /// The field's path in `request` (`job.targets[1].cloud`, `table`).
+    pub fn path(self, request: RequestKind) -> String {
+        let part = |part: Part| match part {
+            Part::Whole => "",
+            Part::Cloud => ".cloud",
+            Part::Database => ".database",
+        };
+        let field = match self {
+            FieldPath::Name => "name".to_owned(),
+            FieldPath::Source(p) => format!("source{}", part(p)),
+            FieldPath::Targets => "targets".to_owned(),
+            FieldPath::Target(index, p) => format!("targets[{index}]{}", part(p)),
+            FieldPath::Tables if request == RequestKind::ReplicateTable => "table".to_owned(),
+            FieldPath::Tables => "tables".to_owned(),
+            FieldPath::Table(_) if request == RequestKind::ReplicateTable => "table".to_owned(),
+            FieldPath::Table(index) => format!("tables[{index}]"),
+            FieldPath::SyncKey => "sync_key".to_owned(),
+            FieldPath::Interval => "interval".to_owned(),
+            FieldPath::Overlap => "overlap".to_owned(),
+            FieldPath::BatchSize => "batch_size".to_owned(),
+        };
+        match request {
+            RequestKind::Job => format!("job.{field}"),
+            RequestKind::ReplicateTable => field,
+        }
+    }
+}
+
+/// Why a spec may not be stored or run.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// A field is wrong, on its own or against the catalogs.
+    #[error("{message}")]
+    Field { field: FieldPath, message: String },
+    /// A target names a cloud or database that is not configured.
+    #[error("{message}")]
+    Unknown { field: FieldPath, message: String },
+    /// The databases do not fit the spec: every table and target concerned.
+    #[error("{}", .problems.join("; "))]
+    Unfit { problems: Vec<String> },
+    /// A catalog could not be read.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+impl Invalid {
+    fn field(field: FieldPath, message: impl Into<String>) -> Self {
+        Invalid::Field {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The refusal of `request`: its field names, its wording.
+    pub fn in_request(self, request: RequestKind) -> RequestError {
+        match self {
+            Invalid::Field { field, message } => RequestError::invalid(field.path(request), message),
+            Invalid::Unknown { field, message } => {
+                RequestError::NotFound(format!("{}: {message}", field.path(request)))
+            }
+            Invalid::Unfit { problems } => RequestError::FailedPrecondition(format!(
+                "{}: {}",
+                match request {
+                    RequestKind::Job => "the tables do not fit the job",
+                    RequestKind::ReplicateTable => "the table cannot be copied",
+                },
+                problems.join("; ")
+            )),
+            Invalid::Catalog(error) => error.into(),
+        }
+    }
+}
+
+/// What [`fit`] checks a spec's tables against: the spec without what the
+/// catalogs do not decide (name, schedule, batch size).
+#[derive(Debug, Clone, Copy)]
+pub struct Fitting<'a> {
+    pub source: &'a Target,
+    pub targets: &'a [Target],
+    pub tables: &'a [String],
+    pub sync_key: Option<&'a str>,
+    pub overlap: Option<Duration>,
+}
+
+impl JobSpec {
+    /// What the catalogs must fit.
+    pub fn fitting(&self) -> Fitting<'_> {
+        Fitting {
+            source: &self.source,
+            targets: &self.targets,
+            tables: &self.tables,
+            sync_key: self.sync_key.as_deref(),
+            overlap: self.overlap,
+        }
+    }
+}
 
 /// PostgreSQL's identifier limit (NAMEDATALEN - 1): longer names are
 /// silently truncated by the server, so they would name another object.
@@ -121,56 +254,59 @@ pub fn parse_table_name(text: &str) -> Result<(String, String), String> {
 
 /// Checks what can be checked without a connection. Unknown clouds and
 /// databases are NOT_FOUND; everything else INVALID_ARGUMENT naming the field.
-pub fn check_fields(spec: &JobSpec, registry: &Registry) -> Result<(), RequestError> {
+pub fn check_fields(spec: &JobSpec, registry: &Registry) -> Result<(), Invalid> {
     check_name(&spec.name)?;
-    check_target(registry, &spec.source, "job.source")?;
+    check_target(registry, &spec.source, FieldPath::Source)?;
     if spec.targets.is_empty() {
-        return Err(RequestError::invalid(
-            "job.targets",
+        return Err(Invalid::field(
+            FieldPath::Targets,
             "at least one target is required",
         ));
     }
     if spec.targets.len() > MAX_TARGETS {
-        return Err(RequestError::invalid(
-            "job.targets",
+        return Err(Invalid::field(
+            FieldPath::Targets,
             format!("{} targets; at most {MAX_TARGETS}", spec.targets.len()),
         ));
     }
     let mut seen = HashSet::new();
     for (index, target) in spec.targets.iter().enumerate() {
-        let field = format!("job.targets[{index}]");
-        check_target(registry, target, &field)?;
+        let field = |part| FieldPath::Target(index, part);
+        check_target(registry, target, field)?;
         if *target == spec.source {
-            return Err(RequestError::invalid(
-                field,
+            return Err(Invalid::field(
+                field(Part::Whole),
                 format!("{target} is the source; a table cannot be copied onto itself"),
             ));
         }
         if !seen.insert(target) {
-            return Err(RequestError::invalid(field, format!("{target} is listed twice")));
+            return Err(Invalid::field(
+                field(Part::Whole),
+                format!("{target} is listed twice"),
+            ));
         }
     }
     check_tables(&spec.tables)?;
     match (&spec.sync_key, spec.mode) {
         (None, Mode::Incremental) => {
-            return Err(RequestError::invalid(
-                "job.sync_key",
+            return Err(Invalid::field(
+                FieldPath::SyncKey,
                 "required for REPLICATION_MODE_INCREMENTAL",
             ));
         }
         (Some(key), _) if key.len() > MAX_IDENTIFIER_BYTES => {
-            return Err(RequestError::invalid(
-                "job.sync_key",
+            return Err(Invalid::field(
+                FieldPath::SyncKey,
                 format!("longer than {MAX_IDENTIFIER_BYTES} bytes"),
             ));
         }
         _ => {}
     }
-    check_window(spec.interval, "job.interval", MIN_INTERVAL)?;
-    check_window(spec.overlap, "job.overlap", Duration::ZERO)?;
+    check_window(spec.interval, FieldPath::Interval, MIN_INTERVAL)?;
+    check_window(spec.overlap, FieldPath::Overlap, Duration::ZERO)?;
     if spec.batch_size == 0 || spec.batch_size > MAX_BATCH_SIZE {
-        return Err(RequestError::invalid(
-            "job.batch_size",
+        return Err(Invalid::field(
+            FieldPath::BatchSize,
             format!(
                 "{} is outside 1..={MAX_BATCH_SIZE} (0 for the default)",
                 spec.batch_size
@@ -180,8 +316,8 @@ pub fn check_fields(spec: &JobSpec, registry: &Registry) -> Result<(), RequestEr
     Ok(())
 }
 
-fn check_name(name: &str) -> Result<(), RequestError> {
-    let invalid = |why: String| RequestError::invalid("job.name", why);
+fn check_name(name: &str) -> Result<(), Invalid> {
+    let invalid = |why: String| Invalid::field(FieldPath::Name, why);
     let Some(first) = name.chars().next() else {
         return Err(invalid("required".to_owned()));
     };
@@ -203,49 +339,56 @@ fn check_name(name: &str) -> Result<(), RequestError> {
     Ok(())
 }
 
-/// A target named in the configuration; `field` is its request path.
-fn check_target(registry: &Registry, target: &Target, field: &str) -> Result<(), RequestError> {
+/// A target named in the configuration; `field` names its parts.
+fn check_target(
+    registry: &Registry,
+    target: &Target,
+    field: impl Fn(Part) -> FieldPath,
+) -> Result<(), Invalid> {
     if target.cloud.is_empty() {
-        return Err(RequestError::invalid(format!("{field}.cloud"), "required"));
+        return Err(Invalid::field(field(Part::Cloud), "required"));
     }
     if target.database.is_empty() {
-        return Err(RequestError::invalid(format!("{field}.database"), "required"));
+        return Err(Invalid::field(field(Part::Database), "required"));
     }
     if registry.database_config(target).is_some() {
         return Ok(());
     }
     let cloud_known = registry.targets().iter().any(|known| known.cloud == target.cloud);
-    Err(RequestError::NotFound(if cloud_known {
-        format!(
-            "{field}: no database {:?} in cloud {:?}",
-            target.database, target.cloud
-        )
-    } else {
-        format!("{field}: no cloud {:?}", target.cloud)
-    }))
+    Err(Invalid::Unknown {
+        field: field(Part::Whole),
+        message: if cloud_known {
+            format!("no database {:?} in cloud {:?}", target.database, target.cloud)
+        } else {
+            format!("no cloud {:?}", target.cloud)
+        },
+    })
 }
 
-fn check_tables(tables: &[String]) -> Result<(), RequestError> {
+fn check_tables(tables: &[String]) -> Result<(), Invalid> {
     if tables.is_empty() {
-        return Err(RequestError::invalid(
-            "job.tables",
+        return Err(Invalid::field(
+            FieldPath::Tables,
             "at least one table is required",
         ));
     }
     if tables.len() > MAX_TABLES {
-        return Err(RequestError::invalid(
-            "job.tables",
+        return Err(Invalid::field(
+            FieldPath::Tables,
             format!("{} tables; at most {MAX_TABLES}", tables.len()),
         ));
     }
     let mut seen = HashMap::new();
     for (index, table) in tables.iter().enumerate() {
-        let field = format!("job.tables[{index}]");
-        let parsed = parse_table_name(table).map_err(|why| RequestError::invalid(&field, why))?;
+        let field = FieldPath::Table(index);
+        let parsed = parse_table_name(table).map_err(|why| Invalid::field(field, why))?;
         if let Some(first) = seen.insert(parsed, index) {
-            return Err(RequestError::invalid(
+            return Err(Invalid::field(
                 field,
-                format!("names the same table as job.tables[{first}]"),
+                format!(
+                    "names the same table as {}",
+                    FieldPath::Table(first).path(RequestKind::Job)
+                ),
             ));
         }
     }
@@ -254,12 +397,12 @@ fn check_tables(tables: &[String]) -> Result<(), RequestError> {
 
 /// A schedule interval or overlap window: stored in whole milliseconds, so
 /// finer values are refused rather than silently rounded.
-fn check_window(value: Option<Duration>, field: &str, min: Duration) -> Result<(), RequestError> {
+fn check_window(value: Option<Duration>, field: FieldPath, min: Duration) -> Result<(), Invalid> {
     let Some(value) = value else {
         return Ok(());
     };
     if value < min {
-        return Err(RequestError::invalid(
+        return Err(Invalid::field(
             field,
             format!(
                 "{} is shorter than {}",
@@ -269,16 +412,13 @@ fn check_window(value: Option<Duration>, field: &str, min: Duration) -> Result<(
         ));
     }
     if value > MAX_WINDOW {
-        return Err(RequestError::invalid(
+        return Err(Invalid::field(
             field,
             format!("longer than {}", humantime::format_duration(MAX_WINDOW)),
         ));
     }
     if value.subsec_nanos() % 1_000_000 != 0 {
-        return Err(RequestError::invalid(
-            field,
-            "must be a whole number of milliseconds",
-        ));
+        return Err(Invalid::field(field, "must be a whole number of milliseconds"));
     }
     Ok(())
 }
@@ -291,7 +431,7 @@ pub async fn check_catalogs(
     registry: &Registry,
     spec: &JobSpec,
     timeout: Duration,
-) -> Result<Vec<String>, RequestError> {
+) -> Result<Vec<String>, Invalid> {
     let source = catalog::read_tables(registry, &spec.source, &spec.tables, timeout);
     let targets = futures::future::join_all(
         spec.targets
@@ -301,7 +441,7 @@ pub async fn check_catalogs(
     let (source, targets) = tokio::join!(source, targets);
     let source = source?;
     let targets = targets.into_iter().collect::<Result<Vec<_>, _>>()?;
-    fit(spec, &source, &targets)
+    fit(spec.fitting(), &source, &targets)
 }
 
 /// The decision of [`check_catalogs`] from the shapes read: `source[i]` and
@@ -310,16 +450,16 @@ pub async fn check_catalogs(
 /// overlap) are INVALID_ARGUMENT; problems of the databases are one
 /// FAILED_PRECONDITION listing every table and target concerned.
 pub fn fit(
-    spec: &JobSpec,
+    spec: Fitting<'_>,
     source: &[Option<TableShape>],
     targets: &[Vec<Option<TableShape>>],
-) -> Result<Vec<String>, RequestError> {
+) -> Result<Vec<String>, Invalid> {
     let mut problems = Vec::new();
     let mut sync_key_problems = Vec::new();
     let mut non_temporal_key = None;
     let mut canonical = Vec::with_capacity(spec.tables.len());
     let mut seen = HashMap::new();
-    let from = &spec.source;
+    let from = spec.source;
     for (index, table) in spec.tables.iter().enumerate() {
         let Some(shape) = source.get(index).and_then(Option::as_ref) else {
             problems.push(format!("{table} does not exist on {from} (the source)"));
@@ -327,9 +467,13 @@ pub fn fit(
             continue;
         };
         if let Some(first) = seen.insert(shape.name.clone(), index) {
-            return Err(RequestError::invalid(
-                format!("job.tables[{index}]"),
-                format!("names the same table as job.tables[{first}] ({})", shape.name),
+            return Err(Invalid::field(
+                FieldPath::Table(index),
+                format!(
+                    "names the same table as {} ({})",
+                    FieldPath::Table(first).path(RequestKind::Job),
+                    shape.name
+                ),
             ));
         }
         canonical.push(shape.name.clone());
@@ -343,7 +487,7 @@ pub fn fit(
         if shape.primary_key.is_empty() {
             problems.push(format!("{table} on {from} (the source) has no primary key"));
         }
-        if let Some(key) = &spec.sync_key {
+        if let Some(key) = spec.sync_key {
             match shape.column(key) {
                 None => sync_key_problems.push(format!("{table} on {from} has no column {key:?}")),
                 Some(column) => match sync_key_kind(column.base_type) {
@@ -372,8 +516,8 @@ pub fn fit(
         }
     }
     if !sync_key_problems.is_empty() {
-        return Err(RequestError::invalid(
-            "job.sync_key",
+        return Err(Invalid::field(
+            FieldPath::SyncKey,
             format!(
                 "{}; a sync key must be a column of type {SYNC_KEY_TYPES}",
                 sync_key_problems.join("; ")
@@ -381,16 +525,13 @@ pub fn fit(
         ));
     }
     if let (Some(_), Some(key)) = (spec.overlap, non_temporal_key) {
-        return Err(RequestError::invalid(
-            "job.overlap",
+        return Err(Invalid::field(
+            FieldPath::Overlap,
             format!("an overlap window needs a timestamp or date sync key, but {key}"),
         ));
     }
     if !problems.is_empty() {
-        return Err(RequestError::FailedPrecondition(format!(
-            "the tables do not fit the job: {}",
-            problems.join("; ")
-        )));
+        return Err(Invalid::Unfit { problems });
     }
     Ok(canonical)
 }
@@ -493,11 +634,12 @@ mod tests {
 
     #[test]
     fn windows_are_bounded_whole_milliseconds() {
-        assert!(check_window(None, "f", MIN_INTERVAL).is_ok());
-        assert!(check_window(Some(Duration::from_secs(60)), "f", MIN_INTERVAL).is_ok());
-        assert!(check_window(Some(Duration::from_millis(999)), "f", MIN_INTERVAL).is_err());
-        assert!(check_window(Some(Duration::from_micros(1_000_500)), "f", MIN_INTERVAL).is_err());
-        assert!(check_window(Some(MAX_WINDOW + Duration::from_secs(1)), "f", MIN_INTERVAL).is_err());
+        let f = FieldPath::Interval;
+        assert!(check_window(None, f, MIN_INTERVAL).is_ok());
+        assert!(check_window(Some(Duration::from_secs(60)), f, MIN_INTERVAL).is_ok());
+        assert!(check_window(Some(Duration::from_millis(999)), f, MIN_INTERVAL).is_err());
+        assert!(check_window(Some(Duration::from_micros(1_000_500)), f, MIN_INTERVAL).is_err());
+        assert!(check_window(Some(MAX_WINDOW + Duration::from_secs(1)), f, MIN_INTERVAL).is_err());
     }
 
     fn column(name: &str, type_name: &str, base_type: u32) -> Column {
@@ -533,6 +675,52 @@ mod tests {
         }
     }
 
+    /// [`fit`] as CreateJob reports it.
+    fn fit_job(
+        spec: &JobSpec,
+        source: &[Option<TableShape>],
+        targets: &[Vec<Option<TableShape>>],
+    ) -> Result<Vec<String>, RequestError> {
+        fit(spec.fitting(), source, targets).map_err(|error| error.in_request(RequestKind::Job))
+    }
+
+    #[test]
+    fn fields_are_named_as_each_request_names_them() {
+        let cases = [
+            (
+                FieldPath::Target(1, Part::Cloud),
+                "job.targets[1].cloud",
+                "targets[1].cloud",
+            ),
+            (FieldPath::Table(0), "job.tables[0]", "table"),
+            (FieldPath::Source(Part::Whole), "job.source", "source"),
+            (FieldPath::SyncKey, "job.sync_key", "sync_key"),
+        ];
+        for (field, job, one_shot) in cases {
+            assert_eq!(field.path(RequestKind::Job), job);
+            assert_eq!(field.path(RequestKind::ReplicateTable), one_shot);
+        }
+        let unfit = || Invalid::Unfit {
+            problems: vec!["public.t has no primary key".to_owned()],
+        };
+        assert_eq!(
+            unfit().in_request(RequestKind::Job).to_string(),
+            "the tables do not fit the job: public.t has no primary key"
+        );
+        assert_eq!(
+            unfit().in_request(RequestKind::ReplicateTable).to_string(),
+            "the table cannot be copied: public.t has no primary key"
+        );
+        let unknown = Invalid::Unknown {
+            field: FieldPath::Source(Part::Whole),
+            message: "no cloud \"x\"".to_owned(),
+        };
+        assert_eq!(
+            unknown.in_request(RequestKind::ReplicateTable).to_string(),
+            "source: no cloud \"x\""
+        );
+    }
+
     #[test]
     fn fit_reports_every_difference_and_checks_the_sync_key() {
         let source = shape(
@@ -553,7 +741,7 @@ mod tests {
             ],
             &[],
         );
-        let error = fit(
+        let error = fit_job(
             &spec(Some("updated_at"), None),
             &[Some(source.clone())],
             &[vec![Some(target)]],
@@ -573,7 +761,7 @@ mod tests {
 
         let same = [vec![Some(source.clone())]];
         assert_eq!(
-            fit(
+            fit_job(
                 &spec(Some("updated_at"), Some(Duration::from_secs(5))),
                 &[Some(source.clone())],
                 &same
@@ -581,7 +769,7 @@ mod tests {
             .ok(),
             Some(vec!["public.t".to_owned()])
         );
-        let wrong_type = fit(&spec(Some("note"), None), &[Some(source.clone())], &same)
+        let wrong_type = fit_job(&spec(Some("note"), None), &[Some(source.clone())], &same)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -589,7 +777,7 @@ mod tests {
             wrong_type.starts_with("job.sync_key: public.t.note is text"),
             "{wrong_type}"
         );
-        let overlap_on_integer = fit(
+        let overlap_on_integer = fit_job(
             &spec(Some("id"), Some(Duration::from_secs(5))),
             &[Some(source.clone())],
             &same,
@@ -601,7 +789,7 @@ mod tests {
             overlap_on_integer.starts_with("job.overlap:"),
             "{overlap_on_integer}"
         );
-        let missing = fit(&spec(None, None), &[None], &[vec![None]])
+        let missing = fit_job(&spec(None, None), &[None], &[vec![None]])
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::jobs::JobStore;
 use super::run::{RunEvent, RunOutcome};
 use super::runner::{JobRunner, RunBy};
-use pgfleet_engine::RequestError;
+use crate::RequestError;
 
 /// Starts the scheduler; it stops when `shutdown` fires, after its runs
 /// stopped at their batch boundaries (they watch the same token).

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::copy::Position;
-use pgfleet_engine::advisory_locks::{REPLICATION_JOB_SEED as LOCK_SEED, replication_job_key};
-use pgfleet_engine::audit::RecordedError;
+use crate::advisory_locks::{REPLICATION_JOB_SEED as LOCK_SEED, replication_job_key};
+use crate::audit::RecordedError;
 
 /// Longest wait for one bookkeeping statement of a run; a history store that
 /// slow only delays watermarks (the next run re-copies from the last saved).

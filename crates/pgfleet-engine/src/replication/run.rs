@@ -30,11 +30,10 @@ use uuid::Uuid;
 use super::Mode;
 use super::copy::{self, CopyUpdate, Progress, ProgressSink, Start, TableOutcome, TablePlan, TableResult};
 use super::state::{RunStore, StopReason, StoredOutcome};
-use crate::telemetry::Metrics;
-use crate::telemetry::metrics::ADHOC_REPLICATION;
-use pgfleet_engine::audit::{RecordedError, RecordedOutcome, RunningExecution};
-use pgfleet_engine::query::audited::{recorded_error, recorded_target};
-use pgfleet_engine::query::{FailureCode, TargetFailure};
+use crate::Observer;
+use crate::audit::{RecordedError, RecordedOutcome, RunningExecution};
+use crate::query::audited::{recorded_error, recorded_target};
+use crate::query::{FailureCode, TargetFailure};
 
 /// Events buffered between the copies, the recorder and the caller; small,
 /// so a slow caller holds the copies at their next batch.
@@ -204,14 +203,14 @@ impl JobLedger {
 
 /// Starts `plan` under its opened record and returns its events. The
 /// copies stop at their next batch boundary once `cancel` fires. A stored
-/// job's run passes its `ledger`. Committed rows are counted in `metrics`.
+/// job's run passes its `ledger`. Committed rows are reported to `observer`.
 pub fn start(
     registry: Arc<Registry>,
     plan: Arc<RunPlan>,
     execution: RunningExecution,
     cancel: CancellationToken,
     ledger: Option<JobLedger>,
-    metrics: Metrics,
+    observer: Arc<dyn Observer>,
 ) -> mpsc::Receiver<RunEvent> {
     let (copies, updates) = mpsc::channel(EVENT_BUFFER);
     for target_index in 0..plan.targets.len() {
@@ -244,18 +243,22 @@ pub fn start(
     }
     drop(copies);
     let (sender, events) = mpsc::channel(EVENT_BUFFER);
-    let rows = RowCounter::new(&plan, metrics);
+    let rows = RowCounter::new(&plan, observer);
     tokio::spawn(tracing::Instrument::in_current_span(record(
         plan, execution, updates, sender, cancel, ledger, rows,
     )));
     events
 }
 
-/// Counts committed rows in the metrics as the batches commit: progress
+/// The job name one-shot `ReplicateTable` copies are reported under
+/// (stored jobs use their id).
+pub const ADHOC_JOB: &str = "replicate_table";
+
+/// Reports committed rows to the observer as the batches commit: progress
 /// reports carry running totals per (table, target), the counter takes the
 /// difference.
 struct RowCounter {
-    metrics: Metrics,
+    observer: Arc<dyn Observer>,
     /// The `replication_job` label: the job's id, or one-shot copies'.
     job: String,
     targets: usize,
@@ -264,12 +267,12 @@ struct RowCounter {
 }
 
 impl RowCounter {
-    fn new(plan: &RunPlan, metrics: Metrics) -> Self {
+    fn new(plan: &RunPlan, observer: Arc<dyn Observer>) -> Self {
         Self {
-            metrics,
+            observer,
             job: plan
                 .job_id
-                .map_or_else(|| ADHOC_REPLICATION.to_owned(), |id| id.to_string()),
+                .map_or_else(|| ADHOC_JOB.to_owned(), |id| id.to_string()),
             targets: plan.targets.len(),
             counted: vec![0; plan.tables.len() * plan.targets.len()],
         }
@@ -282,7 +285,7 @@ impl RowCounter {
         let new = total.saturating_sub(*counted);
         *counted = (*counted).max(total);
         if new > 0 {
-            self.metrics.replication_rows(&self.job, table, target, new);
+            self.observer.replication_rows(&self.job, table, target, new);
         }
     }
 }
@@ -471,8 +474,8 @@ fn recorded_outcome(target: &Target, results: &[(String, TableResult)]) -> Recor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::query::PostgresError;
     use crate::replication::copy::Counters;
-    use pgfleet_engine::query::PostgresError;
 
     fn result(outcome: TableOutcome, written: u64) -> TableResult {
         TableResult {
