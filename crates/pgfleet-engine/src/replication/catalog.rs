@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use pgfleet_registry::{Registry, RegistryError, Route, Target, begin_read_only};
+use pgfleet_registry::{ReadOnlyError, Registry, RegistryError, Route, Target};
 use sqlx::PgConnection;
 use sqlx::postgres::types::Oid;
 
@@ -92,7 +92,9 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
-    fn from_query(target: &Target, error: sqlx::Error) -> Self {
+    /// A failed catalog statement, classified: timed out, connection lost,
+    /// or the query itself.
+    pub fn from_query(target: &Target, error: sqlx::Error) -> Self {
         let timed_out = matches!(&error, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"));
         let connection_lost = pgfleet_registry::is_transient(&error)
             || matches!(error, sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed)
@@ -148,23 +150,21 @@ pub async fn read_tables(
     tables: &[String],
     timeout: Duration,
 ) -> Result<Vec<Option<TableShape>>, CatalogError> {
-    let mut checkout = registry.acquire(target, Route::Write).await?;
-    match read(checkout.connection_mut(), tables, timeout).await {
-        Ok(shapes) => Ok(shapes),
-        Err(error) => {
-            // The connection's state is unknown after a failure.
-            checkout.connection.close_on_drop();
-            Err(CatalogError::from_query(target, error))
-        }
-    }
+    registry
+        .read_only(target, Route::Write, timeout, async |connection| {
+            read(connection, tables).await
+        })
+        .await
+        .map_err(|error| match error {
+            ReadOnlyError::Acquire(error) => CatalogError::Connect(error),
+            ReadOnlyError::Query(error) => CatalogError::from_query(target, error),
+        })
 }
 
 async fn read(
-    connection: &mut PgConnection,
+    transaction: &mut PgConnection,
     tables: &[String],
-    timeout: Duration,
 ) -> Result<Vec<Option<TableShape>>, sqlx::Error> {
-    let mut transaction = begin_read_only(connection, timeout).await?;
     let relations: Vec<RelationRow> = sqlx::query_as(concat!(
         "SELECT i.position, c.oid, ",
         // %I raises on NULL, which an unknown name yields.
@@ -204,7 +204,6 @@ async fn read(
     .bind(&oids)
     .fetch_all(&mut *transaction)
     .await?;
-    transaction.commit().await?;
 
     let mut columns_by_table: HashMap<u32, Vec<Column>> = HashMap::new();
     for row in columns {

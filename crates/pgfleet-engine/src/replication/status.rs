@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use pgfleet_registry::{Registry, RegistryError, Route, Target, begin_read_only};
+use pgfleet_registry::{ReadOnlyError, Registry, RegistryError, Route, Target};
 
 use super::catalog::TableShape;
 use super::sql::{self, KeyColumn};
@@ -126,20 +126,17 @@ async fn read<T>(
 where
     T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
 {
-    let mut checkout = registry.acquire(target, Route::Write).await?;
-    let result = async {
-        let mut transaction = begin_read_only(checkout.connection_mut(), timeout).await?;
-        let mut query = sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(statement)).persistent(false);
-        if let Some(watermarks) = watermarks {
-            query = query.bind(watermarks);
-        }
-        let rows = query.fetch_all(&mut *transaction).await?;
-        transaction.commit().await?;
-        Ok::<_, sqlx::Error>(rows)
-    }
-    .await;
-    if result.is_err() {
-        checkout.connection.close_on_drop();
-    }
-    Ok(result?)
+    registry
+        .read_only(target, Route::Write, timeout, async |connection| {
+            let mut query = sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(statement)).persistent(false);
+            if let Some(watermarks) = watermarks {
+                query = query.bind(watermarks);
+            }
+            query.fetch_all(&mut *connection).await
+        })
+        .await
+        .map_err(|error| match error {
+            ReadOnlyError::Acquire(error) => MeasureError::Connect(error),
+            ReadOnlyError::Query(error) => MeasureError::Query(error),
+        })
 }
