@@ -4,8 +4,6 @@
 //! stream limits, the per-identity query rate limit, and client addresses
 //! behind a trusted proxy.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,7 +21,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt as _;
 
-use support::{Fleet, bearer, run_grpcurl, run_sql, scalar, session_on};
+use crate::support::{self, Fleet, bearer, run_grpcurl, run_sql, scalar, session_on};
 
 fn query(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone())

@@ -1,7 +1,5 @@
 //! QueryService against real databases standing for clouds.
 
-mod support;
-
 use std::time::Duration;
 
 use pgfleet_proto::pgfleet::v1 as pb;
@@ -10,7 +8,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use support::{ProxiedCloud, bearer, session};
+use crate::support::{self, ProxiedCloud, bearer, session};
 
 fn client(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024)

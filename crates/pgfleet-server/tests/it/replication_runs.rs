@@ -3,8 +3,6 @@
 //! other "clouds", one of them behind a fault proxy to kill it mid-run.
 //! Copies are checked by ordered hashes of source and targets.
 
-mod support;
-
 use std::time::Duration;
 
 use pb::replication_event::Event;
@@ -12,7 +10,7 @@ use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use tonic::{Code, Status};
 
-use support::{
+use crate::support::{
     Fleet, ProxiedCloud, Session, bad_field, bearer, channel, count, database_hash, login, run_sql, session,
     table_hash, target,
 };

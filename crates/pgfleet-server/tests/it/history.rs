@@ -1,8 +1,6 @@
 //! HistoryService and the write-ahead audit trail, against the real history
 //! store and real target databases.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +19,9 @@ use tonic::Code;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use support::{Fleet, Session, bad_field, bearer, channel, fleet_database, login, run_sql, session};
+use crate::support::{
+    self, Fleet, Session, bad_field, bearer, channel, fleet_database, login, run_sql, session,
+};
 
 fn history(channel: &Channel) -> HistoryServiceClient<Channel> {
     HistoryServiceClient::new(channel.clone())

@@ -4,15 +4,13 @@
 //! server (42501); without a `reader_user`, or with a privileged one, READER
 //! executions are refused before any statement runs.
 
-mod support;
-
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_testkit::TestDatabase;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use support::{Fleet, bearer, session, session_on};
+use crate::support::{self, Fleet, bearer, session, session_on};
 
 fn client(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone())

@@ -2,8 +2,6 @@
 //! clouds, and in some tests a third one nobody listens for), called as
 //! users of each role and as API keys.
 
-mod support;
-
 use std::time::Duration;
 
 use pgfleet_proto::pgfleet::v1 as pb;
@@ -14,7 +12,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use support::{Fleet, api_key, auth_client, bearer, channel, login};
+use crate::support::{Fleet, api_key, auth_client, bearer, channel, login};
 
 /// Secrets configured on the unreachable cloud; no response may carry them.
 const SECRETS: [&str; 2] = ["sekrit-value", "reader-sekrit"];

@@ -1,7 +1,5 @@
 //! Shared test fixtures: a fleet of throwaway databases and a running server.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

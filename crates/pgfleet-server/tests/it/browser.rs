@@ -6,8 +6,6 @@
 //! back. Virtual time stands still while fetches are pending, so the dump
 //! comes after the page's calls however long they take.
 
-mod support;
-
 use std::convert::Infallible;
 use std::path::PathBuf;
 
@@ -18,10 +16,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use pgfleet_server::identity::Role;
-use support::Fleet;
 use tokio::net::TcpListener;
 
-const PAGE: &str = include_str!("web/grpc_web_page.html");
+use crate::support::Fleet;
+
+const PAGE: &str = include_str!("../web/grpc_web_page.html");
 
 /// Debian's Chromium: on PATH, or where the package puts it.
 fn chromium() -> PathBuf {

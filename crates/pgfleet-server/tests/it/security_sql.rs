@@ -5,8 +5,6 @@
 //! not on record, the parser off the async runtime, Validate's rate limit,
 //! ALTER SYSTEM redacted in the record.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use pgfleet_proto::pgfleet::v1 as pb;
@@ -17,7 +15,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use support::{Fleet, Session, bearer, login, run_sql, scalar, session, session_on};
+use crate::support::{Fleet, Session, bearer, login, run_sql, scalar, session, session_on};
 
 fn query(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone())
