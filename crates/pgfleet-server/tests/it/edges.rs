@@ -1,8 +1,8 @@
-//! The network edges (issue #7) against a real server: TLS and mTLS on the
-//! gRPC port with certificates made at test time (and swapped while it
-//! runs), TLS to real PostgreSQL servers in each `sslmode`, message and
-//! stream limits, the per-identity query rate limit, and client addresses
-//! behind a trusted proxy.
+//! The network edges against a real server: TLS and mTLS on the gRPC port
+//! with certificates made at test time (and swapped while it runs), TLS to
+//! real PostgreSQL servers in each `sslmode`, message and stream limits, the
+//! per-identity query rate limit, and client addresses behind a trusted
+//! proxy.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

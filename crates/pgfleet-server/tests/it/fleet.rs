@@ -748,7 +748,7 @@ async fn introspection_rejects_bad_requests_and_unknown_targets() -> anyhow::Res
     assert_eq!(status.code(), Code::NotFound);
 
     // A huge page size is refused with the field named, like every list
-    // call's (issue 13); the maximum itself is accepted.
+    // call's; the maximum itself is accepted.
     let status = client
         .list_tables(tables(target("aws", "app"), "", i32::MAX, ""))
         .await

@@ -1084,7 +1084,7 @@ async fn an_api_key_sees_only_what_it_ran() -> anyhow::Result<()> {
     Ok(())
 }
 
-// --- Limits on list calls (issue 13): no list answer is unbounded. ---
+// --- Limits on list calls: no list answer is unbounded. ---
 
 #[tokio::test(flavor = "multi_thread")]
 async fn list_calls_refuse_oversized_pages_offsets_and_filters_naming_the_field() -> anyhow::Result<()> {

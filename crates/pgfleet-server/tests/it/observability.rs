@@ -1,6 +1,6 @@
-//! Observability end to end (issue #7), with real servers, databases and
-//! clients: `/metrics` scraped over HTTP after real calls, and the JSON log
-//! file of the real `pgfleet` binary read after it stopped.
+//! Observability end to end, with real servers, databases and clients:
+//! `/metrics` scraped over HTTP after real calls, and the JSON log file of
+//! the real `pgfleet` binary read after it stopped.
 //! Trace export is tested in `tracing_export.rs`: its test installs the
 //! process-wide subscriber.
 

@@ -1220,7 +1220,7 @@ async fn readers_run_through_the_databases_read_only_login() -> anyhow::Result<(
     Ok(())
 }
 
-// --- Byte budgets (issue 13): no caller can make the server hold a result. ---
+// --- Byte budgets: no caller can make the server hold a result. ---
 
 /// A gigabyte of result: a thousand rows of a megabyte each.
 const GIGABYTE_QUERY: &str = "SELECT repeat('x', 1000000) AS wide FROM generate_series(1, 1000)";

@@ -164,7 +164,7 @@ fn pair<'a>(status: &'a pb::JobStatus, cloud: &str, database: &str) -> &'a pb::T
         .unwrap_or_else(|| panic!("no status for {cloud}/{database}: {status:?}"))
 }
 
-/// The acceptance run of issue #6: 1,000,000 rows copied to two targets
+/// Replication's acceptance run: 1,000,000 rows copied to two targets
 /// while one of them is killed mid-run; the other finishes; the next run
 /// completes the killed one from its saved position; incremental runs pick
 /// up inserts and updates; lag and row counts are reported exactly.

@@ -61,7 +61,8 @@ async fn readers_cannot_read_the_server_through_their_login() -> anyhow::Result<
         assert_eq!(sqlstates(&response), ["42501", "42501"], "{name}: {response:?}");
     }
     // Server files: refused by the classifier, or by PostgreSQL when a text
-    // gets past it (the EXPLAIN option trick of issue 13); never read.
+    // gets past it (e.g. a repeated EXPLAIN option, `EXPLAIN (ANALYZE false,
+    // ANALYZE)`, read otherwise than PostgreSQL reads it); never read.
     for query in [
         "SELECT pg_read_file('PG_VERSION')",
         "SELECT pg_ls_dir('.')",

@@ -1,6 +1,6 @@
-//! Statement classification and fail-closed execution (issue 13), through
-//! the real server against real PostgreSQL: EXPLAIN read by the statement
-//! it explains, option lists read as PostgreSQL reads them, large-object and
+//! Statement classification and fail-closed execution, through the real
+//! server against real PostgreSQL: EXPLAIN read by the statement it
+//! explains, option lists read as PostgreSQL reads them, large-object and
 //! other side-effect functions, the SET allow-list, READ ONLY for anything
 //! not on record, the parser off the async runtime, Validate's rate limit,
 //! ALTER SYSTEM redacted in the record.
