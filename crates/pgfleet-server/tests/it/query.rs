@@ -1045,6 +1045,46 @@ async fn positional_params_travel_separately_from_the_sql() -> anyhow::Result<()
     Ok(())
 }
 
+/// A NUL byte is refused with its position, shown once: Execute's message
+/// carries it, Validate's has it in its fields only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nul_byte_is_located_once() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let mut query = client(&s.channel);
+    let status = query
+        .execute(bearer(execute("SELECT 1\0", "app"), &s.reader))
+        .await
+        .expect_err("a NUL byte is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(status.message().contains("NUL byte"), "{}", status.message());
+    assert_eq!(
+        status.message().matches("line 1, column 9").count(),
+        1,
+        "{}",
+        status.message()
+    );
+
+    let answer = query
+        .validate(bearer(
+            pb::ValidateRequest {
+                query: "SELECT 1\0".to_owned(),
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    assert!(!answer.valid);
+    let error = answer.parse_error.expect("parse error");
+    assert_eq!(error.message, "the SQL text contains a NUL byte");
+    assert_eq!(
+        (error.line, error.column, error.byte_offset),
+        (1, 9, 8),
+        "{error:?}"
+    );
+    s.server.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_reports_positions_classes_and_findings_without_a_database() -> anyhow::Result<()> {
     let s = session("").await?;
