@@ -74,7 +74,7 @@ pub struct ServerConfig {
     /// Which browser origins may call the gRPC port (CORS, for grpc-web).
     pub cors: CorsConfig,
 
-    // Edge limits (issue #7): applied by the server's `edge` module.
+    // Edge limits: applied by the server's `edge` module.
     /// Largest gRPC message accepted or sent, in bytes, on every service.
     #[serde(deserialize_with = "lenient_u64")]
     pub max_message_bytes: u64,
@@ -807,7 +807,7 @@ impl Default for AuthConfig {
     }
 }
 
-// ---- observability (issue #7): [log] and [telemetry] ----
+// ---- observability: [log] and [telemetry] ----
 
 /// Log lines: where they go, in which format, how much.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -107,7 +107,7 @@ impl RunningServer {
             }
         };
         let authenticator = Authenticator::new(history.clone(), sessions, config.auth.clone()).await?;
-        // Observability (issue #7): one set of series per server.
+        // Observability: one set of series per server.
         let metrics = Metrics::new()?;
         // The chain key is read and the chain sealed under it before
         // anything can append (the maintenance task below does).

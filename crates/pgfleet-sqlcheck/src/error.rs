@@ -38,12 +38,13 @@ pub enum ParseError {
     #[error("{message} (line {}, column {})", cursor.line, cursor.column)]
     Refused { message: String, cursor: SourcePosition },
     /// The text holds a NUL byte, which PostgreSQL never accepts in a query.
-    #[error("the SQL text contains a NUL byte (line {}, column {})", cursor.line, cursor.column)]
+    #[error("{} (line {}, column {})", NUL_BYTE, cursor.line, cursor.column)]
     NulByte { cursor: SourcePosition },
     /// The statement nests expressions or subqueries deeper than the parser
     /// library can decode (about 47 chained operators such as `a || b || …`).
     #[error(
-        "the statement at line {}, column {} nests expressions or subqueries too deeply to be analysed; split it or use fewer chained operators",
+        "{} (in the statement at line {}, column {})",
+        TOO_DEEP,
         statement.line,
         statement.column
     )]
@@ -53,14 +54,24 @@ pub enum ParseError {
     Internal(String),
 }
 
+/// [`ParseError::NulByte`]'s message.
+const NUL_BYTE: &str = "the SQL text contains a NUL byte";
+/// [`ParseError::TooDeep`]'s message.
+const TOO_DEEP: &str = "the statement nests expressions or subqueries too deeply to be analysed; \
+                        split it or use fewer chained operators";
+
 impl ParseError {
-    /// PostgreSQL's message, or this crate's description for the other cases.
+    /// PostgreSQL's message, or this crate's description for the other
+    /// cases, without the position: callers that show one take it from
+    /// [`ParseError::position`] (`Display` appends it).
     pub fn message(&self) -> String {
         match self {
             ParseError::Syntax { message, .. }
             | ParseError::Rejected { message, .. }
             | ParseError::Refused { message, .. } => message.clone(),
-            other => other.to_string(),
+            ParseError::NulByte { .. } => NUL_BYTE.to_owned(),
+            ParseError::TooDeep { .. } => TOO_DEEP.to_owned(),
+            ParseError::Internal(_) => self.to_string(),
         }
     }
 

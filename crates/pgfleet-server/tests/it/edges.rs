@@ -1,10 +1,8 @@
-//! The network edges (issue #7) against a real server: TLS and mTLS on the
-//! gRPC port with certificates made at test time (and swapped while it
-//! runs), TLS to real PostgreSQL servers in each `sslmode`, message and
-//! stream limits, the per-identity query rate limit, and client addresses
-//! behind a trusted proxy.
-
-mod support;
+//! The network edges against a real server: TLS and mTLS on the gRPC port
+//! with certificates made at test time (and swapped while it runs), TLS to
+//! real PostgreSQL servers in each `sslmode`, message and stream limits, the
+//! per-identity query rate limit, and client addresses behind a trusted
+//! proxy.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,7 +21,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt as _;
 
-use support::{Fleet, bearer, run_grpcurl, run_sql, scalar, session_on};
+use crate::support::{self, Fleet, bearer, run_grpcurl, run_sql, scalar, session_on};
 
 fn query(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone())

@@ -1,8 +1,6 @@
 //! AuthService and the authentication gate, end to end against the real
 //! PostgreSQL (history store) and Redis (sessions).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -15,7 +13,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use support::{Fleet, api_key, auth_client, bearer, channel, login};
+use crate::support::{self, Fleet, api_key, auth_client, bearer, channel, login};
 
 /// Every `pgfleet.v1` method, from the descriptor set the server serves.
 fn every_method() -> Vec<String> {

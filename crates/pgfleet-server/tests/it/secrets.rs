@@ -2,14 +2,14 @@
 //! admin, then `serve` at debug level through a session of auth calls. The
 //! captured output must never contain a password, token, key or hash.
 
-mod support;
-
 use std::time::Duration;
 
 use pgfleet_proto::pgfleet::v1 as pb;
 use tokio::process::Command;
 
-use support::{Fleet, api_key, auth_client, bearer, child_output, login, send_signal, spawn_server_binary};
+use crate::support::{
+    Fleet, api_key, auth_client, bearer, child_output, login, send_signal, spawn_server_binary,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_of_a_whole_session_hold_no_secrets() -> anyhow::Result<()> {

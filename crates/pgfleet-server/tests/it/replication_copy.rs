@@ -2,15 +2,13 @@
 //! databases (aws and gcp, each with app and analytics), checked by ordered
 //! hashes of source and targets, and the run's record in the audit trail.
 
-mod support;
-
 use pb::replication_event::Event;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use tonic::{Code, Status};
 
-use support::{Session, bad_field, bearer, count, run_sql, scalar, session, table_hash, target};
+use crate::support::{Session, bad_field, bearer, count, run_sql, scalar, session, table_hash, target};
 
 fn client(s: &Session) -> ReplicationServiceClient<tonic::transport::Channel> {
     ReplicationServiceClient::new(s.channel.clone())

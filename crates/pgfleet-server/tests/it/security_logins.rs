@@ -4,15 +4,13 @@
 //! server (42501); without a `reader_user`, or with a privileged one, READER
 //! executions are refused before any statement runs.
 
-mod support;
-
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_testkit::TestDatabase;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use support::{Fleet, bearer, session, session_on};
+use crate::support::{self, Fleet, bearer, session, session_on};
 
 fn client(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone())
@@ -63,7 +61,8 @@ async fn readers_cannot_read_the_server_through_their_login() -> anyhow::Result<
         assert_eq!(sqlstates(&response), ["42501", "42501"], "{name}: {response:?}");
     }
     // Server files: refused by the classifier, or by PostgreSQL when a text
-    // gets past it (the EXPLAIN option trick of issue 13); never read.
+    // gets past it (e.g. a repeated EXPLAIN option, `EXPLAIN (ANALYZE false,
+    // ANALYZE)`, read otherwise than PostgreSQL reads it); never read.
     for query in [
         "SELECT pg_read_file('PG_VERSION')",
         "SELECT pg_ls_dir('.')",

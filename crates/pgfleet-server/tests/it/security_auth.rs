@@ -4,8 +4,6 @@
 //! owner, API keys end with their creator's MASTER standing, and refusals
 //! are logged and counted with who and from where (never a secret).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,7 +19,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use support::{Fleet, api_key, auth_client, bearer, channel, login, target};
+use crate::support::{self, Fleet, api_key, auth_client, bearer, channel, login, target};
 
 /// Where sessions and login counters live.
 #[derive(Debug, Clone, Copy)]

@@ -3,8 +3,6 @@
 //! other "clouds", one of them behind a fault proxy to kill it mid-run.
 //! Copies are checked by ordered hashes of source and targets.
 
-mod support;
-
 use std::time::Duration;
 
 use pb::replication_event::Event;
@@ -12,7 +10,7 @@ use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use tonic::{Code, Status};
 
-use support::{
+use crate::support::{
     Fleet, ProxiedCloud, Session, bad_field, bearer, channel, count, database_hash, login, run_sql, session,
     table_hash, target,
 };
@@ -166,7 +164,7 @@ fn pair<'a>(status: &'a pb::JobStatus, cloud: &str, database: &str) -> &'a pb::T
         .unwrap_or_else(|| panic!("no status for {cloud}/{database}: {status:?}"))
 }
 
-/// The acceptance run of issue #6: 1,000,000 rows copied to two targets
+/// Replication's acceptance run: 1,000,000 rows copied to two targets
 /// while one of them is killed mid-run; the other finishes; the next run
 /// completes the killed one from its saved position; incremental runs pick
 /// up inserts and updates; lag and row counts are reported exactly.

@@ -2,8 +2,6 @@
 //! clouds, and in some tests a third one nobody listens for), called as
 //! users of each role and as API keys.
 
-mod support;
-
 use std::time::Duration;
 
 use pgfleet_engine::identity::Role;
@@ -14,7 +12,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use support::{Fleet, api_key, auth_client, bearer, channel, login};
+use crate::support::{Fleet, api_key, auth_client, bearer, channel, login};
 
 /// Secrets configured on the unreachable cloud; no response may carry them.
 const SECRETS: [&str; 2] = ["sekrit-value", "reader-sekrit"];
@@ -750,7 +748,7 @@ async fn introspection_rejects_bad_requests_and_unknown_targets() -> anyhow::Res
     assert_eq!(status.code(), Code::NotFound);
 
     // A huge page size is refused with the field named, like every list
-    // call's (issue 13); the maximum itself is accepted.
+    // call's; the maximum itself is accepted.
     let status = client
         .list_tables(tables(target("aws", "app"), "", i32::MAX, ""))
         .await

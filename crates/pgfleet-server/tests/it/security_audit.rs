@@ -3,8 +3,6 @@
 //! checkpoints and VerifyChain's flags, through the real server and the
 //! real history store. The "attacks" are plain SQL on that store.
 
-mod support;
-
 use std::time::Duration;
 
 use pgfleet_engine::audit::checkpoint::Checkpoint;
@@ -23,8 +21,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use support::{
-    Fleet, Session, bad_field, bearer, child_output, login, run_sql, send_signal, session, session_on,
+use crate::support::{
+    self, Fleet, Session, bad_field, bearer, child_output, login, run_sql, send_signal, session, session_on,
     spawn_server_binary, test_chain_key,
 };
 

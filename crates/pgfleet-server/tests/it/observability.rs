@@ -1,10 +1,8 @@
-//! Observability end to end (issue #7), with real servers, databases and
-//! clients: `/metrics` scraped over HTTP after real calls, and the JSON log
-//! file of the real `pgfleet` binary read after it stopped.
-//! Trace export has its own test binary (`tracing_export.rs`): it installs
-//! the process-wide subscriber.
-
-mod support;
+//! Observability end to end, with real servers, databases and clients:
+//! `/metrics` scraped over HTTP after real calls, and the JSON log file of
+//! the real `pgfleet` binary read after it stopped.
+//! Trace export is tested in `tracing_export.rs`: its test installs the
+//! process-wide subscriber.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,7 +21,7 @@ use pgfleet_server::app::RunningServer;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-use support::{Fleet, bearer, channel, login, target};
+use crate::support::{Fleet, bearer, channel, login, target};
 
 /// One sample of the text exposition: name, labels, value.
 #[derive(Debug)]

@@ -1,7 +1,5 @@
 //! QueryService against real databases standing for clouds.
 
-mod support;
-
 use std::time::Duration;
 
 use pgfleet_proto::pgfleet::v1 as pb;
@@ -10,7 +8,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use support::{ProxiedCloud, bearer, session};
+use crate::support::{self, ProxiedCloud, bearer, session};
 
 fn client(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
@@ -1047,6 +1045,46 @@ async fn positional_params_travel_separately_from_the_sql() -> anyhow::Result<()
     Ok(())
 }
 
+/// A NUL byte is refused with its position, shown once: Execute's message
+/// carries it, Validate's has it in its fields only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nul_byte_is_located_once() -> anyhow::Result<()> {
+    let s = session("").await?;
+    let mut query = client(&s.channel);
+    let status = query
+        .execute(bearer(execute("SELECT 1\0", "app"), &s.reader))
+        .await
+        .expect_err("a NUL byte is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(status.message().contains("NUL byte"), "{}", status.message());
+    assert_eq!(
+        status.message().matches("line 1, column 9").count(),
+        1,
+        "{}",
+        status.message()
+    );
+
+    let answer = query
+        .validate(bearer(
+            pb::ValidateRequest {
+                query: "SELECT 1\0".to_owned(),
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    assert!(!answer.valid);
+    let error = answer.parse_error.expect("parse error");
+    assert_eq!(error.message, "the SQL text contains a NUL byte");
+    assert_eq!(
+        (error.line, error.column, error.byte_offset),
+        (1, 9, 8),
+        "{error:?}"
+    );
+    s.server.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn validate_reports_positions_classes_and_findings_without_a_database() -> anyhow::Result<()> {
     let s = session("").await?;
@@ -1222,7 +1260,7 @@ async fn readers_run_through_the_databases_read_only_login() -> anyhow::Result<(
     Ok(())
 }
 
-// --- Byte budgets (issue 13): no caller can make the server hold a result. ---
+// --- Byte budgets: no caller can make the server hold a result. ---
 
 /// A gigabyte of result: a thousand rows of a megabyte each.
 const GIGABYTE_QUERY: &str = "SELECT repeat('x', 1000000) AS wide FROM generate_series(1, 1000)";

@@ -1,6 +1,5 @@
 //! Shared test fixtures: a fleet of throwaway databases and a running server.
-
-#![allow(dead_code)] // each test binary uses a different subset
+//! The benchmarks (`benches/`) include this module too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,13 +47,27 @@ impl Fleet {
         for cloud in ["aws", "gcp"] {
             for name in ["app", "analytics"] {
                 let db = TestDatabase::create(&format!("srv_{cloud}_{name}")).await?;
-                db.grant_reader().await?;
-                databases.push((cloud.to_owned(), name.to_owned(), db));
+                databases.push((cloud, name, db));
             }
+        }
+        Self::with_databases(history, databases).await
+    }
+
+    /// A fleet of the caller's databases: `(cloud, logical name, database)`,
+    /// a cloud's databases next to each other. Each database grants the
+    /// testkit's reader login what it needs (see `reader_login`).
+    pub async fn with_databases(
+        history: TestDatabase,
+        databases: Vec<(&str, &str, TestDatabase)>,
+    ) -> anyhow::Result<Self> {
+        let mut owned = Vec::new();
+        for (cloud, name, db) in databases {
+            db.grant_reader().await?;
+            owned.push((cloud.to_owned(), name.to_owned(), db));
         }
         Ok(Self {
             history,
-            databases,
+            databases: owned,
             auth_toml: "bcrypt_cost = 4\nmin_password_length = 10\n".to_owned(),
             redis_url: Some(pgfleet_testkit::redis_url()),
             history_port: None,
@@ -157,6 +170,13 @@ impl Fleet {
             .await?;
         pool.close().await;
         Ok(password)
+    }
+
+    /// Creates `username` with `role` ([`Fleet::create_user`]) and logs it
+    /// in on `channel`; returns the session token.
+    pub async fn log_in(&self, channel: &Channel, username: &str, role: Role) -> anyhow::Result<String> {
+        let password = self.create_user(username, role).await?;
+        Ok(login(channel, username, &password).await?)
     }
 }
 
@@ -265,8 +285,7 @@ pub async fn session_on(fleet: Fleet, extra: &str) -> anyhow::Result<Session> {
         ("s-user", Role::User),
         ("s-reader", Role::Reader),
     ] {
-        let password = fleet.create_user(name, role).await?;
-        tokens.push(login(&channel, name, &password).await?);
+        tokens.push(fleet.log_in(&channel, name, role).await?);
     }
     let reader = tokens.pop().unwrap_or_default();
     let user = tokens.pop().unwrap_or_default();

@@ -2,15 +2,15 @@
 //! a fleet of real databases (aws and gcp, each with app and analytics)
 //! whose catalogs decide whether a job may be stored.
 
-mod support;
-
 use pgfleet_engine::replication::jobs::{JobStore, JobStoreError};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use support::{Session, api_key, auth_client, bad_field, bearer, fleet_database, run_sql, session, target};
+use crate::support::{
+    Session, api_key, auth_client, bad_field, bearer, fleet_database, run_sql, session, target,
+};
 
 /// The table every database of the fleet gets.
 const ORDERS: &str = "CREATE TABLE public.orders (

@@ -1,12 +1,11 @@
 //! The server shell end to end: a real server on real databases, reached
 //! with the real grpcurl binary, and the `pgfleet` binary's commands.
 
-mod support;
-
 use std::process::Command;
 
 use pgfleet_engine::identity::Role;
-use support::{Fleet, run_grpcurl};
+
+use crate::support::{Fleet, run_grpcurl};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpcurl_lists_every_service_and_health_is_serving() -> anyhow::Result<()> {

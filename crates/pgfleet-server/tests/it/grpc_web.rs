@@ -3,8 +3,6 @@
 //! HTTP/1.1 and HTTP/2, in binary and base64 text, and CORS preflights, all
 //! against a real server on real databases.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -20,9 +18,10 @@ use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_server::app::RunningServer;
 use prost::Message;
-use support::Fleet;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+use crate::support::{self, Fleet};
 
 /// The origin of the browser page the tests pretend to be.
 const PAGE: &str = "http://127.0.0.1:3000";

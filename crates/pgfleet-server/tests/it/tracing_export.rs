@@ -2,9 +2,8 @@
 //! `opentelemetry.proto.collector.trace.v1.TraceService/Export` receives
 //! what pgfleet's exporter sends for calls made with a W3C `traceparent`.
 //!
-//! One test in this binary: it installs the process-wide subscriber.
-
-mod support;
+//! Its one test installs the process-wide subscriber: nextest runs every
+//! test in a process of its own, so no other test's spans reach it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,7 +27,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use support::{Fleet, bearer, channel, login, target};
+use crate::support::{Fleet, bearer, channel, login, target};
 
 /// Keeps every export request it is sent.
 #[derive(Clone, Default)]

@@ -3,8 +3,6 @@
 //! requests while a query already running on it finishes, and a file that
 //! does not load changes nothing.
 
-mod support;
-
 use std::time::Duration;
 
 use pgfleet_engine::identity::Role;
@@ -15,7 +13,7 @@ use pgfleet_testkit::TestDatabase;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use support::{Fleet, bearer, child_output, login, send_signal, spawn_server_binary};
+use crate::support::{Fleet, bearer, child_output, login, send_signal, spawn_server_binary};
 
 fn on(cloud: &str, database: &str, query: &str) -> pb::ExecuteRequest {
     pb::ExecuteRequest {

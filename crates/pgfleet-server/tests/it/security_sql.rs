@@ -1,11 +1,9 @@
-//! Statement classification and fail-closed execution (issue 13), through
-//! the real server against real PostgreSQL: EXPLAIN read by the statement
-//! it explains, option lists read as PostgreSQL reads them, large-object and
+//! Statement classification and fail-closed execution, through the real
+//! server against real PostgreSQL: EXPLAIN read by the statement it
+//! explains, option lists read as PostgreSQL reads them, large-object and
 //! other side-effect functions, the SET allow-list, READ ONLY for anything
 //! not on record, the parser off the async runtime, Validate's rate limit,
 //! ALTER SYSTEM redacted in the record.
-
-mod support;
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +15,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use support::{Fleet, Session, bearer, login, run_sql, scalar, session, session_on};
+use crate::support::{Fleet, Session, bearer, login, run_sql, scalar, session, session_on};
 
 fn query(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone())

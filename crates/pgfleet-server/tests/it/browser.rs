@@ -1,12 +1,11 @@
-//! Issue #7's "done when": a page in headless Chromium (Debian's, installed
-//! by scripts/bootstrap) calls pgfleet through grpc-web from another origin
-//! and gets a result. The page (tests/web/grpc_web_page.html) logs in, runs
-//! `SELECT 1+1` with the bearer token, tries the same call without it, and
-//! writes what it got into the DOM; Chromium's `--dump-dom` hands the DOM
-//! back. Virtual time stands still while fetches are pending, so the dump
-//! comes after the page's calls however long they take.
-
-mod support;
+//! grpc-web from a real browser, end to end: a page in headless Chromium
+//! (Debian's, installed by scripts/bootstrap) calls pgfleet through
+//! grpc-web from another origin and gets a result. The page
+//! (tests/web/grpc_web_page.html) logs in, runs `SELECT 1+1` with the
+//! bearer token, tries the same call without it, and writes what it got
+//! into the DOM; Chromium's `--dump-dom` hands the DOM back. Virtual time
+//! stands still while fetches are pending, so the dump comes after the
+//! page's calls however long they take.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -18,10 +17,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use pgfleet_engine::identity::Role;
-use support::Fleet;
 use tokio::net::TcpListener;
 
-const PAGE: &str = include_str!("web/grpc_web_page.html");
+use crate::support::Fleet;
+
+const PAGE: &str = include_str!("../web/grpc_web_page.html");
 
 /// Debian's Chromium: on PATH, or where the package puts it.
 fn chromium() -> PathBuf {

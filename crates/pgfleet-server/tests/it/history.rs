@@ -1,8 +1,6 @@
 //! HistoryService and the write-ahead audit trail, against the real history
 //! store and real target databases.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +19,9 @@ use tonic::Code;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-use support::{Fleet, Session, bad_field, bearer, channel, fleet_database, login, run_sql, session};
+use crate::support::{
+    self, Fleet, Session, bad_field, bearer, channel, fleet_database, login, run_sql, session,
+};
 
 fn history(channel: &Channel) -> HistoryServiceClient<Channel> {
     HistoryServiceClient::new(channel.clone())
@@ -1084,7 +1084,7 @@ async fn an_api_key_sees_only_what_it_ran() -> anyhow::Result<()> {
     Ok(())
 }
 
-// --- Limits on list calls (issue 13): no list answer is unbounded. ---
+// --- Limits on list calls: no list answer is unbounded. ---
 
 #[tokio::test(flavor = "multi_thread")]
 async fn list_calls_refuse_oversized_pages_offsets_and_filters_naming_the_field() -> anyhow::Result<()> {
