@@ -100,7 +100,7 @@ pub struct ServerConfig {
     /// Which browser origins may call the gRPC port (CORS, for grpc-web).
     pub cors: CorsConfig,
 
-    // Edge limits (issue #7): applied by the server's `edge` module.
+    // Edge limits: applied by the server's `edge` module.
     /// Largest gRPC message accepted or sent, in bytes, on every service.
     #[serde(deserialize_with = "lenient_u64")]
     pub max_message_bytes: u64,
@@ -833,7 +833,7 @@ impl Default for AuthConfig {
     }
 }
 
-// ---- observability (issue #7): [log] and [telemetry] ----
+// ---- observability: [log] and [telemetry] ----
 
 /// Log lines: where they go, in which format, how much.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -842,7 +842,7 @@ pub struct LogConfig {
     /// `human` or `json`. `--log-format` (or `PGFLEET_LOG_FORMAT`) wins, so
     /// one command line can override a shared file.
     pub format: LogFormat,
-    /// A `tracing` filter (`info`, `warn,pgfleet_server=debug`).
+    /// A `tracing` filter (`info`, `warn,pgfleet_engine=debug`).
     /// `PGFLEET_LOG` (then `RUST_LOG`) wins when set.
     pub level: String,
     /// Directory of rotating log files (`pgfleet.<date>.log`); unset logs

@@ -496,7 +496,7 @@ fn exact_origin(origin: &str) -> Result<(), String> {
     }
     Ok(())
 }
-/// Transport limits, TLS reloading and the query rate limit (issue #7).
+/// Transport limits, TLS reloading and the query rate limit.
 fn check_edges(problems: &mut Problems, config: &FleetConfig) {
     let server = &config.server;
     let path = ConfigPath::root().key("server");

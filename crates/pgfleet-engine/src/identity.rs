@@ -48,6 +48,21 @@ impl fmt::Display for Role {
     }
 }
 
+/// A role as stored in a text column (users, API keys), for sqlx's
+/// `try_from = "String"`; the tables' CHECK constraints keep it valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredRole(pub Role);
+
+impl TryFrom<String> for StoredRole {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Role::parse(&value)
+            .map(StoredRole)
+            .ok_or_else(|| format!("unknown role {value:?}"))
+    }
+}
+
 /// A (cloud, database) pattern of an API key's allow-list; `*` matches any name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetPattern {

@@ -5,6 +5,8 @@
 //!   results out as [`query::TargetEvent`]s, rows encoded by the caller's
 //!   [`query::RowEncoder`] straight into its own row type.
 //! - [`audit`]: the write-ahead, tamper-evident audit trail.
+//! - [`replication`]: table copies between targets, stored jobs, their
+//!   runs, locks and schedule.
 //! - [`identity`]: callers, roles, API-key target patterns.
 //! - [`migrations`]: fleet schema migrations (pgfleet-migrate) on the
 //!   registry's targets, with their sets, locks and audit records.
@@ -26,6 +28,7 @@ pub mod identity;
 pub mod migrations;
 mod observer;
 pub mod query;
+pub mod replication;
 
 pub use error::RequestError;
 pub use observer::{AuditWrite, Observer};

@@ -41,6 +41,10 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
 
     /// A write to the audit trail ended after `elapsed`.
     fn audit_write(&self, _write: AuditWrite, _succeeded: bool, _elapsed: Duration) {}
+
+    /// A replication run committed `rows` more rows of `table` on `target`;
+    /// `job` is the job's id, or [`crate::replication::run::ADHOC_JOB`].
+    fn replication_rows(&self, _job: &str, _table: &str, _target: &Target, _rows: u64) {}
 }
 
 /// Reports nothing: for tools and tests without metrics.

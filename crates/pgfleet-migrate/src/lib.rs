@@ -1,7 +1,6 @@
 //! Versioned schema migrations rolled out to every copy of a fleet database:
-//! the domain logic of issue 15, without wire types (the server is the wire
-//! boundary: it maps these types to `MigrationService`, the audit trail and
-//! the CLI).
+//! the domain logic, without wire types (the server is the wire boundary: it
+//! maps these types to `MigrationService`, the audit trail and the CLI).
 //!
 //! - [`MigrationSet`]: `NNNN_name.sql` files (and optional `NNNN_name.down.sql`),
 //!   with their SHA-256 [`Checksum`], parsed and classified by pgfleet-sqlcheck

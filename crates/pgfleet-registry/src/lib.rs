@@ -24,6 +24,8 @@ pub use health::{HealthStatus, MemberHealth, error_category};
 pub use monitor::{HealthMonitor, probe_all};
 pub use pools::{Checkout, Registry, Reloaded, connect_options, pool_options};
 pub use privileges::{LoginPrivileges, READER_FORBIDDEN_ROLES, login_privileges};
-pub use read_only::{begin_bounded, begin_read_only, discard_session, statement_timeout_setting};
+pub use read_only::{
+    ReadOnlyError, begin_bounded, begin_read_only, discard_session, statement_timeout_setting,
+};
 pub use retry::{Backoff, is_transient};
 pub use target::{Member, Route, Target};

@@ -6,6 +6,48 @@ use std::time::Duration;
 
 use sqlx::{Connection as _, PgConnection, Postgres, Transaction};
 
+use crate::error::RegistryError;
+use crate::pools::Registry;
+use crate::target::{Route, Target};
+
+/// Why [`Registry::read_only`] has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadOnlyError {
+    /// No connection to the target.
+    #[error(transparent)]
+    Acquire(#[from] RegistryError),
+    /// The transaction or a statement in it failed.
+    #[error(transparent)]
+    Query(sqlx::Error),
+}
+
+impl Registry {
+    /// Runs `work` in a `READ ONLY` transaction on a connection to `target`
+    /// (chosen by `route`) whose statements stop after `statement_timeout`,
+    /// and commits. After any failure the connection is closed instead of
+    /// going back to its pool: its state is unknown.
+    pub async fn read_only<T>(
+        &self,
+        target: &Target,
+        route: Route,
+        statement_timeout: Duration,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, ReadOnlyError> {
+        let mut checkout = self.acquire(target, route).await?;
+        let result = async {
+            let mut transaction = begin_read_only(checkout.connection_mut(), statement_timeout).await?;
+            let value = work(&mut transaction).await?;
+            transaction.commit().await?;
+            Ok(value)
+        }
+        .await;
+        if result.is_err() {
+            checkout.connection.close_on_drop();
+        }
+        result.map_err(ReadOnlyError::Query)
+    }
+}
+
 /// Begins a transaction with `begin` (e.g. `"BEGIN"`, `"BEGIN READ ONLY"`)
 /// whose statements stop after `statement_timeout`, so a slow or locked
 /// target cannot hold the caller (and a pooled connection) forever.

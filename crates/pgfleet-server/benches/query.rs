@@ -28,6 +28,10 @@
 //! `PGFLEET_TEST_PG_URL` and `PGFLEET_TEST_REDIS_URL`. Its databases (`bench_*`) are
 //! dropped at the end.
 
+// The integration tests' harness: a fleet of throwaway databases, a running
+// server, logged-in users. A benchmark uses only part of it.
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 
 use std::hint::black_box;
@@ -45,9 +49,9 @@ use pgfleet_testkit::TestDatabase;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row as _};
 use tokio::runtime::Runtime;
-use tonic::Request;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
+
+use support::{Fleet, bearer};
 
 const TINY: &str = "SELECT 1";
 const WIDE: &str = "SELECT g, g::text, now() FROM generate_series(1, 10000) g";
@@ -64,8 +68,9 @@ struct Bench {
     aws: PgPool,
     /// Plain sqlx on cloud `gcp`, database `app`.
     gcp: PgPool,
-    /// History store first, then `aws` and `gcp`; dropped by [`Bench::stop`].
-    databases: Vec<TestDatabase>,
+    /// History store, `aws` and `gcp` (`app` each, the reader login granted);
+    /// dropped by [`Bench::stop`].
+    fleet: Fleet,
 }
 
 impl Bench {
@@ -73,21 +78,20 @@ impl Bench {
         let history = TestDatabase::create("bench_history").await?;
         let aws_app = TestDatabase::create("bench_aws_app").await?;
         let gcp_app = TestDatabase::create("bench_gcp_app").await?;
-        let support::Served {
-            server,
-            channel,
-            token,
-        } = support::serve(
-            &history,
-            &[("aws", &aws_app), ("gcp", &gcp_app)],
-            READER,
-            Role::Reader,
-        )
-        .await?;
-        let client = QueryServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
-
         let aws = aws_app.pool().await?;
         let gcp = gcp_app.pool().await?;
+        let fleet =
+            Fleet::with_databases(history, vec![("aws", "app", aws_app), ("gcp", "app", gcp_app)]).await?;
+        // Starting the server applies the history store's migrations: the user comes after.
+        let server = fleet.start("").await.context("starting the server")?;
+        let channel = support::channel(&server)
+            .await
+            .context("connecting to the server")?;
+        let token = fleet
+            .log_in(&channel, READER, Role::Reader)
+            .await
+            .context("logging in")?;
+        let client = QueryServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
         Ok(Self {
             server,
             channel,
@@ -95,7 +99,7 @@ impl Bench {
             token,
             aws,
             gcp,
-            databases: vec![history, aws_app, gcp_app],
+            fleet,
         })
     }
 
@@ -109,7 +113,11 @@ impl Bench {
         self.server.shutdown().await.context("stopping the server")?;
         self.aws.close().await;
         self.gcp.close().await;
-        for database in self.databases {
+        let Fleet {
+            history, databases, ..
+        } = self.fleet;
+        history.drop_now().await?;
+        for (_, _, database) in databases {
             database.drop_now().await?;
         }
         Ok(())
@@ -146,14 +154,6 @@ impl Bench {
         }
         black_box(response);
     }
-}
-
-/// `message` with `authorization: Bearer <token>`.
-fn bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = MetadataValue::try_from(format!("Bearer {token}")).expect("token is a valid header");
-    request.metadata_mut().insert("authorization", value);
-    request
 }
 
 fn aws() -> pb::execute_request::Scope {

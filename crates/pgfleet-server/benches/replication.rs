@@ -49,6 +49,10 @@
 //! Redis on 127.0.0.1:6379, or the servers named by `PGFLEET_TEST_PG_URL` and
 //! `PGFLEET_TEST_REDIS_URL`. Its databases (`bench_*`) are dropped at the end.
 
+// The integration tests' harness: a fleet of throwaway databases, a running
+// server, logged-in users. A benchmark uses only part of it.
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 
 use std::path::PathBuf;
@@ -64,9 +68,9 @@ use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceCl
 use pgfleet_server::app::RunningServer;
 use pgfleet_testkit::TestDatabase;
 use sqlx::{Connection as _, PgConnection};
-use tonic::Request;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
+
+use support::{Fleet, bearer, target};
 
 const MASTER: &str = "bench-master";
 const TABLE: &str = "public.bench_rows";
@@ -153,8 +157,8 @@ struct Bench {
     target_url: String,
     pg_dump: PathBuf,
     psql: PathBuf,
-    /// History store first, then source and target; dropped by [`Bench::stop`].
-    databases: Vec<TestDatabase>,
+    /// History store, source (`src`) and target (`dst`); dropped by [`Bench::stop`].
+    fleet: Fleet,
 }
 
 impl Bench {
@@ -191,17 +195,22 @@ impl Bench {
             started.elapsed().as_secs_f64()
         );
 
-        let support::Served {
-            server,
-            channel,
-            token,
-        } = support::serve(
-            &history,
-            &[("src", &source_db), ("dst", &target_db)],
-            MASTER,
-            Role::Master,
+        let source_url = source_db.url().to_owned();
+        let target_url = target_db.url().to_owned();
+        let fleet = Fleet::with_databases(
+            history,
+            vec![("src", "app", source_db), ("dst", "app", target_db)],
         )
         .await?;
+        // Starting the server applies the history store's migrations: the user comes after.
+        let server = fleet.start("").await.context("starting the server")?;
+        let channel = support::channel(&server)
+            .await
+            .context("connecting to the server")?;
+        let token = fleet
+            .log_in(&channel, MASTER, Role::Master)
+            .await
+            .context("logging in")?;
         let client = ReplicationServiceClient::new(channel.clone());
 
         Ok(Self {
@@ -213,11 +222,11 @@ impl Bench {
             source_hash,
             source,
             target,
-            source_url: source_db.url().to_owned(),
-            target_url: target_db.url().to_owned(),
+            source_url,
+            target_url,
             pg_dump,
             psql,
-            databases: vec![history, source_db, target_db],
+            fleet,
         })
     }
 
@@ -231,7 +240,11 @@ impl Bench {
         self.server.shutdown().await.context("stopping the server")?;
         self.source.close().await?;
         self.target.close().await?;
-        for database in self.databases {
+        let Fleet {
+            history, databases, ..
+        } = self.fleet;
+        history.drop_now().await?;
+        for (_, _, database) in databases {
             database.drop_now().await?;
         }
         Ok(())
@@ -444,21 +457,6 @@ async fn table_hash(connection: &mut PgConnection) -> anyhow::Result<String> {
         .execute(&mut *connection)
         .await?;
     Ok(sqlx::query_scalar(HASH).fetch_one(connection).await?)
-}
-
-/// `message` with `authorization: Bearer <token>`.
-fn bearer<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = MetadataValue::try_from(format!("Bearer {token}")).expect("token is a valid header");
-    request.metadata_mut().insert("authorization", value);
-    request
-}
-
-fn target(cloud: &str, database: &str) -> pb::Target {
-    pb::Target {
-        cloud: cloud.to_owned(),
-        database: database.to_owned(),
-    }
 }
 
 /// `name` from `PGFLEET_TEST_PG_BINDIR`, `PATH`, or the newest `/usr/lib/postgresql/*/bin`.

@@ -25,7 +25,6 @@ use crate::browser::{BrowserAccess, BrowserConfigError};
 use crate::edge::{
     self, ClientAddressLayer, QueryRateLimitLayer, ServerTls, TlsError, transport::MessageLimit,
 };
-use crate::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 use crate::services::{
     AuthService, FleetService, HistoryService, MigrationService, QueryService, ReplicationService,
 };
@@ -35,6 +34,7 @@ use crate::telemetry::rpc::RpcLayer;
 use pgfleet_engine::audit::{self, AuditLog};
 use pgfleet_engine::history_store::{self, HistoryStoreError};
 use pgfleet_engine::migrations::Migrations;
+use pgfleet_engine::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 
 /// Longest wait for the history store at start when migrations run.
 const STARTUP_STORE_WAIT: Duration = Duration::from_secs(30);
@@ -113,7 +113,7 @@ impl RunningServer {
             }
         };
         let authenticator = Authenticator::new(history.clone(), sessions, config.auth.clone()).await?;
-        // Observability (issue #7): one set of series per server.
+        // Observability: one set of series per server.
         let metrics = Metrics::new()?;
         // The chain key is read and the chain sealed under it before
         // anything can append (the maintenance task below does).
@@ -147,7 +147,7 @@ impl RunningServer {
             Arc::clone(&audit),
             Arc::clone(&shared_config),
             replication_shutdown.clone(),
-            metrics.clone(),
+            Arc::new(metrics.clone()),
         ));
         let scheduler = config.replication.scheduler.then(|| {
             replication::scheduler::spawn(
@@ -243,7 +243,7 @@ impl RunningServer {
                     Arc::clone(&registry),
                     Arc::clone(&shared_config),
                     Arc::clone(&audit),
-                    metrics,
+                    metrics.clone(),
                 )),
                 limit
             ))
@@ -261,6 +261,7 @@ impl RunningServer {
                     runner,
                     Arc::clone(&shared_config),
                     Arc::clone(&audit),
+                    metrics,
                 )),
                 limit
             ))

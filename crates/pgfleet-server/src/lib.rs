@@ -12,7 +12,6 @@ pub mod browser;
 pub mod cli;
 pub mod edge;
 pub mod migrations_cli;
-pub mod replication;
 pub mod services;
 mod status;
 pub mod telemetry;

@@ -16,11 +16,13 @@
 
 mod analysis;
 mod classify;
+mod cursor;
 mod engine;
 mod error;
 mod functions;
 mod options;
 mod position;
+mod scan;
 mod split;
 mod tree;
 

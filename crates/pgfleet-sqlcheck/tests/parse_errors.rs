@@ -197,6 +197,30 @@ fn nul_bytes_are_located() {
     }
 }
 
+/// The message leaves the position to `position()`: callers that show both
+/// (the server appends "(line L, column C)") showed it twice.
+#[test]
+fn messages_leave_the_position_to_the_position_field() {
+    let nul = parse("SELECT 1\0").expect_err("a NUL byte does not parse");
+    assert_eq!(nul.message(), "the SQL text contains a NUL byte");
+    let at = nul.position().expect("a NUL byte is located");
+    assert_eq!((at.line, at.column, at.offset), (1, 9, 8));
+    assert_eq!(
+        nul.to_string(),
+        "the SQL text contains a NUL byte (line 1, column 9)"
+    );
+
+    let deep = format!("SELECT 1;\nSELECT {}", vec!["a"; 200].join(" || "));
+    let deep = parse(&deep).expect_err("too deep");
+    assert!(
+        !deep.message().contains("line") && !deep.message().contains("column"),
+        "{}",
+        deep.message()
+    );
+    let at = deep.position().expect("the statement is located");
+    assert_eq!((at.line, at.column, at.offset), (2, 1, 10));
+}
+
 #[test]
 fn deep_nesting_is_an_error_not_a_crash() {
     let deep = format!("SELECT 1;\nSELECT {}", vec!["a"; 200].join(" || "));

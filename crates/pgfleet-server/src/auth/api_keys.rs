@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::AuthError;
 use super::credentials::ApiKeySecret;
-use super::users::StoredRole;
+use pgfleet_engine::identity::StoredRole;
 use pgfleet_engine::identity::{Role, TargetPattern};
 
 /// `last_used_at` is written at most this often per key, so a busy service

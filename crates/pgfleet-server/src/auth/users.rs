@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::AuthError;
 use super::api_keys::ApiKeyStore;
 use pgfleet_engine::advisory_locks::HistoryLock;
-use pgfleet_engine::identity::Role;
+use pgfleet_engine::identity::{Role, StoredRole};
 
 /// A stored user. `password_hash` never leaves the server.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -30,20 +30,6 @@ pub struct UserRecord {
     pub created_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
     pub password_changed_at: DateTime<Utc>,
-}
-
-/// A role column value; the CHECK constraint keeps it valid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredRole(pub Role);
-
-impl TryFrom<String> for StoredRole {
-    type Error = String;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Role::parse(&value)
-            .map(StoredRole)
-            .ok_or_else(|| format!("unknown role {value:?}"))
-    }
 }
 
 impl UserRecord {

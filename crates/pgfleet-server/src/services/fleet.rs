@@ -23,9 +23,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use pgfleet_config::{ConnectionConfig, DatabaseConfig, FleetConfig, ReadPreference};
+use pgfleet_engine::replication::catalog::CatalogError;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::fleet_service_server;
-use pgfleet_registry::{HealthStatus, Member, MemberHealth, Registry, Route, Target, begin_read_only};
+use pgfleet_registry::{HealthStatus, Member, MemberHealth, ReadOnlyError, Registry, Route, Target};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::types::Oid;
 use tonic::{Request, Response, Status};
@@ -241,42 +242,31 @@ impl fleet_service_server::FleetService for FleetService {
             None => None,
         };
 
-        let mut checkout = self
+        let timeout = self.config.query.default_timeout;
+        let read = self
             .registry
-            .acquire(&target, Route::Read)
-            .await
-            .map_err(RequestError::from)
-            .map_err(request_status)?;
-        let read = async {
-            let mut transaction =
-                begin_read_only(checkout.connection_mut(), self.config.query.default_timeout).await?;
-            let rows: Vec<(String, String)> = sqlx::query_as(concat!(
-                "SELECT n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text ",
-                "FROM pg_catalog.pg_namespace AS n ",
-                "WHERE ($1::name IS NULL OR n.nspname > $1::name) ",
-                // Temporary schemas of other sessions are system schemas too.
-                "AND ($2 OR n.nspname::text !~ ",
-                "'^(pg_catalog|information_schema|pg_toast|pg_temp_[0-9]+|pg_toast_temp_[0-9]+)$') ",
-                "ORDER BY n.nspname LIMIT $3"
-            ))
-            .bind(after)
-            .bind(message.include_system)
-            .bind(limit + 1)
-            .fetch_all(&mut *transaction)
-            .await?;
-            transaction.commit().await?;
-            Ok::<_, sqlx::Error>(rows)
-        }
-        .await;
+            .read_only(&target, Route::Read, timeout, async |transaction| {
+                let rows: Vec<(String, String)> = sqlx::query_as(concat!(
+                    "SELECT n.nspname::text, pg_catalog.pg_get_userbyid(n.nspowner)::text ",
+                    "FROM pg_catalog.pg_namespace AS n ",
+                    "WHERE ($1::name IS NULL OR n.nspname > $1::name) ",
+                    // Temporary schemas of other sessions are system schemas too.
+                    "AND ($2 OR n.nspname::text !~ ",
+                    "'^(pg_catalog|information_schema|pg_toast|pg_temp_[0-9]+|pg_toast_temp_[0-9]+)$') ",
+                    "ORDER BY n.nspname LIMIT $3"
+                ))
+                .bind(after)
+                .bind(message.include_system)
+                .bind(limit + 1)
+                .fetch_all(&mut *transaction)
+                .await?;
+                Ok(rows)
+            })
+            .await;
         let mut rows = match read {
             Ok(rows) => rows,
-            Err(error) => {
-                // The connection's state is unknown after a failure.
-                checkout.connection.close_on_drop();
-                return Err(request_status(catalog_error(&target, error)));
-            }
+            Err(error) => return Err(request_status(catalog_error(&target, error))),
         };
-        drop(checkout);
 
         let next_page_token = next_page(&mut rows, limit, |(name, _)| {
             PageToken::new(&target, None, name).encode()
@@ -337,43 +327,38 @@ impl fleet_service_server::FleetService for FleetService {
             None => None,
         };
 
-        let mut checkout = self
+        let timeout = self.config.query.default_timeout;
+        let read = self
             .registry
-            .acquire(&target, Route::Read)
-            .await
-            .map_err(RequestError::from)
-            .map_err(request_status)?;
-        let read = async {
-            let mut transaction =
-                begin_read_only(checkout.connection_mut(), self.config.query.default_timeout).await?;
-            let namespace: Option<Oid> =
-                sqlx::query_scalar("SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1::name")
-                    .bind(&schema)
-                    .fetch_optional(&mut *transaction)
-                    .await?;
-            let Some(namespace) = namespace else {
-                return Ok(None);
-            };
-            let tables: Vec<TableRow> = sqlx::query_as(concat!(
-                "SELECT c.oid, c.relname::text AS name, c.relkind::text AS kind, ",
-                // Never analyzed is -1 from PostgreSQL 14 on, 0 before.
-                "CASE WHEN c.reltuples < 0 THEN -1 ELSE c.reltuples::bigint END AS estimated_rows, ",
-                "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint AS k ",
-                "WHERE k.conrelid = c.oid AND k.contype = 'p') AS has_primary_key, ",
-                "COALESCE(pg_catalog.obj_description(c.oid, 'pg_class'), '') AS comment ",
-                "FROM pg_catalog.pg_class AS c ",
-                "WHERE c.relnamespace = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ",
-                "AND ($2::name IS NULL OR c.relname > $2::name) ",
-                "ORDER BY c.relname LIMIT $3"
-            ))
-            .bind(namespace)
-            .bind(&after)
-            .bind(limit + 1)
-            .fetch_all(&mut *transaction)
-            .await?;
-            let columns: Vec<ColumnRow> = if message.include_columns && !tables.is_empty() {
-                let oids: Vec<Oid> = tables.iter().map(|table| table.oid).collect();
-                sqlx::query_as(concat!(
+            .read_only(&target, Route::Read, timeout, async |transaction| {
+                let namespace: Option<Oid> =
+                    sqlx::query_scalar("SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $1::name")
+                        .bind(&schema)
+                        .fetch_optional(&mut *transaction)
+                        .await?;
+                let Some(namespace) = namespace else {
+                    return Ok(None);
+                };
+                let tables: Vec<TableRow> = sqlx::query_as(concat!(
+                    "SELECT c.oid, c.relname::text AS name, c.relkind::text AS kind, ",
+                    // Never analyzed is -1 from PostgreSQL 14 on, 0 before.
+                    "CASE WHEN c.reltuples < 0 THEN -1 ELSE c.reltuples::bigint END AS estimated_rows, ",
+                    "EXISTS (SELECT 1 FROM pg_catalog.pg_constraint AS k ",
+                    "WHERE k.conrelid = c.oid AND k.contype = 'p') AS has_primary_key, ",
+                    "COALESCE(pg_catalog.obj_description(c.oid, 'pg_class'), '') AS comment ",
+                    "FROM pg_catalog.pg_class AS c ",
+                    "WHERE c.relnamespace = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ",
+                    "AND ($2::name IS NULL OR c.relname > $2::name) ",
+                    "ORDER BY c.relname LIMIT $3"
+                ))
+                .bind(namespace)
+                .bind(&after)
+                .bind(limit + 1)
+                .fetch_all(&mut *transaction)
+                .await?;
+                let columns: Vec<ColumnRow> = if message.include_columns && !tables.is_empty() {
+                    let oids: Vec<Oid> = tables.iter().map(|table| table.oid).collect();
+                    sqlx::query_as(concat!(
                     "SELECT a.attrelid AS table_oid, a.attname::text AS name, ",
                     "pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name, ",
                     "a.atttypid AS type_oid, NOT a.attnotnull AS nullable, ",
@@ -391,13 +376,12 @@ impl fleet_service_server::FleetService for FleetService {
                 .bind(oids)
                 .fetch_all(&mut *transaction)
                 .await?
-            } else {
-                Vec::new()
-            };
-            transaction.commit().await?;
-            Ok::<_, sqlx::Error>(Some((tables, columns)))
-        }
-        .await;
+                } else {
+                    Vec::new()
+                };
+                Ok(Some((tables, columns)))
+            })
+            .await;
         let (mut tables, columns) = match read {
             Ok(Some(found)) => found,
             Ok(None) => {
@@ -405,13 +389,8 @@ impl fleet_service_server::FleetService for FleetService {
                     "no schema {schema:?} on {target}"
                 ))));
             }
-            Err(error) => {
-                // The connection's state is unknown after a failure.
-                checkout.connection.close_on_drop();
-                return Err(request_status(catalog_error(&target, error)));
-            }
+            Err(error) => return Err(request_status(catalog_error(&target, error))),
         };
-        drop(checkout);
 
         let next_page_token = next_page(&mut tables, limit, |table| {
             PageToken::new(&target, Some(&schema), &table.name).encode()
@@ -575,18 +554,10 @@ fn next_page<T>(rows: &mut Vec<T>, limit: i64, token_after: impl Fn(&T) -> Strin
 
 /// A failed catalog read: UNAVAILABLE (naming the target) when the target or
 /// the connection failed, INTERNAL (details logged only) otherwise.
-fn catalog_error(target: &Target, error: sqlx::Error) -> RequestError {
-    let timed_out = matches!(&error, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"));
-    if timed_out {
-        return RequestError::Unavailable(format!("{target}: the catalog query timed out"));
-    }
-    let connection_failed = pgfleet_registry::is_transient(&error)
-        || matches!(error, sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed)
-        || matches!(&error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("57P")));
-    if connection_failed {
-        RequestError::Unavailable(format!("{target}: reading the catalog failed: {error}"))
-    } else {
-        RequestError::Internal(format!("{target}: catalog query failed: {error}"))
+fn catalog_error(target: &Target, error: ReadOnlyError) -> RequestError {
+    match error {
+        ReadOnlyError::Acquire(error) => error.into(),
+        ReadOnlyError::Query(error) => CatalogError::from_query(target, error).into(),
     }
 }
 

@@ -112,16 +112,16 @@ impl FromWire<pb::ExecuteRequest> for ExecuteSpec {
             Some(Wire::Targets(list)) => Scope::Targets(convert::targets_from_wire(list.targets)),
             Some(Wire::AllClouds(_)) | None => Scope::AllClouds,
         };
-        Ok(ExecuteSpec {
+        execute_spec(WireExecute {
             query: request.query,
             database: request.database,
             scope,
             pg_schema: request.pg_schema,
-            timeout: timeout_from_wire(request.timeout.as_ref())?,
-            params: Vec::from_wire(request.params)?,
+            timeout: request.timeout,
+            params: request.params,
             confirm_dangerous: request.confirm_dangerous,
             read_only: request.read_only,
-            ..ExecuteSpec::default()
+            batch_size: 0,
         })
     }
 }
@@ -134,27 +134,51 @@ impl FromWire<pb::ExecuteStreamRequest> for ExecuteSpec {
             Some(Wire::Targets(list)) => Scope::Targets(convert::targets_from_wire(list.targets)),
             Some(Wire::AllClouds(_)) | None => Scope::AllClouds,
         };
-        Ok(ExecuteSpec {
+        execute_spec(WireExecute {
             query: request.query,
             database: request.database,
             scope,
             pg_schema: request.pg_schema,
-            timeout: timeout_from_wire(request.timeout.as_ref())?,
-            params: Vec::from_wire(request.params)?,
+            timeout: request.timeout,
+            params: request.params,
             confirm_dangerous: request.confirm_dangerous,
             read_only: request.read_only,
             batch_size: request.batch_size,
-            ..ExecuteSpec::default()
         })
     }
 }
 
-fn timeout_from_wire(
-    timeout: Option<&prost_types::Duration>,
-) -> Result<Option<std::time::Duration>, RequestError> {
-    timeout
-        .map(|timeout| convert::duration_from_wire(timeout, "timeout"))
-        .transpose()
+/// The fields `ExecuteRequest` and `ExecuteStreamRequest` share, moved out
+/// of either (their scope oneofs are distinct generated types, converted
+/// first).
+struct WireExecute {
+    query: String,
+    database: String,
+    scope: Scope,
+    pg_schema: String,
+    timeout: Option<prost_types::Duration>,
+    params: Vec<pb::QueryParam>,
+    confirm_dangerous: bool,
+    read_only: bool,
+    batch_size: u32,
+}
+
+fn execute_spec(wire: WireExecute) -> Result<ExecuteSpec, RequestError> {
+    Ok(ExecuteSpec {
+        query: wire.query,
+        database: wire.database,
+        scope: wire.scope,
+        pg_schema: wire.pg_schema,
+        timeout: wire
+            .timeout
+            .map(|timeout| convert::duration_from_wire(&timeout, "timeout"))
+            .transpose()?,
+        params: Vec::from_wire(wire.params)?,
+        confirm_dangerous: wire.confirm_dangerous,
+        read_only: wire.read_only,
+        batch_size: wire.batch_size,
+        ..ExecuteSpec::default()
+    })
 }
 
 fn outcome_into_result(

@@ -1,7 +1,7 @@
 //! `pgfleet.v1.ReplicationService`: replication jobs (create, read, list,
 //! update, delete), their runs (RunJob, through [`JobRunner`]) and status,
 //! and one-shot table copies (ReplicateTable), converted between wire and
-//! [`crate::replication`] types here.
+//! [`pgfleet_engine::replication`] types here.
 //!
 //! API keys (never MASTER, so read-only here) see only jobs whose source and
 //! targets are all in their allow-list; other jobs do not exist for them.
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::status::request_status;
+use crate::telemetry::Metrics;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pgfleet_config::FleetConfig;
@@ -27,16 +28,17 @@ use uuid::Uuid;
 
 use super::ResponseStream;
 use super::convert;
-use crate::replication::copy::{Start, TableOutcome};
-use crate::replication::jobs::JobStore;
-use crate::replication::run::{self, RunEvent, RunOutcome, RunPlan};
-use crate::replication::runner::{self, JobRunner, RunBy, copy_settings, plan_tables};
-use crate::replication::state::{JobState, PairState, RunStore, StoredOutcome};
-use crate::replication::status::{self, SourceMeasure};
-use crate::replication::{DEFAULT_BATCH_SIZE, Job, JobField, JobSpec, Mode, catalog, validate};
 use pgfleet_engine::RequestError;
 use pgfleet_engine::audit::{Actor, AuditLog};
 use pgfleet_engine::identity::{Identity, Principal};
+use pgfleet_engine::replication::copy::{Start, TableOutcome};
+use pgfleet_engine::replication::jobs::JobStore;
+use pgfleet_engine::replication::run::{self, RunEvent, RunOutcome, RunPlan};
+use pgfleet_engine::replication::runner::{self, JobRunner, RunBy, copy_settings, plan_tables};
+use pgfleet_engine::replication::state::{JobState, PairState, RunStore, StoredOutcome};
+use pgfleet_engine::replication::status::{self, SourceMeasure};
+use pgfleet_engine::replication::validate::{self, RequestKind};
+use pgfleet_engine::replication::{DEFAULT_BATCH_SIZE, Job, JobField, JobSpec, Mode, catalog};
 /// Page size when the request names none.
 const DEFAULT_PAGE_SIZE: i64 = 50;
 /// Largest page a request may ask for.
@@ -54,6 +56,8 @@ pub struct ReplicationService {
     config: Arc<FleetConfig>,
     /// The server's audit trail: every run is on record before it starts.
     audit: Arc<AuditLog>,
+    /// The lag gauges GetStatus refreshes.
+    metrics: Metrics,
 }
 
 impl ReplicationService {
@@ -63,6 +67,7 @@ impl ReplicationService {
         runner: Arc<JobRunner>,
         config: Arc<FleetConfig>,
         audit: Arc<AuditLog>,
+        metrics: Metrics,
     ) -> Self {
         Self {
             registry,
@@ -70,6 +75,7 @@ impl ReplicationService {
             runner,
             config,
             audit,
+            metrics,
         }
     }
 
@@ -95,7 +101,7 @@ impl ReplicationService {
         mut spec: JobSpec,
         unchanged: Option<&Job>,
     ) -> Result<JobSpec, RequestError> {
-        validate::check_fields(&spec, &self.registry)?;
+        validate::check_fields(&spec, &self.registry).map_err(|error| error.in_request(RequestKind::Job))?;
         // API keys cannot hold MASTER today; refusing targets outside an
         // allow-list keeps that true should keys ever manage jobs.
         if let Some(target) = std::iter::once(&spec.source)
@@ -124,7 +130,9 @@ impl ReplicationService {
                 || (spec.overlap.is_some() && old.overlap != spec.overlap)
         });
         if recheck {
-            spec.tables = validate::check_catalogs(&self.registry, &spec, self.catalog_timeout()).await?;
+            spec.tables = validate::check_catalogs(&self.registry, &spec, self.catalog_timeout())
+                .await
+                .map_err(|error| error.in_request(RequestKind::Job))?;
         }
         Ok(spec)
     }
@@ -178,7 +186,8 @@ impl ReplicationService {
             },
             overlap: duration_from_wire(message.overlap.as_ref(), "overlap")?.filter(|d| !d.is_zero()),
         };
-        validate::check_fields(&spec, &self.registry).map_err(one_shot_error)?;
+        validate::check_fields(&spec, &self.registry)
+            .map_err(|error| error.in_request(RequestKind::ReplicateTable))?;
         if let Some(target) = std::iter::once(&spec.source)
             .chain(&spec.targets)
             .find(|target| !identity.may_access(target))
@@ -188,9 +197,8 @@ impl ReplicationService {
             )));
         }
         let settings = copy_settings(&spec, &self.config);
-        let table = plan_tables(&self.registry, &spec, &settings)
-            .await
-            .map_err(one_shot_error)?
+        let table = plan_tables(&self.registry, &spec, &settings, RequestKind::ReplicateTable)
+            .await?
             .pop()
             .ok_or_else(|| RequestError::Internal("a one-shot copy planned no table".to_owned()))?;
         let tables = vec![table.table().to_owned()];
@@ -206,32 +214,6 @@ impl ReplicationService {
             targets: spec.targets.clone(),
         };
         Ok((JobSpec { tables, ..spec }, plan))
-    }
-}
-
-/// A job check's error in ReplicateTable's terms: its fields are a job's
-/// without the `job.` prefix, and its one table is `table`.
-fn one_shot_error(error: RequestError) -> RequestError {
-    let rename = |text: &str| {
-        let text = text.strip_prefix("job.").unwrap_or(text);
-        match text.strip_prefix("tables[0]") {
-            Some(rest) => format!("table{rest}"),
-            None => text.to_owned(),
-        }
-    };
-    match error {
-        RequestError::InvalidArgument { field, message } => RequestError::InvalidArgument {
-            field: rename(&field),
-            message,
-        },
-        RequestError::NotFound(message) => RequestError::NotFound(rename(&message)),
-        RequestError::FailedPrecondition(message) => {
-            RequestError::FailedPrecondition(match message.strip_prefix("the tables do not fit the job: ") {
-                Some(rest) => format!("the table cannot be copied: {rest}"),
-                None => message,
-            })
-        }
-        other => other,
     }
 }
 
@@ -752,7 +734,7 @@ impl replication_service_server::ReplicationService for ReplicationService {
             open.started(),
             cancel.clone(),
             None,
-            self.runner.metrics().clone(),
+            Arc::clone(self.runner.observer()),
         );
         Ok(Response::new(event_stream(events, cancel, |event| {
             ReplicateTableResponse { event: Some(event) }
@@ -890,8 +872,7 @@ impl ReplicationService {
                 // The lag gauge is as fresh as the last GetStatus: runs do
                 // not measure the source's newest key.
                 if let Some(seconds) = lag.seconds {
-                    self.runner
-                        .metrics()
+                    self.metrics
                         .replication_lag(&job.id.to_string(), table, target, seconds);
                 }
                 statuses.push(pair_status(
@@ -1083,32 +1064,6 @@ mod tests {
             assert!(error.starts_with(expected), "{paths:?}: {error}");
         }
         assert!(mask_fields(None).is_err());
-    }
-
-    #[test]
-    fn one_shot_errors_name_replicate_table_fields() {
-        for (error, expected) in [
-            (
-                RequestError::invalid("job.targets[1].cloud", "required"),
-                "targets[1].cloud: required",
-            ),
-            (
-                RequestError::invalid("job.tables[0]", "must be schema-qualified"),
-                "table: must be schema-qualified",
-            ),
-            (
-                RequestError::NotFound("job.source: no cloud \"x\"".to_owned()),
-                "source: no cloud \"x\"",
-            ),
-            (
-                RequestError::FailedPrecondition(
-                    "the tables do not fit the job: public.t has no primary key".to_owned(),
-                ),
-                "the table cannot be copied: public.t has no primary key",
-            ),
-        ] {
-            assert_eq!(one_shot_error(error).to_string(), expected);
-        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ const AUDIT_BUCKETS: &[f64] = &[
 
 /// The `replication_job` label of one-shot `ReplicateTable` copies (stored
 /// jobs use their id). Not `job`: Prometheus sets that label itself.
-pub const ADHOC_REPLICATION: &str = "replicate_table";
+pub use pgfleet_engine::replication::run::ADHOC_JOB as ADHOC_REPLICATION;
 
 /// Why a `Login` failed, as counted (never who tried).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,6 +392,10 @@ impl Observer for Metrics {
 
     fn audit_write(&self, write: AuditWrite, succeeded: bool, elapsed: Duration) {
         Metrics::audit_write(self, write, succeeded, elapsed);
+    }
+
+    fn replication_rows(&self, job: &str, table: &str, target: &Target, rows: u64) {
+        Metrics::replication_rows(self, job, table, target, rows);
     }
 }
 

@@ -240,7 +240,7 @@ pub fn init_stderr(format: Option<LogFormat>) {
 
 /// True for pgfleet's own spans at INFO or above: the ones exported.
 fn is_traced_span(metadata: &Metadata<'_>) -> bool {
-    metadata.is_span() && metadata.target().starts_with("pgfleet_server") && *metadata.level() <= Level::INFO
+    metadata.is_span() && metadata.target().starts_with("pgfleet_") && *metadata.level() <= Level::INFO
 }
 
 /// The subscriber's one, global filter: `log.level` for everything, plus

@@ -1,0 +1,151 @@
+//! SIGHUP reloads the database list of a running `pgfleet serve`: a cloud
+//! added to the file is served without a restart, a removed one refuses new
+//! requests while a query already running on it finishes, and a file that
+//! does not load changes nothing.
+
+use std::time::Duration;
+
+use pgfleet_engine::identity::Role;
+use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient;
+use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
+use pgfleet_testkit::TestDatabase;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::support::{Fleet, bearer, child_output, login, send_signal, spawn_server_binary};
+
+fn on(cloud: &str, database: &str, query: &str) -> pb::ExecuteRequest {
+    pb::ExecuteRequest {
+        query: query.to_owned(),
+        database: database.to_owned(),
+        scope: Some(pb::execute_request::Scope::Cloud(cloud.to_owned())),
+        ..Default::default()
+    }
+}
+
+/// The first cell of the first row of a one-target Execute, as text.
+async fn first_cell(
+    channel: &Channel,
+    token: &str,
+    request: pb::ExecuteRequest,
+) -> Result<String, tonic::Status> {
+    let response = QueryServiceClient::new(channel.clone())
+        .execute(bearer(request, token))
+        .await?
+        .into_inner();
+    let result = response.results.first().cloned().unwrap_or_default();
+    if let Some(error) = result.error {
+        return Err(tonic::Status::internal(format!("{error:?}")));
+    }
+    let cell = result
+        .statements
+        .first()
+        .and_then(|statement| statement.rows.first())
+        .and_then(|row| row.cells.first())
+        .and_then(|cell| cell.kind.clone());
+    Ok(match cell {
+        Some(pb::cell::Kind::TextValue(text)) => text,
+        Some(pb::cell::Kind::IntValue(value)) => value.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+async fn cloud_names(channel: &Channel, token: &str) -> anyhow::Result<Vec<String>> {
+    let configuration = FleetServiceClient::new(channel.clone())
+        .get_configuration(bearer(pb::GetConfigurationRequest::default(), token))
+        .await?
+        .into_inner();
+    Ok(configuration.clouds.into_iter().map(|cloud| cloud.name).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_adds_and_removes_clouds_without_a_restart() -> anyhow::Result<()> {
+    let fleet = Fleet::create().await?;
+    let azure = TestDatabase::create("reload_azure_app").await?;
+    let port = pgfleet_testkit::free_port()?;
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("pgfleet.toml");
+    let listen = |text: String| {
+        text.replace(
+            "listen_addr = '127.0.0.1:0'",
+            &format!("listen_addr = '127.0.0.1:{port}'"),
+        )
+    };
+    let original = listen(fleet.config_toml(""));
+    std::fs::write(&config_path, &original)?;
+    let (mut server, channel) = spawn_server_binary(&config_path, port).await?;
+    let password = fleet.create_user("reload-master", Role::Master).await?;
+    let token = login(&channel, "reload-master", &password).await?;
+    assert_eq!(cloud_names(&channel, &token).await?, ["aws", "gcp"]);
+
+    // A query on gcp that is still running when gcp is removed.
+    let running = tokio::spawn({
+        let channel = channel.clone();
+        let token = token.clone();
+        async move { first_cell(&channel, &token, on("gcp", "app", "SELECT 42 FROM pg_sleep(3)")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // gcp is the last cloud of the file: drop it, add azure.
+    let without_gcp = original
+        .find("[[clouds]]\nname = 'gcp'")
+        .map(|at| original[..at].to_owned())
+        .ok_or_else(|| anyhow::anyhow!("no gcp cloud in the config"))?;
+    let with_azure = format!(
+        "{without_gcp}[[clouds]]\nname = 'azure'\n[[clouds.databases]]\nname = 'app'\nhost = '{}'\nport = {}\n\
+         user = '{}'\ndatabase = '{}'\nsslmode = 'disable'\nschemas = ['public']\n",
+        azure.host(),
+        azure.port(),
+        azure.user(),
+        azure.name()
+    );
+    std::fs::write(&config_path, &with_azure)?;
+    send_signal(&server, "HUP").await?;
+    pgfleet_testkit::wait_until(Duration::from_secs(20), Duration::from_millis(100), async || {
+        cloud_names(&channel, &token)
+            .await
+            .is_ok_and(|names| names == ["aws", "azure"])
+    })
+    .await?;
+
+    assert_eq!(
+        first_cell(&channel, &token, on("azure", "app", "SELECT current_database()")).await?,
+        azure.name()
+    );
+    let removed = first_cell(&channel, &token, on("gcp", "app", "SELECT 1"))
+        .await
+        .err();
+    assert_eq!(
+        removed.as_ref().map(tonic::Status::code),
+        Some(Code::NotFound),
+        "{removed:?}"
+    );
+    assert_eq!(
+        running.await??,
+        "42",
+        "the query running on the removed cloud finished"
+    );
+
+    // A file that does not load changes nothing.
+    std::fs::write(&config_path, "[[clouds]\nname = ")?;
+    send_signal(&server, "HUP").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cloud_names(&channel, &token).await?, ["aws", "azure"]);
+    assert_eq!(
+        first_cell(&channel, &token, on("azure", "app", "SELECT 7")).await?,
+        "7"
+    );
+
+    send_signal(&server, "TERM").await?;
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait()).await??;
+    assert!(status.success(), "pgfleet serve exited with {status}");
+    let output = child_output(&mut server).await?;
+    assert!(output.contains("database list reloaded"), "{output}");
+    assert!(output.contains("added=azure/app"), "{output}");
+    assert!(
+        output.contains("the configuration does not load; the database list is unchanged"),
+        "{output}"
+    );
+    Ok(())
+}
