@@ -131,6 +131,10 @@ async fn every_rpc_allows_and_denies_by_role() -> anyhow::Result<()> {
         "ReplicationService/DeleteJob",
         "ReplicationService/RunJob",
         "ReplicationService/ReplicateTable",
+        "MigrationService/ApplyMigrations",
+        "MigrationService/RollbackMigration",
+        "MigrationService/RepairChecksum",
+        "MigrationService/UploadMigrationSet",
     ]
     .into_iter()
     .collect();

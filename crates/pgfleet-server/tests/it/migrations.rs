@@ -12,9 +12,10 @@ use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::apply_migrations_response::Event;
 use pgfleet_proto::pgfleet::v1::migration_service_client::MigrationServiceClient;
 use pgfleet_testkit::{FaultProxy, PgCluster, TestDatabase, wait_until};
-use crate::support::{Session, bearer, target};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+use crate::support::{Session, bearer, target};
 
 /// Five migrations, then a sixth.
 const FILES: &[(&str, &str)] = &[
