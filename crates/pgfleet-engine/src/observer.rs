@@ -45,6 +45,10 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     /// A replication run committed `rows` more rows of `table` on `target`;
     /// `job` is the job's id, or [`crate::replication::run::ADHOC_JOB`].
     fn replication_rows(&self, _job: &str, _table: &str, _target: &Target, _rows: u64) {}
+
+    /// A status measured the copy of `table` on `target` `seconds` behind
+    /// its source (temporal sync keys only).
+    fn replication_lag(&self, _job: &str, _table: &str, _target: &Target, _seconds: f64) {}
 }
 
 /// Reports nothing: for tools and tests without metrics.

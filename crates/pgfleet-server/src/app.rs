@@ -261,7 +261,6 @@ impl RunningServer {
                     runner,
                     Arc::clone(&shared_config),
                     Arc::clone(&audit),
-                    metrics,
                 )),
                 limit
             ))

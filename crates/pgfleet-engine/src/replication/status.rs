@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use pgfleet_registry::{ReadOnlyError, Registry, RegistryError, Route, Target};
 
-use super::catalog::TableShape;
+use super::Job;
+use super::catalog::{self, TableShape};
 use super::sql::{self, KeyColumn};
+use super::state::PairState;
 use super::validate;
+use crate::Observer;
 
 /// Why a table could not be measured on one database.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,103 @@ pub struct SourceMeasure {
     pub row_count: Option<i64>,
     /// One per watermark asked about, in order (default for `None`s).
     pub lags: Vec<Lag>,
+}
+
+/// One (table, target) pair of a job, measured now.
+#[derive(Debug, Clone)]
+pub struct PairReading<'a> {
+    pub table: &'a str,
+    pub target: &'a Target,
+    /// What the run store keeps about the pair (nothing before its first run).
+    pub stored: Option<&'a PairState>,
+    /// The source's newest sync key value as text.
+    pub source_newest: Option<String>,
+    pub source_rows: Option<i64>,
+    /// The stored watermark's distance behind `source_newest`.
+    pub lag: Lag,
+    pub target_rows: Option<i64>,
+}
+
+/// Every (table, target) pair of `job`, in the job's order, measured now on
+/// its source and targets (row counts only when `count`); `pairs` is what
+/// the run store keeps about the job. A database that cannot be measured
+/// leaves its fields unset and is logged: a status never fails for one
+/// unreachable copy. Each lag in seconds goes to `observer` (runs do not
+/// measure the source's newest key, so this is where lag is known).
+pub async fn measure_job<'a>(
+    registry: &Registry,
+    job: &'a Job,
+    pairs: &[&'a PairState],
+    count: bool,
+    timeout: Duration,
+    observer: &dyn Observer,
+) -> Vec<PairReading<'a>> {
+    let spec = &job.spec;
+    let job_id = job.id.to_string();
+    let shapes = catalog::read_tables(registry, &spec.source, &spec.tables, timeout)
+        .await
+        .inspect_err(
+            |error| tracing::warn!(job = %job.id, %error, "cannot read the source catalog for status"),
+        )
+        .unwrap_or_default();
+    let mut readings = Vec::with_capacity(spec.tables.len() * spec.targets.len());
+    for (index, table) in spec.tables.iter().enumerate() {
+        let stored: Vec<Option<&PairState>> = spec
+            .targets
+            .iter()
+            .map(|target| {
+                pairs
+                    .iter()
+                    .find(|pair| pair.table_name == *table && pair.target() == *target)
+                    .copied()
+            })
+            .collect();
+        let watermarks: Vec<Option<String>> = stored
+            .iter()
+            .map(|pair| pair.and_then(|pair| pair.watermark.clone()))
+            .collect();
+        let source = match shapes.get(index).cloned().flatten() {
+            Some(shape) => measure_source(
+                registry,
+                &spec.source,
+                &shape,
+                spec.sync_key.as_deref(),
+                &watermarks,
+                count,
+                timeout,
+            )
+            .await
+            .inspect_err(
+                |error| tracing::warn!(job = %job.id, %table, %error, "cannot measure the source for status"),
+            )
+            .unwrap_or_default(),
+            None => SourceMeasure::default(),
+        };
+        for (position, target) in spec.targets.iter().enumerate() {
+            let target_rows = if count {
+                count_rows(registry, target, table, timeout)
+                    .await
+                    .inspect_err(|error| tracing::warn!(job = %job.id, %table, %target, %error, "cannot count target rows for status"))
+                    .ok()
+            } else {
+                None
+            };
+            let lag = source.lags.get(position).cloned().unwrap_or_default();
+            if let Some(seconds) = lag.seconds {
+                observer.replication_lag(&job_id, table, target, seconds);
+            }
+            readings.push(PairReading {
+                table,
+                target,
+                stored: stored.get(position).copied().flatten(),
+                source_newest: source.newest.clone(),
+                source_rows: source.row_count,
+                lag,
+                target_rows,
+            });
+        }
+    }
+    readings
 }
 
 /// Measures `shape` at `source`: its newest `sync_key`, its rows when

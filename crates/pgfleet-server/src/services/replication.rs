@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::status::request_status;
-use crate::telemetry::Metrics;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pgfleet_config::FleetConfig;
@@ -36,9 +35,9 @@ use pgfleet_engine::replication::jobs::JobStore;
 use pgfleet_engine::replication::run::{self, RunEvent, RunOutcome, RunPlan};
 use pgfleet_engine::replication::runner::{self, JobRunner, RunBy, copy_settings, plan_tables};
 use pgfleet_engine::replication::state::{JobState, PairState, RunStore, StoredOutcome};
-use pgfleet_engine::replication::status::{self, SourceMeasure};
+use pgfleet_engine::replication::status::{self, PairReading};
 use pgfleet_engine::replication::validate::{self, RequestKind};
-use pgfleet_engine::replication::{DEFAULT_BATCH_SIZE, Job, JobField, JobSpec, Mode, catalog};
+use pgfleet_engine::replication::{DEFAULT_BATCH_SIZE, Job, JobField, JobSpec, Mode};
 /// Page size when the request names none.
 const DEFAULT_PAGE_SIZE: i64 = 50;
 /// Largest page a request may ask for.
@@ -56,8 +55,6 @@ pub struct ReplicationService {
     config: Arc<FleetConfig>,
     /// The server's audit trail: every run is on record before it starts.
     audit: Arc<AuditLog>,
-    /// The lag gauges GetStatus refreshes.
-    metrics: Metrics,
 }
 
 impl ReplicationService {
@@ -67,7 +64,6 @@ impl ReplicationService {
         runner: Arc<JobRunner>,
         config: Arc<FleetConfig>,
         audit: Arc<AuditLog>,
-        metrics: Metrics,
     ) -> Self {
         Self {
             registry,
@@ -75,7 +71,6 @@ impl ReplicationService {
             runner,
             config,
             audit,
-            metrics,
         }
     }
 
@@ -784,9 +779,18 @@ impl replication_service_server::ReplicationService for ReplicationService {
             let state = states.remove(&job.id).unwrap_or_default();
             let job_pairs: Vec<&PairState> = pairs.iter().filter(|pair| pair.job_id == job.id).collect();
             let running = running.contains(&job.id);
-            let tables = self
-                .table_statuses(&job, &job_pairs, running, !message.skip_row_counts)
-                .await;
+            let tables = status::measure_job(
+                &self.registry,
+                &job,
+                &job_pairs,
+                !message.skip_row_counts,
+                self.catalog_timeout(),
+                self.runner.observer().as_ref(),
+            )
+            .await
+            .into_iter()
+            .map(|reading| pair_status(running, reading))
+            .collect();
             statuses.push(job_status(&job, &state, running, tables));
         }
         Ok(Response::new(GetStatusResponse { jobs: statuses }))
@@ -807,86 +811,6 @@ impl ReplicationService {
                 return Ok(jobs);
             }
         }
-    }
-
-    /// One status per (table, target) of `job`, in the job's order,
-    /// measured now on the source and targets. A database that cannot be
-    /// measured leaves its fields unset (and is logged); the stored state
-    /// is still returned.
-    async fn table_statuses(
-        &self,
-        job: &Job,
-        pairs: &[&PairState],
-        running: bool,
-        count: bool,
-    ) -> Vec<pb::TableTargetStatus> {
-        let timeout = self.catalog_timeout();
-        let spec = &job.spec;
-        let shapes = catalog::read_tables(&self.registry, &spec.source, &spec.tables, timeout)
-            .await
-            .inspect_err(
-                |error| tracing::warn!(job = %job.id, %error, "cannot read the source catalog for status"),
-            )
-            .unwrap_or_default();
-        let mut statuses = Vec::new();
-        for (index, table) in spec.tables.iter().enumerate() {
-            let stored: Vec<Option<&PairState>> = spec
-                .targets
-                .iter()
-                .map(|target| {
-                    pairs
-                        .iter()
-                        .find(|pair| pair.table_name == *table && pair.target() == *target)
-                        .copied()
-                })
-                .collect();
-            let watermarks: Vec<Option<String>> = stored
-                .iter()
-                .map(|pair| pair.and_then(|pair| pair.watermark.clone()))
-                .collect();
-            let source = match shapes.get(index).cloned().flatten() {
-                Some(shape) => status::measure_source(
-                    &self.registry,
-                    &spec.source,
-                    &shape,
-                    spec.sync_key.as_deref(),
-                    &watermarks,
-                    count,
-                    timeout,
-                )
-                .await
-                .inspect_err(|error| tracing::warn!(job = %job.id, %table, %error, "cannot measure the source for status"))
-                .unwrap_or_default(),
-                None => SourceMeasure::default(),
-            };
-            for (position, target) in spec.targets.iter().enumerate() {
-                let target_rows = if count {
-                    status::count_rows(&self.registry, target, table, timeout)
-                        .await
-                        .inspect_err(|error| tracing::warn!(job = %job.id, %table, %target, %error, "cannot count target rows for status"))
-                        .ok()
-                } else {
-                    None
-                };
-                let lag = source.lags.get(position).cloned().unwrap_or_default();
-                // The lag gauge is as fresh as the last GetStatus: runs do
-                // not measure the source's newest key.
-                if let Some(seconds) = lag.seconds {
-                    self.metrics
-                        .replication_lag(&job.id.to_string(), table, target, seconds);
-                }
-                statuses.push(pair_status(
-                    running,
-                    table,
-                    target,
-                    stored.get(position).copied().flatten(),
-                    &source,
-                    lag,
-                    target_rows,
-                ));
-            }
-        }
-        statuses
     }
 }
 
@@ -990,19 +914,11 @@ fn job_status(
     }
 }
 
-fn pair_status(
-    running: bool,
-    table: &str,
-    target: &Target,
-    stored: Option<&PairState>,
-    source: &SourceMeasure,
-    lag: status::Lag,
-    target_rows: Option<i64>,
-) -> pb::TableTargetStatus {
-    let source_rows = source.row_count;
+fn pair_status(running: bool, reading: PairReading<'_>) -> pb::TableTargetStatus {
+    let stored = reading.stored;
     pb::TableTargetStatus {
-        table: table.to_owned(),
-        target: Some(convert::target(target)),
+        table: reading.table.to_owned(),
+        target: Some(convert::target(reading.target)),
         last_run_started_at: stored.and_then(|p| p.last_run_started_at).map(convert::timestamp),
         last_run_finished_at: stored
             .and_then(|p| p.last_run_finished_at)
@@ -1012,12 +928,15 @@ fn pair_status(
             .map(|p| u64::try_from(p.last_run_rows_written).unwrap_or_default())
             .unwrap_or_default(),
         watermark: stored.and_then(|p| p.watermark.clone()).unwrap_or_default(),
-        source_max_sync_key: source.newest.clone().unwrap_or_default(),
-        lag: lag.seconds.map(convert::signed_seconds),
-        lag_text: lag.text.unwrap_or_default(),
-        source_row_count: source_rows,
-        target_row_count: target_rows,
-        row_count_difference: source_rows.zip(target_rows).map(|(s, t)| s - t),
+        source_max_sync_key: reading.source_newest.unwrap_or_default(),
+        lag: reading.lag.seconds.map(convert::signed_seconds),
+        lag_text: reading.lag.text.unwrap_or_default(),
+        source_row_count: reading.source_rows,
+        target_row_count: reading.target_rows,
+        row_count_difference: reading
+            .source_rows
+            .zip(reading.target_rows)
+            .map(|(source, target)| source - target),
         last_error: stored
             .and_then(|p| p.last_error.as_ref())
             .map(|error| convert::recorded_error(&error.0)),

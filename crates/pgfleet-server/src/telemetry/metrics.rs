@@ -397,6 +397,10 @@ impl Observer for Metrics {
     fn replication_rows(&self, job: &str, table: &str, target: &Target, rows: u64) {
         Metrics::replication_rows(self, job, table, target, rows);
     }
+
+    fn replication_lag(&self, job: &str, table: &str, target: &Target, seconds: f64) {
+        Metrics::replication_lag(self, job, table, target, seconds);
+    }
 }
 
 /// The class of a SQLSTATE (`23505` → `23`); `none` for anything that is
