@@ -1003,7 +1003,10 @@ impl PreparedApply {
 
     /// Runs the rollout to its end, sending progress to `events` (a closed
     /// receiver stops nothing: a schema change is not interrupted because
-    /// its caller left). Closes the record and releases the lock.
+    /// its caller left). Closes the record and releases the lock. The
+    /// channel is unbounded so a slow reader never holds a migration (and its
+    /// locks) open; it is bounded in fact: a few events per (target,
+    /// migration) of a set that was loaded whole.
     pub async fn run(self, events: mpsc::UnboundedSender<RolloutEvent>) -> bool {
         let Self {
             engine,

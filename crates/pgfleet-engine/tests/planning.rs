@@ -8,7 +8,7 @@ use std::time::Duration;
 use pgfleet_config::{FileFormat, FleetConfig, Inputs, ProcessEnv};
 use pgfleet_engine::RequestError;
 use pgfleet_engine::identity::{Identity, Principal, Role, TargetPattern};
-use pgfleet_engine::query::{ExecuteSpec, Param, ParamValue, Plan, Scope, parser};
+use pgfleet_engine::query::{ExecuteSpec, Param, ParamValue, Plan, Scope, StatementSpec, parser};
 use pgfleet_registry::{Registry, Target};
 use uuid::Uuid;
 
@@ -64,6 +64,26 @@ fn api_key(role: Role, cloud: &str, database: &str) -> Identity {
     }
 }
 
+/// A transaction on `app` given statement by statement, one integer
+/// parameter each.
+fn statements_on_app(queries: &[&str]) -> ExecuteSpec {
+    ExecuteSpec {
+        database: "app".to_owned(),
+        statements: queries
+            .iter()
+            .enumerate()
+            .map(|(index, query)| StatementSpec {
+                query: (*query).to_owned(),
+                params: vec![Param {
+                    value: ParamValue::Int(i64::try_from(index).unwrap_or_default()),
+                    type_name: None,
+                }],
+            })
+            .collect(),
+        ..ExecuteSpec::default()
+    }
+}
+
 fn on_app(query: &str) -> ExecuteSpec {
     ExecuteSpec {
         query: query.to_owned(),
@@ -105,7 +125,7 @@ async fn plan(
     config: &FleetConfig,
     registry: &Registry,
 ) -> Result<Plan, RequestError> {
-    let analysis = parser::analyze(&spec.query).await?;
+    let analysis = parser::analyze(&spec.text()).await?;
     Plan::new(spec, identity, config, registry, analysis)
 }
 
@@ -344,6 +364,75 @@ async fn every_refusal_is_decided_before_anything_runs() {
             api_key(Role::User, "aws", "*"),
             Some(Refused::PermissionDenied),
         ),
+        (
+            "statements, each with its own parameters",
+            statements_on_app(&[
+                "UPDATE accounts SET balance = balance - $1 WHERE id = 1",
+                "UPDATE accounts SET balance = balance + $1 WHERE id = 2;",
+            ]),
+            user(Role::User),
+            None,
+        ),
+        (
+            "statements and a query",
+            ExecuteSpec {
+                query: "SELECT 1".to_owned(),
+                ..statements_on_app(&["SELECT $1::int"])
+            },
+            user(Role::User),
+            Some(Refused::Invalid("query")),
+        ),
+        (
+            "statements and top-level params",
+            ExecuteSpec {
+                params: vec![Param {
+                    value: ParamValue::Null,
+                    type_name: None,
+                }],
+                ..statements_on_app(&["SELECT $1::int"])
+            },
+            user(Role::User),
+            Some(Refused::Invalid("params")),
+        ),
+        (
+            "a second statement hidden in an entry",
+            statements_on_app(&["SELECT $1::int", "SELECT $1::int; DELETE FROM accounts"]),
+            user(Role::Master),
+            Some(Refused::Invalid("statements[1].query")),
+        ),
+        (
+            "an entry without a statement",
+            statements_on_app(&["-- nothing here", "SELECT $1::int"]),
+            user(Role::User),
+            Some(Refused::Invalid("statements[0].query")),
+        ),
+        (
+            "an entry that does not parse",
+            statements_on_app(&["SELECT $1::int", "SELEC 2"]),
+            user(Role::User),
+            Some(Refused::Invalid("statements[1].query")),
+        ),
+        (
+            "an unterminated quote cannot swallow the next entry",
+            statements_on_app(&["SELECT 'open", "SELECT $1::int"]),
+            user(Role::User),
+            Some(Refused::Invalid("statements[0].query")),
+        ),
+        (
+            "transaction control in an entry",
+            statements_on_app(&["SELECT $1::int", "COMMIT"]),
+            user(Role::User),
+            Some(Refused::Invalid("statements[1].query")),
+        ),
+        (
+            "a reader's statements that write",
+            ExecuteSpec {
+                scope: Scope::Cloud("aws".to_owned()),
+                ..statements_on_app(&["SELECT $1::int", "UPDATE accounts SET balance = $1"])
+            },
+            user(Role::Reader),
+            Some(Refused::PermissionDenied),
+        ),
     ];
     let mut wrong = Vec::new();
     for (name, spec, identity, refusal) in &cases {
@@ -415,6 +504,71 @@ async fn a_plan_says_how_it_runs() {
         .redacted_query
         .expect("a text that may carry a password is redacted");
     assert!(!redacted.contains("hunter2"), "{redacted}");
+}
+
+#[tokio::test]
+async fn statements_keep_their_own_parameters_and_positions() {
+    let config = fleet();
+    let registry = Registry::new(&config);
+    let master = user(Role::Master);
+
+    let transfer = plan(
+        &statements_on_app(&[
+            "UPDATE accounts SET balance = balance - $1 WHERE id = 1",
+            "-- the other side\nUPDATE accounts\n   SET balance = balance + $1 WHERE id = 2;",
+        ]),
+        &master,
+        &config,
+        &registry,
+    )
+    .await
+    .expect("planned");
+    assert_eq!(transfer.statements.len(), 2);
+    assert!(transfer.writes && transfer.transactional);
+    for (index, statement) in transfer.statements.iter().enumerate() {
+        assert_eq!(statement.params_field, format!("statements[{index}].params"));
+        assert!(
+            matches!(statement.params.as_slice(), [Param { value: ParamValue::Int(n), .. }] if *n == i64::try_from(index).unwrap_or_default()),
+            "{:?}",
+            statement.params
+        );
+    }
+
+    // An error is placed in its own entry, at the entry's own line and column.
+    let error = plan(
+        &statements_on_app(&["SELECT $1::int", "SELECT 1,\n  FROM accounts"]),
+        &master,
+        &config,
+        &registry,
+    )
+    .await
+    .expect_err("a syntax error");
+    let RequestError::InvalidArgument { field, message } = &error else {
+        panic!("expected INVALID_ARGUMENT, got {error:?}");
+    };
+    assert_eq!(field, "statements[1].query");
+    assert!(message.ends_with("(line 2, column 3)"), "{message}");
+
+    // A single query keeps its top-level parameters.
+    let single = plan(
+        &ExecuteSpec {
+            params: vec![Param {
+                value: ParamValue::Int(7),
+                type_name: None,
+            }],
+            ..on_app("SELECT $1::int")
+        },
+        &master,
+        &config,
+        &registry,
+    )
+    .await
+    .expect("planned");
+    let [statement] = single.statements.as_slice() else {
+        panic!("one statement");
+    };
+    assert_eq!(statement.params_field, "params");
+    assert_eq!(statement.params.len(), 1);
 }
 
 trait WithDatabase {

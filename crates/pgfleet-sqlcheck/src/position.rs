@@ -13,6 +13,15 @@ pub struct SourcePosition {
     pub column: usize,
 }
 
+impl SourcePosition {
+    /// The position of `offset` in `text` (moved back to a character
+    /// boundary, clamped to the end). For one offset; many offsets of one
+    /// text are cheaper through a line index.
+    pub fn locate(text: &str, offset: usize) -> Self {
+        LineIndex::new(text).position(offset)
+    }
+}
+
 /// Line starts of one text, so many offsets can be converted cheaply.
 pub(crate) struct LineIndex<'a> {
     text: &'a str,

@@ -72,7 +72,7 @@ pub fn new_execution(fields: &ExecuteSpec, plan: &Plan, identity: &Identity, ori
         query: plan
             .redacted_query
             .clone()
-            .unwrap_or_else(|| fields.query.clone()),
+            .unwrap_or_else(|| fields.text().into_owned()),
         query_redacted: plan.redacted_query.is_some(),
         fingerprint: format!("{:016x}", plan.fingerprint),
         statement_classes,

@@ -6,6 +6,9 @@
 //! - [`run`]: one target: one connection, one transaction, one statement at
 //!   a time through the extended protocol, events as they happen, the
 //!   connection reset before it goes back.
+//! - [`params`]: positional parameters and how they are bound.
+//! - [`statements`]: a transaction given statement by statement, each with
+//!   its own parameters, checked as one text.
 //! - [`parser`]: the SQL check, on the blocking pool behind a bound.
 //! - [`budget`]: byte limits on results, checked as each row arrives.
 //! - [`values`]: result values to [`Cell`]s, rendered by PostgreSQL where
@@ -23,9 +26,11 @@ pub mod audited;
 pub mod budget;
 pub mod encode;
 pub mod failure;
+pub mod params;
 pub mod parser;
 pub mod plan;
 pub mod run;
+pub mod statements;
 pub mod values;
 
 use std::sync::Arc;
@@ -40,9 +45,11 @@ use crate::audit::OpenExecution;
 
 pub use encode::{Cell, CellRows, Column, RowEncoder};
 pub use failure::{FailureCode, PostgresError, TargetFailure};
-pub use plan::{ExecuteSpec, Finding, Param, ParamValue, Plan, Scope};
+pub use params::{Param, ParamValue};
+pub use plan::{ExecuteSpec, Finding, Plan, Scope};
 use run::Access;
 pub use run::{EventSink, StatementOutcome, TargetEvent, TargetOutcome};
+pub use statements::StatementSpec;
 
 /// Events buffered per target before its reads pause.
 const EVENTS_PER_TARGET: usize = 4;

@@ -8,13 +8,10 @@ use std::time::Duration;
 use pgfleet_config::{FleetConfig, QueryLimits};
 use pgfleet_registry::{Registry, Target};
 use pgfleet_sqlcheck::{Analysis, ParseError, StatementAnalysis, StatementClass};
-use sqlx::encode::IsNull;
-use sqlx::error::BoxDynError;
-use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgTypeInfo};
-use sqlx::{Arguments, Encode, Postgres, Type};
 
 use super::budget::{Budgets, ResponseBudget};
+use super::params::Param;
+use super::statements::{self, StatementSpec, TextMap};
 use crate::error::RequestError;
 use crate::identity::{Identity, Principal, Role};
 
@@ -37,6 +34,9 @@ pub struct ExecuteSpec {
     /// `None` or zero: `query.default_timeout`.
     pub timeout: Option<Duration>,
     pub params: Vec<Param>,
+    /// Instead of `query` and `params`: the statements of one transaction,
+    /// each with its own parameters ([`ExecuteSpec::text`] joins them).
+    pub statements: Vec<StatementSpec>,
     pub confirm_dangerous: bool,
     pub read_only: bool,
     pub batch_size: u32,
@@ -45,6 +45,28 @@ pub struct ExecuteSpec {
     /// Unary calls hold their whole response: its byte budget, shared by
     /// every target. Streams send as they read and have none.
     pub response_bytes: Option<u64>,
+}
+
+impl ExecuteSpec {
+    /// The SQL text that is checked, run and recorded: `query`, or the
+    /// entries of `statements` joined.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        if self.statements.is_empty() {
+            std::borrow::Cow::Borrowed(&self.query)
+        } else {
+            std::borrow::Cow::Owned(statements::join(&self.statements))
+        }
+    }
+
+    /// The request field that holds [`text`](Self::text), for refusals of
+    /// the text as a whole (its size).
+    pub fn text_field(&self) -> &'static str {
+        if self.statements.is_empty() {
+            "query"
+        } else {
+            "statements"
+        }
+    }
 }
 
 /// Which targets a request names.
@@ -76,25 +98,10 @@ pub struct PlannedStatement {
     pub class: StatementClass,
     /// A plain read fetched through a cursor in batches (flow control).
     pub cursorable: bool,
-}
-
-/// A positional parameter.
-#[derive(Debug, Clone)]
-pub enum ParamValue {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Double(f64),
-    Text(String),
-    Bytes(Vec<u8>),
-}
-
-/// A positional parameter and the type it is declared as, if any.
-#[derive(Debug, Clone)]
-pub struct Param {
-    pub value: ParamValue,
-    /// PostgreSQL type name; the value is converted to it on the target.
-    pub type_name: Option<String>,
+    /// Its positional parameters.
+    pub params: Vec<Param>,
+    /// The request field they came from (`params`, `statements[1].params`).
+    pub params_field: String,
 }
 
 /// Everything needed to run one request on each of its targets.
@@ -105,7 +112,6 @@ pub struct Plan {
     /// Per target: the schema applied as search_path.
     schemas: Vec<(Target, String)>,
     pub timeout: Duration,
-    pub params: Vec<Param>,
     pub read_only: bool,
     /// False only for a lone statement that cannot run in a transaction block.
     pub transactional: bool,
@@ -135,7 +141,22 @@ impl Plan {
         analysis: Result<Analysis, ParseError>,
     ) -> Result<Self, RequestError> {
         let limits = &config.query;
-        check_query_text(&fields.query, limits)?;
+        let text_map = TextMap::of(&fields.statements);
+        if let TextMap::Statements(_) = text_map {
+            if !fields.query.is_empty() {
+                return Err(RequestError::invalid(
+                    "query",
+                    "must be empty when statements are given",
+                ));
+            }
+            if !fields.params.is_empty() {
+                return Err(RequestError::invalid(
+                    "params",
+                    "must be empty when statements are given (each statement carries its own)",
+                ));
+            }
+        }
+        check_query_text(&fields.text(), text_map.field(), limits)?;
         let timeout = timeout(fields.timeout, limits)?;
         let targets = resolve_targets(fields, registry).map_err(|error| match error {
             // One answer for "does not exist" and "not yours": an API key
@@ -194,12 +215,12 @@ impl Plan {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
-        let analysis = analysis.map_err(|error| {
-            let message = match error.position() {
-                Some(at) => format!("{} (line {}, column {})", error.message(), at.line, at.column),
-                None => error.message(),
-            };
-            RequestError::invalid("query", message)
+        let analysis = analysis.map_err(|error| match error.position() {
+            Some(at) => {
+                let (field, message) = text_map.describe(at, &error.message());
+                RequestError::invalid(field, message)
+            }
+            None => RequestError::invalid(text_map.field(), error.message()),
         })?;
         if analysis.statements.is_empty() {
             return Err(RequestError::invalid(
@@ -207,7 +228,8 @@ impl Plan {
                 "contains no statement (only comments or whitespace)",
             ));
         }
-        check_structure(&analysis)?;
+        text_map.check_one_statement_each(&analysis)?;
+        check_structure(&analysis, &text_map)?;
         let read_only = fields.read_only || identity.role == Role::Reader;
         check_roles(&analysis, identity, read_only)?;
         let confirmed_findings = check_danger(&analysis, identity, fields.confirm_dangerous)?;
@@ -218,7 +240,6 @@ impl Plan {
                 "parameters need a single-statement query",
             ));
         }
-        let params = fields.params.clone();
         let transactional = !analysis.requires_no_transaction_block();
         // Fail-closed execution relies on this: a statement outside a
         // transaction block cannot be made READ ONLY, so it must always be
@@ -232,14 +253,19 @@ impl Plan {
             .statements
             .iter()
             .enumerate()
-            .map(|(index, statement)| PlannedStatement {
-                index: u32::try_from(index).unwrap_or(u32::MAX),
-                text: statement.span.text.clone(),
-                command: statement.command.clone(),
-                class: statement.class,
-                cursorable: transactional
-                    && statement.class == StatementClass::Read
-                    && statement.command == "SELECT",
+            .map(|(index, statement)| {
+                let (params, params_field) = text_map.params_of(&fields.params, &fields.statements, index);
+                PlannedStatement {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    text: statement.span.text.clone(),
+                    command: statement.command.clone(),
+                    class: statement.class,
+                    cursorable: transactional
+                        && statement.class == StatementClass::Read
+                        && statement.command == "SELECT",
+                    params,
+                    params_field,
+                }
             })
             .collect();
         let batch_size = match fields.batch_size {
@@ -251,7 +277,6 @@ impl Plan {
             targets,
             schemas,
             timeout,
-            params,
             read_only,
             transactional,
             writes: analysis.can_write(),
@@ -285,46 +310,20 @@ impl Plan {
     }
 }
 
-impl ParamValue {
-    /// The type sqlx sends the value as (see [`bind`](Self::bind)).
-    pub fn type_info(&self) -> PgTypeInfo {
-        match self {
-            ParamValue::Null => UntypedNull::type_info(),
-            ParamValue::Bool(_) => <bool as Type<Postgres>>::type_info(),
-            ParamValue::Int(_) => <i64 as Type<Postgres>>::type_info(),
-            ParamValue::Double(_) => <f64 as Type<Postgres>>::type_info(),
-            ParamValue::Text(_) => <String as Type<Postgres>>::type_info(),
-            ParamValue::Bytes(_) => <Vec<u8> as Type<Postgres>>::type_info(),
-        }
-    }
-
-    /// Binds the value with its natural PostgreSQL type (NULL untyped).
-    pub fn bind(&self, arguments: &mut PgArguments) -> Result<(), sqlx::Error> {
-        match self {
-            ParamValue::Null => arguments.add(UntypedNull),
-            ParamValue::Bool(value) => arguments.add(*value),
-            ParamValue::Int(value) => arguments.add(*value),
-            ParamValue::Double(value) => arguments.add(*value),
-            ParamValue::Text(value) => arguments.add(value.clone()),
-            ParamValue::Bytes(value) => arguments.add(value.clone()),
-        }
-        .map_err(sqlx::Error::Encode)
-    }
-}
-
-fn check_query_text(query: &str, limits: &QueryLimits) -> Result<(), RequestError> {
+fn check_query_text(query: &str, field: &str, limits: &QueryLimits) -> Result<(), RequestError> {
     if query.trim().is_empty() {
-        return Err(RequestError::invalid("query", "must not be empty"));
+        return Err(RequestError::invalid(field, "must not be empty"));
     }
-    check_query_size(query, limits)
+    check_query_size(query, field, limits)
 }
 
-/// Refuses a text over `query.max_query_bytes` (also for Validate).
-pub fn check_query_size(query: &str, limits: &QueryLimits) -> Result<(), RequestError> {
+/// Refuses a text over `query.max_query_bytes` (also for Validate); `field`
+/// names it in the request (`query`, or `statements` for their joined text).
+pub fn check_query_size(query: &str, field: &str, limits: &QueryLimits) -> Result<(), RequestError> {
     let size = query.len() as u64;
     if size > limits.max_query_bytes {
         return Err(RequestError::invalid(
-            "query",
+            field,
             format!(
                 "is {size} bytes; the limit is {} (query.max_query_bytes)",
                 limits.max_query_bytes
@@ -432,26 +431,31 @@ fn resolve_targets(fields: &ExecuteSpec, registry: &Registry) -> Result<Vec<Targ
 }
 
 /// Refuses texts whose shape pgfleet cannot run faithfully.
-fn check_structure(analysis: &Analysis) -> Result<(), RequestError> {
+fn check_structure(analysis: &Analysis, text_map: &TextMap<'_>) -> Result<(), RequestError> {
     if let Some(statement) = analysis.statements.iter().find(|s| s.is_transaction_control) {
+        let (field, at) = text_map.locate(statement.span.start);
         return Err(RequestError::invalid(
-            "query",
+            field,
             format!(
                 "{} at line {}: pgfleet runs the whole text in one transaction per target and commits it itself; remove transaction control statements",
-                statement.command, statement.span.start.line
+                statement.command, at.line
             ),
         ));
     }
     if analysis.requires_no_transaction_block() && analysis.statements.len() > 1 {
-        let statement = analysis
+        let found = analysis
             .statements
             .iter()
-            .find(|s| s.requires_no_transaction_block)
-            .map_or_else(String::new, |s| {
-                format!("{} at line {}", s.command, s.span.start.line)
-            });
+            .find(|s| s.requires_no_transaction_block);
+        let (field, statement) = found.map_or_else(
+            || (text_map.field().to_owned(), String::new()),
+            |s| {
+                let (field, at) = text_map.locate(s.span.start);
+                (field, format!("{} at line {}", s.command, at.line))
+            },
+        );
         return Err(RequestError::invalid(
-            "query",
+            field,
             format!("{statement} cannot run inside a transaction block; send it alone, as its own request"),
         ));
     }
@@ -542,20 +546,4 @@ fn check_danger(
         )));
     }
     Ok(findings)
-}
-
-/// A NULL parameter of no declared type, so PostgreSQL infers it from the
-/// statement (`WHERE id = $1` makes it an integer) instead of failing on text.
-struct UntypedNull;
-
-impl Type<Postgres> for UntypedNull {
-    fn type_info() -> PgTypeInfo {
-        PgTypeInfo::with_oid(Oid(0))
-    }
-}
-
-impl Encode<'_, Postgres> for UntypedNull {
-    fn encode_by_ref(&self, _: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        Ok(IsNull::Yes)
-    }
 }

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::budget::{Budgets, Exceeded, row_bytes, split_by_bytes};
 use super::encode::{Column, RowEncoder};
 use super::failure::{FailureCode, TargetFailure};
-use super::plan::{ParamValue, Plan, PlannedStatement};
+use super::params::ParamValue;
+use super::plan::{Plan, PlannedStatement};
 use super::values::{RawValue, ResultShape, ValueError};
 use crate::Observer;
 
@@ -453,7 +454,7 @@ async fn run_statement<E: RowEncoder>(
 ) -> Result<(), Stop> {
     let index = statement.index;
     let started = Instant::now();
-    let (arguments, types) = bind_params(connection, plan, index).await?;
+    let (arguments, types) = bind_params(connection, statement).await?;
     let (tag, rows_affected, truncated) = if statement.cursorable {
         read_through_cursor::<E>(connection, plan, statement, arguments, sink).await?
     } else {
@@ -777,9 +778,9 @@ async fn send_converted<E: RowEncoder>(
 /// form, so the statement sees exactly the declared type.
 async fn bind_params(
     connection: &mut PgConnection,
-    plan: &Plan,
-    index: u32,
+    statement: &PlannedStatement,
 ) -> Result<(PgArguments, Vec<PgTypeInfo>), Stop> {
+    let index = statement.index;
     let fail = |error| Stop::Statement {
         index,
         error,
@@ -787,8 +788,8 @@ async fn bind_params(
     };
     let mut arguments = PgArguments::default();
     // The type of each bound value, as sqlx sends it with the statement.
-    let mut types = Vec::with_capacity(plan.params.len());
-    for (position, param) in plan.params.iter().enumerate() {
+    let mut types = Vec::with_capacity(statement.params.len());
+    for (position, param) in statement.params.iter().enumerate() {
         let Some(type_name) = &param.type_name else {
             param.value.bind(&mut arguments).map_err(fail)?;
             types.push(param.value.type_info());
@@ -803,7 +804,10 @@ async fn bind_params(
         let (Some(oid), Some(canonical)) = resolved else {
             return Err(Stop::Param {
                 index,
-                message: format!("params[{position}].type_name: no type {type_name:?} on this target"),
+                message: format!(
+                    "{}[{position}].type_name: no type {type_name:?} on this target",
+                    statement.params_field
+                ),
             });
         };
         types.push(PgTypeInfo::with_oid(oid));

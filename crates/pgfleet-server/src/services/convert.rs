@@ -102,42 +102,41 @@ pub fn duration_from_wire(wire: &prost_types::Duration, field: &str) -> Result<D
         .ok_or_else(|| RequestError::invalid(field, "must be a positive duration"))
 }
 
-/// Query parameters, each with a value and a sane type name.
-impl FromWire<Vec<pb::QueryParam>> for Vec<Param> {
-    fn from_wire(params: Vec<pb::QueryParam>) -> Result<Self, RequestError> {
-        params
-            .into_iter()
-            .enumerate()
-            .map(|(index, param)| {
-                use pb::query_param::Value;
-                let type_name = param.type_name.trim();
-                if type_name.len() > 200 {
+/// Query parameters, each with a value and a sane type name; `field` names
+/// the list in the request (`params`, `statements[1].params`).
+pub fn params_from_wire(params: Vec<pb::QueryParam>, field: &str) -> Result<Vec<Param>, RequestError> {
+    params
+        .into_iter()
+        .enumerate()
+        .map(|(index, param)| {
+            use pb::query_param::Value;
+            let type_name = param.type_name.trim();
+            if type_name.len() > 200 {
+                return Err(RequestError::invalid(
+                    format!("{field}[{index}].type_name"),
+                    "too long",
+                ));
+            }
+            let value = match param.value {
+                None => {
                     return Err(RequestError::invalid(
-                        format!("params[{index}].type_name"),
-                        "too long",
+                        format!("{field}[{index}].value"),
+                        "must be set",
                     ));
                 }
-                let value = match param.value {
-                    None => {
-                        return Err(RequestError::invalid(
-                            format!("params[{index}].value"),
-                            "must be set",
-                        ));
-                    }
-                    Some(Value::NullValue(_)) => ParamValue::Null,
-                    Some(Value::BoolValue(v)) => ParamValue::Bool(v),
-                    Some(Value::IntValue(v)) => ParamValue::Int(v),
-                    Some(Value::DoubleValue(v)) => ParamValue::Double(v),
-                    Some(Value::TextValue(v)) => ParamValue::Text(v),
-                    Some(Value::BytesValue(v)) => ParamValue::Bytes(v),
-                };
-                Ok(Param {
-                    value,
-                    type_name: (!type_name.is_empty()).then(|| type_name.to_owned()),
-                })
+                Some(Value::NullValue(_)) => ParamValue::Null,
+                Some(Value::BoolValue(v)) => ParamValue::Bool(v),
+                Some(Value::IntValue(v)) => ParamValue::Int(v),
+                Some(Value::DoubleValue(v)) => ParamValue::Double(v),
+                Some(Value::TextValue(v)) => ParamValue::Text(v),
+                Some(Value::BytesValue(v)) => ParamValue::Bytes(v),
+            };
+            Ok(Param {
+                value,
+                type_name: (!type_name.is_empty()).then(|| type_name.to_owned()),
             })
-            .collect()
-    }
+        })
+        .collect()
 }
 
 /// Targets named on the wire (checked against the fleet by the engine).

@@ -20,7 +20,7 @@ use pgfleet_engine::audit::{AuditLog, OpenExecution};
 use pgfleet_engine::identity::{Identity, Role};
 use pgfleet_engine::query::audited::{self, Origin};
 use pgfleet_engine::query::plan::{check_query_size, findings, required_role};
-use pgfleet_engine::query::{self, ExecuteSpec, Plan, Scope, TargetEvent, TargetOutcome};
+use pgfleet_engine::query::{self, ExecuteSpec, Plan, Scope, StatementSpec, TargetEvent, TargetOutcome};
 
 /// Serves `pgfleet.v1.QueryService`.
 #[derive(Clone)]
@@ -48,8 +48,9 @@ impl QueryService {
 
     async fn plan(&self, fields: &ExecuteSpec, identity: &Identity) -> Result<Arc<Plan>, RequestError> {
         // The size limit first: an oversized text never reaches the parser.
-        check_query_size(&fields.query, &self.config.query)?;
-        let analysis = query::parser::analyze(&fields.query).await?;
+        let text = fields.text();
+        check_query_size(&text, fields.text_field(), &self.config.query)?;
+        let analysis = query::parser::analyze(&text).await?;
         Plan::new(fields, identity, &self.config, &self.registry, analysis).map(Arc::new)
     }
 
@@ -122,6 +123,7 @@ impl FromWire<pb::ExecuteRequest> for ExecuteSpec {
             confirm_dangerous: request.confirm_dangerous,
             read_only: request.read_only,
             batch_size: 0,
+            statements: request.statements,
         })
     }
 }
@@ -144,6 +146,7 @@ impl FromWire<pb::ExecuteStreamRequest> for ExecuteSpec {
             confirm_dangerous: request.confirm_dangerous,
             read_only: request.read_only,
             batch_size: request.batch_size,
+            statements: request.statements,
         })
     }
 }
@@ -161,6 +164,7 @@ struct WireExecute {
     confirm_dangerous: bool,
     read_only: bool,
     batch_size: u32,
+    statements: Vec<pb::ParameterizedStatement>,
 }
 
 fn execute_spec(wire: WireExecute) -> Result<ExecuteSpec, RequestError> {
@@ -173,7 +177,21 @@ fn execute_spec(wire: WireExecute) -> Result<ExecuteSpec, RequestError> {
             .timeout
             .map(|timeout| convert::duration_from_wire(&timeout, "timeout"))
             .transpose()?,
-        params: Vec::from_wire(wire.params)?,
+        params: convert::params_from_wire(wire.params, "params")?,
+        statements: wire
+            .statements
+            .into_iter()
+            .enumerate()
+            .map(|(index, statement)| {
+                Ok(StatementSpec {
+                    query: statement.query,
+                    params: convert::params_from_wire(
+                        statement.params,
+                        &format!("statements[{index}].params"),
+                    )?,
+                })
+            })
+            .collect::<Result<_, RequestError>>()?,
         confirm_dangerous: wire.confirm_dangerous,
         read_only: wire.read_only,
         batch_size: wire.batch_size,
@@ -334,7 +352,7 @@ impl query_service_server::QueryService for QueryService {
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
         let query = request.into_inner().query;
-        check_query_size(&query, &self.config.query).map_err(request_status)?;
+        check_query_size(&query, "query", &self.config.query).map_err(request_status)?;
         let analysis = query::parser::analyze(&query).await.map_err(request_status)?;
         Ok(Response::new(validate(analysis)))
     }

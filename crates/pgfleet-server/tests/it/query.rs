@@ -1045,6 +1045,185 @@ async fn positional_params_travel_separately_from_the_sql() -> anyhow::Result<()
     Ok(())
 }
 
+/// ExecuteRequest.statements: one transaction per target, each statement
+/// with its own bound parameters (a transfer without splicing amounts into
+/// SQL); all of it or nothing on each target, on record as one execution.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_binds_each_statements_own_parameters() -> anyhow::Result<()> {
+    use pb::query_param::Value;
+    let s = session("").await?;
+    for cloud in ["aws", "gcp"] {
+        support::run_sql(
+            &s,
+            cloud,
+            "app",
+            "CREATE TABLE ledger (id int PRIMARY KEY, balance numeric NOT NULL CHECK (balance >= 0));
+             INSERT INTO ledger VALUES (1, 100), (2, 0)",
+        )
+        .await?;
+    }
+    let amount = |text: &str| pb::QueryParam {
+        value: Some(Value::TextValue(text.to_owned())),
+        type_name: "numeric".to_owned(),
+    };
+    let id = |id: i64| pb::QueryParam {
+        value: Some(Value::IntValue(id)),
+        type_name: String::new(),
+    };
+    let statement = |query: &str, params: Vec<pb::QueryParam>| pb::ParameterizedStatement {
+        query: query.to_owned(),
+        params,
+    };
+    let transfer = |from: i64, to: i64, how_much: &str| pb::ExecuteRequest {
+        statements: vec![
+            statement(
+                "UPDATE ledger SET balance = balance + $1 WHERE id = $2",
+                vec![amount(how_much), id(to)],
+            ),
+            statement(
+                "-- the paying side\nUPDATE ledger SET balance = balance - $1 WHERE id = $2;",
+                vec![amount(how_much), id(from)],
+            ),
+            statement("SELECT id, balance FROM ledger ORDER BY id", vec![]),
+        ],
+        ..execute("", "app")
+    };
+
+    let response = client(&s.channel)
+        .execute(bearer(transfer(1, 2, "30.5"), &s.user))
+        .await?
+        .into_inner();
+    assert!(response.success, "{response:?}");
+    assert_eq!(response.results.len(), 2, "both clouds");
+    for result in &response.results {
+        let tags: Vec<&str> = result.statements.iter().map(|s| s.command_tag.as_str()).collect();
+        assert_eq!(tags, ["UPDATE 1", "UPDATE 1", "SELECT 2"], "{result:?}");
+        let rows: Vec<Vec<String>> = result.statements[2]
+            .rows
+            .iter()
+            .map(|row| row.cells.iter().map(cell_text).collect())
+            .collect();
+        assert_eq!(rows, [["1", "69.5"], ["2", "30.5"]]);
+    }
+
+    // Overdrawn: the second statement fails its CHECK, so the first one
+    // (already run on the target) is rolled back with it.
+    let overdrawn = client(&s.channel)
+        .execute(bearer(transfer(1, 2, "500"), &s.user))
+        .await?
+        .into_inner();
+    assert!(!overdrawn.success);
+    for result in &overdrawn.results {
+        assert_eq!(result.failed_statement_index, Some(1), "{result:?}");
+        let sqlstate = result
+            .error
+            .as_ref()
+            .and_then(|e| e.postgres.as_ref())
+            .map(|p| p.sqlstate.clone());
+        assert_eq!(sqlstate.as_deref(), Some("23514"));
+    }
+    for cloud in ["aws", "gcp"] {
+        let balances = support::scalar(
+            &s,
+            cloud,
+            "app",
+            "SELECT string_agg(balance::text, ',' ORDER BY id) FROM ledger",
+        )
+        .await?;
+        assert_eq!(
+            balances.as_deref(),
+            Some("69.5,30.5"),
+            "nothing half-applied on {cloud}"
+        );
+    }
+
+    // On record as one execution, with both statements' text.
+    let record =
+        pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient::new(s.channel.clone())
+            .get_execution(bearer(
+                pb::GetExecutionRequest {
+                    id: response.execution_id.clone(),
+                },
+                &s.master,
+            ))
+            .await?
+            .into_inner()
+            .execution
+            .expect("on record");
+    assert!(record.success, "{record:?}");
+    assert!(
+        record.query.contains("balance + $1") && record.query.contains("balance - $1"),
+        "{}",
+        record.query
+    );
+
+    // Refusals name the entry and the field within it.
+    let refusals: Vec<(&str, pb::ExecuteRequest, &str, Code, &str)> = vec![
+        (
+            "a READER's transfer",
+            transfer(1, 2, "1"),
+            &s.reader,
+            Code::PermissionDenied,
+            "",
+        ),
+        (
+            "a parameter without a value",
+            pb::ExecuteRequest {
+                statements: vec![
+                    statement("SELECT $1::int", vec![id(1)]),
+                    statement(
+                        "SELECT $1::int",
+                        vec![pb::QueryParam {
+                            value: None,
+                            type_name: String::new(),
+                        }],
+                    ),
+                ],
+                ..execute("", "app")
+            },
+            &s.user,
+            Code::InvalidArgument,
+            "statements[1].params[0].value",
+        ),
+        (
+            "a second statement hidden in an entry",
+            pb::ExecuteRequest {
+                statements: vec![statement("SELECT $1::int; DELETE FROM ledger", vec![id(1)])],
+                ..execute("", "app")
+            },
+            &s.master,
+            Code::InvalidArgument,
+            "statements[0].query",
+        ),
+        (
+            "statements and a query",
+            pb::ExecuteRequest {
+                statements: vec![statement("SELECT 1", vec![])],
+                ..execute("SELECT 2", "app")
+            },
+            &s.user,
+            Code::InvalidArgument,
+            "query",
+        ),
+    ];
+    for (name, request, token, code, field) in refusals {
+        let status = client(&s.channel)
+            .execute(bearer(request, token))
+            .await
+            .expect_err(name);
+        assert_eq!(status.code(), code, "{name}: {}", status.message());
+        if !field.is_empty() {
+            assert_eq!(support::bad_field(&status), field, "{name}");
+        }
+    }
+    for cloud in ["aws", "gcp"] {
+        let rows = support::scalar(&s, cloud, "app", "SELECT count(*)::text FROM ledger").await?;
+        assert_eq!(rows.as_deref(), Some("2"), "no refused request ran on {cloud}");
+    }
+    s.server.shutdown().await?;
+    Ok(())
+}
+
 /// A NUL byte is refused with its position, shown once: Execute's message
 /// carries it, Validate's has it in its fields only.
 #[tokio::test(flavor = "multi_thread")]
