@@ -59,6 +59,14 @@ pub enum RegistryError {
         /// Boxed: keeps every `Result<_, RegistryError>` small.
         login: Box<LoginPrivileges>,
     },
+    /// Writes need a primary, and every member that answered is a standby
+    /// in recovery (a failover is under way, or the configuration names
+    /// only standbys).
+    #[error(
+        "{target} has no writable member: every member that answered is in recovery (a standby); \
+         writes resume once one is promoted"
+    )]
+    NoWritableMember { target: Target },
     /// A non-transient failure while connecting (bad password, unknown database…).
     #[error("{target} ({member}) refused the connection: {source}")]
     Connect {

@@ -33,6 +33,9 @@ pub(crate) struct MemberState {
     pub(crate) last_checked_at: Option<DateTime<Utc>>,
     /// Probes failed since the last successful one.
     pub(crate) consecutive_failures: u32,
+    /// `pg_is_in_recovery()` when last seen (by a probe or a write's
+    /// checkout): `Some(false)` is a primary, `Some(true)` a standby.
+    pub(crate) in_recovery: Option<bool>,
 }
 
 impl MemberState {
@@ -50,6 +53,10 @@ pub struct MemberHealth {
     pub target: Target,
     pub member: Member,
     pub status: HealthStatus,
+    /// The server's role when last seen: `Some(false)` a primary (takes
+    /// writes), `Some(true)` a standby in recovery; `None` before it answered.
+    /// After a failover the configured primary may be the standby.
+    pub in_recovery: Option<bool>,
     /// Round trip of the last successful probe.
     pub latency: Option<Duration>,
     /// Open connections, idle ones included.

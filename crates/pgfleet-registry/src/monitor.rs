@@ -65,8 +65,12 @@ async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
     let outcome = tokio::time::timeout(config.probe_timeout, async {
         let mut connection = member.pool.acquire().await?;
         let started = Instant::now();
-        sqlx::query("SELECT 1").execute(&mut *connection).await?;
-        Ok::<_, sqlx::Error>(started.elapsed())
+        // The same one round trip as `SELECT 1`, and it tells primaries
+        // from standbys, so writes can follow a failover.
+        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut *connection)
+            .await?;
+        Ok::<_, sqlx::Error>((started.elapsed(), in_recovery))
     })
     .await;
     if matches!(outcome, Ok(Ok(_))) && !member.logins_checked.swap(true, Ordering::Relaxed) {
@@ -77,9 +81,10 @@ async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
     };
     state.last_checked_at = Some(Utc::now());
     match outcome {
-        Ok(Ok(latency)) => {
+        Ok(Ok((latency, in_recovery))) => {
             state.consecutive_failures = 0;
             state.latency = Some(latency);
+            state.in_recovery = Some(in_recovery);
             state.status = if latency > config.degraded_latency {
                 HealthStatus::Degraded
             } else {

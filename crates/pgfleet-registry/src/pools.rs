@@ -298,6 +298,13 @@ impl Registry {
     /// A connection to the member `route` selects, retrying transient
     /// connection failures with backoff. Only the connection is retried: no
     /// statement has been sent yet.
+    ///
+    /// Writes go to the member that is primary now, which after a failover
+    /// may be a configured replica: candidates are tried in the order the
+    /// last probes suggest (see [`write_candidates`]) and each checkout is
+    /// checked with `pg_is_in_recovery()` on its own connection (libpq's
+    /// `target_session_attrs=read-write`), so a write never lands on a
+    /// standby, whatever the probes said.
     pub async fn acquire(&self, target: &Target, route: Route) -> Result<Checkout, RegistryError> {
         let entry =
             self.fleet
@@ -309,7 +316,61 @@ impl Registry {
                     cloud: target.cloud.clone(),
                     database: target.database.clone(),
                 })?;
-        let member = select_member(&entry, route);
+        if route != Route::Write {
+            return self
+                .connect(target, &entry, select_member(&entry, route), route)
+                .await;
+        }
+        let mut last_error = None;
+        for member in write_candidates(&entry) {
+            let mut checkout = match self.connect(target, &entry, member, route).await {
+                Ok(checkout) => checkout,
+                Err(error) => {
+                    last_error = Some(error);
+                    continue;
+                }
+            };
+            let in_recovery = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+                .fetch_one(checkout.connection_mut())
+                .await;
+            match in_recovery {
+                Ok(in_recovery) => {
+                    if let Ok(mut state) = member.state.lock() {
+                        state.in_recovery = Some(in_recovery);
+                    }
+                    if !in_recovery {
+                        return Ok(checkout);
+                    }
+                    last_error = Some(RegistryError::NoWritableMember {
+                        target: target.clone(),
+                    });
+                }
+                Err(error) => {
+                    record_failure(member, &error);
+                    // The connection broke under the check: not reused.
+                    drop(checkout.connection.detach());
+                    last_error = Some(RegistryError::Unavailable {
+                        target: target.clone(),
+                        member: member.member.clone(),
+                        attempts: 1,
+                        message: error.to_string(),
+                    });
+                }
+            }
+        }
+        Err(last_error.unwrap_or(RegistryError::NoWritableMember {
+            target: target.clone(),
+        }))
+    }
+
+    /// A connection to `member`, through the pool `route` asks for.
+    async fn connect(
+        &self,
+        target: &Target,
+        entry: &TargetEntry,
+        member: &MemberEntry,
+        route: Route,
+    ) -> Result<Checkout, RegistryError> {
         let (pool, reader_login) = match (&member.reader_pool, route) {
             (Some(reader_pool), Route::ReaderLogin) => (reader_pool, true),
             (None, Route::ReaderLogin) => {
@@ -473,6 +534,33 @@ fn record_failure(member: &MemberEntry, error: &sqlx::Error) {
     }
 }
 
+/// Where a write is tried, in order: members the last probes saw as
+/// primary, then those of unknown role, then those seen in recovery (a
+/// promotion may have come since), and members that did not answer last;
+/// the configuration's order (primary first) within each.
+fn write_candidates(entry: &TargetEntry) -> Vec<&MemberEntry> {
+    let mut candidates: Vec<(u8, &MemberEntry)> = entry
+        .members
+        .iter()
+        .map(|member| {
+            let (status, in_recovery) = member
+                .state
+                .lock()
+                .map(|state| (state.status, state.in_recovery))
+                .unwrap_or((HealthStatus::Unknown, None));
+            let rank = match (status, in_recovery) {
+                (HealthStatus::Unhealthy, _) => 3,
+                (_, Some(false)) => 0,
+                (_, None) => 1,
+                (_, Some(true)) => 2,
+            };
+            (rank, member)
+        })
+        .collect();
+    candidates.sort_by_key(|(rank, _)| *rank);
+    candidates.into_iter().map(|(_, member)| member).collect()
+}
+
 fn select_member(entry: &TargetEntry, route: Route) -> &MemberEntry {
     let primary = &entry.members[0];
     let replicas = &entry.members[1..];
@@ -502,6 +590,7 @@ impl MemberEntry {
         let state = member.state.lock();
         let (
             status,
+            in_recovery,
             latency,
             last_error,
             last_error_category,
@@ -511,6 +600,7 @@ impl MemberEntry {
         ) = match &state {
             Ok(s) => (
                 s.status,
+                s.in_recovery,
                 s.latency,
                 s.last_error.clone(),
                 s.last_error_category,
@@ -518,12 +608,13 @@ impl MemberEntry {
                 s.last_checked_at,
                 s.consecutive_failures,
             ),
-            Err(_) => (HealthStatus::Unknown, None, None, None, None, None, 0),
+            Err(_) => (HealthStatus::Unknown, None, None, None, None, None, None, 0),
         };
         MemberHealth {
             target: target.clone(),
             member: member.member.clone(),
             status,
+            in_recovery,
             latency,
             pool_size: member.pool.size(),
             pool_idle: u32::try_from(member.pool.num_idle()).unwrap_or(u32::MAX),

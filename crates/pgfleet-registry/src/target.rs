@@ -50,7 +50,9 @@ impl fmt::Display for Member {
 /// What a connection will be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// Anything that may write: always the primary.
+    /// Anything that may write: the member that is primary now (the
+    /// configured primary, or a replica promoted since), checked on the
+    /// connection itself.
     Write,
     /// A read: follows the database's `read_preference`.
     Read,

@@ -153,6 +153,12 @@ impl FleetService {
             last_error_at: health.last_error_at.map(timestamp),
             last_checked_at: health.last_checked_at.map(timestamp),
             consecutive_failures: health.consecutive_failures,
+            role: match health.in_recovery {
+                None => pb::ServerRole::Unspecified,
+                Some(false) => pb::ServerRole::Primary,
+                Some(true) => pb::ServerRole::Standby,
+            }
+            .into(),
         }
     }
 }
@@ -640,6 +646,7 @@ mod tests {
             target: Target::new("aws", "app"),
             member: Member::Primary,
             status,
+            in_recovery: Some(false),
             latency: Some(Duration::from_millis(3)),
             pool_size: 2,
             pool_idle: 1,

@@ -12,6 +12,7 @@
 //! - `browser`: a page in headless Chromium calls pgfleet through grpc-web.
 //! - `edges`: TLS and mTLS, message and stream limits, the query rate
 //!   limit, client addresses behind a trusted proxy.
+//! - `failover`: writes follow a promoted streaming replica.
 //! - `fleet`: FleetService, with live and unreachable clouds.
 //! - `grpc_web`: grpc-web and CORS at the HTTP level.
 //! - `history`: HistoryService and the write-ahead audit trail.
@@ -39,6 +40,7 @@ mod support;
 mod auth;
 mod browser;
 mod edges;
+mod failover;
 mod fleet;
 mod grpc_web;
 mod history;
