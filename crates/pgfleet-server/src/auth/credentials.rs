@@ -18,6 +18,10 @@ use super::AuthError;
 pub const SESSION_COOKIE: &str = "pgfleet_session";
 /// Header carrying an API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
+/// The old system's second header: with it, `x-api-key` carries the key's
+/// id (`pgf_<prefix>`) and this one its secret, so clients written for the
+/// old API keep their headers.
+pub const API_SECRET_HEADER: &str = "x-api-secret";
 const API_KEY_SCHEME: &str = "pgf_";
 const API_KEY_PREFIX_LEN: usize = 12;
 const RANDOM_BYTES: usize = 32;
@@ -99,6 +103,13 @@ impl ApiKeySecret {
         })
     }
 
+    /// A key presented as the old system's pair of headers: its id
+    /// (`pgf_<prefix>`, or the bare prefix) and its secret.
+    pub fn from_pair(id: &str, secret: &str) -> Option<Self> {
+        let prefix = id.strip_prefix(API_KEY_SCHEME).unwrap_or(id);
+        Self::parse(&format!("{API_KEY_SCHEME}{prefix}_{secret}"))
+    }
+
     /// The full key, to show its owner once.
     pub fn expose(&self) -> String {
         format!("{API_KEY_SCHEME}{}_{}", self.prefix, self.secret)
@@ -118,14 +129,33 @@ impl ApiKeySecret {
 pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credential>, AuthError> {
     let bearer = bearer_token(headers)?;
     let cookie = session_cookie(headers);
-    let api_key = match headers.get(API_KEY_HEADER) {
-        None => None,
-        Some(value) => {
-            let text = value
-                .to_str()
-                .map_err(|_| AuthError::Unauthenticated("malformed x-api-key header"))?;
-            Some(ApiKeySecret::parse(text.trim()).ok_or(AuthError::Unauthenticated("malformed API key"))?)
+    let header = |name: &'static str, malformed: &'static str| {
+        headers
+            .get(name)
+            .map(|value| {
+                value
+                    .to_str()
+                    .map(str::trim)
+                    .map_err(|_| AuthError::Unauthenticated(malformed))
+            })
+            .transpose()
+    };
+    let key = header(API_KEY_HEADER, "malformed x-api-key header")?;
+    let secret = header(API_SECRET_HEADER, "malformed x-api-secret header")?;
+    let api_key = match (key, secret) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(AuthError::Unauthenticated(
+                "x-api-secret needs the key's id in x-api-key",
+            ));
         }
+        (Some(key), None) => {
+            Some(ApiKeySecret::parse(key).ok_or(AuthError::Unauthenticated("malformed API key"))?)
+        }
+        (Some(id), Some(secret)) => Some(
+            ApiKeySecret::from_pair(id, secret)
+                .ok_or(AuthError::Unauthenticated("malformed API key id or secret"))?,
+        ),
     };
     let session = bearer.or(cookie);
     match (session, api_key) {
@@ -260,6 +290,16 @@ mod tests {
             Ok(Some(Credential::ApiKey(_)))
         ));
         assert!(matches!(from_headers(&HeaderMap::new()), Ok(None)));
+
+        // The old system's pair of headers: the id, then the secret.
+        let key = ApiKeySecret::generate();
+        let id = format!("pgf_{}", key.prefix);
+        for id in [id.as_str(), &key.prefix] {
+            assert!(matches!(
+                from_headers(&headers(&[("x-api-key", id), ("x-api-secret", &key.secret)])),
+                Ok(Some(Credential::ApiKey(k))) if k == key
+            ));
+        }
     }
 
     #[test]
@@ -271,6 +311,24 @@ mod tests {
         assert!(matches!(basic, Err(AuthError::Unauthenticated(_))));
         let bad_key = from_headers(&headers(&[("x-api-key", "secret")]));
         assert!(matches!(bad_key, Err(AuthError::Unauthenticated(_))));
+        let key = ApiKeySecret::generate();
+        let (full, id, secret) = (key.expose(), format!("pgf_{}", key.prefix), key.secret.as_str());
+        for pair in [
+            vec![("x-api-secret", secret)],
+            vec![("x-api-key", full.as_str()), ("x-api-secret", secret)],
+            vec![("x-api-key", id.as_str()), ("x-api-secret", "short")],
+            vec![
+                ("authorization", "Bearer abc"),
+                ("x-api-key", id.as_str()),
+                ("x-api-secret", secret),
+            ],
+        ] {
+            assert!(
+                matches!(from_headers(&headers(&pair)), Err(AuthError::Unauthenticated(_))),
+                "{:?} must be refused",
+                pair.iter().map(|(name, _)| *name).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

@@ -784,6 +784,28 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable() -> anyhow::Result
     };
     assert_eq!(shown.allowed_targets.len(), 1);
     assert!(shown.last_used_at.is_some(), "use is recorded");
+    // The old system's pair of headers: the key's id, then its secret.
+    let id_length = "pgf_".len() + 12;
+    for (id, secret) in [
+        (&created.secret[..id_length], secret_part.as_str()),
+        (
+            &created.secret[..id_length],
+            "pgf-wrong-secret-of-the-right-length-abcdefghi",
+        ),
+    ] {
+        let mut request = tonic::Request::new(pb::MeRequest {});
+        request.metadata_mut().insert("x-api-key", id.parse()?);
+        request.metadata_mut().insert("x-api-secret", secret.parse()?);
+        let answer = client.me(request).await;
+        if secret == secret_part {
+            assert_eq!(answer?.into_inner().role, pb::Role::Reader as i32);
+        } else {
+            assert_eq!(
+                answer.map(|_| ()).expect_err("wrong secret").code(),
+                Code::Unauthenticated
+            );
+        }
+    }
     let logout = client
         .logout(api_key(pb::LogoutRequest {}, &created.secret))
         .await
