@@ -251,6 +251,10 @@ pub struct DatabaseConfig {
     /// Where reads go when replicas are configured.
     #[serde(default)]
     pub read_preference: ReadPreference,
+    /// A replica whose replay is further behind than this (measured by the
+    /// health probes) takes no reads until it catches up; unset: any lag.
+    #[serde(default, with = "humantime_serde")]
+    pub max_replica_lag: Option<Duration>,
     /// Pool sizing and timeouts.
     #[serde(default)]
     pub pool: PoolConfig,

@@ -36,6 +36,22 @@ pub(crate) struct MemberState {
     /// `pg_is_in_recovery()` when last seen (by a probe or a write's
     /// checkout): `Some(false)` is a primary, `Some(true)` a standby.
     pub(crate) in_recovery: Option<bool>,
+    /// A standby's replay lag at the last probe (see [`MemberHealth`]).
+    pub(crate) replay_lag: Option<ReplayLag>,
+    /// `pg_database_size` at the last probe.
+    pub(crate) database_size: Option<u64>,
+}
+
+/// How far a standby's replay is behind what it received, at one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReplayLag {
+    /// Zero when everything received is replayed; otherwise how long ago
+    /// the last replayed transaction committed on the primary. `None` when
+    /// behind with no transaction replayed since the standby started:
+    /// unknown, so past any bound.
+    pub time: Option<Duration>,
+    /// Received WAL not replayed yet.
+    pub bytes: u64,
 }
 
 impl MemberState {
@@ -57,6 +73,11 @@ pub struct MemberHealth {
     /// writes), `Some(true)` a standby in recovery; `None` before it answered.
     /// After a failover the configured primary may be the standby.
     pub in_recovery: Option<bool>,
+    /// A standby's replay lag at the last probe; `None` on a primary or
+    /// before a probe answered.
+    pub replay_lag: Option<ReplayLag>,
+    /// Size of the database at the last probe (`pg_database_size`).
+    pub database_size: Option<u64>,
     /// Round trip of the last successful probe.
     pub latency: Option<Duration>,
     /// Open connections, idle ones included.

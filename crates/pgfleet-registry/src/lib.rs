@@ -20,7 +20,7 @@ mod retry;
 mod target;
 
 pub use error::RegistryError;
-pub use health::{HealthStatus, MemberHealth, error_category};
+pub use health::{HealthStatus, MemberHealth, ReplayLag, error_category};
 pub use monitor::{HealthMonitor, probe_all};
 pub use pools::{Checkout, Registry, Reloaded, connect_options, pool_options};
 pub use privileges::{LoginPrivileges, READER_FORBIDDEN_ROLES, login_privileges};

@@ -11,10 +11,22 @@ use pgfleet_config::HealthConfig;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{HealthStatus, error_category};
+use crate::health::{HealthStatus, ReplayLag, error_category};
 use crate::pools::{MemberEntry, Registry};
 use crate::privileges::login_privileges;
 use crate::target::Target;
+
+/// What a probe reads: role; on a standby the replay lag in time (zero
+/// when all it received is replayed, else the age of the last replayed
+/// transaction: it grows while replay is paused or slow) and in bytes; the
+/// database's size.
+const PROBE: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN \
+       CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 \
+       ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END END, \
+     CASE WHEN pg_is_in_recovery() THEN \
+       coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::int8 END, \
+     pg_database_size(current_database())";
 
 /// Probes every member of a registry on an interval until stopped.
 pub struct HealthMonitor {
@@ -65,12 +77,17 @@ async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
     let outcome = tokio::time::timeout(config.probe_timeout, async {
         let mut connection = member.pool.acquire().await?;
         let started = Instant::now();
-        // The same one round trip as `SELECT 1`, and it tells primaries
-        // from standbys, so writes can follow a failover.
-        let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-            .fetch_one(&mut *connection)
-            .await?;
-        Ok::<_, sqlx::Error>((started.elapsed(), in_recovery))
+        // One round trip, like `SELECT 1`: the role (so writes can follow
+        // a failover), a standby's replay lag (so lagging replicas can be
+        // skipped for reads) and the database's size.
+        let (in_recovery, lag_seconds, lag_bytes, size): (bool, Option<f64>, Option<i64>, i64) =
+            sqlx::query_as(PROBE).fetch_one(&mut *connection).await?;
+        let replay_lag = in_recovery.then(|| ReplayLag {
+            time: lag_seconds
+                .map(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or_default()),
+            bytes: u64::try_from(lag_bytes.unwrap_or(0)).unwrap_or(0),
+        });
+        Ok::<_, sqlx::Error>((started.elapsed(), in_recovery, replay_lag, size))
     })
     .await;
     if matches!(outcome, Ok(Ok(_))) && !member.logins_checked.swap(true, Ordering::Relaxed) {
@@ -81,10 +98,12 @@ async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
     };
     state.last_checked_at = Some(Utc::now());
     match outcome {
-        Ok(Ok((latency, in_recovery))) => {
+        Ok(Ok((latency, in_recovery, replay_lag, size))) => {
             state.consecutive_failures = 0;
             state.latency = Some(latency);
             state.in_recovery = Some(in_recovery);
+            state.replay_lag = replay_lag;
+            state.database_size = u64::try_from(size).ok();
             state.status = if latency > config.degraded_latency {
                 HealthStatus::Degraded
             } else {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use pgfleet_config::{
@@ -94,6 +94,22 @@ impl MemberEntry {
 
     fn usable(&self) -> bool {
         matches!(self.status(), HealthStatus::Healthy | HealthStatus::Degraded)
+    }
+
+    /// Whether this member's replay is within `max_lag` at the last probe:
+    /// a primary (a promoted replica) always is; a standby of unknown lag
+    /// is not, so a bounded read never goes to a replica nobody measured.
+    fn within_lag(&self, max_lag: Option<Duration>) -> bool {
+        let Some(max_lag) = max_lag else {
+            return true;
+        };
+        self.state
+            .lock()
+            .is_ok_and(|state| match (state.in_recovery, state.replay_lag) {
+                (Some(false), _) => true,
+                (_, Some(lag)) => lag.time.is_some_and(|time| time <= max_lag),
+                _ => false,
+            })
     }
 }
 
@@ -567,11 +583,12 @@ fn select_member(entry: &TargetEntry, route: Route) -> &MemberEntry {
     if route == Route::Write || replicas.is_empty() {
         return primary;
     }
+    let max_lag = entry.config.max_replica_lag;
     let healthy_replica = || {
         let start = entry.next_replica.fetch_add(1, Ordering::Relaxed);
         (0..replicas.len())
             .map(|offset| &replicas[(start + offset) % replicas.len()])
-            .find(|replica| replica.usable())
+            .find(|replica| replica.usable() && replica.within_lag(max_lag))
     };
     match entry.config.read_preference {
         ReadPreference::Primary => primary,
@@ -591,6 +608,8 @@ impl MemberEntry {
         let (
             status,
             in_recovery,
+            replay_lag,
+            database_size,
             latency,
             last_error,
             last_error_category,
@@ -601,6 +620,8 @@ impl MemberEntry {
             Ok(s) => (
                 s.status,
                 s.in_recovery,
+                s.replay_lag,
+                s.database_size,
                 s.latency,
                 s.last_error.clone(),
                 s.last_error_category,
@@ -608,13 +629,26 @@ impl MemberEntry {
                 s.last_checked_at,
                 s.consecutive_failures,
             ),
-            Err(_) => (HealthStatus::Unknown, None, None, None, None, None, None, 0),
+            Err(_) => (
+                HealthStatus::Unknown,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                0,
+            ),
         };
         MemberHealth {
             target: target.clone(),
             member: member.member.clone(),
             status,
             in_recovery,
+            replay_lag,
+            database_size,
             latency,
             pool_size: member.pool.size(),
             pool_idle: u32::try_from(member.pool.num_idle()).unwrap_or(u32::MAX),

@@ -153,6 +153,9 @@ impl FleetService {
             last_error_at: health.last_error_at.map(timestamp),
             last_checked_at: health.last_checked_at.map(timestamp),
             consecutive_failures: health.consecutive_failures,
+            replay_lag: health.replay_lag.and_then(|lag| lag.time).map(convert::duration),
+            replay_lag_bytes: health.replay_lag.map_or(0, |lag| lag.bytes),
+            database_size_bytes: health.database_size,
             role: match health.in_recovery {
                 None => pb::ServerRole::Unspecified,
                 Some(false) => pb::ServerRole::Primary,
@@ -647,6 +650,8 @@ mod tests {
             member: Member::Primary,
             status,
             in_recovery: Some(false),
+            replay_lag: None,
+            database_size: Some(8_000_000),
             latency: Some(Duration::from_millis(3)),
             pool_size: 2,
             pool_idle: 1,

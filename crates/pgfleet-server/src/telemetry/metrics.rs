@@ -18,7 +18,7 @@ use std::time::Duration;
 use pgfleet_registry::{HealthStatus, Member, Registry, Target};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
 
 pub use pgfleet_engine::AuditWrite;
 use pgfleet_engine::Observer;
@@ -420,6 +420,8 @@ struct FleetCollector {
     pool_idle: IntGaugeVec,
     pool_waiting: IntGaugeVec,
     health: IntGaugeVec,
+    replay_lag: GaugeVec,
+    database_size: IntGaugeVec,
     /// Scrapes reset and refill the gauges; one at a time.
     collecting: Mutex<()>,
 }
@@ -457,6 +459,20 @@ impl FleetCollector {
                 ),
                 &["cloud", "database", "member", "state"],
             )?,
+            replay_lag: GaugeVec::new(
+                Opts::new(
+                    "pgfleet_replica_replay_lag_seconds",
+                    "A standby member's replay lag at its last probe (0 when all it received is replayed)",
+                ),
+                member,
+            )?,
+            database_size: IntGaugeVec::new(
+                Opts::new(
+                    "pgfleet_database_size_bytes",
+                    "Size of a target's database on a member at its last probe",
+                ),
+                member,
+            )?,
             collecting: Mutex::new(()),
         })
     }
@@ -473,10 +489,13 @@ fn health_label(status: HealthStatus) -> &'static str {
 
 impl Collector for FleetCollector {
     fn desc(&self) -> Vec<&Desc> {
-        [&self.pool_size, &self.pool_idle, &self.pool_waiting, &self.health]
+        let mut descs: Vec<&Desc> = [&self.pool_size, &self.pool_idle, &self.pool_waiting, &self.health]
             .into_iter()
             .flat_map(|vec| vec.desc())
-            .collect()
+            .collect();
+        descs.extend(self.replay_lag.desc());
+        descs.extend(self.database_size.desc());
+        descs
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -489,6 +508,8 @@ impl Collector for FleetCollector {
         for vec in [&self.pool_size, &self.pool_idle, &self.pool_waiting, &self.health] {
             vec.reset();
         }
+        self.replay_lag.reset();
+        self.database_size.reset();
         for member in self.registry.health_snapshot() {
             let name = match &member.member {
                 Member::Primary => "primary",
@@ -508,6 +529,17 @@ impl Collector for FleetCollector {
             self.pool_waiting
                 .with_label_values(&labels)
                 .set(i64::from(member.pool_waiting));
+            if let Some(lag) = member.replay_lag {
+                // Behind by an unknown time (nothing replayed since it
+                // started): +Inf, past any alert threshold.
+                let seconds = lag.time.map_or(f64::INFINITY, |time| time.as_secs_f64());
+                self.replay_lag.with_label_values(&labels).set(seconds);
+            }
+            if let Some(size) = member.database_size {
+                self.database_size
+                    .with_label_values(&labels)
+                    .set(i64::try_from(size).unwrap_or(i64::MAX));
+            }
             for state in [
                 HealthStatus::Unknown,
                 HealthStatus::Healthy,
@@ -519,10 +551,14 @@ impl Collector for FleetCollector {
                     .set(i64::from(member.status == state));
             }
         }
-        [&self.pool_size, &self.pool_idle, &self.pool_waiting, &self.health]
-            .into_iter()
-            .flat_map(|vec| vec.collect())
-            .collect()
+        let mut families: Vec<MetricFamily> =
+            [&self.pool_size, &self.pool_idle, &self.pool_waiting, &self.health]
+                .into_iter()
+                .flat_map(|vec| vec.collect())
+                .collect();
+        families.extend(self.replay_lag.collect());
+        families.extend(self.database_size.collect());
+        families
     }
 }
 

@@ -1,8 +1,7 @@
-//! Writes follow the primary: a cloud whose configured primary is stopped
-//! and whose streaming replica (made with `pg_basebackup`) is promoted
-//! takes the next write on the promoted replica; while no member is
-//! writable, writes fail UNAVAILABLE naming the target and nothing lands on
-//! the standby.
+//! Primaries and standbys on real streaming replicas (`pg_basebackup`):
+//! writes follow a promoted replica (UNAVAILABLE naming the target while no
+//! member is writable, nothing on the standby), and reads skip a replica
+//! whose replay is paused past `max_replica_lag`.
 
 use std::time::Duration;
 
@@ -39,6 +38,11 @@ async fn write(s: &Session, id: i32) -> anyhow::Result<pb::TargetResult> {
 /// The role GetHealth reports for the onprem member named `replica`
 /// (empty: the configured primary).
 async fn role(s: &Session, replica: &str) -> anyhow::Result<pb::ServerRole> {
+    Ok(member(s, replica).await?.role())
+}
+
+/// GetHealth's entry for the onprem member named `replica`.
+async fn member(s: &Session, replica: &str) -> anyhow::Result<pb::TargetHealth> {
     let health = FleetServiceClient::new(s.channel.clone())
         .get_health(bearer(
             pb::GetHealthRequest {
@@ -49,12 +53,11 @@ async fn role(s: &Session, replica: &str) -> anyhow::Result<pb::ServerRole> {
         ))
         .await?
         .into_inner();
-    let member = health
+    health
         .targets
-        .iter()
+        .into_iter()
         .find(|target| target.replica == replica)
-        .ok_or_else(|| anyhow::anyhow!("no member {replica:?} in {health:?}"))?;
-    Ok(member.role())
+        .ok_or_else(|| anyhow::anyhow!("no member {replica:?}"))
 }
 
 async fn rows_on(cluster: &PgCluster, database: &str) -> anyhow::Result<Vec<i32>> {
@@ -64,19 +67,18 @@ async fn rows_on(cluster: &PgCluster, database: &str) -> anyhow::Result<Vec<i32>
         .await?)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn writes_follow_a_promoted_replica() -> anyhow::Result<()> {
-    let primary = PgCluster::start().await?;
-    let database = TestDatabase::create_on(&primary.admin_url(), "failover").await?;
-    sqlx::raw_sql("CREATE TABLE events (id int PRIMARY KEY)")
-        .execute(&database.pool().await?)
-        .await?;
-    let standby = PgCluster::start_replica_of(&primary).await?;
-    standby.wait_for_replay().await?;
-    let extra = format!(
+/// The onprem cloud: `app` on `primary` with `standby` as its replica,
+/// `database_settings` added to the database; fast probes and retries.
+fn onprem(
+    primary: &PgCluster,
+    standby: &PgCluster,
+    database: &TestDatabase,
+    database_settings: &str,
+) -> String {
+    format!(
         "[[clouds]]\nname = 'onprem'\n[[clouds.databases]]\nname = 'app'\nhost = '127.0.0.1'\nport = {}\n\
          user = '{}'\ndatabase = '{}'\nsslmode = 'disable'\nschemas = ['public']\n\
-         pool = {{ acquire_timeout = '2s' }}\n\
+         pool = {{ acquire_timeout = '2s' }}\n{database_settings}\
          [[clouds.databases.replicas]]\nname = 'standby'\nhost = '127.0.0.1'\nport = {}\n\
          [health]\ninterval = '200ms'\nprobe_timeout = '1s'\n\
          [retry]\nmax_elapsed = '1s'\n",
@@ -84,8 +86,26 @@ async fn writes_follow_a_promoted_replica() -> anyhow::Result<()> {
         database.user(),
         database.name(),
         standby.port(),
-    );
-    let s = session(&extra).await?;
+    )
+}
+
+/// A primary with table `events` in a fresh database, and a streaming
+/// standby of it that has replayed everything.
+async fn replicated() -> anyhow::Result<(PgCluster, PgCluster, TestDatabase)> {
+    let primary = PgCluster::start().await?;
+    let database = TestDatabase::create_on(&primary.admin_url(), "failover").await?;
+    sqlx::raw_sql("CREATE TABLE events (id int PRIMARY KEY)")
+        .execute(&database.pool().await?)
+        .await?;
+    let standby = PgCluster::start_replica_of(&primary).await?;
+    standby.wait_for_replay().await?;
+    Ok((primary, standby, database))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_follow_a_promoted_replica() -> anyhow::Result<()> {
+    let (primary, standby, database) = replicated().await?;
+    let s = session(&onprem(&primary, &standby, &database, "")).await?;
 
     let first = write(&s, 1).await?;
     assert!(first.success, "{first:?}");
@@ -117,6 +137,92 @@ async fn writes_follow_a_promoted_replica() -> anyhow::Result<()> {
         matches!(role(&s, "standby").await, Ok(pb::ServerRole::Primary))
     })
     .await?;
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+/// Which member answered a read of `events` on onprem ("" for the primary).
+async fn read_from(s: &Session) -> anyhow::Result<String> {
+    let response = QueryServiceClient::new(s.channel.clone())
+        .execute(bearer(
+            pb::ExecuteRequest {
+                query: "SELECT count(*) FROM events".to_owned(),
+                database: "app".to_owned(),
+                scope: Some(pb::execute_request::Scope::Cloud("onprem".to_owned())),
+                ..Default::default()
+            },
+            &s.user,
+        ))
+        .await?
+        .into_inner();
+    let result = response
+        .results
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no target result"))?;
+    anyhow::ensure!(result.success, "read failed: {result:?}");
+    Ok(result.replica)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_skip_a_replica_behind_max_replica_lag() -> anyhow::Result<()> {
+    let (primary, standby, database) = replicated().await?;
+    let settings = "read_preference = 'replica'\nmax_replica_lag = '1s'\n";
+    let s = session(&onprem(&primary, &standby, &database, settings)).await?;
+
+    // Caught up: reads go to the replica, and health shows it measured.
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), async || {
+        read_from(&s).await.is_ok_and(|member| member == "standby")
+    })
+    .await?;
+    let caught_up = member(&s, "standby").await?;
+    assert_eq!(caught_up.role(), pb::ServerRole::Standby);
+    assert_eq!(
+        caught_up.replay_lag.map(|lag| lag.seconds),
+        Some(0),
+        "{caught_up:?}"
+    );
+    assert!(caught_up.database_size_bytes.unwrap_or(0) > 0, "{caught_up:?}");
+
+    // A transaction replayed since the standby started, so its lag has a
+    // time. Then replay is paused while the primary keeps writing: once the
+    // standby is more than a second behind, reads go to the primary.
+    let writer = database.pool().await?;
+    sqlx::query("INSERT INTO events VALUES (0)")
+        .execute(&writer)
+        .await?;
+    standby.wait_for_replay().await?;
+    standby.pause_replay().await?;
+    wait_until(Duration::from_secs(20), Duration::from_millis(200), async || {
+        let wrote = sqlx::query("INSERT INTO events SELECT coalesce(max(id), 0) + 1 FROM events")
+            .execute(&writer)
+            .await
+            .is_ok();
+        let answered = read_from(&s).await?;
+        let standby = member(&s, "standby").await?;
+        anyhow::ensure!(
+            wrote && answered.is_empty(),
+            "read answered by {answered:?}; standby lag {:?}, {} bytes",
+            standby.replay_lag,
+            standby.replay_lag_bytes
+        );
+        anyhow::Ok(true)
+    })
+    .await?;
+    let behind = member(&s, "standby").await?;
+    assert!(
+        behind.replay_lag.is_some_and(|lag| lag.seconds >= 1),
+        "{behind:?}"
+    );
+    assert!(behind.replay_lag_bytes > 0, "{behind:?}");
+
+    // Caught up again: reads come back to the replica.
+    standby.resume_replay().await?;
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), async || {
+        read_from(&s).await.is_ok_and(|member| member == "standby")
+    })
+    .await?;
+    writer.close().await;
     s.server.shutdown().await?;
     Ok(())
 }
