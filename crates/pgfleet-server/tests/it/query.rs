@@ -23,6 +23,16 @@ fn execute(query: &str, database: &str) -> pb::ExecuteRequest {
     }
 }
 
+/// The audit record of execution `id`, read through HistoryService.
+async fn recorded(s: &support::Session, id: &str) -> anyhow::Result<pb::ExecutionRecord> {
+    pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient::new(s.channel.clone())
+        .get_execution(bearer(pb::GetExecutionRequest { id: id.to_owned() }, &s.master))
+        .await?
+        .into_inner()
+        .execution
+        .ok_or_else(|| anyhow::anyhow!("execution {id} is not on record"))
+}
+
 fn cell_text(cell: &pb::Cell) -> String {
     use pb::cell::Kind;
     match &cell.kind {
@@ -762,9 +772,14 @@ async fn a_reader_cannot_write_whatever_the_sql_hides() -> anyhow::Result<()> {
             .fetch_one(&pool)
             .await?;
         assert_eq!(stolen, None);
-        let locks: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
-            .fetch_one(&pool)
-            .await?;
+        // pg_locks is server-wide: only this database's locks are this
+        // test's (other tests' migration and job locks come and go).
+        let locks: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&pool)
+        .await?;
         assert_eq!(locks, 0, "no advisory lock leaked");
         pool.close().await;
     }
@@ -1138,18 +1153,7 @@ async fn a_transaction_binds_each_statements_own_parameters() -> anyhow::Result<
     }
 
     // On record as one execution, with both statements' text.
-    let record =
-        pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient::new(s.channel.clone())
-            .get_execution(bearer(
-                pb::GetExecutionRequest {
-                    id: response.execution_id.clone(),
-                },
-                &s.master,
-            ))
-            .await?
-            .into_inner()
-            .execution
-            .expect("on record");
+    let record = recorded(&s, &response.execution_id).await?;
     assert!(record.success, "{record:?}");
     assert!(
         record.query.contains("balance + $1") && record.query.contains("balance - $1"),
@@ -1801,18 +1805,7 @@ async fn a_write_whose_returning_is_over_the_budget_is_rolled_back_and_on_record
     // The table agrees: nothing of the write stayed.
     assert_eq!(support::count(&s, "aws", "app", "wide").await?, 0);
     // And the history says it failed.
-    let record =
-        pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient::new(s.channel.clone())
-            .get_execution(bearer(
-                pb::GetExecutionRequest {
-                    id: response.execution_id.clone(),
-                },
-                &s.master,
-            ))
-            .await?
-            .into_inner()
-            .execution
-            .expect("on record");
+    let record = recorded(&s, &response.execution_id).await?;
     assert!(!record.success, "{record:?}");
     assert_eq!(record.outcomes.len(), 1);
     assert!(!record.outcomes[0].success);
