@@ -251,6 +251,16 @@ pub struct DatabaseConfig {
     /// Where reads go when replicas are configured.
     #[serde(default)]
     pub read_preference: ReadPreference,
+    /// Where this copy lives (`eu-west-1`), shown in configuration and
+    /// health.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Every write of an execution (Execute, ExecuteStream) that would
+    /// reach this copy is refused before anything runs (a copy kept for
+    /// reads, a frozen archive); reads go on. Replication and migrations
+    /// do not look at it yet.
+    #[serde(default)]
+    pub read_only: bool,
     /// A replica whose replay is further behind than this (measured by the
     /// health probes) takes no reads until it catches up; unset: any lag.
     #[serde(default, with = "humantime_serde")]

@@ -13,7 +13,7 @@ use pgfleet_registry::{Registry, Target};
 use uuid::Uuid;
 
 /// Two clouds with database `app` (schemas public and sales, a reader
-/// login on aws only), and gcp alone with `analytics`.
+/// login on aws only), and gcp alone with `analytics` (configured read_only).
 fn fleet() -> FleetConfig {
     let text = "[history]\nhost='127.0.0.1'\nuser='postgres'\ndatabase='postgres'\n\
         [query]\nmax_timeout='60s'\n\
@@ -24,7 +24,7 @@ fn fleet() -> FleetConfig {
         [[clouds.databases]]\nname='app'\nhost='127.0.0.1'\nuser='postgres'\ndatabase='app'\nsslmode='disable'\n\
         schemas=['public','sales']\n\
         [[clouds.databases]]\nname='analytics'\nhost='127.0.0.1'\nuser='postgres'\ndatabase='analytics'\n\
-        sslmode='disable'\nreader_user='analytics_reader'\n";
+        sslmode='disable'\nreader_user='analytics_reader'\nread_only=true\nregion='europe-west1'\n";
     pgfleet_config::load_str(
         text,
         FileFormat::Toml,
@@ -365,6 +365,18 @@ async fn every_refusal_is_decided_before_anything_runs() {
             Some(Refused::PermissionDenied),
         ),
         (
+            "a write to a copy configured read_only",
+            on_app("INSERT INTO events VALUES (1)").with_database("analytics"),
+            user(Role::Master),
+            Some(Refused::FailedPrecondition),
+        ),
+        (
+            "a read of a copy configured read_only",
+            on_app("SELECT 1").with_database("analytics"),
+            user(Role::User),
+            None,
+        ),
+        (
             "statements, each with its own parameters",
             statements_on_app(&[
                 "UPDATE accounts SET balance = balance - $1 WHERE id = 1",
@@ -548,6 +560,23 @@ async fn statements_keep_their_own_parameters_and_positions() {
     };
     assert_eq!(field, "statements[1].query");
     assert!(message.ends_with("(line 2, column 3)"), "{message}");
+
+    // A write to a read_only copy says which one and that nothing ran.
+    let frozen = plan(
+        &on_app("INSERT INTO events VALUES (1)").with_database("analytics"),
+        &master,
+        &config,
+        &registry,
+    )
+    .await
+    .expect_err("read_only copy");
+    let RequestError::FailedPrecondition(message) = &frozen else {
+        panic!("expected FAILED_PRECONDITION, got {frozen:?}");
+    };
+    assert!(
+        message.contains("gcp/analytics") && message.contains("read_only"),
+        "{message}"
+    );
 
     // A single query keeps its top-level parameters.
     let single = plan(

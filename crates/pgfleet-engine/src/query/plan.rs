@@ -233,6 +233,9 @@ impl Plan {
         let read_only = fields.read_only || identity.role == Role::Reader;
         check_roles(&analysis, identity, read_only)?;
         let confirmed_findings = check_danger(&analysis, identity, fields.confirm_dangerous)?;
+        if analysis.can_write() {
+            check_writable(&targets, registry)?;
+        }
 
         if !fields.params.is_empty() && analysis.statements.len() > 1 {
             return Err(RequestError::invalid(
@@ -428,6 +431,26 @@ fn resolve_targets(fields: &ExecuteSpec, registry: &Registry) -> Result<Vec<Targ
             }
         }
     }
+}
+
+/// Refuses a write that would reach a copy configured `read_only`.
+fn check_writable(targets: &[Target], registry: &Registry) -> Result<(), RequestError> {
+    let frozen: Vec<String> = targets
+        .iter()
+        .filter(|target| {
+            registry
+                .database_config(target)
+                .is_some_and(|database| database.read_only)
+        })
+        .map(ToString::to_string)
+        .collect();
+    if frozen.is_empty() {
+        return Ok(());
+    }
+    Err(RequestError::FailedPrecondition(format!(
+        "{} configured read_only: writes are refused there; nothing ran",
+        frozen.join(", ")
+    )))
 }
 
 /// Refuses texts whose shape pgfleet cannot run faithfully.

@@ -126,10 +126,11 @@ impl FleetService {
     fn target_health(&self, health: MemberHealth, now: DateTime<Utc>, detailed: bool) -> pb::TargetHealth {
         // Every snapshot entry comes from a configured target; the default
         // only guards against a registry built from another config.
-        let max_size = self
-            .registry
-            .database_config(&health.target)
+        let database = self.registry.database_config(&health.target);
+        let max_size = database
+            .as_ref()
             .map_or(0, |database| database.pool.max_connections);
+        let region = database.and_then(|database| database.region).unwrap_or_default();
         let status = wire_status(&health, max_size, self.config.health.interval, now);
         pb::TargetHealth {
             target: Some(convert::target(&health.target)),
@@ -153,6 +154,7 @@ impl FleetService {
             last_error_at: health.last_error_at.map(timestamp),
             last_checked_at: health.last_checked_at.map(timestamp),
             consecutive_failures: health.consecutive_failures,
+            region,
             replay_lag: health.replay_lag.and_then(|lag| lag.time).map(convert::duration),
             replay_lag_bytes: health.replay_lag.map_or(0, |lag| lag.bytes),
             database_size_bytes: health.database_size,
@@ -617,6 +619,9 @@ fn database_info(database: &DatabaseConfig, show_connections: bool) -> pb::Datab
         read_preference: read_preference(database.read_preference).into(),
         connection: show_connections.then(|| connection_info(&database.connection())),
         has_reader_login: database.reader_user.is_some(),
+        region: database.region.clone().unwrap_or_default(),
+        read_only: database.read_only,
+        max_replica_lag: database.max_replica_lag.map(convert::duration),
     }
 }
 

@@ -27,6 +27,7 @@ fn unreachable_cloud(dead_port: u16) -> String {
          user = 'fleet_owner'\npassword = 'sekrit-value'\ndatabase = 'nowhere'\nsslmode = 'disable'\n\
          schemas = ['public', 'sales']\ndefault_schema = 'sales'\n\
          reader_user = 'fleet_reader'\nreader_password = 'reader-sekrit'\nread_preference = 'replica'\n\
+         region = 'westeurope'\nread_only = true\nmax_replica_lag = '5s'\n\
          pool = {{ acquire_timeout = '300ms' }}\n\
          [[clouds.databases.replicas]]\nname = 'ro-1'\nhost = '127.0.0.2'\n\
          [health]\ninterval = '200ms'\nprobe_timeout = '1s'\n\
@@ -162,6 +163,9 @@ async fn configuration_shows_connections_to_master_only_and_passwords_to_no_one(
         assert_eq!(azure.default_schema, "sales");
         assert_eq!(azure.read_preference, pb::ReadPreference::Replica as i32);
         assert!(azure.has_reader_login);
+        assert_eq!(azure.region, "westeurope");
+        assert!(azure.read_only);
+        assert_eq!(azure.max_replica_lag.as_ref().map(|lag| lag.seconds), Some(5));
         assert_eq!(azure.replicas.len(), 1);
         assert_eq!(azure.replicas[0].name, "ro-1");
         let aws_app = &response.clouds[0].databases[0];
@@ -170,6 +174,7 @@ async fn configuration_shows_connections_to_master_only_and_passwords_to_no_one(
         assert_eq!(aws_app.read_preference, pb::ReadPreference::Primary as i32);
         assert!(!aws_app.has_reader_login);
         assert!(aws_app.replicas.is_empty());
+        assert!(aws_app.region.is_empty() && !aws_app.read_only && aws_app.max_replica_lag.is_none());
         assert_eq!(
             response.clouds.iter().map(|c| c.primary).collect::<Vec<_>>(),
             [true, false, false]
