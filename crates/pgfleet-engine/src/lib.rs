@@ -10,6 +10,7 @@
 //! - [`identity`]: callers, roles, API-key target patterns.
 //! - [`migrations`]: fleet schema migrations (pgfleet-migrate) on the
 //!   registry's targets, with their sets, locks and audit records.
+//! - [`topology`]: promoting a replica to primary, with its checks.
 //! - [`advisory_locks`], [`history_store`]: pgfleet's own database.
 //! - [`Observer`]: what the engine reports as it works (target outcomes,
 //!   audit write latencies), for the server's metrics.
@@ -29,6 +30,7 @@ pub mod migrations;
 mod observer;
 pub mod query;
 pub mod replication;
+pub mod topology;
 
 pub use error::RequestError;
 pub use observer::{AuditWrite, Observer};

@@ -379,6 +379,39 @@ impl Registry {
         }))
     }
 
+    /// A connection to one named member of `target` through its main login
+    /// (for administration: promotion and its checks), with the usual
+    /// connection retries.
+    pub async fn acquire_member(&self, target: &Target, member: &Member) -> Result<Checkout, RegistryError> {
+        let unknown = || RegistryError::UnknownTarget {
+            cloud: target.cloud.clone(),
+            database: target.database.clone(),
+        };
+        let entry = self
+            .fleet
+            .load()
+            .targets
+            .get(target)
+            .cloned()
+            .ok_or_else(unknown)?;
+        let chosen = entry
+            .members
+            .iter()
+            .find(|candidate| candidate.member == *member)
+            .ok_or_else(unknown)?;
+        self.connect(target, &entry, chosen, Route::Read).await
+    }
+
+    /// The members of `target` (primary first), empty for an unknown one.
+    pub fn members(&self, target: &Target) -> Vec<Member> {
+        self.fleet
+            .load()
+            .targets
+            .get(target)
+            .map(|entry| entry.members.iter().map(|m| m.member.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// A connection to `member`, through the pool `route` asks for.
     async fn connect(
         &self,

@@ -268,6 +268,7 @@ impl RunningServer {
                 FleetServiceServer::new(FleetService::new(
                     Arc::clone(&registry),
                     Arc::clone(&shared_config),
+                    Arc::clone(&audit),
                 )),
                 limit
             ))

@@ -72,6 +72,8 @@ pub enum Kind {
     MigrationRollback,
     /// A recorded checksum replaced by the file's.
     MigrationRepair,
+    /// A replica promoted to primary (`FleetService.PromoteReplica`).
+    ReplicaPromotion,
 }
 
 impl Kind {
@@ -82,6 +84,7 @@ impl Kind {
             Kind::MigrationApply => "MIGRATION_APPLY",
             Kind::MigrationRollback => "MIGRATION_ROLLBACK",
             Kind::MigrationRepair => "MIGRATION_REPAIR",
+            Kind::ReplicaPromotion => "REPLICA_PROMOTION",
         }
     }
 }

@@ -77,6 +77,7 @@ pub const RPC_ACCESS: &[(&str, Access)] = {
         ("/pgfleet.v1.FleetService/GetHealth", AtLeast(Reader)),
         ("/pgfleet.v1.FleetService/ListSchemas", AtLeast(Reader)),
         ("/pgfleet.v1.FleetService/ListTables", AtLeast(Reader)),
+        ("/pgfleet.v1.FleetService/PromoteReplica", AtLeast(Master)),
     ]
 };
 

@@ -33,7 +33,10 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, timestamp};
 use pgfleet_engine::RequestError;
+use pgfleet_engine::audit::AuditLog;
 use pgfleet_engine::identity::{Identity, Principal, Role};
+use pgfleet_engine::migrations::Caller;
+use pgfleet_engine::topology::{self, PromoteSpec};
 
 /// Page size when a request asks for none.
 const DEFAULT_PAGE_SIZE: i64 = 100;
@@ -45,11 +48,17 @@ const MAX_PAGE_SIZE: i64 = 1000;
 pub struct FleetService {
     registry: Arc<Registry>,
     config: Arc<FleetConfig>,
+    /// Promotions are on record before they act.
+    audit: Arc<AuditLog>,
 }
 
 impl FleetService {
-    pub fn new(registry: Arc<Registry>, config: Arc<FleetConfig>) -> Self {
-        Self { registry, config }
+    pub fn new(registry: Arc<Registry>, config: Arc<FleetConfig>, audit: Arc<AuditLog>) -> Self {
+        Self {
+            registry,
+            config,
+            audit,
+        }
     }
 
     /// The configured target a request names, with its configuration, once
@@ -208,6 +217,35 @@ impl fleet_service_server::FleetService for FleetService {
                 max_query_bytes: limits.max_query_bytes,
                 max_rows: limits.max_rows_per_statement,
             }),
+        }))
+    }
+
+    async fn promote_replica(
+        &self,
+        request: Request<pb::PromoteReplicaRequest>,
+    ) -> Result<Response<pb::PromoteReplicaResponse>, Status> {
+        let identity = super::identity(&request)?;
+        let caller = Caller::of(identity, super::origin(&request));
+        let wire = request.get_ref();
+        let (target, _) = self
+            .resolve_target(identity, wire.target.as_ref())
+            .map_err(request_status)?;
+        let wait = match &wire.wait {
+            None => topology::DEFAULT_PROMOTE_WAIT,
+            Some(wait) => convert::duration_from_wire(wait, "wait").map_err(request_status)?,
+        };
+        let spec = PromoteSpec {
+            target,
+            replica: wire.replica.clone(),
+            confirm: wire.confirm,
+            wait,
+        };
+        let promoted = topology::promote_replica(&self.registry, &self.audit, &spec, &caller)
+            .await
+            .map_err(request_status)?;
+        Ok(Response::new(pb::PromoteReplicaResponse {
+            execution_id: promoted.execution_id.to_string(),
+            duration: Some(convert::duration(promoted.duration)),
         }))
     }
 

@@ -135,6 +135,7 @@ async fn every_rpc_allows_and_denies_by_role() -> anyhow::Result<()> {
         "MigrationService/RollbackMigration",
         "MigrationService/RepairChecksum",
         "MigrationService/UploadMigrationSet",
+        "FleetService/PromoteReplica",
     ]
     .into_iter()
     .collect();

@@ -1,7 +1,8 @@
 //! Primaries and standbys on real streaming replicas (`pg_basebackup`):
 //! writes follow a promoted replica (UNAVAILABLE naming the target while no
 //! member is writable, nothing on the standby), and reads skip a replica
-//! whose replay is paused past `max_replica_lag`.
+//! whose replay is paused past `max_replica_lag`; PromoteReplica is
+//! confirmed, audited, and refused while the old primary still answers.
 
 use std::time::Duration;
 
@@ -223,6 +224,99 @@ async fn reads_skip_a_replica_behind_max_replica_lag() -> anyhow::Result<()> {
     })
     .await?;
     writer.close().await;
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+fn promote(replica: &str, confirm: bool) -> pb::PromoteReplicaRequest {
+    pb::PromoteReplicaRequest {
+        target: Some(crate::support::target("onprem", "app")),
+        replica: replica.to_owned(),
+        confirm,
+        wait: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_replica_is_confirmed_audited_and_never_makes_two_primaries() -> anyhow::Result<()> {
+    use tonic::Code;
+    let (primary, standby, database) = replicated().await?;
+    let s = session(&onprem(&primary, &standby, &database, "")).await?;
+    let fleet = FleetServiceClient::new(s.channel.clone());
+
+    let refusals = [
+        (
+            promote("standby", true),
+            s.user.as_str(),
+            Code::PermissionDenied,
+            "",
+        ),
+        (
+            promote("standby", false),
+            s.master.as_str(),
+            Code::FailedPrecondition,
+            "confirm",
+        ),
+        (
+            promote("nope", true),
+            s.master.as_str(),
+            Code::NotFound,
+            "no replica",
+        ),
+        // The primary still answers: promoting would make two primaries.
+        (
+            promote("standby", true),
+            s.master.as_str(),
+            Code::FailedPrecondition,
+            "still answers as a primary",
+        ),
+    ];
+    for (request, token, code, says) in refusals {
+        let status = fleet
+            .clone()
+            .promote_replica(bearer(request, token))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), code, "{}", status.message());
+        assert!(status.message().contains(says), "{}", status.message());
+    }
+    assert!(standby.is_in_recovery().await?, "nothing was promoted");
+
+    primary.stop().await?;
+    let promoted = fleet
+        .clone()
+        .promote_replica(bearer(promote("standby", true), &s.master))
+        .await?
+        .into_inner();
+    assert!(!standby.is_in_recovery().await?, "the standby is the primary now");
+    let record =
+        pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient::new(s.channel.clone())
+            .get_execution(bearer(
+                pb::GetExecutionRequest {
+                    id: promoted.execution_id.clone(),
+                },
+                &s.master,
+            ))
+            .await?
+            .into_inner()
+            .execution
+            .ok_or_else(|| anyhow::anyhow!("promotion not on record"))?;
+    assert_eq!(record.kind(), pb::RecordKind::ReplicaPromotion);
+    assert!(record.success, "{record:?}");
+
+    let moved = write(&s, 7).await?;
+    assert!(moved.success && moved.replica == "standby", "{moved:?}");
+    let again = fleet
+        .clone()
+        .promote_replica(bearer(promote("standby", true), &s.master))
+        .await
+        .expect_err("already a primary");
+    assert_eq!(again.code(), Code::FailedPrecondition, "{}", again.message());
+    assert!(
+        again.message().contains("already a primary"),
+        "{}",
+        again.message()
+    );
     s.server.shutdown().await?;
     Ok(())
 }
