@@ -59,9 +59,10 @@ pub enum RegistryError {
         /// Boxed: keeps every `Result<_, RegistryError>` small.
         login: Box<LoginPrivileges>,
     },
-    /// Writes need a primary, and every member that answered is a standby
-    /// in recovery (a failover is under way, or the configuration names
-    /// only standbys).
+    /// Writes need a primary, and every member answered as a standby in
+    /// recovery (the configuration names only standbys, or a promotion is
+    /// under way). When a member could not be reached, its own error is
+    /// returned instead.
     #[error(
         "{target} has no writable member: every member that answered is in recovery (a standby); \
          writes resume once one is promoted"

@@ -337,12 +337,15 @@ impl Registry {
                 .connect(target, &entry, select_member(&entry, route), route)
                 .await;
         }
-        let mut last_error = None;
+        // The first candidate's failure says most (where writes should have
+        // gone: a wrong password or a TLS error must not read as "no
+        // writable member" because a standby answered after it).
+        let mut first_error = None;
         for member in write_candidates(&entry) {
             let mut checkout = match self.connect(target, &entry, member, route).await {
                 Ok(checkout) => checkout,
                 Err(error) => {
-                    last_error = Some(error);
+                    first_error.get_or_insert(error);
                     continue;
                 }
             };
@@ -357,15 +360,12 @@ impl Registry {
                     if !in_recovery {
                         return Ok(checkout);
                     }
-                    last_error = Some(RegistryError::NoWritableMember {
-                        target: target.clone(),
-                    });
                 }
                 Err(error) => {
                     record_failure(member, &error);
                     // The connection broke under the check: not reused.
                     drop(checkout.connection.detach());
-                    last_error = Some(RegistryError::Unavailable {
+                    first_error.get_or_insert(RegistryError::Unavailable {
                         target: target.clone(),
                         member: member.member.clone(),
                         attempts: 1,
@@ -374,7 +374,7 @@ impl Registry {
                 }
             }
         }
-        Err(last_error.unwrap_or(RegistryError::NoWritableMember {
+        Err(first_error.unwrap_or(RegistryError::NoWritableMember {
             target: target.clone(),
         }))
     }

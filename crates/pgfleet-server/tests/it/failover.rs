@@ -320,3 +320,21 @@ async fn promote_replica_is_confirmed_audited_and_never_makes_two_primaries() ->
     s.server.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_whose_members_are_all_standbys_refuses_writes() -> anyhow::Result<()> {
+    let (_primary, standby, database) = replicated().await?;
+    // Both configured members are the standby: nothing takes writes.
+    let s = session(&onprem(&standby, &standby, &database, "")).await?;
+    let refused = write(&s, 1).await?;
+    assert!(!refused.success, "{refused:?}");
+    let error = refused.error.clone().unwrap_or_default();
+    assert_eq!(error.code(), pb::ErrorCode::Unavailable, "{error:?}");
+    assert!(
+        error.message.contains("onprem/app has no writable member"),
+        "{error:?}"
+    );
+    assert_eq!(rows_on(&standby, database.name()).await?, Vec::<i32>::new());
+    s.server.shutdown().await?;
+    Ok(())
+}
