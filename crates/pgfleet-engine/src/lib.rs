@@ -13,10 +13,11 @@
 //! - [`topology`]: promoting a replica to primary, with its checks.
 //! - [`advisory_locks`], [`history_store`]: pgfleet's own database.
 //! - [`Observer`]: what the engine reports as it works (target outcomes,
-//!   audit write latencies), for the server's metrics.
+//!   audit write latencies, replication rows and lag), for the server's
+//!   metrics.
 //!
 //! Architecture invariant: this crate depends on neither tonic nor prost.
-//! Requests arrive as domain specs (the server's `TryFrom` of each wire
+//! Requests arrive as domain specs (the server's `FromWire` of each wire
 //! request), failures leave as [`RequestError`] (one gRPC status each, mapped
 //! by the server) or as per-target [`query::TargetFailure`]s.
 
