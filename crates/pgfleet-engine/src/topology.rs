@@ -70,7 +70,7 @@ pub async fn promote_replica(
         )));
     }
     let mut checkout = registry.acquire_member(&spec.target, &replica).await?;
-    if !in_recovery(checkout.connection_mut()).await? {
+    if !checkout.in_recovery().await.map_err(unavailable)? {
         return Err(RequestError::FailedPrecondition(format!(
             "{replica} of {} is already a primary",
             spec.target
@@ -139,7 +139,7 @@ async fn refuse_a_second_primary(
             continue;
         }
         let answer = match registry.acquire_member(target, &member).await {
-            Ok(mut checkout) => in_recovery(checkout.connection_mut()).await,
+            Ok(mut checkout) => checkout.in_recovery().await,
             Err(_) => continue,
         };
         if matches!(answer, Ok(false)) {
@@ -152,11 +152,9 @@ async fn refuse_a_second_primary(
     Ok(())
 }
 
-async fn in_recovery(connection: &mut sqlx::PgConnection) -> Result<bool, RequestError> {
-    sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(connection)
-        .await
-        .map_err(|error| RequestError::Unavailable(error.to_string()))
+/// A role check's failure: the server stopped answering.
+fn unavailable(error: sqlx::Error) -> RequestError {
+    RequestError::Unavailable(error.to_string())
 }
 
 fn new_execution(spec: &PromoteSpec, caller: &Caller, query: String) -> NewExecution {

@@ -70,6 +70,14 @@ impl Checkout {
     pub fn connection_mut(&mut self) -> &mut PgConnection {
         &mut self.connection
     }
+
+    /// Whether the server of this connection is a standby in recovery
+    /// (`pg_is_in_recovery()`), asked on this very connection.
+    pub async fn in_recovery(&mut self) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&mut *self.connection)
+            .await
+    }
 }
 
 pub(crate) struct MemberEntry {
@@ -349,10 +357,7 @@ impl Registry {
                     continue;
                 }
             };
-            let in_recovery = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
-                .fetch_one(checkout.connection_mut())
-                .await;
-            match in_recovery {
+            match checkout.in_recovery().await {
                 Ok(in_recovery) => {
                     if let Ok(mut state) = member.state.lock() {
                         state.in_recovery = Some(in_recovery);

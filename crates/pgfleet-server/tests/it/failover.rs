@@ -289,18 +289,7 @@ async fn promote_replica_is_confirmed_audited_and_never_makes_two_primaries() ->
         .await?
         .into_inner();
     assert!(!standby.is_in_recovery().await?, "the standby is the primary now");
-    let record =
-        pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient::new(s.channel.clone())
-            .get_execution(bearer(
-                pb::GetExecutionRequest {
-                    id: promoted.execution_id.clone(),
-                },
-                &s.master,
-            ))
-            .await?
-            .into_inner()
-            .execution
-            .ok_or_else(|| anyhow::anyhow!("promotion not on record"))?;
+    let record = crate::support::recorded(&s, &promoted.execution_id).await?;
     assert_eq!(record.kind(), pb::RecordKind::ReplicaPromotion);
     assert!(record.success, "{record:?}");
 

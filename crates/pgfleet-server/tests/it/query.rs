@@ -23,16 +23,6 @@ fn execute(query: &str, database: &str) -> pb::ExecuteRequest {
     }
 }
 
-/// The audit record of execution `id`, read through HistoryService.
-async fn recorded(s: &support::Session, id: &str) -> anyhow::Result<pb::ExecutionRecord> {
-    pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient::new(s.channel.clone())
-        .get_execution(bearer(pb::GetExecutionRequest { id: id.to_owned() }, &s.master))
-        .await?
-        .into_inner()
-        .execution
-        .ok_or_else(|| anyhow::anyhow!("execution {id} is not on record"))
-}
-
 fn cell_text(cell: &pb::Cell) -> String {
     use pb::cell::Kind;
     match &cell.kind {
@@ -1153,7 +1143,7 @@ async fn a_transaction_binds_each_statements_own_parameters() -> anyhow::Result<
     }
 
     // On record as one execution, with both statements' text.
-    let record = recorded(&s, &response.execution_id).await?;
+    let record = support::recorded(&s, &response.execution_id).await?;
     assert!(record.success, "{record:?}");
     assert!(
         record.query.contains("balance + $1") && record.query.contains("balance - $1"),
@@ -1805,7 +1795,7 @@ async fn a_write_whose_returning_is_over_the_budget_is_rolled_back_and_on_record
     // The table agrees: nothing of the write stayed.
     assert_eq!(support::count(&s, "aws", "app", "wide").await?, 0);
     // And the history says it failed.
-    let record = recorded(&s, &response.execution_id).await?;
+    let record = support::recorded(&s, &response.execution_id).await?;
     assert!(!record.success, "{record:?}");
     assert_eq!(record.outcomes.len(), 1);
     assert!(!record.outcomes[0].success);

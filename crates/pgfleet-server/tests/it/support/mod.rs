@@ -496,3 +496,13 @@ pub async fn child_output(server: &mut ServerProcess) -> anyhow::Result<String> 
     }
     Ok(output)
 }
+
+/// The audit record of execution `id`, read through HistoryService.
+pub async fn recorded(s: &Session, id: &str) -> anyhow::Result<pb::ExecutionRecord> {
+    pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient::new(s.channel.clone())
+        .get_execution(bearer(pb::GetExecutionRequest { id: id.to_owned() }, &s.master))
+        .await?
+        .into_inner()
+        .execution
+        .ok_or_else(|| anyhow::anyhow!("execution {id} is not on record"))
+}
