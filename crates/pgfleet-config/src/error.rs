@@ -38,6 +38,9 @@ pub enum ConfigError {
     /// A `PGFLEET__…` override names a path the config cannot hold.
     #[error("environment override {variable}: {message}")]
     Override { variable: String, message: String },
+    /// The env file (`.env`, `PGFLEET_ENV_FILE`) cannot be read or parsed.
+    #[error("env file {path}: {message}")]
+    EnvFile { path: PathBuf, message: String },
     /// Every problem found, each with its path.
     #[error("invalid configuration:\n{}", list(.0))]
     Invalid(Vec<Problem>),

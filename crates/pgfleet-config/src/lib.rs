@@ -1,6 +1,7 @@
 //! Loads pgfleet's configuration: one file (TOML, YAML, JSON, or the legacy
 //! `databases.json`), `PGFLEET__SECTION__KEY` overrides, `${VAR}` and
-//! `${VAR:-default}` substitution, then validation that reports every
+//! `${VAR:-default}` substitution (variables may come from a `.env` file),
+//! secrets read from `*_file` paths, then validation that reports every
 //! problem with its path (`clouds[1].databases[0].port: must be 1-65535`).
 //!
 //! ```no_run
@@ -14,6 +15,7 @@
 //! Secrets are [`Secret`]s: they print as `<redacted>` everywhere.
 
 mod edge;
+pub mod env_file;
 mod error;
 mod legacy;
 mod lenient;
@@ -22,6 +24,7 @@ mod model;
 mod overlay;
 mod path;
 mod secret;
+mod secret_files;
 mod substitute;
 mod validate;
 
@@ -31,10 +34,10 @@ pub use load::{CONFIG_ENV, Inputs, LoadedConfig, format_of, load, load_str, load
 pub use model::CorsConfig;
 pub use model::{AuditChainConfig, MIN_CHAIN_KEY_BYTES, MIN_RESULT_BYTES, RESPONSE_RESERVE_BYTES};
 pub use model::{
-    AuditConfig, AuthConfig, CloudConfig, ConnectionConfig, DatabaseConfig, FleetConfig, HealthConfig,
-    HistoryStoreConfig, LogConfig, LogFormat, LogRotation, MigrationsConfig, PoolConfig, QueryLimits,
-    ReadPreference, RedisConfig, ReplicaConfig, ReplicationConfig, RetryConfig, ServerConfig, SslMode,
-    TelemetryConfig, TlsConfig,
+    AuditConfig, AuthConfig, CloudConfig, ConnectionConfig, DatabaseConfig, DeclaredJobConfig,
+    DeclaredJobMode, FleetConfig, HealthConfig, HistoryStoreConfig, LogConfig, LogFormat, LogRotation,
+    MigrationsConfig, PoolConfig, QueryLimits, ReadPreference, RedisConfig, ReplicaConfig, ReplicationConfig,
+    RetryConfig, ServerConfig, SslMode, TelemetryConfig, TlsConfig,
 };
 pub use overlay::PREFIX as OVERRIDE_PREFIX;
 pub use secret::{REDACTED, Secret};

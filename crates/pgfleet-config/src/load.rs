@@ -1,6 +1,7 @@
 //! The load pipeline: parse → legacy rewrite → env overrides → `${VAR}`
-//! substitution → typed → validated.
+//! substitution → secrets from files → typed → validated.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use config::FileFormat;
@@ -8,8 +9,9 @@ use serde_json::Value;
 
 use crate::error::{ConfigError, Problem};
 use crate::model::FleetConfig;
+use crate::secret_files::resolve_secret_files;
 use crate::substitute::{ProcessEnv, VariableSource, substitute_tree};
-use crate::{legacy, overlay, validate};
+use crate::{env_file, legacy, overlay, validate};
 
 /// Env var naming the config file when `--config` is not given.
 pub const CONFIG_ENV: &str = "PGFLEET_CONFIG";
@@ -45,9 +47,18 @@ impl Inputs<'static> {
     }
 }
 
-/// Loads `path` with the process environment.
+/// Loads `path` with the process environment (and the env file applied at
+/// start, read again: [`crate::env_file`]).
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    load_with(path, &Inputs::process())
+    let environment = env_file::environment()?;
+    let variables: HashMap<String, String> = environment.iter().cloned().collect();
+    load_with(
+        path,
+        &Inputs {
+            variables: &variables,
+            overrides: environment,
+        },
+    )
 }
 
 /// Loads `path` with the given inputs.
@@ -101,6 +112,7 @@ pub fn load_str(
 
     overlay::apply_overrides(&mut tree, inputs.overrides.iter().cloned())?;
     substitute_tree(&mut tree, inputs.variables)?;
+    resolve_secret_files(&mut tree)?;
 
     let config: FleetConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();

@@ -255,10 +255,10 @@ pub struct DatabaseConfig {
     /// health.
     #[serde(default)]
     pub region: Option<String>,
-    /// Every write of an execution (Execute, ExecuteStream) that would
-    /// reach this copy is refused before anything runs (a copy kept for
-    /// reads, a frozen archive); reads go on. Replication and migrations
-    /// do not look at it yet.
+    /// Nothing pgfleet does writes to this copy (a copy kept for reads, a
+    /// frozen archive): executions that would write to it, replication
+    /// onto it and migrations of it are refused before anything runs;
+    /// reads go on.
     #[serde(default)]
     pub read_only: bool,
     /// A replica whose replay is further behind than this (measured by the
@@ -707,6 +707,63 @@ pub struct ReplicationConfig {
     /// otherwise.
     #[serde(with = "humantime_serde")]
     pub watch_interval: Duration,
+    /// Jobs created, or updated to match, at every start (`[[replication.jobs]]`).
+    pub jobs: Vec<DeclaredJobConfig>,
+}
+
+/// A replication job declared in the file: at start it is created, or the
+/// stored job of that name is updated to match (the file wins over changes
+/// made through the API since). Removing it from the file does not delete
+/// the stored job.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredJobConfig {
+    /// Unique job name; the key that ties the file's job to the stored one.
+    pub name: String,
+    /// `cloud/database` rows are read from.
+    pub source: String,
+    /// `cloud/database` copies written to.
+    pub targets: Vec<String>,
+    /// Schema-qualified tables (`public.orders`), as in CreateJob.
+    pub tables: Vec<String>,
+    /// Column rows are compared by (incremental mode).
+    #[serde(default)]
+    pub sync_key: Option<String>,
+    /// How often the scheduler runs it; unset: on demand only.
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// `incremental` (default when `sync_key` is set) or `full_refresh`.
+    #[serde(default)]
+    pub mode: Option<DeclaredJobMode>,
+    /// Rows per batch; the server's default when unset.
+    #[serde(default, deserialize_with = "crate::lenient::lenient_opt_u32")]
+    pub batch_size: Option<u32>,
+    /// Window re-read behind each watermark for rows committed late.
+    #[serde(default, with = "humantime_serde")]
+    pub overlap: Option<Duration>,
+    /// Scheduled when true (the default).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl DeclaredJobConfig {
+    /// `cloud/database` split in two; `None` unless both are non-empty.
+    pub fn parse_target(text: &str) -> Option<(&str, &str)> {
+        text.split_once('/')
+            .filter(|(cloud, database)| !cloud.is_empty() && !database.is_empty() && !database.contains('/'))
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How a declared job copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclaredJobMode {
+    Incremental,
+    FullRefresh,
 }
 
 impl Default for ReplicationConfig {
@@ -716,6 +773,7 @@ impl Default for ReplicationConfig {
             scheduler_tick: Duration::from_secs(5),
             max_concurrent_runs: 4,
             watch_interval: Duration::from_secs(1),
+            jobs: Vec::new(),
         }
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::error::Problem;
 use crate::model::{
-    AuditConfig, AuthConfig, ConnectionConfig, FleetConfig, LogConfig, MIN_RESULT_BYTES, PoolConfig, SslMode,
-    TelemetryConfig,
+    AuditConfig, AuthConfig, ConnectionConfig, DeclaredJobConfig, FleetConfig, LogConfig, MIN_RESULT_BYTES,
+    PoolConfig, SslMode, TelemetryConfig,
 };
 use crate::path::ConfigPath;
 
@@ -185,6 +185,7 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
     if config.replication.watch_interval < Duration::from_millis(10) {
         problems.add(&replication_path.key("watch_interval"), "must be at least 10ms");
     }
+    check_declared_jobs(&mut problems, &replication_path.key("jobs"), config);
 
     let health_path = root.key("health");
     if config.health.interval.is_zero() {
@@ -232,6 +233,57 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
     check_telemetry(&mut problems, &root.key("telemetry"), &config.telemetry);
 
     problems.0
+}
+
+/// What can be told about `[[replication.jobs]]` without a database: names,
+/// targets that exist in `[[clouds]]`, something to copy. The tables and
+/// the sync key are checked against the catalogs at start.
+fn check_declared_jobs(problems: &mut Problems, path: &ConfigPath, config: &FleetConfig) {
+    let configured = |text: &str| {
+        DeclaredJobConfig::parse_target(text).is_some_and(|(cloud, database)| {
+            config
+                .clouds
+                .iter()
+                .any(|c| c.name == cloud && c.databases.iter().any(|d| d.name == database))
+        })
+    };
+    let mut names = HashSet::new();
+    for (index, job) in config.replication.jobs.iter().enumerate() {
+        let at = path.index(index);
+        if job.name.trim().is_empty() {
+            problems.add(&at.key("name"), "required");
+        } else if !names.insert(job.name.as_str()) {
+            problems.add(&at.key("name"), format!("{:?} is declared twice", job.name));
+        }
+        if !configured(&job.source) {
+            problems.add(
+                &at.key("source"),
+                format!("{:?} is not a cloud/database of [[clouds]]", job.source),
+            );
+        }
+        if job.targets.is_empty() {
+            problems.add(&at.key("targets"), "at least one cloud/database");
+        }
+        for (position, target) in job.targets.iter().enumerate() {
+            if !configured(target) {
+                problems.add(
+                    &at.key("targets").index(position),
+                    format!("{target:?} is not a cloud/database of [[clouds]]"),
+                );
+            } else if *target == job.source {
+                problems.add(
+                    &at.key("targets").index(position),
+                    "the source cannot be a target",
+                );
+            }
+        }
+        if job.tables.is_empty() {
+            problems.add(&at.key("tables"), "at least one table");
+        }
+        if job.batch_size == Some(0) {
+            problems.add(&at.key("batch_size"), "must be at least 1");
+        }
+    }
 }
 
 #[derive(Default)]

@@ -756,3 +756,70 @@ fn migrations_directories_name_configured_databases_once() {
         "unknown keys are refused"
     );
 }
+
+#[test]
+fn declared_replication_jobs_load_and_name_their_problems() {
+    let two_clouds = format!(
+        "{}[[clouds]]\nname = 'gcp'\n[[clouds.databases]]\nname = 'app'\nhost = 'h'\nuser = 'u'\ndatabase = 'd'\n",
+        with_server("")
+    );
+    let valid = format!(
+        "{}[[replication.jobs]]\nname = 'orders'\nsource = 'aws/app'\ntargets = ['gcp/app']\n\
+         tables = ['public.orders']\nsync_key = 'updated_at'\ninterval = '5m'\n",
+        two_clouds
+    );
+    let loaded = load(&valid, FileFormat::Toml, &vars(&[])).expect("valid declared job");
+    let job = &loaded.config.replication.jobs[0];
+    assert_eq!(job.interval, Some(Duration::from_secs(300)));
+    assert!(job.enabled, "enabled unless said otherwise");
+
+    let invalid = format!(
+        "{}[[replication.jobs]]\nname = 'a'\nsource = 'aws/nope'\ntargets = ['aws/app', 'azure']\ntables = []\n\
+         [[replication.jobs]]\nname = 'a'\nsource = 'aws/app'\ntargets = []\ntables = ['public.t']\nbatch_size = 0\n",
+        two_clouds
+    );
+    let shown = load(&invalid, FileFormat::Toml, &vars(&[]))
+        .expect_err("invalid declared jobs")
+        .to_string();
+    for expected in [
+        "replication.jobs[0].source: \"aws/nope\" is not a cloud/database of [[clouds]]",
+        "replication.jobs[0].targets[1]: \"azure\" is not a cloud/database of [[clouds]]",
+        "replication.jobs[0].tables: at least one table",
+        "replication.jobs[1].name: \"a\" is declared twice",
+        "replication.jobs[1].targets: at least one cloud/database",
+        "replication.jobs[1].batch_size: must be at least 1",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
+    }
+}
+
+#[test]
+fn passwords_come_from_files_read_at_every_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("db-password");
+    std::fs::write(&file, "from-the-file\n").expect("write secret");
+    let text = with_server("").replacen(
+        "[[clouds.databases]]\n",
+        &format!("[[clouds.databases]]\npassword_file = '{}'\n", file.display()),
+        1,
+    );
+    let first = load(&text, FileFormat::Toml, &vars(&[])).expect("loads");
+    let password = |loaded: &pgfleet_config::LoadedConfig| {
+        loaded.config.clouds[0].databases[0].password.expose().to_owned()
+    };
+    assert_eq!(password(&first), "from-the-file");
+    assert!(!render_redacted(&first.config).contains("from-the-file"));
+
+    std::fs::write(&file, "rotated\n").expect("rotate secret");
+    let second = load(&text, FileFormat::Toml, &vars(&[])).expect("loads again");
+    assert_eq!(password(&second), "rotated");
+
+    std::fs::remove_file(&file).expect("remove secret");
+    let shown = load(&text, FileFormat::Toml, &vars(&[]))
+        .expect_err("missing secret file")
+        .to_string();
+    assert!(
+        shown.contains("clouds[0].databases[0].password_file: cannot read"),
+        "{shown}"
+    );
+}

@@ -663,12 +663,41 @@ impl Migrations {
         let set = self.load_set(&scope.database).await?;
         check_up_to(&set.set, up_to)?;
         let plans = join_all(targets.iter().map(|t| async {
+            if self.is_read_only(t) {
+                return Err(TargetFailure::new(
+                    FailureCode::FailedPrecondition,
+                    Refusal::ReadOnly.to_string(),
+                ));
+            }
             let status = self.read_status(t, &set.set).await?;
             pgfleet_migrate::plan_from_status(&set.set, &status, up_to)
                 .map_err(|refusal| TargetFailure::new(FailureCode::FailedPrecondition, refusal.to_string()))
         }))
         .await;
         Ok((set, targets.into_iter().zip(plans).collect()))
+    }
+
+    /// True when `target` is configured `read_only = true`.
+    fn is_read_only(&self, target: &Target) -> bool {
+        self.registry
+            .database_config(target)
+            .is_some_and(|database| database.read_only)
+    }
+
+    /// Refuses, before anything is locked or recorded, a write that would
+    /// reach a copy configured `read_only = true` (as executions are): the
+    /// caller names the other targets explicitly.
+    fn refuse_read_only(&self, targets: &[Target]) -> Result<(), MigrationError> {
+        let refused: Vec<(Target, Refusal)> = targets
+            .iter()
+            .filter(|target| self.is_read_only(target))
+            .map(|target| (target.clone(), Refusal::ReadOnly))
+            .collect();
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(MigrationError::Refused(refused))
+        }
     }
 
     async fn read_status(&self, target: &Target, set: &MigrationSet) -> Result<TargetStatus, TargetFailure> {
@@ -697,6 +726,7 @@ impl Migrations {
         caller: &Caller,
     ) -> Result<PreparedApply, MigrationError> {
         let targets = self.resolve(&spec.scope, caller)?;
+        self.refuse_read_only(&targets)?;
         let set = self.load_set(&spec.scope.database).await?;
         check_up_to(&set.set, spec.up_to)?;
         let lock = self.lock_database(&spec.scope.database, spec.lock_wait).await?;
@@ -873,6 +903,7 @@ impl Migrations {
             return Err(RequestError::invalid("version", "name the version (1 or more)").into());
         }
         let targets = self.resolve(&spec.scope, caller)?;
+        self.refuse_read_only(&targets)?;
         let set = self.load_set(&spec.scope.database).await?;
         if set.set.get(spec.version).is_none() {
             return Err(RequestError::invalid(

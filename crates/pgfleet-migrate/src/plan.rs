@@ -24,6 +24,10 @@ pub enum Refusal {
     OutOfOrder { version: i64, newest_applied: i64 },
     #[error("version {version} is not in the set")]
     NotInSet { version: i64 },
+    /// The copy is configured `read_only = true`: decided by the caller,
+    /// which knows the configuration.
+    #[error("the copy is read_only in the configuration: pgfleet writes nothing to it")]
+    ReadOnly,
 }
 
 /// One statement of a planned migration.

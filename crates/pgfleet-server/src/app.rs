@@ -3,17 +3,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pgfleet_config::{FleetConfig, LoadedConfig};
+use pgfleet_config::{FleetConfig, LoadedConfig, Secret};
 use pgfleet_proto::pgfleet::v1::auth_service_server::AuthServiceServer;
 use pgfleet_proto::pgfleet::v1::fleet_service_server::FleetServiceServer;
 use pgfleet_proto::pgfleet::v1::history_service_server::HistoryServiceServer;
 use pgfleet_proto::pgfleet::v1::migration_service_server::MigrationServiceServer;
 use pgfleet_proto::pgfleet::v1::query_service_server::QueryServiceServer;
 use pgfleet_proto::pgfleet::v1::replication_service_server::ReplicationServiceServer;
-use pgfleet_registry::{HealthMonitor, Registry, Reloaded, Target};
+use pgfleet_registry::{HealthMonitor, Registry, Reloaded, Target, connect_options};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -82,6 +82,10 @@ pub struct RunningServer {
     registry: Arc<Registry>,
     /// What the server started with, to tell which changes a reload skips.
     started_with: FleetConfig,
+    /// The history store's pool, whose password a reload may rotate.
+    history: PgPool,
+    /// The history store password new connections use now.
+    history_password: Mutex<Secret>,
 }
 
 impl RunningServer {
@@ -133,6 +137,7 @@ impl RunningServer {
 
         let registry = Arc::new(Registry::new(&config));
         let reloadable = Arc::clone(&registry);
+        let rotatable_history = history.clone();
         metrics.watch_fleet(Arc::clone(&registry))?;
         let shared_config = Arc::new(config.clone());
         let monitor = HealthMonitor::spawn(Arc::clone(&registry), config.health.clone());
@@ -149,6 +154,16 @@ impl RunningServer {
             replication_shutdown.clone(),
             Arc::new(metrics.clone()),
         ));
+        if !config.replication.jobs.is_empty() {
+            tokio::spawn(replication::declared::apply_all(
+                config.replication.jobs.clone(),
+                jobs.clone(),
+                RunStore::new(history.clone()),
+                Arc::clone(&registry),
+                config.query.default_timeout,
+                replication_shutdown.clone(),
+            ));
+        }
         let scheduler = config.replication.scheduler.then(|| {
             replication::scheduler::spawn(
                 Arc::clone(&runner),
@@ -348,22 +363,28 @@ impl RunningServer {
             shutdown,
             task,
             registry: reloadable,
+            history_password: Mutex::new(started_with.history.password.clone()),
             started_with,
+            history: rotatable_history,
         })
     }
 
     /// Applies the database list (`[[clouds]]`) of a newly loaded
     /// configuration: added clouds and databases are served at once, removed
     /// ones refuse new requests while queries already running on them
-    /// finish. Other settings need a restart; a reload that changes them
-    /// says so in the log and leaves them as they were.
+    /// finish. A changed password (a rotated `password_file`) replaces the
+    /// target's pools like any other change to it, and the history store's
+    /// password is used by its new connections. Other settings need a
+    /// restart; a reload that changes them says so in the log and leaves
+    /// them as they were.
     pub fn reload(&self, loaded: &LoadedConfig) -> Reloaded {
         if settings_besides_clouds(&loaded.config) != settings_besides_clouds(&self.started_with) {
             tracing::warn!(
                 config = %loaded.path.display(),
-                "only the database list ([[clouds]]) is reloaded; restart pgfleet to apply the other changes"
+                "only the database list ([[clouds]]) and passwords are reloaded; restart pgfleet to apply the other changes"
             );
         }
+        self.rotate_history_password(&loaded.config.history.password);
         let reloaded = self.registry.reload(&loaded.config);
         let names = |targets: &[Target]| {
             targets
@@ -380,6 +401,24 @@ impl RunningServer {
             "database list reloaded"
         );
         reloaded
+    }
+
+    /// Makes the history store's new connections log in with `password`
+    /// (its connections already open stay as they are); only the password,
+    /// since pointing the audit trail elsewhere needs a restart.
+    fn rotate_history_password(&self, password: &Secret) {
+        let mut current = self
+            .history_password
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *current == *password {
+            return;
+        }
+        let mut connection = self.started_with.history.connection();
+        connection.password = password.clone();
+        self.history.set_connect_options(connect_options(&connection));
+        *current = password.clone();
+        tracing::info!("history store password changed: new connections use the new one");
     }
 
     /// Serves until `stop` resolves, reloading the database list from

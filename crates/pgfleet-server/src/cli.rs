@@ -81,6 +81,12 @@ fn parse_role(text: &str) -> Result<Role, String> {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // First, while this is the only thread: the env file sets variables the
+    // command line and the configuration read.
+    if let Err(error) = pgfleet_config::env_file::apply_at_start() {
+        eprintln!("pgfleet: {error}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig => {

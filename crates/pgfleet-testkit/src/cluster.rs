@@ -82,6 +82,7 @@ pub struct PgClusterBuilder {
     settings: Vec<(String, String)>,
     tls: Option<crate::IssuedCert>,
     replica_of: Option<replica::Upstream>,
+    passwords: bool,
 }
 
 impl PgClusterBuilder {
@@ -103,6 +104,15 @@ impl PgClusterBuilder {
     /// certificate along with its data directory.
     pub fn tls(mut self, server: &crate::IssuedCert) -> Self {
         self.tls = Some(server.clone());
+        self
+    }
+
+    /// Logins other than `postgres` must give their password over TCP
+    /// (`scram-sha-256` in `pg_hba.conf`), so a wrong or stale password is
+    /// refused as on a real server; `postgres` and the socket stay `trust`.
+    /// Ignored for replicas, which copy the primary's `pg_hba.conf`.
+    pub fn password_auth(mut self) -> Self {
+        self.passwords = true;
         self
     }
 
@@ -146,7 +156,7 @@ impl PgClusterBuilder {
         }
         let mut cluster = PgCluster::create_dir(self.replica_of.clone())?;
         match &self.replica_of {
-            None => cluster.initdb(self.tls.as_ref()).await?,
+            None => cluster.initdb(self.tls.as_ref(), self.passwords).await?,
             Some(upstream) => cluster.base_backup(upstream).await?,
         }
         let mut settings = String::new();
@@ -217,7 +227,7 @@ impl PgCluster {
         })
     }
 
-    async fn initdb(&mut self, tls: Option<&crate::IssuedCert>) -> anyhow::Result<()> {
+    async fn initdb(&mut self, tls: Option<&crate::IssuedCert>, passwords: bool) -> anyhow::Result<()> {
         let data = self.data_dir.to_string_lossy().into_owned();
         self.run(
             "initdb",
@@ -240,6 +250,17 @@ impl PgCluster {
             self.install_certificate(server)?;
             // Relative paths are read from the data directory.
             self.append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")?;
+        }
+        if passwords {
+            // The first matching line wins.
+            std::fs::write(
+                self.data_dir.join("pg_hba.conf"),
+                "local all all trust\n\
+                 host all postgres 127.0.0.1/32 trust\n\
+                 host replication all 127.0.0.1/32 trust\n\
+                 host all all 127.0.0.1/32 scram-sha-256\n",
+            )
+            .context("writing pg_hba.conf")?;
         }
         Ok(())
     }

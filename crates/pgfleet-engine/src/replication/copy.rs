@@ -451,6 +451,14 @@ async fn copy(
     if cancel.is_cancelled() {
         return Err(CopyError::Cancelled);
     }
+    // Also checked when a job is stored, but the file may have changed
+    // since: the copy itself refuses, so no path writes to such a copy.
+    if registry
+        .database_config(target)
+        .is_some_and(|database| database.read_only)
+    {
+        return Err(CopyError::Unfit(super::read_only_refusal(target)));
+    }
     // Checked before anything is written: a mismatch is reported, never
     // patched.
     let shapes = catalog::read_tables(

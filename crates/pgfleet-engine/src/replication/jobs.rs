@@ -186,6 +186,19 @@ impl JobStore {
         row.map(JobRow::into_job).transpose()
     }
 
+    /// The job with this name, if any.
+    pub async fn get_by_name(&self, name: &str) -> Result<Option<Job>, JobStoreError> {
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM pgfleet.replication_jobs WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(JobRow::into_job).transpose()
+    }
+
     /// True when some job has this name.
     pub async fn name_exists(&self, name: &str) -> Result<bool, JobStoreError> {
         let exists =

@@ -6,10 +6,12 @@
 //! ([`run`]); runs of stored jobs under their lock, resuming from saved
 //! positions ([`runner`], with their bookkeeping in [`state`]), the
 //! scheduler that starts them on one replica at a time ([`scheduler`]) and
-//! how far behind each copy is ([`status`]).
+//! how far behind each copy is ([`status`]); jobs declared in the
+//! configuration, made stored jobs at start ([`declared`]).
 
 pub mod catalog;
 pub mod copy;
+pub mod declared;
 pub mod jobs;
 pub mod run;
 pub mod runner;
@@ -91,6 +93,21 @@ pub struct JobSpec {
     pub batch_size: u32,
     /// `None`: no overlap window.
     pub overlap: Option<Duration>,
+}
+
+/// Why nothing is copied onto a copy configured `read_only = true` (said
+/// when a job is checked and again by the copy itself).
+pub fn read_only_refusal(target: &Target) -> String {
+    format!("{target} is read_only in the configuration: pgfleet writes nothing to it")
+}
+
+impl JobSpec {
+    /// True when the saved positions of a job updated from `self` to
+    /// `updated` mean nothing any more (another source, mode or sync key);
+    /// positions of dropped tables and targets are left over either way.
+    pub fn restarts_positions(&self, updated: &JobSpec) -> bool {
+        self.source != updated.source || self.mode != updated.mode || self.sync_key != updated.sync_key
+    }
 }
 
 /// A stored job.

@@ -52,6 +52,8 @@ pub enum RequestKind {
     Job,
     /// ReplicateTable: the fields at the top level, its one table `table`.
     ReplicateTable,
+    /// A `[[replication.jobs]]` entry of the configuration: its keys.
+    Declared,
 }
 
 impl FieldPath {
@@ -78,7 +80,7 @@ impl FieldPath {
         };
         match request {
             RequestKind::Job => format!("job.{field}"),
-            RequestKind::ReplicateTable => field,
+            RequestKind::ReplicateTable | RequestKind::Declared => field,
         }
     }
 }
@@ -92,6 +94,9 @@ pub enum Invalid {
     /// A target names a cloud or database that is not configured.
     #[error("{message}")]
     Unknown { field: FieldPath, message: String },
+    /// A target is configured `read_only = true`.
+    #[error("{message}")]
+    ReadOnly { field: FieldPath, message: String },
     /// The databases do not fit the spec: every table and target concerned.
     #[error("{}", .problems.join("; "))]
     Unfit { problems: Vec<String> },
@@ -115,10 +120,13 @@ impl Invalid {
             Invalid::Unknown { field, message } => {
                 RequestError::NotFound(format!("{}: {message}", field.path(request)))
             }
+            Invalid::ReadOnly { field, message } => {
+                RequestError::FailedPrecondition(format!("{}: {message}", field.path(request)))
+            }
             Invalid::Unfit { problems } => RequestError::FailedPrecondition(format!(
                 "{}: {}",
                 match request {
-                    RequestKind::Job => "the tables do not fit the job",
+                    RequestKind::Job | RequestKind::Declared => "the tables do not fit the job",
                     RequestKind::ReplicateTable => "the table cannot be copied",
                 },
                 problems.join("; ")
@@ -273,6 +281,15 @@ pub fn check_fields(spec: &JobSpec, registry: &Registry) -> Result<(), Invalid> 
     for (index, target) in spec.targets.iter().enumerate() {
         let field = |part| FieldPath::Target(index, part);
         check_target(registry, target, field)?;
+        if registry
+            .database_config(target)
+            .is_some_and(|database| database.read_only)
+        {
+            return Err(Invalid::ReadOnly {
+                field: field(Part::Whole),
+                message: super::read_only_refusal(target),
+            });
+        }
         if *target == spec.source {
             return Err(Invalid::field(
                 field(Part::Whole),

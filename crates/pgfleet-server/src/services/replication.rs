@@ -580,13 +580,13 @@ impl replication_service_server::ReplicationService for ReplicationService {
             .map_err(request_status)?
             .ok_or_else(|| not_found(id))
             .map_err(request_status)?;
-        // Positions of another source, mode or sync key mean nothing now;
-        // those of dropped tables and targets are left over.
-        let restart = current.spec.source != job.spec.source
-            || current.spec.mode != job.spec.mode
-            || current.spec.sync_key != job.spec.sync_key;
         self.runs()
-            .forget_positions(job.id, &job.spec.tables, &job.spec.targets, restart)
+            .forget_positions(
+                job.id,
+                &job.spec.tables,
+                &job.spec.targets,
+                current.spec.restarts_positions(&job.spec),
+            )
             .await
             .map_err(RequestError::history_store)
             .map_err(request_status)?;

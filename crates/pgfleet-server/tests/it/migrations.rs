@@ -737,3 +737,79 @@ async fn grpcurl_and_the_command_line() -> anyhow::Result<()> {
     assert!(!refused.status.success());
     Ok(())
 }
+
+/// A copy configured `read_only = true` (`frozen/app`, over gcp's analytics
+/// database) takes no migration: a fleet-wide apply naming it is refused
+/// before anything runs anywhere, its plan says why, and an apply that
+/// names the other copies goes on.
+#[tokio::test]
+async fn read_only_copies_take_no_migrations() -> anyhow::Result<()> {
+    pgfleet_testkit::require_services().await?;
+    let dir = tempfile::tempdir()?;
+    write_files(dir.path(), FILES)?;
+    let fleet = crate::support::Fleet::create().await?;
+    let frozen = format!(
+        "{}{}",
+        crate::support::frozen_copy_toml(&fleet)?,
+        extra(None, dir.path())
+    );
+    let s = crate::support::session_on(fleet, &frozen).await?;
+
+    let refused = apply(&s.channel, &s.master, apply_request(pb::RolloutPolicy::AllAtOnce))
+        .await
+        .expect_err("frozen/app is read_only");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("frozen/app") && refused.message().contains("read_only"),
+        "{refused:?}"
+    );
+    for cloud in ["aws", "gcp"] {
+        let tracked = crate::support::scalar(
+            &s,
+            cloud,
+            "app",
+            "SELECT to_regclass('pgfleet.schema_migrations')::text",
+        )
+        .await?;
+        assert_eq!(tracked, None, "{cloud}: nothing ran");
+    }
+
+    let plan = client(&s.channel)
+        .plan_migrations(bearer(
+            pb::PlanMigrationsRequest {
+                scope: scope("app"),
+                ..Default::default()
+            },
+            &s.master,
+        ))
+        .await?
+        .into_inner();
+    let frozen_plan = plan
+        .targets
+        .iter()
+        .find(|t| t.target.as_ref().is_some_and(|t| t.cloud == "frozen"))
+        .ok_or_else(|| anyhow::anyhow!("no plan for frozen/app: {plan:?}"))?;
+    let why = frozen_plan
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(why.contains("read_only"), "{frozen_plan:?}");
+
+    let named = pb::ApplyMigrationsRequest {
+        scope: Some(pb::MigrationScope {
+            database: "app".to_owned(),
+            selection: Some(pb::migration_scope::Selection::Targets(pb::TargetList {
+                targets: vec![
+                    crate::support::target("aws", "app"),
+                    crate::support::target("gcp", "app"),
+                ],
+            })),
+        }),
+        ..apply_request(pb::RolloutPolicy::AllAtOnce)
+    };
+    let events = apply(&s.channel, &s.master, named).await?;
+    assert!(rollout_finished(&events)?.success);
+    s.server.shutdown().await?;
+    Ok(())
+}

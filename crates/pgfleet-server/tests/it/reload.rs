@@ -149,3 +149,103 @@ async fn sighup_adds_and_removes_clouds_without_a_restart() -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// Kubernetes rotates a mounted secret by swapping the file; pgfleet reads
+/// `password_file` on every load, so a SIGHUP after the rotation is all it
+/// takes. A `.env` file is read again too. The cluster checks passwords
+/// (scram), so a stale one is really refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_picks_up_a_password_rotated_in_a_mounted_file_and_the_env_file() -> anyhow::Result<()> {
+    let fleet = Fleet::create().await?;
+    let cluster = pgfleet_testkit::PgCluster::builder()
+        .password_auth()
+        .start()
+        .await?;
+    let mut admin = cluster.connect().await?;
+    for statement in [
+        "CREATE ROLE rotating LOGIN PASSWORD 'first-password'",
+        "CREATE DATABASE rotating OWNER rotating",
+    ] {
+        sqlx::raw_sql(statement).execute(&mut admin).await?;
+    }
+    let port = pgfleet_testkit::free_port()?;
+    let dir = tempfile::tempdir()?;
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets)?;
+    std::fs::write(secrets.join("password"), "first-password\n")?;
+    // `${SECRETS}` comes from the .env file in the server's working directory.
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("SECRETS={}\n", secrets.display()),
+    )?;
+    let config_path = dir.path().join("pgfleet.toml");
+    let config = fleet.config_toml(&format!(
+        "[[clouds]]\nname = 'vault'\n[[clouds.databases]]\nname = 'app'\nhost = '127.0.0.1'\nport = {}\n\
+         user = 'rotating'\npassword_file = '${{SECRETS}}/password'\ndatabase = 'rotating'\nsslmode = 'disable'\n",
+        cluster.port()
+    ));
+    std::fs::write(
+        &config_path,
+        config.replace(
+            "listen_addr = '127.0.0.1:0'",
+            &format!("listen_addr = '127.0.0.1:{port}'"),
+        ),
+    )?;
+    let (mut server, channel) =
+        crate::support::spawn_server_binary_in(&config_path, port, Some(dir.path())).await?;
+    let password = fleet.create_user("rotate-master", Role::Master).await?;
+    let token = login(&channel, "rotate-master", &password).await?;
+    let whoami = on("vault", "app", "SELECT current_user");
+    assert_eq!(first_cell(&channel, &token, whoami.clone()).await?, "rotating");
+
+    // The password changes on the server and its pooled sessions end: the
+    // old password no longer opens one.
+    let rotate = async |admin: &mut sqlx::PgConnection, password: &str| {
+        // A test constant, not input.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER ROLE rotating PASSWORD '{password}'; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rotating'"
+        )))
+        .execute(admin)
+        .await
+    };
+    // SIGHUP, then the target answers again (with the password of the file).
+    let reloaded_and_connected = async |server: &crate::support::ServerProcess| {
+        send_signal(server, "HUP").await?;
+        pgfleet_testkit::wait_until(Duration::from_secs(20), Duration::from_millis(100), async || {
+            first_cell(&channel, &token, whoami.clone())
+                .await
+                .is_ok_and(|user| user == "rotating")
+        })
+        .await
+    };
+    rotate(&mut admin, "second-password").await?;
+    let stale = first_cell(&channel, &token, whoami.clone()).await;
+    assert!(stale.is_err(), "the old password still works: {stale:?}");
+
+    // The mounted file is swapped (written aside, renamed over), then SIGHUP.
+    std::fs::write(secrets.join("password.new"), "second-password\n")?;
+    std::fs::rename(secrets.join("password.new"), secrets.join("password"))?;
+    reloaded_and_connected(&server).await?;
+
+    // The .env file now points at another directory: read again on SIGHUP.
+    let rotated = dir.path().join("rotated");
+    std::fs::create_dir(&rotated)?;
+    std::fs::write(rotated.join("password"), "third-password")?;
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("SECRETS={}\n", rotated.display()),
+    )?;
+    rotate(&mut admin, "third-password").await?;
+    reloaded_and_connected(&server).await?;
+
+    send_signal(&server, "TERM").await?;
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait()).await??;
+    assert!(status.success(), "pgfleet serve exited with {status}");
+    let output = child_output(&mut server).await?;
+    assert!(output.contains("changed=vault/app"), "{output}");
+    for secret in ["first-password", "second-password", "third-password"] {
+        assert!(!output.contains(secret), "a password reached the log");
+    }
+    Ok(())
+}

@@ -2,6 +2,8 @@
 //! a fleet of real databases (aws and gcp, each with app and analytics)
 //! whose catalogs decide whether a job may be stored.
 
+use std::time::Duration;
+
 use pgfleet_engine::replication::jobs::{JobStore, JobStoreError};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
@@ -783,5 +785,102 @@ async fn bad_fields_name_the_field() -> anyhow::Result<()> {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(list_all(&s, &s.master, 0).await?.is_empty());
     s.server.shutdown().await?;
+    Ok(())
+}
+
+/// `[[replication.jobs]]` for [`jobs_declared_in_the_file_are_created_then_kept_as_declared`].
+/// `then` is declared last: once it is stored, the others were applied.
+fn declared_jobs(interval: &str, enabled: bool, then: &str) -> String {
+    let mut declared = format!(
+        "scheduler = false\n\
+         [[replication.jobs]]\nname = 'declared-missing'\nsource = 'aws/app'\ntargets = ['gcp/app']\n\
+         tables = ['public.no_such_table']\n\
+         [[replication.jobs]]\nname = 'declared-orders'\nsource = 'aws/app'\ntargets = ['gcp/app']\n\
+         tables = ['public.orders']\nsync_key = 'updated_at'\ninterval = '{interval}'\nenabled = {enabled}\n"
+    );
+    if !then.is_empty() {
+        declared.push_str(&format!(
+            "[[replication.jobs]]\nname = '{then}'\nsource = 'aws/app'\ntargets = ['gcp/app']\ntables = ['public.orders']\n"
+        ));
+    }
+    declared
+}
+
+/// Jobs in the file are made stored jobs at start (the seed set its jobs up
+/// at start): created the first time, updated to match the file after an
+/// edit (the same job, not a new one), left alone when they already match;
+/// a job that does not fit its tables is refused without stopping the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_declared_in_the_file_are_created_then_kept_as_declared() -> anyhow::Result<()> {
+    use pgfleet_engine::replication::Mode;
+    use pgfleet_engine::replication::declared::DECLARED_BY;
+
+    let mut fleet = crate::support::Fleet::create().await?;
+    for (cloud, name) in [("aws", "app"), ("gcp", "app")] {
+        let database = fleet
+            .databases
+            .iter()
+            .find(|(c, n, _)| c == cloud && n == name)
+            .map(|(_, _, db)| db)
+            .ok_or_else(|| anyhow::anyhow!("no {cloud}/{name}"))?;
+        sqlx::query(ORDERS).execute(&database.pool().await?).await?;
+    }
+    let store = JobStore::new(fleet.history.pool().await?);
+    let stored = async |store: &JobStore, want: &dyn Fn(&pgfleet_engine::replication::Job) -> bool| {
+        pgfleet_testkit::wait_until(Duration::from_secs(20), Duration::from_millis(50), async || {
+            anyhow::Ok(
+                store
+                    .get_by_name("declared-orders")
+                    .await?
+                    .is_some_and(|job| want(&job)),
+            )
+        })
+        .await?;
+        anyhow::Ok(
+            store
+                .get_by_name("declared-orders")
+                .await?
+                .expect("waited for it"),
+        )
+    };
+
+    fleet.replication_toml = declared_jobs("5m", true, "");
+    let server = fleet.start("").await?;
+    let created = stored(&store, &|_| true).await?;
+    assert_eq!(created.created_by, DECLARED_BY);
+    assert_eq!(
+        created.spec.tables,
+        ["public.orders"],
+        "checked and spelled as PostgreSQL does"
+    );
+    assert_eq!(
+        created.spec.mode,
+        Mode::Incremental,
+        "a sync key and no mode: incremental"
+    );
+    assert_eq!(created.spec.interval, Some(Duration::from_secs(300)));
+    // Declared before the good one and refused: never stored.
+    assert!(store.get_by_name("declared-missing").await?.is_none());
+    server.shutdown().await?;
+
+    fleet.replication_toml = declared_jobs("10m", false, "");
+    let server = fleet.start("").await?;
+    let updated = stored(&store, &|job| job.revision > created.revision).await?;
+    assert_eq!(updated.id, created.id, "the stored job is updated, not replaced");
+    assert_eq!(updated.spec.interval, Some(Duration::from_secs(600)));
+    assert!(!updated.spec.enabled);
+    server.shutdown().await?;
+
+    // Unchanged but for a job declared after it: once that one is stored,
+    // this one was looked at, and left as it was.
+    fleet.replication_toml = declared_jobs("10m", false, "declared-marker");
+    let server = fleet.start("").await?;
+    pgfleet_testkit::wait_until(Duration::from_secs(20), Duration::from_millis(50), async || {
+        anyhow::Ok(store.get_by_name("declared-marker").await?.is_some())
+    })
+    .await?;
+    let unchanged = store.get_by_name("declared-orders").await?.expect("still stored");
+    assert_eq!(unchanged, updated, "an unchanged declaration rewrote the job");
+    server.shutdown().await?;
     Ok(())
 }

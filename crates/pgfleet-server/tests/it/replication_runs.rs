@@ -587,3 +587,79 @@ async fn two_schedulers_never_run_the_same_job_at_once() -> anyhow::Result<()> {
     s.server.shutdown().await?;
     Ok(())
 }
+
+/// A copy configured `read_only = true` (here `frozen/app`, over gcp's
+/// analytics database) is never written by replication: a job or a one-shot
+/// copy naming it is refused before anything runs, and a job stored before
+/// the copy was frozen fails on that target at run time while the others
+/// are copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_copies_are_never_replication_targets() -> anyhow::Result<()> {
+    let fleet = Fleet::create().await?;
+    let frozen = crate::support::frozen_copy_toml(&fleet)?;
+    let s = crate::support::session_on(fleet, &frozen).await?;
+    // frozen/app is gcp/analytics under another name.
+    for (cloud, name) in [("aws", "app"), ("gcp", "app"), ("gcp", "analytics")] {
+        run_sql(&s, cloud, name, EVENTS_TABLE).await?;
+    }
+    run_sql(&s, "aws", "app", &events_rows(1, 10)).await?;
+
+    let job = |targets: Vec<pb::Target>| pb::ReplicationJob {
+        name: "to-frozen".to_owned(),
+        source: Some(target("aws", "app")),
+        targets,
+        tables: vec!["public.events".to_owned()],
+        mode: pb::ReplicationMode::FullRefresh.into(),
+        ..Default::default()
+    };
+    let refused = create(&s, job(vec![target("gcp", "app"), target("frozen", "app")]))
+        .await
+        .expect_err("a read_only target");
+    let status = refused
+        .downcast_ref::<Status>()
+        .ok_or_else(|| anyhow::anyhow!("not a status: {refused:?}"))?;
+    assert!(status.message().contains("frozen/app"), "{status:?}");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("job.targets[1]") && status.message().contains("read_only"),
+        "{status:?}"
+    );
+
+    // Stored behind validation's back, as if the copy was frozen later.
+    let history = s.fleet.history.pool().await?;
+    let store = pgfleet_engine::replication::jobs::JobStore::new(history);
+    let spec = pgfleet_engine::replication::declared::spec_of(&pgfleet_config::DeclaredJobConfig {
+        name: "frozen-later".to_owned(),
+        source: "aws/app".to_owned(),
+        targets: vec!["gcp/app".to_owned(), "frozen/app".to_owned()],
+        tables: vec!["public.events".to_owned()],
+        sync_key: None,
+        interval: None,
+        mode: None,
+        batch_size: None,
+        overlap: None,
+        enabled: true,
+    });
+    let stored = store.create(&spec, "test").await?;
+    let events = run(&s, run_request(&stored.id.to_string())).await?;
+    assert_eq!(
+        finished(&events, "gcp", "app").outcome(),
+        pb::ReplicationOutcome::Succeeded
+    );
+    let frozen_result = finished(&events, "frozen", "app");
+    assert_eq!(frozen_result.outcome(), pb::ReplicationOutcome::Failed);
+    let message = frozen_result
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("read_only"), "{message}");
+    assert_eq!(count(&s, "gcp", "app", "public.events").await?, 10);
+    assert_eq!(
+        count(&s, "gcp", "analytics", "public.events").await?,
+        0,
+        "nothing written"
+    );
+    s.server.shutdown().await?;
+    Ok(())
+}

@@ -300,6 +300,25 @@ pub async fn session_on(fleet: Fleet, extra: &str) -> anyhow::Result<Session> {
     })
 }
 
+/// A cloud `frozen` whose database `app` is gcp's analytics database of
+/// `fleet` under another name, configured `read_only = true`.
+pub fn frozen_copy_toml(fleet: &Fleet) -> anyhow::Result<String> {
+    let database = fleet
+        .databases
+        .iter()
+        .find(|(c, n, _)| c == "gcp" && n == "analytics")
+        .map(|(_, _, db)| db)
+        .ok_or_else(|| anyhow::anyhow!("no gcp/analytics in the fleet"))?;
+    Ok(format!(
+        "[[clouds]]\nname = 'frozen'\n[[clouds.databases]]\nname = 'app'\nhost = '{}'\nport = {}\n\
+         user = '{}'\ndatabase = '{}'\nsslmode = 'disable'\nread_only = true\n",
+        database.host(),
+        database.port(),
+        database.user(),
+        database.name()
+    ))
+}
+
 /// The database `name` of `cloud` in the session's fleet.
 pub fn fleet_database<'a>(s: &'a Session, cloud: &str, name: &str) -> &'a TestDatabase {
     s.fleet
@@ -456,7 +475,20 @@ fn drain(
 /// `pgfleet --config <config_path> serve` as an operator runs it (debug
 /// logs, output captured), and a channel once it listens on `port`.
 pub async fn spawn_server_binary(config_path: &Path, port: u16) -> anyhow::Result<(ServerProcess, Channel)> {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfleet"))
+    spawn_server_binary_in(config_path, port, None).await
+}
+
+/// [`spawn_server_binary`] in `working_dir` (where it finds a `.env`).
+pub async fn spawn_server_binary_in(
+    config_path: &Path,
+    port: u16,
+    working_dir: Option<&Path>,
+) -> anyhow::Result<(ServerProcess, Channel)> {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfleet"));
+    if let Some(dir) = working_dir {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .env("PGFLEET_LOG", "debug")
         .args(["--config", &config_path.to_string_lossy(), "serve"])
         .stdout(std::process::Stdio::piped())
