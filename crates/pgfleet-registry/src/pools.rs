@@ -63,6 +63,19 @@ pub struct Checkout {
     pub member: Member,
     /// Connected through the database's `reader_user` login.
     pub reader_login: bool,
+    /// Replicas this read passed over for being further behind than
+    /// `max_replica_lag` when it was routed; empty for writes.
+    pub lagging: Vec<LaggingReplica>,
+}
+
+/// A replica a read passed over: its replay lag was past the database's
+/// `max_replica_lag`, or unknown (no probe measured it yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaggingReplica {
+    /// The replica's configured name.
+    pub name: String,
+    /// How far behind the last probe measured it; `None` when unknown.
+    pub replay_lag: Option<Duration>,
 }
 
 impl Checkout {
@@ -107,6 +120,21 @@ impl MemberEntry {
     /// Whether this member's replay is within `max_lag` at the last probe:
     /// a primary (a promoted replica) always is; a standby of unknown lag
     /// is not, so a bounded read never goes to a replica nobody measured.
+    /// This replica as a read that passed it over reports it.
+    fn lagging(&self) -> LaggingReplica {
+        LaggingReplica {
+            name: match &self.member {
+                Member::Replica(name) => name.clone(),
+                Member::Primary => "primary".to_owned(),
+            },
+            replay_lag: self
+                .state
+                .lock()
+                .ok()
+                .and_then(|state| state.replay_lag.and_then(|lag| lag.time)),
+        }
+    }
+
     fn within_lag(&self, max_lag: Option<Duration>) -> bool {
         let Some(max_lag) = max_lag else {
             return true;
@@ -341,9 +369,10 @@ impl Registry {
                     database: target.database.clone(),
                 })?;
         if route != Route::Write {
-            return self
-                .connect(target, &entry, select_member(&entry, route), route)
-                .await;
+            let (member, lagging) = select_member(&entry, route);
+            let mut checkout = self.connect(target, &entry, member, route).await?;
+            checkout.lagging = lagging;
+            return Ok(checkout);
         }
         // The first candidate's failure says most (where writes should have
         // gone: a wrong password or a TLS error must not read as "no
@@ -447,6 +476,7 @@ impl Registry {
                         connection,
                         member: member.member.clone(),
                         reader_login,
+                        lagging: Vec::new(),
                     });
                 }
                 Ok(connection) => {
@@ -454,6 +484,7 @@ impl Registry {
                         connection,
                         member: member.member.clone(),
                         reader_login,
+                        lagging: Vec::new(),
                     });
                 }
                 Err(error) => error,
@@ -615,27 +646,37 @@ fn write_candidates(entry: &TargetEntry) -> Vec<&MemberEntry> {
     candidates.into_iter().map(|(_, member)| member).collect()
 }
 
-fn select_member(entry: &TargetEntry, route: Route) -> &MemberEntry {
+/// The member a read (or a write, always the configured primary here) is
+/// routed to, with the replicas it passed over for lag.
+fn select_member(entry: &TargetEntry, route: Route) -> (&MemberEntry, Vec<LaggingReplica>) {
     let primary = &entry.members[0];
     let replicas = &entry.members[1..];
     if route == Route::Write || replicas.is_empty() {
-        return primary;
+        return (primary, Vec::new());
     }
     let max_lag = entry.config.max_replica_lag;
     let healthy_replica = || {
         let start = entry.next_replica.fetch_add(1, Ordering::Relaxed);
-        (0..replicas.len())
+        let chosen = (0..replicas.len())
             .map(|offset| &replicas[(start + offset) % replicas.len()])
-            .find(|replica| replica.usable() && replica.within_lag(max_lag))
+            .find(|replica| replica.usable() && replica.within_lag(max_lag));
+        // Every usable replica past the bound, whichever was chosen.
+        let lagging = replicas
+            .iter()
+            .filter(|replica| replica.usable() && !replica.within_lag(max_lag))
+            .map(MemberEntry::lagging)
+            .collect();
+        (chosen, lagging)
     };
-    match entry.config.read_preference {
-        ReadPreference::Primary => primary,
-        ReadPreference::Replica => healthy_replica().unwrap_or(primary),
+    let (chosen, lagging) = match entry.config.read_preference {
+        ReadPreference::Primary => (None, Vec::new()),
+        ReadPreference::Replica => healthy_replica(),
         ReadPreference::PrimaryThenReplica if primary.status() == HealthStatus::Unhealthy => {
-            healthy_replica().unwrap_or(primary)
+            healthy_replica()
         }
-        ReadPreference::PrimaryThenReplica => primary,
-    }
+        ReadPreference::PrimaryThenReplica => (None, Vec::new()),
+    };
+    (chosen.unwrap_or(primary), lagging)
 }
 
 impl MemberEntry {

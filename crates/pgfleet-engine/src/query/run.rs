@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
-use pgfleet_registry::{Checkout, Member, Registry, RegistryError, Route, Target};
+use pgfleet_registry::{Checkout, LaggingReplica, Member, Registry, RegistryError, Route, Target};
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow, PgTypeInfo};
 use sqlx::{
@@ -30,9 +30,19 @@ const CURSOR: &str = "pgfleet_cursor";
 /// (see [`RowEncoder`]).
 #[derive(Debug)]
 pub enum TargetEvent<R> {
-    Started { replica: String },
-    Header { statement: u32, columns: Vec<Column> },
-    Rows { statement: u32, rows: Vec<R> },
+    Started {
+        replica: String,
+        /// Replicas passed over for lag.
+        skipped_replicas: Vec<LaggingReplica>,
+    },
+    Header {
+        statement: u32,
+        columns: Vec<Column>,
+    },
+    Rows {
+        statement: u32,
+        rows: Vec<R>,
+    },
     StatementDone(StatementOutcome),
     Finished(Box<TargetOutcome>),
 }
@@ -55,6 +65,8 @@ pub struct TargetOutcome {
     pub failed_statement_index: Option<u32>,
     pub outcome_unknown: bool,
     pub replica: String,
+    /// Replicas this read passed over for being past `max_replica_lag`.
+    pub skipped_replicas: Vec<LaggingReplica>,
 }
 
 /// How a target's transaction begins. Decided in one place,
@@ -183,6 +195,7 @@ async fn run_on_target<E: RowEncoder>(
                 failed_statement_index: None,
                 outcome_unknown: false,
                 replica: String::new(),
+                skipped_replicas: Vec::new(),
             };
         }
     };
@@ -199,6 +212,7 @@ async fn run_on_target<E: RowEncoder>(
     if !sink
         .send(TargetEvent::Started {
             replica: replica.clone(),
+            skipped_replicas: checkout.lagging.clone(),
         })
         .await
     {
@@ -226,7 +240,7 @@ async fn run_on_target<E: RowEncoder>(
     // PostgreSQL rolls the transaction back.
     let reusable =
         run.completed && !over_budget && reset(checkout.connection_mut(), run.result.is_ok()).await;
-    let outcome = match run.result {
+    let mut outcome = match run.result {
         Ok(()) => TargetOutcome {
             success: true,
             error: None,
@@ -234,9 +248,11 @@ async fn run_on_target<E: RowEncoder>(
             failed_statement_index: None,
             outcome_unknown: false,
             replica,
+            skipped_replicas: Vec::new(),
         },
         Err(stop) => failure_outcome(stop, started, replica, commit_sent.load(Ordering::Relaxed)),
     };
+    outcome.skipped_replicas = std::mem::take(&mut checkout.lagging);
     if !reusable {
         // Unknown state (broken connection, cancelled mid-protocol): never
         // hand it to the next caller.
@@ -896,6 +912,7 @@ fn refused_outcome() -> TargetOutcome {
         failed_statement_index: None,
         outcome_unknown: false,
         replica: String::new(),
+        skipped_replicas: Vec::new(),
     }
 }
 
@@ -910,6 +927,7 @@ fn cancelled_outcome(started: Instant, index: Option<u32>, replica: String) -> T
         failed_statement_index: index,
         outcome_unknown: false,
         replica,
+        skipped_replicas: Vec::new(),
     }
 }
 
@@ -953,5 +971,6 @@ fn failure_outcome(stop: Stop, started: Instant, replica: String, commit_sent: b
         failed_statement_index: index,
         outcome_unknown,
         replica,
+        skipped_replicas: Vec::new(),
     }
 }

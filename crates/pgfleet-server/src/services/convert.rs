@@ -56,6 +56,17 @@ pub fn duration(value: Duration) -> prost_types::Duration {
     })
 }
 
+/// Replicas a read passed over for lag, on the wire.
+pub fn skipped_replicas(skipped: Vec<pgfleet_registry::LaggingReplica>) -> Vec<pb::SkippedReplica> {
+    skipped
+        .into_iter()
+        .map(|replica| pb::SkippedReplica {
+            name: replica.name,
+            replay_lag: replica.replay_lag.map(duration),
+        })
+        .collect()
+}
+
 /// A signed number of seconds (a lag may be negative when a target holds
 /// rows the source no longer has) as a wire duration, to the microsecond.
 pub fn signed_seconds(seconds: f64) -> prost_types::Duration {

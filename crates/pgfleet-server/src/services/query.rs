@@ -213,6 +213,7 @@ fn outcome_into_result(
         failed_statement_index: outcome.failed_statement_index,
         outcome_unknown: outcome.outcome_unknown,
         replica: outcome.replica,
+        skipped_replicas: convert::skipped_replicas(outcome.skipped_replicas),
     }
 }
 
@@ -389,9 +390,13 @@ async fn next_stream_event(
     };
     let target = convert::target(&state.plan.targets[index]);
     let event = match event {
-        TargetEvent::Started { replica } => Event::TargetStarted(pb::TargetStarted {
+        TargetEvent::Started {
+            replica,
+            skipped_replicas,
+        } => Event::TargetStarted(pb::TargetStarted {
             target: Some(target),
             replica,
+            skipped_replicas: convert::skipped_replicas(skipped_replicas),
         }),
         TargetEvent::Header { statement, columns } => Event::ResultHeader(pb::ResultHeader {
             target: Some(target),
@@ -431,6 +436,7 @@ async fn next_stream_event(
                 failed_statement_index: outcome.failed_statement_index,
                 outcome_unknown: outcome.outcome_unknown,
                 replica: outcome.replica,
+                skipped_replicas: convert::skipped_replicas(outcome.skipped_replicas),
             })
         }
     };

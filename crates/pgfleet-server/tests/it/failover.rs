@@ -144,6 +144,11 @@ async fn writes_follow_a_promoted_replica() -> anyhow::Result<()> {
 
 /// Which member answered a read of `events` on onprem ("" for the primary).
 async fn read_from(s: &Session) -> anyhow::Result<String> {
+    Ok(read_result(s).await?.replica)
+}
+
+/// The result of a read of `events` on onprem.
+async fn read_result(s: &Session) -> anyhow::Result<pb::TargetResult> {
     let response = QueryServiceClient::new(s.channel.clone())
         .execute(bearer(
             pb::ExecuteRequest {
@@ -162,7 +167,7 @@ async fn read_from(s: &Session) -> anyhow::Result<String> {
         .next()
         .ok_or_else(|| anyhow::anyhow!("no target result"))?;
     anyhow::ensure!(result.success, "read failed: {result:?}");
-    Ok(result.replica)
+    Ok(result)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -176,6 +181,7 @@ async fn reads_skip_a_replica_behind_max_replica_lag() -> anyhow::Result<()> {
         read_from(&s).await.is_ok_and(|member| member == "standby")
     })
     .await?;
+    assert_eq!(read_result(&s).await?.skipped_replicas, [], "nothing skipped");
     let caught_up = member(&s, "standby").await?;
     assert_eq!(caught_up.role(), pb::ServerRole::Standby);
     assert_eq!(
@@ -199,11 +205,17 @@ async fn reads_skip_a_replica_behind_max_replica_lag() -> anyhow::Result<()> {
             .execute(&writer)
             .await
             .is_ok();
-        let answered = read_from(&s).await?;
+        let answered = read_result(&s).await?;
         let standby = member(&s, "standby").await?;
+        // The result says which replica was passed over, and how far behind.
+        let skipped_behind = answered.skipped_replicas.iter().any(|skipped| {
+            skipped.name == "standby" && skipped.replay_lag.is_some_and(|lag| lag.seconds >= 1)
+        });
         anyhow::ensure!(
-            wrote && answered.is_empty(),
-            "read answered by {answered:?}; standby lag {:?}, {} bytes",
+            wrote && answered.replica.is_empty() && skipped_behind,
+            "read answered by {:?}, skipped {:?}; standby lag {:?}, {} bytes",
+            answered.replica,
+            answered.skipped_replicas,
             standby.replay_lag,
             standby.replay_lag_bytes
         );
