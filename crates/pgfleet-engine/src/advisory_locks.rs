@@ -128,11 +128,18 @@ pub enum HistoryLock {
     LastMaster = 1,
     /// One replica at a time applies audit retention (`audit::maintenance`).
     AuditRetention = 2,
+    /// One `pgfleet import-legacy` at a time: each decides what is new
+    /// under it (`legacy_imports`).
+    LegacyImport = 3,
 }
 
 impl HistoryLock {
     /// Every lock, for the distinctness test and for docs.
-    pub const ALL: [HistoryLock; 2] = [HistoryLock::LastMaster, HistoryLock::AuditRetention];
+    pub const ALL: [HistoryLock; 3] = [
+        HistoryLock::LastMaster,
+        HistoryLock::AuditRetention,
+        HistoryLock::LegacyImport,
+    ];
 
     /// The (`int4`, `int4`) key pair.
     pub const fn key(self) -> (i32, i32) {
@@ -173,7 +180,7 @@ mod tests {
         // A variant missing from ALL fails to compile here.
         for lock in HistoryLock::ALL {
             match lock {
-                HistoryLock::LastMaster | HistoryLock::AuditRetention => {}
+                HistoryLock::LastMaster | HistoryLock::AuditRetention | HistoryLock::LegacyImport => {}
             }
         }
         let keys: HashSet<(i32, i32)> = HistoryLock::ALL.iter().map(|lock| lock.key()).collect();

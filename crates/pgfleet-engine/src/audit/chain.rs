@@ -67,49 +67,77 @@ pub async fn append(
     row: &ExecutionRow,
     link: LinkKind,
 ) -> Result<Link, AuditError> {
+    let mut appended = append_all(connection, keys, &[(row, link)]).await?;
+    // One link in, one link out.
+    appended.pop().ok_or(AuditError::Store(sqlx::Error::RowNotFound))
+}
+
+/// [`append`] for several links at once, in the order given (an import's
+/// records): the head is locked and moved once and the links are inserted
+/// in one statement, so the head is held for as short a time as possible.
+pub async fn append_all(
+    connection: &mut PgConnection,
+    keys: &ChainKeys,
+    links: &[(&ExecutionRow, LinkKind)],
+) -> Result<Vec<Link>, AuditError> {
     let (head_sequence, head_hash, keyed_since): (i64, String, Option<i64>) =
         sqlx::query_as("SELECT sequence, hash, keyed_since FROM pgfleet.audit_chain_head FOR UPDATE")
             .fetch_one(&mut *connection)
             .await?;
-    let sequence = head_sequence + 1;
-    let content = row.canonical_content(link);
-    let (key_id, hash) = match keys.current() {
+    let key = match keys.current() {
         Some(key) => {
             // Sealed at start, unless the store could not be reached then.
             if keyed_since.is_none() {
                 let head = locked_head(connection).await?;
                 seal(connection, key, &head).await?;
             }
-            (key.id(), key.link_hash(&head_hash, sequence, link, &content))
+            Some(key)
         }
         // Once sealed, a link without the key would break the chain for good.
         None => match keyed_since {
             Some(keyed_since) => return Err(AuditError::KeyRequired { keyed_since }),
-            None => ("", link_hash(&head_hash, sequence, link, &content)),
+            None => None,
         },
+    };
+    let key_id = key.map_or("", |key| key.id());
+    let mut appended: Vec<Link> = Vec::with_capacity(links.len());
+    let (mut sequence, mut prev_hash) = (head_sequence, head_hash);
+    for (row, link) in links {
+        sequence += 1;
+        let content = row.canonical_content(*link);
+        let hash = match key {
+            Some(key) => key.link_hash(&prev_hash, sequence, *link, &content),
+            None => link_hash(&prev_hash, sequence, *link, &content),
+        };
+        appended.push(Link {
+            sequence,
+            hash: hash.clone(),
+            prev_hash: std::mem::replace(&mut prev_hash, hash),
+        });
+    }
+    let Some(last) = appended.last() else {
+        return Ok(appended);
     };
     sqlx::query(
         "INSERT INTO pgfleet.audit_chain (sequence, execution_id, link, prev_hash, hash, key_id) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         SELECT l.sequence, l.execution_id, l.link, l.prev_hash, l.hash, $6 \
+         FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[]) \
+         AS l (sequence, execution_id, link, prev_hash, hash)",
     )
-    .bind(sequence)
-    .bind(row.id)
-    .bind(link.as_str())
-    .bind(&head_hash)
-    .bind(&hash)
+    .bind(appended.iter().map(|l| l.sequence).collect::<Vec<_>>())
+    .bind(links.iter().map(|(row, _)| row.id).collect::<Vec<_>>())
+    .bind(links.iter().map(|(_, link)| link.as_str()).collect::<Vec<_>>())
+    .bind(appended.iter().map(|l| l.prev_hash.as_str()).collect::<Vec<_>>())
+    .bind(appended.iter().map(|l| l.hash.as_str()).collect::<Vec<_>>())
     .bind(key_id)
     .execute(&mut *connection)
     .await?;
     sqlx::query("UPDATE pgfleet.audit_chain_head SET sequence = $1, hash = $2")
-        .bind(sequence)
-        .bind(&hash)
+        .bind(last.sequence)
+        .bind(&last.hash)
         .execute(&mut *connection)
         .await?;
-    Ok(Link {
-        sequence,
-        hash,
-        prev_hash: head_hash,
-    })
+    Ok(appended)
 }
 
 /// Readies the chain for this server's keys, before it writes anything.

@@ -14,9 +14,12 @@
 //!   chain key ([`keys`]); the seal; verification; [`checkpoint`]s of the
 //!   head, signed for keeping outside the history store.
 //! - [`search`]: filters, keyset pages, export in chain order.
+//! - [`import`]: records written already closed (the old system's history,
+//!   imported), linked after the head.
 
 pub mod chain;
 pub mod checkpoint;
+pub mod import;
 pub mod keys;
 pub mod maintenance;
 pub mod record;

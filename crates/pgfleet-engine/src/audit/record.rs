@@ -74,6 +74,11 @@ pub enum Kind {
     MigrationRepair,
     /// A replica promoted to primary (`FleetService.PromoteReplica`).
     ReplicaPromotion,
+    /// A row of the old system's `query_history`, imported by
+    /// `pgfleet import-legacy` ([`super::import`]).
+    ImportedQuery,
+    /// A `pgfleet import-legacy` run.
+    LegacyImport,
 }
 
 impl Kind {
@@ -85,6 +90,8 @@ impl Kind {
             Kind::MigrationRollback => "MIGRATION_ROLLBACK",
             Kind::MigrationRepair => "MIGRATION_REPAIR",
             Kind::ReplicaPromotion => "REPLICA_PROMOTION",
+            Kind::ImportedQuery => "IMPORTED_QUERY",
+            Kind::LegacyImport => "LEGACY_IMPORT",
         }
     }
 }
