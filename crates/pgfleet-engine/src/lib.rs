@@ -11,6 +11,8 @@
 //! - [`migrations`]: fleet schema migrations (pgfleet-migrate) on the
 //!   registry's targets, with their sets, locks and audit records.
 //! - [`topology`]: promoting a replica to primary, with its checks.
+//! - [`legacy`]: the old Node.js system's users and query history, read
+//!   for `pgfleet import-legacy`.
 //! - [`advisory_locks`], [`history_store`]: pgfleet's own database.
 //! - [`Observer`]: what the engine reports as it works (target outcomes,
 //!   audit write latencies, replication rows and lag), for the server's
@@ -27,6 +29,7 @@ pub mod digest;
 pub mod error;
 pub mod history_store;
 pub mod identity;
+pub mod legacy;
 pub mod migrations;
 mod observer;
 pub mod query;

@@ -107,7 +107,7 @@ impl Parsed {
 }
 
 /// `text` with every literal left in it replaced by a new `$n`.
-fn replace_literals(text: &str) -> Result<String, engine::EngineError> {
+pub(crate) fn replace_literals(text: &str) -> Result<String, engine::EngineError> {
     use pg_query::protobuf::Token as Kind;
     let tokens = engine::scan(text)?;
     let mut next = tokens

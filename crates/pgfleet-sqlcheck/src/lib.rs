@@ -11,6 +11,7 @@
 //! - [`analyze`] classifies each statement, lists its dangerous findings and the
 //!   functions it calls, and fingerprints the text.
 //! - [`fingerprint`] groups similar queries.
+//! - [`replace_literals`] hides every literal of a text that need not parse.
 //! - [`SIDE_EFFECT_FUNCTIONS`] is the one table of functions that do more than
 //!   compute a value; [`lookup_side_effect_function`] refuses them by name.
 
@@ -51,4 +52,11 @@ pub fn fingerprint(sql: &str) -> Result<Fingerprint, ParseError> {
     engine::fingerprint(sql)
         .map(Fingerprint)
         .map_err(|e| error::locate(sql, e))
+}
+
+/// `sql` with every literal replaced by `$n`, from the scanner alone, so it
+/// works on texts that do not parse (unlike [`Analysis::normalized`]); for
+/// storing a text that may carry credentials and cannot be analysed.
+pub fn replace_literals(sql: &str) -> Result<String, ParseError> {
+    analysis::replace_literals(sql).map_err(|e| error::locate(sql, e))
 }

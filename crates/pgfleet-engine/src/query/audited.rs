@@ -35,7 +35,7 @@ pub fn must_record(plan: &Plan, record_reads: bool) -> bool {
 }
 
 /// The stored name of a statement class (`WRITE`).
-fn class_name(class: StatementClass) -> &'static str {
+pub(crate) fn class_name(class: StatementClass) -> &'static str {
     match class {
         StatementClass::Read => "READ",
         StatementClass::Write => "WRITE",
