@@ -70,6 +70,8 @@ pub enum ServeError {
     Audit(#[from] pgfleet_engine::audit::AuditError),
     #[error("{0}")]
     Migrations(pgfleet_engine::migrations::MigrationError),
+    #[error("import-legacy: {0}")]
+    LegacyImport(#[from] crate::legacy_import_cli::ImportError),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].

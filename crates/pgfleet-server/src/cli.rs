@@ -1,4 +1,4 @@
-//! The command line: `pgfleet serve | migrate | check-config | user | migrations`.
+//! The command line: `pgfleet serve | migrate | check-config | user | migrations | import-legacy`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +45,11 @@ pub enum Command {
     /// status, plan, apply (exit status 1 when behind, refused or failed).
     #[command(subcommand)]
     Migrations(crate::migrations_cli::MigrationsCommand),
+    /// Import the old Node.js Dual Database Manager's users (passwords keep
+    /// working) and query history (as audit records) from its database.
+    /// Idempotent; exit status 1 when a user or row was refused or in
+    /// conflict (the rest is imported).
+    ImportLegacy(crate::legacy_import_cli::ImportLegacyArgs),
 }
 
 /// `pgfleet user ...`
@@ -93,7 +98,11 @@ pub fn main() -> ExitCode {
             telemetry::init_stderr(cli.log_format);
             check_config(&cli)
         }
-        Command::Serve | Command::Migrate | Command::User(_) | Command::Migrations(_) => {
+        Command::Serve
+        | Command::Migrate
+        | Command::User(_)
+        | Command::Migrations(_)
+        | Command::ImportLegacy(_) => {
             // The configuration says how to log, so it is read before any
             // logging; its own problems go to stderr.
             let Some(loaded) = load(&cli) else {
@@ -191,6 +200,14 @@ async fn run_async(cli: Cli, loaded: LoadedConfig) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             Err(error) => Err(error),
+        },
+        Command::ImportLegacy(args) => match crate::legacy_import_cli::run(&loaded, args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                telemetry.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+            Err(error) => Err(ServeError::from(error)),
         },
         Command::CheckConfig => Ok(()),
     };

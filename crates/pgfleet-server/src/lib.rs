@@ -11,6 +11,7 @@ pub mod auth;
 pub mod browser;
 pub mod cli;
 pub mod edge;
+pub mod legacy_import_cli;
 pub mod migrations_cli;
 pub mod services;
 mod status;

@@ -78,6 +78,25 @@ impl PasswordHasher {
     }
 }
 
+/// Checks that `hash`, from another system, is a bcrypt hash pgfleet
+/// verifies as it is (`$2a$` as Node's bcryptjs writes, `$2b$`, `$2y$`;
+/// cost 4 to 31), so the password keeps working; it is re-hashed with the
+/// configured cost at the first login. `$2x$` (hashes of a buggy PHP
+/// implementation) and anything else is refused. The reason never repeats
+/// the hash.
+pub fn check_foreign_hash(hash: &str) -> Result<(), String> {
+    let parts: bcrypt::HashParts = hash
+        .parse()
+        .map_err(|error| format!("not a bcrypt hash ({error})"))?;
+    if !matches!(hash.get(..4), Some("$2a$" | "$2b$" | "$2y$")) {
+        return Err("a $2x$ bcrypt hash (the buggy variant) cannot be verified safely".to_owned());
+    }
+    if !(4..=31).contains(&parts.get_cost()) {
+        return Err(format!("bcrypt cost {} is outside 4..=31", parts.get_cost()));
+    }
+    Ok(())
+}
+
 fn bcrypt_cost_of(hash: &str) -> Option<u32> {
     // $2b$12$<salt+hash>
     hash.split('$').nth(2)?.parse().ok()
@@ -121,6 +140,26 @@ mod tests {
         assert!(!hasher.needs_rehash(&hash));
         let stronger = PasswordHasher::new(5, 12).await.expect("hasher");
         assert!(stronger.needs_rehash(&hash));
+    }
+
+    #[test]
+    fn foreign_hashes_are_bcrypt_or_refused_without_being_repeated() {
+        let node = bcrypt::hash_with_result("old password", 4)
+            .expect("hash")
+            .format_for_version(bcrypt::Version::TwoA);
+        assert!(check_foreign_hash(&node).is_ok());
+        assert!(bcrypt::verify("old password", &node).expect("verify"));
+        let modern = bcrypt::hash("old password", 4).expect("hash");
+        assert!(check_foreign_hash(&modern).is_ok());
+        for bad in [
+            "5f4dcc3b5aa765d61d8327deb882cf99".to_owned(),
+            String::new(),
+            node.replacen("$2a$", "$2x$", 1),
+            node.replacen("$04$", "$03$", 1),
+        ] {
+            let reason = check_foreign_hash(&bad).expect_err("refused");
+            assert!(bad.is_empty() || !reason.contains(&bad), "{reason}");
+        }
     }
 
     #[tokio::test]

@@ -7,8 +7,10 @@
 //! A change that ends a user's standing as an active MASTER revokes the API
 //! keys they created, in the same transaction.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::AuthError;
@@ -45,6 +47,20 @@ pub struct NewUser<'a> {
     pub name: &'a str,
     pub password_hash: &'a str,
     pub role: Role,
+}
+
+/// A user moved in from another system (`pgfleet import-legacy`), fields
+/// checked, its bcrypt hash kept as it was so the password keeps working.
+pub struct ImportedUser<'a> {
+    pub username: &'a str,
+    pub email: &'a str,
+    pub name: &'a str,
+    pub password_hash: &'a str,
+    pub role: Role,
+    pub active: bool,
+    /// When the old system created it; now when it did not say.
+    pub created_at: Option<DateTime<Utc>>,
+    pub last_login_at: Option<DateTime<Utc>>,
 }
 
 /// Filters and keyset position of one page of users.
@@ -120,34 +136,65 @@ impl UserStore {
 
     /// Inserts a user; a taken username or e-mail is ALREADY_EXISTS.
     pub async fn create(&self, user: &NewUser<'_>) -> Result<UserRecord, AuthError> {
-        let inserted = sqlx::query_as::<_, UserRecord>(concat!(
-            "INSERT INTO pgfleet.users (id, username, email, name, password_hash, role) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
-            user_columns!()
-        ))
-        .bind(Uuid::now_v7())
-        .bind(user.username)
-        .bind(user.email)
-        .bind(user.name)
-        .bind(user.password_hash)
-        .bind(user.role.as_str())
-        .fetch_one(&self.pool)
-        .await;
-        match inserted {
-            Ok(record) => Ok(record),
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                Err(match error.constraint() {
-                    Some("users_email_key") => AuthError::AlreadyExists {
-                        field: "email",
-                        value: user.email.to_owned(),
-                    },
-                    _ => AuthError::AlreadyExists {
-                        field: "username",
-                        value: user.username.to_owned(),
-                    },
-                })
+        insert(&self.pool, user, true, None, None).await
+    }
+
+    /// Of `usernames` and `emails`, those already taken (e-mails
+    /// lower-cased, as they are compared), in the caller's transaction.
+    pub async fn taken(
+        connection: &mut PgConnection,
+        usernames: &[String],
+        emails: &[String],
+    ) -> Result<(HashSet<String>, HashSet<String>), AuthError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT username, lower(email) FROM pgfleet.users \
+             WHERE username = ANY($1) OR lower(email) = ANY($2)",
+        )
+        .bind(usernames)
+        .bind(
+            emails
+                .iter()
+                .map(|email| email.to_lowercase())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *connection)
+        .await?;
+        Ok(rows.into_iter().unzip())
+    }
+
+    /// Inserts an imported user in the caller's transaction; `Ok(None)`
+    /// when its username or e-mail is taken: an existing user is never
+    /// overwritten. A savepoint keeps the caller's transaction usable.
+    pub async fn insert_imported(
+        connection: &mut PgConnection,
+        user: &ImportedUser<'_>,
+    ) -> Result<Option<UserRecord>, AuthError> {
+        let mut savepoint = connection.begin().await?;
+        let fields = NewUser {
+            username: user.username,
+            email: user.email,
+            name: user.name,
+            password_hash: user.password_hash,
+            role: user.role,
+        };
+        match insert(
+            &mut *savepoint,
+            &fields,
+            user.active,
+            user.created_at,
+            user.last_login_at,
+        )
+        .await
+        {
+            Ok(record) => {
+                savepoint.commit().await?;
+                Ok(Some(record))
             }
-            Err(error) => Err(error.into()),
+            Err(AuthError::AlreadyExists { .. }) => {
+                savepoint.rollback().await?;
+                Ok(None)
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -276,6 +323,47 @@ impl UserStore {
             user: Box::new(updated),
             revoked_keys,
         })
+    }
+}
+
+/// Inserts a user; a taken username or e-mail is ALREADY_EXISTS. Creation
+/// time defaults to now.
+async fn insert<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    user: &NewUser<'_>,
+    active: bool,
+    created_at: Option<DateTime<Utc>>,
+    last_login_at: Option<DateTime<Utc>>,
+) -> Result<UserRecord, AuthError> {
+    let inserted = sqlx::query_as::<_, UserRecord>(concat!(
+        "INSERT INTO pgfleet.users (id, username, email, name, password_hash, role, active, created_at, \
+         last_login_at) VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now()), $9) RETURNING ",
+        user_columns!()
+    ))
+    .bind(Uuid::now_v7())
+    .bind(user.username)
+    .bind(user.email)
+    .bind(user.name)
+    .bind(user.password_hash)
+    .bind(user.role.as_str())
+    .bind(active)
+    .bind(created_at)
+    .bind(last_login_at)
+    .fetch_one(executor)
+    .await;
+    match inserted {
+        Ok(record) => Ok(record),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Err(match error.constraint() {
+            Some("users_email_key") => AuthError::AlreadyExists {
+                field: "email",
+                value: user.email.to_owned(),
+            },
+            _ => AuthError::AlreadyExists {
+                field: "username",
+                value: user.username.to_owned(),
+            },
+        }),
+        Err(error) => Err(error.into()),
     }
 }
 

@@ -16,6 +16,8 @@
 //! - `fleet`: FleetService, with live and unreachable clouds.
 //! - `grpc_web`: grpc-web and CORS at the HTTP level.
 //! - `history`: HistoryService and the write-ahead audit trail.
+//! - `legacy_import`: `pgfleet import-legacy` from a fixture of the old
+//!   Dual Database Manager's schema.
 //! - `migrations`: MigrationService across clouds, grpcurl and `pgfleet
 //!   migrations …`.
 //! - `observability`: `/metrics` and the JSON log file.
@@ -44,6 +46,7 @@ mod failover;
 mod fleet;
 mod grpc_web;
 mod history;
+mod legacy_import;
 mod migrations;
 mod observability;
 mod python_client;
