@@ -38,7 +38,7 @@ use uuid::Uuid;
 use crate::auth::AuthError;
 use crate::auth::fields;
 use crate::auth::passwords::check_foreign_hash;
-use crate::auth::users::{ImportedUser, UserStore};
+use crate::auth::users::{ImportedUser, NewUser, UserStore};
 
 /// The system actor of the import's own record.
 const IMPORT_ACTOR: &str = "import-legacy";
@@ -415,11 +415,13 @@ async fn import(
                 let inserted = UserStore::insert_imported(
                     connection,
                     &ImportedUser {
-                        username: &user.username,
-                        email: &user.email,
-                        name: &user.name,
-                        password_hash: &user.legacy.password_hash,
-                        role,
+                        user: NewUser {
+                            username: &user.username,
+                            email: &user.email,
+                            name: &user.name,
+                            password_hash: &user.legacy.password_hash,
+                            role,
+                        },
                         active: user.legacy.active(),
                         created_at: user.legacy.created_at,
                         last_login_at: user.legacy.last_login,

@@ -52,11 +52,8 @@ pub struct NewUser<'a> {
 /// A user moved in from another system (`pgfleet import-legacy`), fields
 /// checked, its bcrypt hash kept as it was so the password keeps working.
 pub struct ImportedUser<'a> {
-    pub username: &'a str,
-    pub email: &'a str,
-    pub name: &'a str,
-    pub password_hash: &'a str,
-    pub role: Role,
+    /// `password_hash` as the other system stored it.
+    pub user: NewUser<'a>,
     pub active: bool,
     /// When the old system created it; now when it did not say.
     pub created_at: Option<DateTime<Utc>>,
@@ -170,16 +167,9 @@ impl UserStore {
         user: &ImportedUser<'_>,
     ) -> Result<Option<UserRecord>, AuthError> {
         let mut savepoint = connection.begin().await?;
-        let fields = NewUser {
-            username: user.username,
-            email: user.email,
-            name: user.name,
-            password_hash: user.password_hash,
-            role: user.role,
-        };
         match insert(
             &mut *savepoint,
-            &fields,
+            &user.user,
             user.active,
             user.created_at,
             user.last_login_at,
