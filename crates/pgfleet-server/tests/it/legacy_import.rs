@@ -60,15 +60,15 @@ struct OldUser {
     hash: String,
 }
 
-fn old_user(username: &'static str, role: &'static str, active: Option<bool>, node: bool) -> OldUser {
+/// Node's bcryptjs writes `$2a$`; PHP's `$2y$` and Rust's `$2b$` verify too.
+fn old_user(
+    username: &'static str,
+    role: &'static str,
+    active: Option<bool>,
+    version: bcrypt::Version,
+) -> OldUser {
     let password = format!("old-{username}-{}", Uuid::new_v4().simple());
     let parts = bcrypt::hash_with_result(&password, 4).expect("bcrypt");
-    // Node's bcryptjs writes $2a$; the other rows use $2b$.
-    let version = if node {
-        bcrypt::Version::TwoA
-    } else {
-        bcrypt::Version::TwoB
-    };
     let hash = parts.format_for_version(version);
     OldUser {
         username,
@@ -146,12 +146,12 @@ async fn old_users_log_in_and_old_history_verifies_in_the_chain() -> anyhow::Res
     let old = legacy.pool().await?;
     sqlx::raw_sql(LEGACY_SCHEMA).execute(&old).await?;
     let users = [
-        old_user("admin", "MASTER", Some(true), true),
-        old_user("Alice", "USER", Some(true), false),
-        old_user("reader1", "READER", Some(true), true),
-        old_user("ghost", "USER", Some(false), true),
-        old_user("md5user", "USER", Some(true), false),
-        old_user("carol", "USER", Some(true), true),
+        old_user("admin", "MASTER", Some(true), bcrypt::Version::TwoA),
+        old_user("Alice", "USER", Some(true), bcrypt::Version::TwoB),
+        old_user("reader1", "READER", Some(true), bcrypt::Version::TwoY),
+        old_user("ghost", "USER", Some(false), bcrypt::Version::TwoA),
+        old_user("md5user", "USER", Some(true), bcrypt::Version::TwoA),
+        old_user("carol", "USER", Some(true), bcrypt::Version::TwoA),
     ];
     let mut old_ids: HashMap<&str, i32> = HashMap::new();
     for user in &users {
@@ -284,6 +284,26 @@ async fn old_users_log_in_and_old_history_verifies_in_the_chain() -> anyhow::Res
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
     assert_eq!(counts(&store).await?, before, "a dry run changes nothing");
+
+    // All or nothing: a failure at the last step (the list of what was
+    // imported) leaves no user, record or link behind.
+    sqlx::raw_sql(
+        "CREATE FUNCTION pgfleet.test_refuse() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+         CREATE TRIGGER test_refuse BEFORE INSERT ON pgfleet.legacy_imports \
+         FOR EACH STATEMENT EXECUTE FUNCTION pgfleet.test_refuse();",
+    )
+    .execute(&store)
+    .await?;
+    let failed = pgfleet(&config, &[], Some(&url)).await?;
+    let out = text(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{out}");
+    assert!(out.contains("refused by the test"), "{out}");
+    assert!(!out.contains(&secret), "{out}");
+    assert_eq!(counts(&store).await?, before, "a failed import leaves nothing");
+    sqlx::raw_sql("DROP TRIGGER test_refuse ON pgfleet.legacy_imports; DROP FUNCTION pgfleet.test_refuse();")
+        .execute(&store)
+        .await?;
 
     // The import, the URL on the command line this time.
     let run = pgfleet(&config, &["--from", &url], None).await?;
