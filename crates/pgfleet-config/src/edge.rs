@@ -1,15 +1,16 @@
 //! Settings of pgfleet's network edge that need types of their own: the
-//! per-identity query rate limit and the trusted proxies' address ranges.
-//! (The scalar transport limits sit directly in `ServerConfig`.)
+//! per-identity query rate limit, the shared limits on expensive calls
+//! (`[rate_limits]`) and the trusted proxies' address ranges. (The scalar
+//! transport limits sit directly in `ServerConfig`.)
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
 use crate::lenient::{lenient_f64, lenient_opt_u32};
 
-/// `[query.rate_limit]`: how often one identity (a user, or an API key) may
-/// call `Execute` / `ExecuteStream`. A token bucket: `burst` calls at once,
-/// refilled at `per_second`.
+/// One token bucket: `burst` calls at once, refilled at `per_second`.
+/// `[query.rate_limit]` (how often one identity, a user or an API key, may
+/// call `Execute` / `ExecuteStream`) and each bucket of `[rate_limits]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
@@ -30,6 +31,64 @@ impl RateLimitConfig {
             (self.per_second.ceil() as u32).max(1)
         })
     }
+}
+
+/// `[rate_limits]`: limits on the RPCs that cost far more than a query
+/// (each group below), per caller identity and per client address, kept
+/// in Redis so every replica draws on the same buckets (in this process
+/// when no `[redis]` is configured). A group left out is not limited.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExpensiveCallLimits {
+    /// What a call does while Redis cannot be asked.
+    pub on_redis_error: OnRedisError,
+    /// `ReplicationService/RunJob` and `ReplicateTable`: whole-table copies.
+    pub replication: Option<CallerLimits>,
+    /// `HistoryService/ExportExecutions`: the audit trail streamed out.
+    pub export: Option<CallerLimits>,
+    /// `FleetService/ListSchemas` and `ListTables`: live catalog reads on
+    /// every target.
+    pub introspection: Option<CallerLimits>,
+}
+
+impl ExpensiveCallLimits {
+    /// True when at least one group is limited.
+    pub fn any(&self) -> bool {
+        [&self.replication, &self.export, &self.introspection]
+            .iter()
+            .any(|group| group.as_ref().is_some_and(CallerLimits::any))
+    }
+}
+
+/// The buckets of one group of calls: one per caller identity (user or API
+/// key) and one per client address (`edge::ClientAddress`: the TCP peer,
+/// or the forwarded address behind a trusted proxy). A call takes a token
+/// from both or is refused; either may be left out.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallerLimits {
+    pub per_identity: Option<RateLimitConfig>,
+    pub per_address: Option<RateLimitConfig>,
+}
+
+impl CallerLimits {
+    /// True when either bucket is set.
+    pub fn any(&self) -> bool {
+        self.per_identity.is_some() || self.per_address.is_some()
+    }
+}
+
+/// `rate_limits.on_redis_error`: a limited call while Redis does not answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    /// The call is checked against this replica's in-process buckets
+    /// instead (the same rates, no longer shared): still limited, and
+    /// callers that do not need Redis (API keys) keep working.
+    #[default]
+    Open,
+    /// The call is refused with UNAVAILABLE.
+    Closed,
 }
 
 /// Reads `trusted_proxies`: CIDRs (`10.0.0.0/8`, `fd00::/8`) or bare

@@ -28,7 +28,7 @@ mod secret_files;
 mod substitute;
 mod validate;
 
-pub use edge::RateLimitConfig;
+pub use edge::{CallerLimits, ExpensiveCallLimits, OnRedisError, RateLimitConfig};
 pub use error::{ConfigError, Problem};
 pub use load::{CONFIG_ENV, Inputs, LoadedConfig, format_of, load, load_str, load_with, render_redacted};
 pub use model::CorsConfig;

@@ -33,6 +33,10 @@ pub struct FleetConfig {
     /// Background health probing of every target.
     #[serde(default)]
     pub health: HealthConfig,
+    /// Rate limits on the expensive RPCs (replication runs, exports, live
+    /// catalog introspection), shared by every replica through Redis.
+    #[serde(default)]
+    pub rate_limits: crate::edge::ExpensiveCallLimits,
     /// Retrying connection acquisition.
     #[serde(default)]
     pub retry: RetryConfig,
@@ -791,6 +795,15 @@ pub struct HealthConfig {
     /// A successful probe slower than this marks the target degraded.
     #[serde(with = "humantime_serde")]
     pub degraded_latency: Duration,
+    /// Time between two checks of pgfleet's own dependencies (the history
+    /// store, and Redis when configured), which set the per-service
+    /// `grpc.health.v1` statuses and `/readyz`.
+    #[serde(with = "humantime_serde")]
+    pub dependency_interval: Duration,
+    /// A dependency check (`SELECT 1`, `PING`) slower than this counts as
+    /// the dependency being down.
+    #[serde(with = "humantime_serde")]
+    pub dependency_timeout: Duration,
 }
 
 impl Default for HealthConfig {
@@ -799,6 +812,8 @@ impl Default for HealthConfig {
             interval: Duration::from_secs(30),
             probe_timeout: Duration::from_secs(5),
             degraded_latency: Duration::from_millis(500),
+            dependency_interval: Duration::from_secs(2),
+            dependency_timeout: Duration::from_secs(1),
         }
     }
 }

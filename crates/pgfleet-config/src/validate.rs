@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::edge::RateLimitConfig;
 use crate::error::Problem;
 use crate::model::{
     AuditConfig, AuthConfig, ConnectionConfig, DeclaredJobConfig, FleetConfig, LogConfig, MIN_RESULT_BYTES,
@@ -193,6 +194,15 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
     }
     if config.health.probe_timeout.is_zero() {
         problems.add(&health_path.key("probe_timeout"), "must be greater than zero");
+    }
+    if config.health.dependency_interval < Duration::from_millis(100) {
+        problems.add(&health_path.key("dependency_interval"), "must be at least 100ms");
+    }
+    if config.health.dependency_timeout.is_zero() {
+        problems.add(
+            &health_path.key("dependency_timeout"),
+            "must be greater than zero",
+        );
     }
 
     if config.retry.max_attempts == 0 {
@@ -589,16 +599,43 @@ fn check_edges(problems: &mut Problems, config: &FleetConfig) {
         );
     }
     if let Some(limit) = &config.query.rate_limit {
-        let limit_path = ConfigPath::root().key("query").key("rate_limit");
-        if !(limit.per_second.is_finite() && limit.per_second > 0.0 && limit.per_second <= 1_000_000.0) {
-            problems.add(
-                &limit_path.key("per_second"),
-                "must be greater than 0 and at most 1000000",
-            );
+        check_rate_limit(
+            problems,
+            &ConfigPath::root().key("query").key("rate_limit"),
+            limit,
+        );
+    }
+    let limits = &config.rate_limits;
+    let limits_path = ConfigPath::root().key("rate_limits");
+    for (group, limit) in [
+        ("replication", &limits.replication),
+        ("export", &limits.export),
+        ("introspection", &limits.introspection),
+    ] {
+        let Some(limit) = limit else { continue };
+        let group_path = limits_path.key(group);
+        if !limit.any() {
+            problems.add(&group_path, "set per_identity, per_address or both");
         }
-        if limit.burst == Some(0) {
-            problems.add(&limit_path.key("burst"), "must be at least 1");
+        if let Some(bucket) = &limit.per_identity {
+            check_rate_limit(problems, &group_path.key("per_identity"), bucket);
         }
+        if let Some(bucket) = &limit.per_address {
+            check_rate_limit(problems, &group_path.key("per_address"), bucket);
+        }
+    }
+}
+
+/// One token bucket (`[query.rate_limit]`, each bucket of `[rate_limits]`).
+fn check_rate_limit(problems: &mut Problems, path: &ConfigPath, limit: &RateLimitConfig) {
+    if !(limit.per_second.is_finite() && limit.per_second > 0.0 && limit.per_second <= 1_000_000.0) {
+        problems.add(
+            &path.key("per_second"),
+            "must be greater than 0 and at most 1000000",
+        );
+    }
+    if limit.burst == Some(0) {
+        problems.add(&path.key("burst"), "must be at least 1");
     }
 }
 

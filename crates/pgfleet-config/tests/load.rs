@@ -591,6 +591,71 @@ fn edge_settings_load_with_their_defaults_and_are_checked() {
     );
 }
 
+#[test]
+fn shared_rate_limits_and_dependency_checks_load_and_validate() {
+    let defaults = load(MINIMAL_FLEET, FileFormat::Toml, &vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+    let limits = &defaults.config.rate_limits;
+    assert!(!limits.any(), "no shared limit by default");
+    assert_eq!(limits.on_redis_error, pgfleet_config::OnRedisError::Open);
+    assert_eq!(defaults.config.health.dependency_interval, Duration::from_secs(2));
+    assert_eq!(defaults.config.health.dependency_timeout, Duration::from_secs(1));
+
+    let set = format!(
+        "[health]\ndependency_interval = '500ms'\n\
+         [rate_limits]\non_redis_error = 'closed'\n\
+         replication = {{ per_identity = {{ per_second = 0.1, burst = 2 }}, per_address = {{ per_second = '1' }} }}\n\
+         [rate_limits.introspection.per_address]\nper_second = 5\n{MINIMAL_FLEET}"
+    );
+    let loaded = load(&set, FileFormat::Toml, &vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+    let limits = &loaded.config.rate_limits;
+    assert_eq!(limits.on_redis_error, pgfleet_config::OnRedisError::Closed);
+    let replication = limits.replication.as_ref().expect("replication limits");
+    assert_eq!(
+        replication.per_identity.as_ref().map(|l| l.effective_burst()),
+        Some(2)
+    );
+    assert_eq!(
+        replication.per_address.as_ref().map(|l| l.effective_burst()),
+        Some(1)
+    );
+    assert!(limits.export.is_none());
+    assert!(
+        limits
+            .introspection
+            .as_ref()
+            .is_some_and(|l| l.per_identity.is_none())
+    );
+    assert_eq!(
+        loaded.config.health.dependency_interval,
+        Duration::from_millis(500)
+    );
+
+    let bad = format!(
+        "[health]\ndependency_interval = '10ms'\ndependency_timeout = '0s'\n\
+         [rate_limits]\non_redis_error = 'sometimes'\n{MINIMAL_FLEET}"
+    );
+    let shown = load(&bad, FileFormat::Toml, &vars(&[]))
+        .expect_err("unknown on_redis_error")
+        .to_string();
+    assert!(shown.contains("on_redis_error"), "{shown}");
+    let bad = format!(
+        "[health]\ndependency_interval = '10ms'\ndependency_timeout = '0s'\n\
+         [rate_limits.export]\n[rate_limits.replication.per_identity]\nper_second = 0\nburst = 0\n{MINIMAL_FLEET}"
+    );
+    let shown = load(&bad, FileFormat::Toml, &vars(&[]))
+        .expect_err("invalid limits")
+        .to_string();
+    for expected in [
+        "health.dependency_interval: must be at least 100ms",
+        "health.dependency_timeout: must be greater than zero",
+        "rate_limits.export: set per_identity, per_address or both",
+        "rate_limits.replication.per_identity.per_second: must be greater than 0 and at most 1000000",
+        "rate_limits.replication.per_identity.burst: must be at least 1",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
+    }
+}
+
 const MINIMAL: &str = r#"
 [history]
 host = "h"

@@ -50,6 +50,7 @@ fn fast_health() -> HealthConfig {
         interval: Duration::from_secs(60),
         probe_timeout: Duration::from_secs(2),
         degraded_latency: Duration::from_secs(1),
+        ..HealthConfig::default()
     }
 }
 

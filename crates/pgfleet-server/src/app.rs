@@ -23,8 +23,11 @@ use crate::auth::gate::AuthLayer;
 use crate::auth::{AuthError, Authenticator, SessionStore, SessionStoreError};
 use crate::browser::{BrowserAccess, BrowserConfigError};
 use crate::edge::{
-    self, ClientAddressLayer, QueryRateLimitLayer, ServerTls, TlsError, transport::MessageLimit,
+    self, ClientAddressLayer, ExpensiveCallLimitLayer, ExpensiveCallLimiter, QueryRateLimitLayer, ServerTls,
+    TlsError, transport::MessageLimit,
 };
+use crate::readiness::{Dependencies, DependencyWatcher};
+use crate::redis_pool::{RedisPool, RedisPoolError};
 use crate::services::{
     AuthService, FleetService, HistoryService, MigrationService, QueryService, ReplicationService,
 };
@@ -58,6 +61,8 @@ pub enum ServeError {
     Auth(#[from] AuthError),
     #[error("cannot set up the session store: {0}")]
     SessionStore(#[from] SessionStoreError),
+    #[error("cannot set up the Redis pool: {0}")]
+    Redis(#[from] RedisPoolError),
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     #[error("cannot set up browser access: {0}")]
@@ -108,9 +113,14 @@ impl RunningServer {
             history_store::migrate(&history, &config.history, STARTUP_STORE_WAIT).await?;
         }
 
-        let sessions = match &config.redis {
-            Some(redis) => SessionStore::redis(redis)?,
-            None => {
+        // One pool for everything kept in Redis.
+        let redis_pool = match &config.redis {
+            Some(redis) => Some(RedisPool::new(redis)?),
+            None => None,
+        };
+        let sessions = match (&config.redis, &redis_pool) {
+            (Some(redis), Some(pool)) => SessionStore::on_redis(pool.clone(), redis),
+            _ => {
                 tracing::warn!(
                     "no [redis] configured: sessions live in this process only; \
                      run a single replica, and expect logins to end when it restarts"
@@ -186,9 +196,22 @@ impl RunningServer {
             addr: listen_addr,
             source,
         })?;
+        // Per-service health from the stores every call needs; the overall
+        // status ("") is liveness and stays SERVING until shutdown.
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let (dependency_watcher, readiness) = DependencyWatcher::start(
+            Dependencies {
+                history: history.clone(),
+                redis: redis_pool.clone(),
+                reporter: health_reporter.clone(),
+                metrics: metrics.clone(),
+            },
+            &config.health,
+        )
+        .await;
         let metrics_listener = match config.server.metrics_addr {
             Some(metrics_addr) => Some(
-                MetricsListener::start(metrics_addr, metrics.clone())
+                MetricsListener::start(metrics_addr, metrics.clone(), readiness)
                     .await
                     .map_err(|source| ServeError::Bind {
                         addr: metrics_addr,
@@ -199,26 +222,12 @@ impl RunningServer {
         };
         let metrics_addr = metrics_listener.as_ref().map(MetricsListener::local_addr);
 
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let limit = MessageLimit::of(&config.server);
-        health_reporter
-            .set_serving::<AuthServiceServer<AuthService>>()
-            .await;
-        health_reporter
-            .set_serving::<QueryServiceServer<QueryService>>()
-            .await;
-        health_reporter
-            .set_serving::<HistoryServiceServer<HistoryService>>()
-            .await;
-        health_reporter
-            .set_serving::<ReplicationServiceServer<ReplicationService>>()
-            .await;
-        health_reporter
-            .set_serving::<FleetServiceServer<FleetService>>()
-            .await;
-        health_reporter
-            .set_serving::<MigrationServiceServer<MigrationService>>()
-            .await;
+        let expensive_limiter = ExpensiveCallLimiter::new(
+            &config.rate_limits,
+            redis_pool.clone().zip(config.redis.as_ref()),
+            metrics.clone(),
+        );
 
         // grpcurl and older clients still ask v1alpha; serve both, each
         // listing the other so either one shows the whole server.
@@ -233,7 +242,8 @@ impl RunningServer {
         // preflights, which carry no credentials, before the auth gate;
         // grpc-web calls become plain gRPC before it, so the gate authorizes
         // them like any other call); authentication; then the per-identity
-        // query rate limit (it needs the identity).
+        // query rate limit and the limits on expensive calls (they need the
+        // identity).
         let router = edge::transport::builder(&config.server)
             .accept_http1(browser.accept_http1())
             .layer(ClientAddressLayer::new(&config.server.trusted_proxies))
@@ -244,6 +254,7 @@ impl RunningServer {
             .layer(RpcLayer::new(metrics.clone()))
             .layer(AuthLayer::new(Arc::clone(&authenticator), metrics.clone()))
             .layer(QueryRateLimitLayer::new(config.query.rate_limit.as_ref()))
+            .layer(ExpensiveCallLimitLayer::new(expensive_limiter))
             .add_service(crate::sized!(health_service, limit))
             .add_service(crate::sized!(reflection_v1, limit))
             .add_service(crate::sized!(reflection_v1alpha, limit))
@@ -305,10 +316,13 @@ impl RunningServer {
                 let stop = stop.clone();
                 let reporter = health_reporter.clone();
                 let replication_shutdown = replication_shutdown.clone();
+                let drain = dependency_watcher.drain_signal();
                 async move {
                     stop.cancelled().await;
                     replication_shutdown.cancel();
-                    // Load balancers see NOT_SERVING while in-flight calls drain.
+                    // Load balancers see NOT_SERVING (and /readyz 503) while
+                    // in-flight calls drain.
+                    drain.draining();
                     reporter
                         .set_service_status("", tonic_health::ServingStatus::NotServing)
                         .await;
@@ -344,6 +358,7 @@ impl RunningServer {
                 }
             }
             monitor.stop().await;
+            dependency_watcher.stop().await;
             // After the calls drained: the records they opened are closed,
             // so the lease can go.
             audit_maintenance.cancel();

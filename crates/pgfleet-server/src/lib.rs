@@ -13,6 +13,8 @@ pub mod cli;
 pub mod edge;
 pub mod legacy_import_cli;
 pub mod migrations_cli;
+pub mod readiness;
+pub mod redis_pool;
 pub mod services;
 mod status;
 pub mod telemetry;

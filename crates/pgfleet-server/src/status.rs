@@ -1,7 +1,7 @@
 //! The one place where pgfleet's error enums become gRPC statuses.
 //!
 //! Invalid fields carry a `google.rpc.BadRequest` detail naming the field;
-//! throttled logins and rate-limited queries carry a `google.rpc.RetryInfo`. Store failures are logged
+//! throttled logins and rate-limited calls carry a `google.rpc.RetryInfo`. Store failures are logged
 //! here with their cause and returned without it.
 
 use tonic::{Code, Status};
@@ -87,6 +87,10 @@ impl From<RateLimitError> for Status {
                 message,
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
+            RateLimitError::StoreUnavailable(cause) => {
+                tracing::warn!(error = %cause, "rate limit store unavailable");
+                Status::unavailable(message)
+            }
         }
     }
 }

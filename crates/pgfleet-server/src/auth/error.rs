@@ -125,15 +125,12 @@ impl From<AuthError> for Refusal {
 /// Why the session store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionStoreError {
-    /// No pooled connection within the configured wait.
-    #[error("no Redis connection: {0}")]
-    Pool(String),
-    /// A command failed or its reply was malformed.
-    #[error("Redis command failed: {0}")]
-    Command(#[from] bb8_redis::redis::RedisError),
-    /// A command did not answer in time.
-    #[error("Redis did not answer within {0:?}")]
-    Timeout(Duration),
+    /// Redis did not answer (no connection, a failed command, a timeout).
+    #[error(transparent)]
+    Redis(#[from] crate::redis_pool::RedisPoolError),
+    /// A script answered something it never returns.
+    #[error("unexpected Redis reply: {0}")]
+    UnexpectedReply(String),
     /// A stored session could not be decoded.
     #[error("malformed session record: {0}")]
     Malformed(#[from] serde_json::Error),

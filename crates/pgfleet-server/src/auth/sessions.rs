@@ -16,9 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bb8_redis::RedisConnectionManager;
-use bb8_redis::bb8;
-use bb8_redis::redis::{self, aio::MultiplexedConnection};
+use bb8_redis::redis;
 use chrono::{DateTime, Utc};
 use pgfleet_config::RedisConfig;
 use serde::{Deserialize, Serialize};
@@ -26,6 +24,7 @@ use uuid::Uuid;
 
 use super::SessionStoreError;
 use super::credentials::SessionToken;
+use crate::redis_pool::RedisPool;
 
 /// A live session (the engine's type: an [`Identity`](pgfleet_engine::identity::Identity) carries it).
 pub use pgfleet_engine::identity::Session;
@@ -99,19 +98,20 @@ pub enum SessionStore {
 }
 
 impl SessionStore {
-    /// A Redis-backed store. Connects lazily, so a Redis that is down at
-    /// start only fails the calls that need it until it is back.
+    /// A Redis-backed store on a pool of its own. Connects lazily, so a
+    /// Redis that is down at start only fails the calls that need it until
+    /// it is back.
     pub fn redis(config: &RedisConfig) -> Result<Self, SessionStoreError> {
-        let manager = RedisConnectionManager::new(config.url.expose())?;
-        let pool = bb8::Pool::builder()
-            .max_size(config.max_connections)
-            .connection_timeout(config.connect_timeout)
-            .build_unchecked(manager);
-        Ok(SessionStore::Redis(RedisSessions {
+        Ok(Self::on_redis(RedisPool::new(config)?, config))
+    }
+
+    /// A Redis-backed store on `pool` (the server's one pool), with the
+    /// key prefix of `config`.
+    pub fn on_redis(pool: RedisPool, config: &RedisConfig) -> Self {
+        SessionStore::Redis(RedisSessions {
             pool,
             prefix: config.key_prefix.clone(),
-            command_timeout: config.connect_timeout,
-        }))
+        })
     }
 
     /// An in-process store.
@@ -258,9 +258,8 @@ struct StoredSession {
 
 /// The Redis store.
 pub struct RedisSessions {
-    pool: bb8::Pool<RedisConnectionManager>,
+    pool: RedisPool,
     prefix: String,
-    command_timeout: Duration,
 }
 
 impl RedisSessions {
@@ -288,23 +287,7 @@ impl RedisSessions {
         &self,
         pipeline: &redis::Pipeline,
     ) -> Result<T, SessionStoreError> {
-        let work = async {
-            let mut connection: bb8::PooledConnection<'_, RedisConnectionManager> =
-                self.pool.get().await.map_err(|error| match error {
-                    bb8::RunError::User(error) => SessionStoreError::Command(error),
-                    bb8::RunError::TimedOut => {
-                        SessionStoreError::Pool("timed out waiting for a connection".to_owned())
-                    }
-                })?;
-            let connection: &mut MultiplexedConnection = &mut connection;
-            Ok::<T, SessionStoreError>(pipeline.query_async(connection).await?)
-        };
-        // The pool wait is bounded by bb8; this also bounds a Redis that
-        // accepts connections but stops answering.
-        let limit = self.command_timeout.saturating_mul(2);
-        tokio::time::timeout(limit, work)
-            .await
-            .map_err(|_| SessionStoreError::Timeout(limit))?
+        Ok(self.pool.query(pipeline).await?)
     }
 
     async fn create(&self, session: &Session, ttl: Duration) -> Result<(), SessionStoreError> {
@@ -442,8 +425,8 @@ impl RedisSessions {
             Some(2) => Ok(LoginAdmission::AddressLimited {
                 retry_after: duration(1),
             }),
-            _ => Err(SessionStoreError::Pool(format!(
-                "unexpected reply of the login script: {reply:?}"
+            _ => Err(SessionStoreError::UnexpectedReply(format!(
+                "the login script answered {reply:?}"
             ))),
         }
     }

@@ -43,21 +43,36 @@ enum Bucket {
 /// checks, so identities that stopped calling do not hold memory.
 const SWEEP_EVERY: u64 = 4096;
 
-/// A call refused by the rate limit. Mapped to RESOURCE_EXHAUSTED with a
-/// `google.rpc.RetryInfo` in [`crate::status`].
+/// A call refused by a rate limit (this one, or the shared limits of
+/// [`super::expensive_limit`]). Mapped in [`crate::status`].
 #[derive(Debug, thiserror::Error)]
 pub enum RateLimitError {
+    /// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo`.
     #[error(
-        "query rate limit of {who} exceeded ({per_second}/s, burst {burst}); nothing was run; retry in {:.1}s",
+        "{limit} rate limit of {who} exceeded ({per_second}/s, burst {burst}); nothing was run; retry in {:.1}s",
         retry_after.as_secs_f64()
     )]
     Exceeded {
-        /// `Identity::label()`: who, never a credential.
+        /// Which limit: `query`, or a group of expensive calls.
+        limit: &'static str,
+        /// `Identity::label()` or `address <ip>`: who, never a credential.
         who: String,
         per_second: f64,
         burst: u32,
         retry_after: Duration,
     },
+    /// UNAVAILABLE: the shared limit's store (Redis) did not answer and
+    /// `rate_limits.on_redis_error = "closed"`.
+    #[error("the rate limit store is unavailable; nothing was run; retry shortly")]
+    StoreUnavailable(#[source] crate::redis_pool::RedisPoolError),
+}
+
+/// The governor quota of `settings`; `None` when it would not limit
+/// anything (validation refuses such values; this keeps callers total).
+pub(crate) fn quota(settings: &RateLimitConfig) -> Option<Quota> {
+    let burst = NonZeroU32::new(settings.effective_burst())?;
+    let period = Duration::try_from_secs_f64(1.0 / settings.per_second).ok()?;
+    Some(Quota::with_period(period)?.allow_burst(burst))
 }
 
 /// Whose bucket: users and API keys are counted apart.
@@ -78,11 +93,8 @@ impl QueryRateLimiter {
     /// `None` when `settings` would not limit anything (validation refuses
     /// such values; this keeps the constructor total).
     pub fn new(settings: &RateLimitConfig) -> Option<Self> {
-        let burst = NonZeroU32::new(settings.effective_burst())?;
-        let period = Duration::try_from_secs_f64(1.0 / settings.per_second).ok()?;
-        let quota = Quota::with_period(period)?.allow_burst(burst);
         Some(Self {
-            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            limiter: DefaultKeyedRateLimiter::keyed(quota(settings)?),
             settings: settings.clone(),
             checks: AtomicU64::new(0),
         })
@@ -100,6 +112,7 @@ impl QueryRateLimiter {
         self.limiter.check_key(&key).map_err(|not_until| {
             let now = DefaultClock::default().now();
             RateLimitError::Exceeded {
+                limit: "query",
                 who: identity.label(),
                 per_second: self.settings.per_second,
                 burst: self.settings.effective_burst(),

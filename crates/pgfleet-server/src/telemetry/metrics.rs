@@ -167,6 +167,8 @@ struct Series {
     login_failures: IntCounterVec,
     refused_calls: IntCounterVec,
     login_guessing: prometheus::IntCounter,
+    dependency_up: IntGaugeVec,
+    rate_limited_calls: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -283,6 +285,23 @@ impl Metrics {
                 registry.register(Box::new(counter.clone()))?;
                 counter
             },
+            dependency_up: {
+                let vec = IntGaugeVec::new(
+                    Opts::new(
+                        "pgfleet_dependency_up",
+                        "1 while one of pgfleet's own stores (history_store, redis) answered its last check (every health.dependency_interval), else 0",
+                    ),
+                    &["dependency"],
+                )?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
+            rate_limited_calls: counter(
+                &registry,
+                "pgfleet_rate_limited_calls_total",
+                "Calls refused by a rate limit before reaching their service, by method and bucket (identity, address; store_unavailable: refused because Redis did not answer and rate_limits.on_redis_error = \"closed\")",
+                &["service", "method", "bucket"],
+            )?,
             registry,
         };
         // Every reason exists from the start, so a rate() over a fresh
@@ -381,6 +400,24 @@ impl Metrics {
     /// One username just passed the guessing threshold.
     pub fn login_guessing_detected(&self) {
         self.0.login_guessing.inc();
+    }
+
+    /// The last check of `dependency` (`readiness`) found it `up` or not.
+    pub fn dependency_up(&self, dependency: &str, up: bool) {
+        self.0
+            .dependency_up
+            .with_label_values(&[dependency])
+            .set(i64::from(up));
+    }
+
+    /// A call to `path` was refused by a rate limit's `bucket`. The method
+    /// labels come from the closed table, whatever the path.
+    pub fn rate_limited(&self, path: &str, bucket: &'static str) {
+        let (service, method) = super::rpc::method_labels(path);
+        self.0
+            .rate_limited_calls
+            .with_label_values(&[service, method, bucket])
+            .inc();
     }
 }
 

@@ -14,14 +14,12 @@ use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_server::app::RunningServer;
 use pgfleet_testkit::{PgCluster, TestCa, wait_until};
 use tonic::Code;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_types::StatusExt as _;
 
-use crate::support::{self, Fleet, bearer, run_grpcurl, run_sql, scalar, session_on};
+use crate::support::{self, Fleet, bearer, forwarded, run_grpcurl, run_sql, scalar, session_on};
 
 fn query(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone())
@@ -491,17 +489,7 @@ async fn query_rate_limit_refuses_over_the_burst_per_identity_with_retry_info() 
         ))
         .await
         .expect_err("the call over the burst ran");
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains("user:s-user"), "{}", status.message());
-    let retry = status
-        .get_error_details()
-        .retry_info()
-        .and_then(|info| info.retry_delay)
-        .expect("a RetryInfo with a delay");
-    assert!(
-        retry > Duration::ZERO && retry <= Duration::from_secs(100),
-        "retry in {retry:?}"
-    );
+    support::assert_rate_limited(&status, "user:s-user", Duration::from_secs(100));
     // ExecuteStream draws on the same bucket.
     let stream = query(&s.channel)
         .execute_stream(bearer(
@@ -559,13 +547,6 @@ async fn query_rate_limit_refuses_over_the_burst_per_identity_with_retry_info() 
 }
 
 // ---------------------------------------------------------- trusted proxies
-
-fn forwarded<T>(message: T, token: &str, forwarded_for: &str) -> tonic::Request<T> {
-    let mut request = bearer(message, token);
-    let value = MetadataValue::try_from(forwarded_for).expect("header value");
-    request.metadata_mut().insert("x-forwarded-for", value);
-    request
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_a_trusted_proxy_the_forwarded_address_is_audited_and_throttled() -> anyhow::Result<()> {

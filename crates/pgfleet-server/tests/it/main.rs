@@ -15,9 +15,13 @@
 //! - `failover`: writes follow a promoted streaming replica.
 //! - `fleet`: FleetService, with live and unreachable clouds.
 //! - `grpc_web`: grpc-web and CORS at the HTTP level.
+//! - `health`: per-service `grpc.health.v1`, `/healthz` and `/readyz`
+//!   while the history store or Redis is cut.
 //! - `history`: HistoryService and the write-ahead audit trail.
 //! - `legacy_import`: `pgfleet import-legacy` from a fixture of the old
 //!   Dual Database Manager's schema.
+//! - `limits`: the rate limits on expensive calls, shared by two servers
+//!   through Redis, and with Redis cut.
 //! - `migrations`: MigrationService across clouds, grpcurl and `pgfleet
 //!   migrations …`.
 //! - `observability`: `/metrics` and the JSON log file.
@@ -45,8 +49,10 @@ mod edges;
 mod failover;
 mod fleet;
 mod grpc_web;
+mod health;
 mod history;
 mod legacy_import;
+mod limits;
 mod migrations;
 mod observability;
 mod python_client;

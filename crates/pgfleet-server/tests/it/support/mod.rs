@@ -208,6 +208,14 @@ pub fn bearer<T>(message: T, token: &str) -> Request<T> {
     request
 }
 
+/// [`bearer`], as forwarded by a proxy: `x-forwarded-for: <forwarded_for>`.
+pub fn forwarded<T>(message: T, token: &str, forwarded_for: &str) -> Request<T> {
+    let mut request = bearer(message, token);
+    let value = MetadataValue::try_from(forwarded_for).expect("header value");
+    request.metadata_mut().insert("x-forwarded-for", value);
+    request
+}
+
 /// `message` with `x-api-key: <key>`.
 pub fn api_key<T>(message: T, key: &str) -> Request<T> {
     let mut request = Request::new(message);
@@ -355,6 +363,23 @@ pub fn bad_field(status: &Status) -> String {
         .bad_request()
         .and_then(|bad| bad.field_violations.first().map(|v| v.field.clone()))
         .unwrap_or_default()
+}
+
+/// Asserts `status` is a rate limit's refusal: RESOURCE_EXHAUSTED naming
+/// `who`, with a `google.rpc.RetryInfo` delay in (0, `at_most`].
+pub fn assert_rate_limited(status: &Status, who: &str, at_most: std::time::Duration) {
+    use tonic_types::StatusExt as _;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains(who), "{}", status.message());
+    let retry = status
+        .get_error_details()
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("a RetryInfo with a delay");
+    assert!(
+        retry > std::time::Duration::ZERO && retry <= at_most,
+        "retry in {retry:?}"
+    );
 }
 
 /// The first column of the first row of `sql`, as text.
