@@ -211,7 +211,7 @@ impl RunningServer {
         .await;
         let metrics_listener = match config.server.metrics_addr {
             Some(metrics_addr) => Some(
-                MetricsListener::start(metrics_addr, metrics.clone(), readiness)
+                MetricsListener::start(metrics_addr, metrics.clone(), readiness.clone())
                     .await
                     .map_err(|source| ServeError::Bind {
                         addr: metrics_addr,
@@ -226,6 +226,7 @@ impl RunningServer {
         let expensive_limiter = ExpensiveCallLimiter::new(
             &config.rate_limits,
             redis_pool.clone().zip(config.redis.as_ref()),
+            readiness,
             metrics.clone(),
         );
 

@@ -26,6 +26,10 @@ pub enum RedisPoolError {
     /// A command did not answer in time.
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// Not asked: Redis failed its last health check (`readiness`), and
+    /// waiting for each call to time out would only slow the callers.
+    #[error("Redis did not answer its last health check")]
+    Down,
 }
 
 /// A pool of multiplexed connections. Cheap to clone (the pool is shared).

@@ -21,10 +21,12 @@
 //!
 //! Without `[redis]` the same buckets live in this process (governor, like
 //! the query limit), each replica allowing the rate. While Redis does not
-//! answer, `on_redis_error` decides: `open` checks the in-process buckets
-//! instead (still limited, no longer shared), `closed` refuses with
-//! UNAVAILABLE. A refused call never reaches its service: nothing runs,
-//! nothing goes on record.
+//! answer (a failed command, or a failed check of the dependency watcher,
+//! after which Redis is not asked until a check succeeds, so callers do not
+//! wait for a timeout each), `on_redis_error` decides: `open` checks the
+//! in-process buckets instead (still limited, no longer shared), `closed`
+//! refuses with UNAVAILABLE. A refused call never reaches its service:
+//! nothing runs, nothing goes on record.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,6 +45,7 @@ use uuid::Uuid;
 
 use super::client_address::ClientAddress;
 use super::rate_limit::{RateLimitError, quota};
+use crate::readiness::{Dependency, Readiness};
 use crate::redis_pool::{RedisPool, RedisPoolError};
 use crate::telemetry::Metrics;
 use pgfleet_engine::identity::{Identity, Principal};
@@ -164,7 +167,7 @@ for i, key in ipairs(KEYS) do
 end
 for i, key in ipairs(KEYS) do
   local ttl = math.ceil((tats[i] - now) / 1000) + 1
-  redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', ttl)
+  redis.call('SET', key, string.format('%.0f', tats[i]), 'PX', string.format('%.0f', ttl))
 end
 return {0, 0}
 ";
@@ -189,6 +192,8 @@ pub struct ExpensiveCallLimiter {
     local_checks: AtomicU64,
     /// Set while Redis fails, so the outage is logged once, not per call.
     store_failing: AtomicBool,
+    /// The dependency watcher's view: Redis is not asked while it is down.
+    readiness: Readiness,
     metrics: Metrics,
 }
 
@@ -198,6 +203,7 @@ impl ExpensiveCallLimiter {
     pub fn new(
         limits: &ExpensiveCallLimits,
         redis: Option<(RedisPool, &RedisConfig)>,
+        readiness: Readiness,
         metrics: Metrics,
     ) -> Option<Self> {
         if !limits.any() {
@@ -238,6 +244,7 @@ impl ExpensiveCallLimiter {
             local,
             local_checks: AtomicU64::new(0),
             store_failing: AtomicBool::new(false),
+            readiness,
             metrics,
         })
     }
@@ -315,6 +322,9 @@ impl ExpensiveCallLimiter {
         group: Group,
         draws: &[Draw<'_>],
     ) -> Result<Option<(usize, Duration)>, RedisPoolError> {
+        if !self.readiness.current().is_up(Dependency::Redis) {
+            return Err(RedisPoolError::Down);
+        }
         let mut invocation = shared.script.prepare_invoke();
         for draw in draws {
             invocation.key(format!(
@@ -470,6 +480,51 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs [`GCRA_SCRIPT`] over `buckets` (key, microseconds per token,
+    /// burst): (refused bucket, 1-based, or 0; its wait in microseconds).
+    async fn draw(pool: &RedisPool, buckets: &[(&str, u64, u32)]) -> (usize, u64) {
+        let script = redis::Script::new(GCRA_SCRIPT);
+        let mut invocation = script.prepare_invoke();
+        for (key, interval, burst) in buckets {
+            invocation.key(*key).arg(*interval).arg(*burst);
+        }
+        pool.run(async |connection| invocation.invoke_async(connection).await)
+            .await
+            .expect("script answers")
+    }
+
+    #[tokio::test]
+    async fn the_script_takes_a_token_from_every_bucket_or_from_none() {
+        let config = RedisConfig {
+            url: pgfleet_config::Secret::new(pgfleet_testkit::redis_url()),
+            key_prefix: format!("unit-{}:", Uuid::new_v4().simple()),
+            max_connections: 2,
+            connect_timeout: Duration::from_secs(2),
+        };
+        let pool = RedisPool::new(&config).expect("pool");
+        let (wide, narrow) = (
+            format!("{}wide", config.key_prefix),
+            format!("{}narrow", config.key_prefix),
+        );
+        // One token per 100 s: nothing refills while the test runs.
+        const PER_TOKEN: u64 = 100_000_000;
+        let both = [(wide.as_str(), PER_TOKEN, 2), (narrow.as_str(), PER_TOKEN, 1)];
+        assert_eq!(draw(&pool, &both).await, (0, 0));
+        let (refused, wait) = draw(&pool, &both).await;
+        assert_eq!(refused, 2, "the narrow bucket is empty");
+        assert!(wait > PER_TOKEN - 10_000_000 && wait <= PER_TOKEN, "wait {wait}");
+        // The refused call took nothing from the wide bucket: one left.
+        let wide_only = [(wide.as_str(), PER_TOKEN, 2)];
+        assert_eq!(draw(&pool, &wide_only).await.0, 0);
+        assert_eq!(draw(&pool, &wide_only).await.0, 1);
+        // Keys go when their bucket would be full again (2 tokens: 200 s).
+        let ttl: i64 = pool
+            .run(async |connection| redis::cmd("PTTL").arg(&wide).query_async(connection).await)
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0 && ttl <= 200_001, "ttl {ttl} ms");
+    }
 
     #[test]
     fn every_limited_path_is_a_known_rpc() {
