@@ -8,6 +8,7 @@ use std::time::Duration;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient;
 use pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient;
+use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use pgfleet_testkit::{FaultProxy, RedisServer, wait_until};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -48,6 +49,7 @@ fn assert_exhausted(status: Option<Status>, who: &str) {
 async fn two_instances_share_one_burst_per_identity() -> anyhow::Result<()> {
     let fleet = Fleet::create().await?;
     let limits = format!("[rate_limits.introspection.per_identity]\n{SLOW}\nburst = 3\n");
+    let limits = format!("{limits}[rate_limits.replication.per_identity]\n{SLOW}\nburst = 1\n");
     let a = fleet.start(&limits).await?;
     let b = fleet.start(&limits).await?;
     let (on_a, on_b) = (channel(&a).await?, channel(&b).await?);
@@ -74,6 +76,31 @@ async fn two_instances_share_one_burst_per_identity() -> anyhow::Result<()> {
         .export_executions(bearer(pb::ExportExecutionsRequest::default(), &user))
         .await;
     assert!(export.is_ok(), "{:?}", export.err());
+
+    // Replication: RunJob and ReplicateTable draw on one bucket. The first
+    // call reaches the service (no such job: NOT_FOUND); the refused ones
+    // never do.
+    let master = fleet.log_in(&on_b, "operator", Role::Master).await?;
+    let run_job = pb::RunJobRequest {
+        job_id: uuid::Uuid::new_v4().to_string(),
+        ..Default::default()
+    };
+    let first = ReplicationServiceClient::new(on_a.clone())
+        .run_job(bearer(run_job.clone(), &master))
+        .await
+        .err()
+        .map(|status| status.code());
+    assert_eq!(first, Some(Code::NotFound));
+    let refused = ReplicationServiceClient::new(on_b.clone())
+        .run_job(bearer(run_job, &master))
+        .await
+        .err();
+    assert_exhausted(refused, "replication rate limit of user:operator");
+    let refused = ReplicationServiceClient::new(on_a.clone())
+        .replicate_table(bearer(pb::ReplicateTableRequest::default(), &master))
+        .await
+        .err();
+    assert_exhausted(refused, "user:operator");
 
     a.shutdown().await?;
     b.shutdown().await?;
