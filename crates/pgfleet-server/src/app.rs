@@ -118,9 +118,9 @@ impl RunningServer {
             Some(redis) => Some(RedisPool::new(redis)?),
             None => None,
         };
-        let sessions = match (&config.redis, &redis_pool) {
-            (Some(redis), Some(pool)) => SessionStore::on_redis(pool.clone(), redis),
-            _ => {
+        let sessions = match redis_pool.clone().zip(config.redis.as_ref()) {
+            Some((pool, redis)) => SessionStore::on_redis(pool, redis),
+            None => {
                 tracing::warn!(
                     "no [redis] configured: sessions live in this process only; \
                      run a single replica, and expect logins to end when it restarts"
@@ -210,14 +210,19 @@ impl RunningServer {
         )
         .await;
         let metrics_listener = match config.server.metrics_addr {
-            Some(metrics_addr) => Some(
-                MetricsListener::start(metrics_addr, metrics.clone(), readiness.clone())
-                    .await
-                    .map_err(|source| ServeError::Bind {
-                        addr: metrics_addr,
-                        source,
-                    })?,
-            ),
+            Some(metrics_addr) => {
+                match MetricsListener::start(metrics_addr, metrics.clone(), readiness.clone()).await {
+                    Ok(listener) => Some(listener),
+                    Err(source) => {
+                        // Not left checking for a server that never ran.
+                        dependency_watcher.stop().await;
+                        return Err(ServeError::Bind {
+                            addr: metrics_addr,
+                            source,
+                        });
+                    }
+                }
+            }
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().map(MetricsListener::local_addr);

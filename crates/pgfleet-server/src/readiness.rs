@@ -252,7 +252,8 @@ async fn check(dependencies: &Dependencies, timeout: Duration) -> DependencyStat
 }
 
 /// Applies `now` to the health statuses and gauges, and logs each
-/// dependency that changed since `before` (every one, the first time).
+/// dependency that changed since `before` (at start, with no `before`,
+/// each one that is down).
 async fn announce(dependencies: &Dependencies, before: Option<DependencyState>, now: DependencyState) {
     let configured = [
         Some(Dependency::HistoryStore),
