@@ -84,15 +84,10 @@ impl RequestError {
     /// A failed history store statement: UNAVAILABLE when the store could not
     /// be reached, INTERNAL otherwise.
     pub fn history_store(error: sqlx::Error) -> RequestError {
-        match error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => {
-                RequestError::Unavailable(format!("history store unavailable: {error}"))
-            }
-            other => RequestError::Internal(format!("history store: {other}")),
+        if pgfleet_registry::is_unreachable(&error) {
+            RequestError::Unavailable(format!("history store unavailable: {error}"))
+        } else {
+            RequestError::Internal(format!("history store: {error}"))
         }
     }
 }

@@ -27,5 +27,5 @@ pub use privileges::{LoginPrivileges, READER_FORBIDDEN_ROLES, login_privileges};
 pub use read_only::{
     ReadOnlyError, begin_bounded, begin_read_only, discard_session, statement_timeout_setting,
 };
-pub use retry::{Backoff, is_transient};
+pub use retry::{Backoff, is_transient, is_unreachable};
 pub use target::{Member, Route, Target};

@@ -23,6 +23,31 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
+/// True when `error` says the server could not be used at all (no
+/// connection, TLS, a login it refused, a database that is not there, a
+/// server shutting down or not taking connections, a pool that gave up),
+/// rather than that a statement failed on a working connection: for the
+/// caller, the server is unavailable. Broader than [`is_transient`], which
+/// says whether connecting again soon may help.
+pub fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // 08: connection exception; 28: invalid authorization (a wrong or
+        // rotated password); 3D000: no such database; 53300: too many
+        // connections; 57P01-03: shutting down, crashed, not accepting yet.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("28")
+                || matches!(code.as_ref(), "3D000" | "53300" | "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 /// Why the TLS handshake failed, when `error` is a TLS failure: sqlx's own
 /// TLS errors (e.g. the server does not offer TLS), or a rustls error inside
 /// the I/O error sqlx reports for the handshake (a certificate that does not

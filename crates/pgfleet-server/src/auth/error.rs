@@ -66,6 +66,9 @@ impl AuthError {
 impl From<sqlx::Error> for AuthError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
+            unreachable if pgfleet_registry::is_unreachable(unreachable) => {
+                AuthError::UserStoreUnavailable(error)
+            }
             sqlx::Error::Database(_)
             | sqlx::Error::RowNotFound
             | sqlx::Error::ColumnDecode { .. }

@@ -249,3 +249,94 @@ async fn sighup_picks_up_a_password_rotated_in_a_mounted_file_and_the_env_file()
     }
     Ok(())
 }
+
+/// The history store's password rotates too: after the role's password
+/// changed and its sessions ended, logins fail (the history store is
+/// unreachable with the old one) until the rotated `password_file` is
+/// picked up by SIGHUP; then they work again, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_rotates_the_history_store_password() -> anyhow::Result<()> {
+    let cluster = pgfleet_testkit::PgCluster::builder()
+        .password_auth()
+        .start()
+        .await?;
+    let history = TestDatabase::create_on(&cluster.admin_url(), "hist_rotate").await?;
+    let mut admin = cluster.connect().await?;
+    for statement in [
+        "CREATE ROLE historian LOGIN PASSWORD 'history-first'".to_owned(),
+        format!("ALTER DATABASE {} OWNER TO historian", history.name()),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await?;
+    }
+    let app = TestDatabase::create("hist_rotate_app").await?;
+    let fleet = Fleet::with_databases(history, vec![("aws", "app", app)]).await?;
+
+    let port = pgfleet_testkit::free_port()?;
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("history-password");
+    std::fs::write(&secret, "history-first\n")?;
+    let config_path = dir.path().join("pgfleet.toml");
+    let history_user = format!(
+        "[history]\nhost = '{}'\nport = {}\nuser = '{}'\n",
+        fleet.history.host(),
+        fleet.history.port(),
+        fleet.history.user()
+    );
+    let config = fleet.config_toml("");
+    anyhow::ensure!(
+        config.contains(&history_user),
+        "unexpected [history] table:\n{config}"
+    );
+    let config = config
+        .replace(
+            &history_user,
+            &format!(
+                "[history]\nhost = '{}'\nport = {}\nuser = 'historian'\npassword_file = '{}'\n",
+                fleet.history.host(),
+                fleet.history.port(),
+                secret.display()
+            ),
+        )
+        .replace(
+            "listen_addr = '127.0.0.1:0'",
+            &format!("listen_addr = '127.0.0.1:{port}'"),
+        );
+    std::fs::write(&config_path, config)?;
+    let (mut server, channel) = spawn_server_binary(&config_path, port).await?;
+    // The server migrated the store as historian; users go in as postgres.
+    let password = fleet.create_user("history-rotor", Role::Master).await?;
+    login(&channel, "history-rotor", &password).await?;
+
+    sqlx::raw_sql(
+        "ALTER ROLE historian PASSWORD 'history-second'; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'historian'",
+    )
+    .execute(&mut admin)
+    .await?;
+    let stale = login(&channel, "history-rotor", &password).await;
+    assert_eq!(
+        stale.as_ref().map_err(tonic::Status::code).err(),
+        Some(Code::Unavailable),
+        "{stale:?}"
+    );
+
+    std::fs::write(&secret, "history-second\n")?;
+    send_signal(&server, "HUP").await?;
+    pgfleet_testkit::wait_until(Duration::from_secs(20), Duration::from_millis(100), async || {
+        login(&channel, "history-rotor", &password).await.is_ok()
+    })
+    .await?;
+
+    send_signal(&server, "TERM").await?;
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait()).await??;
+    assert!(status.success(), "pgfleet serve exited with {status}");
+    let output = child_output(&mut server).await?;
+    assert!(output.contains("history store password changed"), "{output}");
+    assert!(
+        !output.contains("history-first") && !output.contains("history-second"),
+        "a password reached the log"
+    );
+    Ok(())
+}
