@@ -87,11 +87,18 @@ fn run<T: Send + 'static>(
         .map_err(|_| EngineError::Unavailable("libpg_query panicked while handling this text".into()))?
 }
 
+/// libpg_query's own message when its protobuf encoder refuses a deep tree
+/// (`PG_QUERY_PROTOBUF_MAX_DEPTH`), before prost's decoder ever sees it.
+const LIBPG_QUERY_TOO_DEEP: &str = "nested too deeply to serialize";
+
 fn pg_error(error: pg_query::Error) -> EngineError {
     match error {
         pg_query::Error::Decode(decode) if decode.to_string().contains("recursion limit") => {
             EngineError::TooDeep
         }
+        // Same limit, hit on the C side: one message for both, not the
+        // library's wording about protobuf.
+        pg_query::Error::Parse(message) if message.contains(LIBPG_QUERY_TOO_DEEP) => EngineError::TooDeep,
         other => EngineError::Pg(other),
     }
 }

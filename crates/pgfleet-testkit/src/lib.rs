@@ -8,7 +8,8 @@
 //! an outage is a [`FaultProxy`] in front of it switched to `cut`, `blackhole`, `latency`,
 //! `bandwidth` or `close_after` (or told to `reset_connections`). The servers come from
 //! `PGFLEET_TEST_PG_URL` and `PGFLEET_TEST_REDIS_URL` (default: the local ones); `.ci/run`
-//! starts them on a fresh machine.
+//! starts them on a fresh machine. [`fuzz`] runs the fuzz harnesses' proptest cases for a
+//! count or a time budget.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -32,6 +33,7 @@
 
 mod cluster;
 mod database;
+pub mod fuzz;
 mod proxy;
 mod reader;
 mod redis;
