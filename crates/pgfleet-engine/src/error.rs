@@ -82,12 +82,30 @@ impl From<AuditError> for RequestError {
 
 impl RequestError {
     /// A failed history store statement: UNAVAILABLE when the store could not
-    /// be reached, INTERNAL otherwise.
+    /// be reached, INVALID_ARGUMENT when the request's text holds a NUL byte
+    /// (PostgreSQL takes none in a text value, and protobuf strings may hold
+    /// one: the request fuzzer found `ListExecutions` with a filter of
+    /// `"\0"` answering INTERNAL), INTERNAL otherwise.
     pub fn history_store(error: sqlx::Error) -> RequestError {
-        if pgfleet_registry::is_unreachable(&error) {
+        if holds_nul_byte(&error) {
+            RequestError::invalid(
+                "request",
+                "a text field holds a NUL byte (U+0000), which pgfleet cannot store or search for",
+            )
+        } else if pgfleet_registry::is_unreachable(&error) {
             RequestError::Unavailable(format!("history store unavailable: {error}"))
         } else {
             RequestError::Internal(format!("history store: {error}"))
         }
     }
+}
+
+/// SQLSTATE 22021 (`character_not_in_repertoire`): "invalid byte sequence for
+/// encoding UTF8: 0x00", PostgreSQL's answer to a NUL byte in a text parameter
+/// (the only byte of valid UTF-8 it refuses).
+fn holds_nul_byte(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "22021")
 }

@@ -2,7 +2,9 @@
 //!
 //! Invalid fields carry a `google.rpc.BadRequest` detail naming the field;
 //! throttled logins and rate-limited calls carry a `google.rpc.RetryInfo`. Store failures are logged
-//! here with their cause and returned without it.
+//! here with their cause and returned without it. Messages are cut at
+//! [`MAX_MESSAGE_BYTES`]: they quote what the client sent, and a status
+//! travels in HTTP/2 headers that clients cap (16 KiB in hyper).
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -11,12 +13,33 @@ use crate::auth::AuthError;
 use crate::edge::RateLimitError;
 use pgfleet_engine::RequestError;
 
+/// Longest message (and field violation) a status carries. A name of 64 KiB
+/// quoted back whole made the response's headers too large for the client,
+/// which saw INTERNAL ("h2 protocol error") instead of the status (found by
+/// the request fuzzer, `tests/it/fuzz_requests.rs`).
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `text`, cut at [`MAX_MESSAGE_BYTES`] (on a character boundary) with a note
+/// saying how much was left out.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE_BYTES {
+        let total = text.len();
+        let mut end = MAX_MESSAGE_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(&format!("… ({} more bytes not shown)", total - end));
+    }
+    text
+}
+
 /// INVALID_ARGUMENT with a `google.rpc.BadRequest` naming the field.
 fn invalid_argument(message: String, field: String, description: String) -> Status {
     Status::with_error_details(
         Code::InvalidArgument,
         message,
-        ErrorDetails::with_bad_request_violation(field, description),
+        ErrorDetails::with_bad_request_violation(bounded(field), bounded(description)),
     )
 }
 
@@ -29,7 +52,7 @@ fn internal(detail: &str) -> Status {
 /// The status of a request the engine refused or could not serve.
 pub(crate) fn request_status(error: RequestError) -> Status {
     {
-        let message = error.to_string();
+        let message = bounded(error.to_string());
         match error {
             RequestError::InvalidArgument {
                 field,
@@ -49,7 +72,7 @@ pub(crate) fn request_status(error: RequestError) -> Status {
 
 impl From<AuthError> for Status {
     fn from(error: AuthError) -> Self {
-        let message = error.to_string();
+        let message = bounded(error.to_string());
         match error {
             AuthError::Unauthenticated(_) => Status::unauthenticated(message),
             AuthError::PermissionDenied(_) => Status::permission_denied(message),
@@ -80,7 +103,7 @@ impl From<AuthError> for Status {
 
 impl From<RateLimitError> for Status {
     fn from(error: RateLimitError) -> Self {
-        let message = error.to_string();
+        let message = bounded(error.to_string());
         match error {
             RateLimitError::Exceeded { retry_after, .. } => Status::with_error_details(
                 Code::ResourceExhausted,
@@ -134,6 +157,35 @@ mod tests {
             .cloned()
             .expect("retry info");
         assert_eq!(retry.retry_delay, Some(Duration::from_secs(42)));
+    }
+
+    #[test]
+    fn a_long_message_is_cut_on_a_character_boundary() {
+        let name = "é".repeat(40_000);
+        let status = request_status(RequestError::NotFound(format!(
+            "database \"{name}\" is not configured"
+        )));
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status.message().len() < MAX_MESSAGE_BYTES + 64,
+            "{} bytes",
+            status.message().len()
+        );
+        assert!(
+            status.message().ends_with("more bytes not shown)"),
+            "{}",
+            status.message()
+        );
+        let status = request_status(RequestError::InvalidArgument {
+            field: "database".to_owned(),
+            message: name,
+        });
+        let details = status.get_error_details();
+        let violation = &details
+            .bad_request()
+            .expect("bad request detail")
+            .field_violations[0];
+        assert!(violation.description.len() < MAX_MESSAGE_BYTES + 64);
     }
 
     #[test]

@@ -335,10 +335,18 @@ fn duration_from_wire(
     wire: Option<&prost_types::Duration>,
     field: &str,
 ) -> Result<Option<Duration>, RequestError> {
-    wire.map(|value| {
-        Duration::try_from(*value)
-            .map_err(|_| RequestError::invalid(field, "must be a non-negative, normalized duration"))
-    })
+    // Checked here rather than by prost-types' `TryFrom`, which negates the
+    // seconds of a negative duration and overflows (a panic in debug builds)
+    // on `seconds: i64::MIN`, as the request fuzzer found.
+    wire.map(
+        |value| match (u64::try_from(value.seconds), u32::try_from(value.nanos)) {
+            (Ok(seconds), Ok(nanos)) if nanos < 1_000_000_000 => Ok(Duration::new(seconds, nanos)),
+            _ => Err(RequestError::invalid(
+                field,
+                "must be a non-negative, normalized duration",
+            )),
+        },
+    )
     .transpose()
 }
 
@@ -954,6 +962,35 @@ fn next_run_at(job: &Job) -> Option<chrono::DateTime<chrono::Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the request fuzzer: `seconds: i64::MIN` panicked (an
+    /// overflow inside prost-types' conversion) instead of being refused.
+    #[test]
+    fn durations_from_the_wire_are_checked_without_overflow() {
+        let wire = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        for (value, ok) in [
+            (wire(90, 5), Some(Duration::new(90, 5))),
+            (wire(0, 0), Some(Duration::ZERO)),
+            (wire(i64::MIN, 0), None),
+            (wire(i64::MIN, i32::MIN), None),
+            (wire(-1, 0), None),
+            (wire(0, -1), None),
+            (wire(1, 1_000_000_000), None),
+            (
+                wire(i64::MAX, 999_999_999),
+                Some(Duration::new(i64::MAX as u64, 999_999_999)),
+            ),
+        ] {
+            let converted = duration_from_wire(Some(&value), "job.interval");
+            match ok {
+                Some(expected) => assert_eq!(converted.ok().flatten(), Some(expected), "{value:?}"),
+                None => assert!(
+                    matches!(&converted, Err(RequestError::InvalidArgument { field, .. }) if field == "job.interval"),
+                    "{value:?}: {converted:?}"
+                ),
+            }
+        }
+    }
 
     #[test]
     fn masks_name_fields_and_refuse_output_only_ones() {
