@@ -1,9 +1,7 @@
-//! Generated code for the `pgfleet.v1` gRPC API (prost messages, tonic clients and servers) plus its file descriptor set for reflection and the codec the generated code uses; nothing else.
+//! Generated code for the `pgfleet.v1` gRPC API (prost messages, tonic clients and servers) plus its file descriptor set for reflection; nothing else.
 //!
 //! The source of truth is `proto/pgfleet/v1/*.proto` at the workspace root;
 //! `build.rs` compiles it with protox, so no `protoc` is needed.
-
-pub mod codec;
 
 /// Package `pgfleet`.
 pub mod pgfleet {

@@ -261,6 +261,10 @@ impl RunningServer {
             .layer(AuthLayer::new(Arc::clone(&authenticator), metrics.clone()))
             .layer(QueryRateLimitLayer::new(config.query.rate_limit.as_ref()))
             .layer(ExpensiveCallLimitLayer::new(expensive_limiter))
+            // Innermost, so metrics and spans see the corrected code.
+            .layer(tower::util::MapResponseLayer::new(
+                crate::status::correct_framing_status,
+            ))
             .add_service(crate::sized!(health_service, limit))
             .add_service(crate::sized!(reflection_v1, limit))
             .add_service(crate::sized!(reflection_v1alpha, limit))

@@ -49,6 +49,52 @@ fn internal(detail: &str) -> Status {
     Status::internal("internal error; see the server log")
 }
 
+/// tonic's own answers (codecs, `server::Grpc`, tonic-web) to a request body
+/// that is not a well-formed gRPC message stream of the method's type:
+/// INTERNAL, the code of a server fault, for what is the client's mistake. Matched on tonic 0.14's messages;
+/// request-side ones only (response-side ones name the response).
+const CLIENT_FRAMING_ERRORS: &[&str] = &[
+    // A message that does not decode as the method's request type
+    // (tonic-prost's codec, in every service: pgfleet's, health, reflection).
+    "failed to decode Protobuf message",
+    // A unary or server-streaming call whose body holds no message.
+    "Missing request message",
+    // A frame cut short by the end of the body.
+    "Unexpected EOF decoding stream",
+    // A compressed frame without grpc-encoding. gRPC's compression document
+    // asks for INTERNAL here; pgfleet keeps INTERNAL for its own faults.
+    "protocol error: received message with compressed-flag but no grpc-encoding",
+    // A flag byte other than 0 and 1, or a body that does not decompress
+    // ("…, while sending request").
+    "protocol error: received message with invalid compression flag",
+    "Error decompressing",
+    // tonic-web turning the browser's body into frames: base64 that does not
+    // decode, a base64 body cut short, trailers in a request. Its
+    // response-side errors come after the headers, so never reach here.
+    "tonic-web: ",
+];
+
+/// `response` with INVALID_ARGUMENT instead of INTERNAL when tonic refused
+/// the request's framing (found by the grpc-web and request fuzzers). Such
+/// refusals are trailers-only responses, so the status is in the headers.
+pub(crate) fn correct_framing_status(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let framing_error = Status::from_header_map(response.headers()).is_some_and(|status| {
+        status.code() == Code::Internal
+            && CLIENT_FRAMING_ERRORS
+                .iter()
+                .any(|prefix| status.message().starts_with(prefix))
+    });
+    if framing_error {
+        response.headers_mut().insert(
+            "grpc-status",
+            http::HeaderValue::from(Code::InvalidArgument as i32),
+        );
+    }
+    response
+}
+
 /// The status of a request the engine refused or could not serve.
 pub(crate) fn request_status(error: RequestError) -> Status {
     {
@@ -186,6 +232,37 @@ mod tests {
             .expect("bad request detail")
             .field_violations[0];
         assert!(violation.description.len() < MAX_MESSAGE_BYTES + 64);
+    }
+
+    #[test]
+    fn framing_errors_of_the_request_become_invalid_argument() {
+        for (status, expected) in [
+            (
+                Status::internal("Missing request message."),
+                Code::InvalidArgument,
+            ),
+            (
+                Status::internal("failed to decode Protobuf message: invalid tag value: 0"),
+                Code::InvalidArgument,
+            ),
+            (
+                Status::internal("Unexpected EOF decoding stream."),
+                Code::InvalidArgument,
+            ),
+            (
+                Status::internal("tonic-web: malformed base64 request"),
+                Code::InvalidArgument,
+            ),
+            (
+                Status::internal("internal error; see the server log"),
+                Code::Internal,
+            ),
+            (Status::not_found("Missing request message."), Code::NotFound),
+        ] {
+            let corrected = correct_framing_status(status.clone().into_http());
+            let code = Status::from_header_map(corrected.headers()).map(|s| s.code());
+            assert_eq!(code, Some(expected), "{status:?}");
+        }
     }
 
     #[test]

@@ -16,8 +16,7 @@
 //! `PGFLEET_FUZZ_SECONDS`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut};
@@ -34,7 +33,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::support::session;
+use crate::support::{self, session};
 
 /// Cases a `scripts/test` run makes (each is one call, some run SQL).
 const DEFAULT_CASES: u32 = 160;
@@ -89,22 +88,6 @@ const VARINTS: &[u64] = &[
     u64::MAX,
     1 << 63,
 ];
-
-/// Panics anywhere in this process since [`count_panics`]; the server runs
-/// in it, and the property itself does not panic (it returns failures).
-static PANICS: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts panics in [`PANICS`], then reports them as before.
-fn count_panics() {
-    static INSTALLED: Once = Once::new();
-    INSTALLED.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-            previous(info);
-        }));
-    });
-}
 
 /// A raw codec: requests and responses stay bytes, so any body can be sent.
 #[derive(Clone, Copy, Default)]
@@ -424,12 +407,12 @@ impl Target {
 
     async fn check(&self, case: Case) -> TestCaseResult {
         let path = &self.api.methods[case.method].path;
-        let panics_before = PANICS.load(Ordering::SeqCst);
+        let panics_before = support::panics();
         let statuses = self.call(&case).await.map_err(TestCaseError::fail)?;
         // A handler's panic reaches the client as some status (CANCELLED,
         // or a reset stream), so it is counted where it happens.
         prop_assert_eq!(
-            PANICS.load(Ordering::SeqCst),
+            support::panics(),
             panics_before,
             "{} as {:?}: the server panicked (see the panic message above)",
             path,
@@ -464,7 +447,7 @@ fn regressions(api: &Api) -> anyhow::Result<Vec<(Case, Code)>> {
     let mut long_name = vec![0x0a, 0x80, 0x80, 0x04];
     long_name.extend(std::iter::repeat_n(b'x', 64 * 1024));
     Ok(vec![
-        // A body that is no protobuf message: tonic-prost said INTERNAL.
+        // A body that is no protobuf message: tonic-prost says INTERNAL.
         (
             Case {
                 method: method("/pgfleet.v1.AuthService/Me")?,
@@ -506,7 +489,7 @@ fn regressions(api: &Api) -> anyhow::Result<Vec<(Case, Code)>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fuzz_every_rpc_with_random_requests() -> anyhow::Result<()> {
-    count_panics();
+    support::count_panics();
     let s = session("").await?;
     let target = Arc::new(Target {
         api: Api::load()?,

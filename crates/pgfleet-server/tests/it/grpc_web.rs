@@ -24,19 +24,19 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use crate::support::{self, Fleet};
 
 /// The origin of the browser page the tests pretend to be.
-const PAGE: &str = "http://127.0.0.1:3000";
+pub(crate) const PAGE: &str = "http://127.0.0.1:3000";
 /// Any other site.
 const OTHER: &str = "https://elsewhere.example";
 const EXECUTE: &str = "/pgfleet.v1.QueryService/Execute";
 const LOGIN: &str = "/pgfleet.v1.AuthService/Login";
 const HEALTH: &str = "/grpc.health.v1.Health/Check";
 
-fn cors_toml() -> String {
+pub(crate) fn cors_toml() -> String {
     format!("[server.cors]\nallowed_origins = ['{PAGE}']\nmax_age = '10m'\n")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Wire {
+pub(crate) enum Wire {
     Http1,
     /// Prior-knowledge HTTP/2 (h2c), as browsers speak it over TLS.
     Http2,
@@ -83,7 +83,7 @@ impl Reply {
     }
 }
 
-fn client(wire: Wire) -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+pub(crate) fn client(wire: Wire) -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new())
         .http2_only(wire == Wire::Http2)
         .build_http()
@@ -140,7 +140,7 @@ async fn call(
 }
 
 /// Splits a grpc-web body into message frames and the trailer frame.
-fn frames(mut body: &[u8]) -> anyhow::Result<(Vec<Bytes>, Option<HeaderMap>)> {
+pub(crate) fn frames(mut body: &[u8]) -> anyhow::Result<(Vec<Bytes>, Option<HeaderMap>)> {
     let mut messages = Vec::new();
     let mut trailers = None;
     while !body.is_empty() {

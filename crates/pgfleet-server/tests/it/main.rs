@@ -14,6 +14,7 @@
 //!   limit, client addresses behind a trusted proxy.
 //! - `failover`: writes follow a promoted streaming replica.
 //! - `fleet`: FleetService, with live and unreachable clouds.
+//! - `fuzz_grpc_web`: grpc-web framing, content types and base64 at random.
 //! - `fuzz_requests`: every RPC with random requests and callers.
 //! - `grpc_web`: grpc-web and CORS at the HTTP level.
 //! - `health`: per-service `grpc.health.v1`, `/healthz` and `/readyz`
@@ -49,6 +50,7 @@ mod browser;
 mod edges;
 mod failover;
 mod fleet;
+mod fuzz_grpc_web;
 mod fuzz_requests;
 mod grpc_web;
 mod health;

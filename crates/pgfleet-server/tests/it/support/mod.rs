@@ -563,3 +563,25 @@ pub async fn recorded(s: &Session, id: &str) -> anyhow::Result<pb::ExecutionReco
         .execution
         .ok_or_else(|| anyhow::anyhow!("execution {id} is not on record"))
 }
+
+/// Panics anywhere in this process since [`count_panics`]: the fuzz
+/// harnesses run the server in the test's process, and a handler's panic
+/// reaches the client only as some status (CANCELLED, a reset stream).
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts every panic in [`panics`], then reports it as before.
+pub fn count_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}
+
+/// Panics counted since [`count_panics`] was first called.
+pub fn panics() -> usize {
+    PANICS.load(std::sync::atomic::Ordering::SeqCst)
+}
