@@ -8,6 +8,10 @@ demo:
 test *ARGS:
     scripts/test {{ARGS}}
 
+# Run each fuzz harness for SECONDS (validator, config, every RPC, grpc-web framing).
+fuzz SECONDS="60":
+    scripts/fuzz {{SECONDS}}
+
 # Everything CI runs: bootstrap, buf lint and breaking, deploy/ checks, fmt, clippy, tests.
 ci:
     .ci/run

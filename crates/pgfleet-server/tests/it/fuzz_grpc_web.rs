@@ -65,7 +65,6 @@ fn messages() -> Vec<Vec<u8>> {
         .encode_to_vec(),
         pb::ValidateRequest {
             query: "SELECT 1; SELEC".to_owned(),
-            ..Default::default()
         }
         .encode_to_vec(),
         pb::LoginRequest {

@@ -42,7 +42,9 @@ const MAX_DEPTH: usize = 4;
 /// The grpc-timeout of each call; a call may take its time, not hang.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Strings a request may carry: real names reach further into the server.
+/// Strings a request may carry: real target names reach further into the
+/// server; no real username, so the callers' accounts are never deactivated,
+/// demoted or reset.
 const STRINGS: &[&str] = &[
     "",
     "aws",
@@ -54,7 +56,7 @@ const STRINGS: &[&str] = &[
     "gcp/analytics",
     "*",
     "%",
-    "s-user",
+    "fuzz-nobody",
     "SELECT 1",
     "SELECT 1/0",
     "SELECT * FROM pg_class LIMIT 3",
