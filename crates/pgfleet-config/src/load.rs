@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::{ConfigError, Problem};
 use crate::model::FleetConfig;
 use crate::secret_files::resolve_secret_files;
-use crate::substitute::{ProcessEnv, VariableSource, substitute_tree};
+use crate::substitute::{VariableSource, substitute_tree};
 use crate::{env_file, legacy, overlay, validate};
 
 /// Env var naming the config file when `--config` is not given.
@@ -35,16 +35,6 @@ pub struct Inputs<'a> {
     pub variables: &'a dyn VariableSource,
     /// `PGFLEET__…` overrides (any other names are ignored).
     pub overrides: Vec<(String, String)>,
-}
-
-impl Inputs<'static> {
-    /// The process environment.
-    pub fn process() -> Self {
-        Inputs {
-            variables: &ProcessEnv,
-            overrides: std::env::vars().collect(),
-        }
-    }
 }
 
 /// Loads `path` with the process environment (and the env file applied at

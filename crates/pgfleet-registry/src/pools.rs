@@ -117,9 +117,6 @@ impl MemberEntry {
         matches!(self.status(), HealthStatus::Healthy | HealthStatus::Degraded)
     }
 
-    /// Whether this member's replay is within `max_lag` at the last probe:
-    /// a primary (a promoted replica) always is; a standby of unknown lag
-    /// is not, so a bounded read never goes to a replica nobody measured.
     /// This replica as a read that passed it over reports it.
     fn lagging(&self) -> LaggingReplica {
         LaggingReplica {
@@ -135,6 +132,9 @@ impl MemberEntry {
         }
     }
 
+    /// Whether this member's replay is within `max_lag` at the last probe:
+    /// a primary (a promoted replica) always is; a standby of unknown lag
+    /// is not, so a bounded read never goes to a replica nobody measured.
     fn within_lag(&self, max_lag: Option<Duration>) -> bool {
         let Some(max_lag) = max_lag else {
             return true;
@@ -663,7 +663,8 @@ fn select_member(entry: &TargetEntry, route: Route) -> (&MemberEntry, Vec<Laggin
         // Every usable replica past the bound, whichever was chosen.
         let lagging = replicas
             .iter()
-            .filter(|replica| replica.usable() && !replica.within_lag(max_lag))
+            // The bound first: without one, no replica's state is locked.
+            .filter(|replica| !replica.within_lag(max_lag) && replica.usable())
             .map(MemberEntry::lagging)
             .collect();
         (chosen, lagging)

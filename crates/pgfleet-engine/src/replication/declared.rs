@@ -134,7 +134,7 @@ pub async fn apply(
                         stored.spec.restarts_positions(&job.spec),
                     )
                     .await
-                    .map_err(|error| DeclaredJobError::Unavailable(format!("history store: {error}")))?;
+                    .map_err(RequestError::history_store)?;
                     return Ok(Applied::Updated(job));
                 }
                 // Deleted or changed since it was read: read it again.
