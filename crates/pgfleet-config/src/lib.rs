@@ -17,6 +17,7 @@
 mod edge;
 pub mod env_file;
 mod error;
+mod insights;
 mod legacy;
 mod lenient;
 mod load;
@@ -30,6 +31,7 @@ mod validate;
 
 pub use edge::{CallerLimits, ExpensiveCallLimits, OnRedisError, RateLimitConfig};
 pub use error::{ConfigError, Problem};
+pub use insights::{AlertThresholds, InsightsConfig};
 pub use load::{CONFIG_ENV, Inputs, LoadedConfig, format_of, load, load_str, load_with, render_redacted};
 pub use model::CorsConfig;
 pub use model::{AuditChainConfig, MIN_CHAIN_KEY_BYTES, MIN_RESULT_BYTES, RESPONSE_RESERVE_BYTES};

@@ -59,6 +59,9 @@ pub struct FleetConfig {
     /// a database without an entry uses the set uploaded through the API.
     #[serde(default)]
     pub migrations: Vec<MigrationsConfig>,
+    /// The slow-query log and alert thresholds (`[insights]`).
+    #[serde(default)]
+    pub insights: crate::insights::InsightsConfig,
 }
 
 /// The migration files of one fleet database (the `name` its clouds share).

@@ -172,6 +172,7 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
     }
 
     check_audit(&mut problems, &root.key("audit"), &config.audit);
+    check_insights(&mut problems, &root.key("insights"), &config.insights);
 
     let replication_path = root.key("replication");
     if config.replication.scheduler_tick < Duration::from_millis(10) {
@@ -414,6 +415,18 @@ fn check_auth(problems: &mut Problems, path: &ConfigPath, auth: &AuthConfig) {
     // A longer delay would turn the slow-down into the lockout it replaces.
     if auth.login_username_delay > Duration::from_secs(10) {
         problems.add(&path.key("login_username_delay"), "must be at most 10s");
+    }
+}
+
+fn check_insights(problems: &mut Problems, path: &ConfigPath, insights: &crate::InsightsConfig) {
+    if insights.slow_query_retention < Duration::from_secs(60) {
+        problems.add(&path.key("slow_query_retention"), "must be at least 1m");
+    }
+    if insights.slow_query_max_entries == 0 {
+        problems.add(&path.key("slow_query_max_entries"), "must be at least 1");
+    }
+    if insights.retention_interval < Duration::from_secs(1) {
+        problems.add(&path.key("retention_interval"), "must be at least 1s");
     }
 }
 

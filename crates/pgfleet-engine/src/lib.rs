@@ -8,6 +8,8 @@
 //! - [`replication`]: table copies between targets, stored jobs, their
 //!   runs, locks and schedule.
 //! - [`identity`]: callers, roles, API-key target patterns.
+//! - [`insights`]: the slow-query log, activity and backend signals,
+//!   fleet-wide statement statistics.
 //! - [`migrations`]: fleet schema migrations (pgfleet-migrate) on the
 //!   registry's targets, with their sets, locks and audit records.
 //! - [`topology`]: promoting a replica to primary, with its checks.
@@ -29,6 +31,7 @@ pub mod digest;
 pub mod error;
 pub mod history_store;
 pub mod identity;
+pub mod insights;
 pub mod legacy;
 pub mod migrations;
 mod observer;

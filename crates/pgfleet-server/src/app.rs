@@ -10,6 +10,7 @@ use pgfleet_config::{FleetConfig, LoadedConfig, Secret};
 use pgfleet_proto::pgfleet::v1::auth_service_server::AuthServiceServer;
 use pgfleet_proto::pgfleet::v1::fleet_service_server::FleetServiceServer;
 use pgfleet_proto::pgfleet::v1::history_service_server::HistoryServiceServer;
+use pgfleet_proto::pgfleet::v1::insights_service_server::InsightsServiceServer;
 use pgfleet_proto::pgfleet::v1::migration_service_server::MigrationServiceServer;
 use pgfleet_proto::pgfleet::v1::query_service_server::QueryServiceServer;
 use pgfleet_proto::pgfleet::v1::replication_service_server::ReplicationServiceServer;
@@ -29,13 +30,15 @@ use crate::edge::{
 use crate::readiness::{Dependencies, DependencyWatcher};
 use crate::redis_pool::{RedisPool, RedisPoolError};
 use crate::services::{
-    AuthService, FleetService, HistoryService, MigrationService, QueryService, ReplicationService,
+    AuthService, FleetService, HistoryService, InsightsService, MigrationService, QueryService,
+    ReplicationService,
 };
 use crate::telemetry::Metrics;
 use crate::telemetry::exposition::MetricsListener;
 use crate::telemetry::rpc::RpcLayer;
 use pgfleet_engine::audit::{self, AuditLog};
 use pgfleet_engine::history_store::{self, HistoryStoreError};
+use pgfleet_engine::insights::slow_log::SlowQueryLog;
 use pgfleet_engine::migrations::Migrations;
 use pgfleet_engine::replication::{self, jobs::JobStore, runner::JobRunner, state::RunStore};
 
@@ -146,11 +149,14 @@ impl RunningServer {
         }
         let audit_maintenance = CancellationToken::new();
         let audit_task = audit::maintenance::spawn(Arc::clone(&audit), audit_maintenance.clone());
+        // Insights: the slow-query log and its retention.
+        let slow_log = SlowQueryLog::new(history.clone(), config.insights.clone());
+        let slow_log_retention = Arc::clone(&slow_log).spawn_retention(audit_maintenance.clone());
 
         let registry = Arc::new(Registry::new(&config));
         let reloadable = Arc::clone(&registry);
         let rotatable_history = history.clone();
-        metrics.watch_fleet(Arc::clone(&registry))?;
+        metrics.watch_fleet(Arc::clone(&registry), config.insights.alerts.clone())?;
         let shared_config = Arc::new(config.clone());
         let monitor = HealthMonitor::spawn(Arc::clone(&registry), config.health.clone());
 
@@ -282,6 +288,17 @@ impl RunningServer {
                     Arc::clone(&shared_config),
                     Arc::clone(&audit),
                     metrics.clone(),
+                    Arc::clone(&slow_log),
+                )),
+                limit
+            ))
+            .add_service(crate::sized!(
+                InsightsServiceServer::new(InsightsService::new(
+                    Arc::clone(&registry),
+                    history.clone(),
+                    Arc::clone(&audit),
+                    slow_log,
+                    config.query.max_query_bytes,
                 )),
                 limit
             ))
@@ -375,6 +392,7 @@ impl RunningServer {
             if let Err(error) = audit_task.await {
                 tracing::warn!(%error, "audit maintenance task failed");
             }
+            let _ = slow_log_retention.await;
             close_pools(&registry, &history).await;
             // Last: the final scrape sees the drained server.
             if let Some(metrics_listener) = metrics_listener {

@@ -128,6 +128,9 @@ pub struct Plan {
     /// The text with every literal as `$n`, set when the text may carry
     /// credentials: what the audit trail records instead of the text.
     pub redacted_query: Option<String>,
+    /// The text as libpg_query normalizes it (constants `$n`), for the
+    /// slow-query log.
+    pub normalized_query: String,
 }
 
 impl Plan {
@@ -300,6 +303,7 @@ impl Plan {
             redacted_query: analysis
                 .may_carry_credentials()
                 .then(|| analysis.normalized.clone()),
+            normalized_query: analysis.normalized.clone(),
         })
     }
 

@@ -2,7 +2,7 @@
 //! statement on its own through the extended protocol, events out as they
 //! happen, the connection reset (or dropped) before it goes back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt as _;
@@ -67,6 +67,8 @@ pub struct TargetOutcome {
     pub replica: String,
     /// Replicas this read passed over for being past `max_replica_lag`.
     pub skipped_replicas: Vec<LaggingReplica>,
+    /// Rows returned or affected by the statements that finished.
+    pub rows: u64,
 }
 
 /// How a target's transaction begins. Decided in one place,
@@ -196,6 +198,7 @@ async fn run_on_target<E: RowEncoder>(
                 outcome_unknown: false,
                 replica: String::new(),
                 skipped_replicas: Vec::new(),
+                rows: 0,
             };
         }
     };
@@ -220,6 +223,7 @@ async fn run_on_target<E: RowEncoder>(
     }
 
     let commit_sent = AtomicBool::new(false);
+    let rows = AtomicU64::new(0);
     let run = run_to_the_end::<E>(
         &server,
         checkout.connection_mut(),
@@ -227,7 +231,7 @@ async fn run_on_target<E: RowEncoder>(
         access,
         sink,
         &cancel,
-        &commit_sent,
+        (&commit_sent, &rows),
     )
     .await;
     let over_budget = matches!(run.result, Err(Stop::Budget { .. }));
@@ -249,10 +253,12 @@ async fn run_on_target<E: RowEncoder>(
             outcome_unknown: false,
             replica,
             skipped_replicas: Vec::new(),
+            rows: 0,
         },
         Err(stop) => failure_outcome(stop, started, replica, commit_sent.load(Ordering::Relaxed)),
     };
     outcome.skipped_replicas = std::mem::take(&mut checkout.lagging);
+    outcome.rows = rows.load(Ordering::Relaxed);
     if !reusable {
         // Unknown state (broken connection, cancelled mid-protocol): never
         // hand it to the next caller.
@@ -344,7 +350,7 @@ async fn run_to_the_end<E: RowEncoder>(
     access: Access,
     sink: &EventSink<E::Row>,
     cancel: &CancellationToken,
-    commit_sent: &AtomicBool,
+    (commit_sent, rows): (&AtomicBool, &AtomicU64),
 ) -> Run {
     let backend_pid = match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
         .fetch_one(&mut *connection)
@@ -360,7 +366,7 @@ async fn run_to_the_end<E: RowEncoder>(
         }
     };
     let schema = plan.schema_for(server.target);
-    let work = run_statements::<E>(connection, plan, access, &schema, sink, commit_sent);
+    let work = run_statements::<E>(connection, plan, access, &schema, sink, (commit_sent, rows));
     tokio::pin!(work);
     // A backstop: statement_timeout should fire first.
     let deadline = tokio::time::sleep(plan.timeout + Duration::from_secs(1));
@@ -420,7 +426,7 @@ async fn run_statements<E: RowEncoder>(
     access: Access,
     schema: &str,
     sink: &EventSink<E::Row>,
-    commit_sent: &AtomicBool,
+    (commit_sent, rows): (&AtomicBool, &AtomicU64),
 ) -> Result<(), Stop> {
     if plan.transactional {
         let begin = match access {
@@ -446,7 +452,8 @@ async fn run_statements<E: RowEncoder>(
     .await
     .map_err(Stop::Setup)?;
     for statement in &plan.statements {
-        run_statement::<E>(connection, plan, statement, sink).await?;
+        let done = run_statement::<E>(connection, plan, statement, sink).await?;
+        rows.fetch_add(done, Ordering::Relaxed);
     }
     if plan.transactional {
         commit_sent.store(true, Ordering::Relaxed);
@@ -467,7 +474,7 @@ async fn run_statement<E: RowEncoder>(
     plan: &Plan,
     statement: &PlannedStatement,
     sink: &EventSink<E::Row>,
-) -> Result<(), Stop> {
+) -> Result<u64, Stop> {
     let index = statement.index;
     let started = Instant::now();
     let (arguments, types) = bind_params(connection, statement).await?;
@@ -484,7 +491,7 @@ async fn run_statement<E: RowEncoder>(
         truncated,
     }))
     .await;
-    Ok(())
+    Ok(rows_affected)
 }
 
 /// Rows of the first FETCH, before any row size is known: small, so a
@@ -913,6 +920,7 @@ fn refused_outcome() -> TargetOutcome {
         outcome_unknown: false,
         replica: String::new(),
         skipped_replicas: Vec::new(),
+        rows: 0,
     }
 }
 
@@ -928,6 +936,7 @@ fn cancelled_outcome(started: Instant, index: Option<u32>, replica: String) -> T
         outcome_unknown: false,
         replica,
         skipped_replicas: Vec::new(),
+        rows: 0,
     }
 }
 
@@ -972,5 +981,6 @@ fn failure_outcome(stop: Stop, started: Instant, replica: String, commit_sent: b
         outcome_unknown,
         replica,
         skipped_replicas: Vec::new(),
+        rows: 0,
     }
 }

@@ -72,6 +72,15 @@ pub const RPC_ACCESS: &[(&str, Access)] = {
         ("/pgfleet.v1.MigrationService/CheckSchemaDrift", AtLeast(Reader)),
         ("/pgfleet.v1.MigrationService/UploadMigrationSet", AtLeast(Master)),
         ("/pgfleet.v1.MigrationService/GetMigrationSet", AtLeast(Reader)),
+        // Everyone reads insights on the targets they reach; signals are MASTER's.
+        ("/pgfleet.v1.InsightsService/SearchSlowQueries", AtLeast(Reader)),
+        ("/pgfleet.v1.InsightsService/ListActivity", AtLeast(Reader)),
+        ("/pgfleet.v1.InsightsService/CancelBackend", AtLeast(Master)),
+        ("/pgfleet.v1.InsightsService/TerminateBackend", AtLeast(Master)),
+        ("/pgfleet.v1.InsightsService/GetStatementStats", AtLeast(Reader)),
+        // ANALYZE is MASTER's (checked by the engine, with the statement's class).
+        ("/pgfleet.v1.InsightsService/ExplainQuery", AtLeast(Reader)),
+        ("/pgfleet.v1.InsightsService/GetRecommendations", AtLeast(Reader)),
         // Connection secrets are redacted for everyone but MASTER (fleet service).
         ("/pgfleet.v1.FleetService/GetConfiguration", AtLeast(Reader)),
         ("/pgfleet.v1.FleetService/GetHealth", AtLeast(Reader)),

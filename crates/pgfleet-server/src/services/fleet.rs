@@ -141,7 +141,17 @@ impl FleetService {
             .map_or(0, |database| database.pool.max_connections);
         let region = database.and_then(|database| database.region).unwrap_or_default();
         let status = wire_status(&health, max_size, self.config.health.interval, now);
+        let breaches = pgfleet_engine::insights::alerts::check(&self.config.insights.alerts, &health)
+            .into_iter()
+            .filter(|check| check.breached)
+            .map(|check| pb::ThresholdBreach {
+                threshold: check.threshold.to_owned(),
+                value: check.value,
+                limit: check.limit,
+            })
+            .collect();
         pb::TargetHealth {
+            breaches,
             target: Some(convert::target(&health.target)),
             replica: match &health.member {
                 Member::Primary => String::new(),

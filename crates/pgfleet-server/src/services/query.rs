@@ -18,6 +18,7 @@ use crate::telemetry::Metrics;
 use pgfleet_engine::RequestError;
 use pgfleet_engine::audit::{AuditLog, OpenExecution};
 use pgfleet_engine::identity::{Identity, Role};
+use pgfleet_engine::insights::slow_log::SlowQueryLog;
 use pgfleet_engine::query::audited::{self, Origin};
 use pgfleet_engine::query::plan::{check_query_size, findings, required_role};
 use pgfleet_engine::query::{self, ExecuteSpec, Plan, Scope, StatementSpec, TargetEvent, TargetOutcome};
@@ -29,6 +30,8 @@ pub struct QueryService {
     config: Arc<FleetConfig>,
     audit: Arc<AuditLog>,
     metrics: Metrics,
+    /// Targets past `insights.slow_query_threshold` are recorded here.
+    slow_log: Arc<SlowQueryLog>,
 }
 
 impl QueryService {
@@ -37,12 +40,14 @@ impl QueryService {
         config: Arc<FleetConfig>,
         audit: Arc<AuditLog>,
         metrics: Metrics,
+        slow_log: Arc<SlowQueryLog>,
     ) -> Self {
         Self {
             registry,
             config,
             audit,
             metrics,
+            slow_log,
         }
     }
 
@@ -86,12 +91,16 @@ impl QueryService {
         plan: &Arc<Plan>,
         cancel: CancellationToken,
         record: Option<OpenExecution>,
+        (identity, request_id): (&Identity, &str),
     ) -> tokio::sync::mpsc::Receiver<(usize, TargetEvent<pb::Row>)> {
+        let observer = self
+            .slow_log
+            .observer(plan, identity, request_id, Arc::new(self.metrics.clone()));
         query::dispatch::<WireRows>(
             Arc::clone(&self.registry),
             Arc::clone(plan),
             cancel,
-            Arc::new(self.metrics.clone()),
+            observer,
             record,
         )
     }
@@ -243,7 +252,7 @@ impl query_service_server::QueryService for QueryService {
         // Dropped when tonic drops this call (client cancel, deadline):
         // every target then cancels its statement on the server.
         let _cancel_on_drop = cancel.clone().drop_guard();
-        let mut events = self.start(&plan, cancel, record);
+        let mut events = self.start(&plan, cancel, record, (&identity, &request_id));
 
         let mut statements: Vec<Vec<pb::StatementResult>> = vec![Vec::new(); plan.targets.len()];
         let mut results: Vec<Option<pb::TargetResult>> = vec![None; plan.targets.len()];
@@ -324,7 +333,7 @@ impl query_service_server::QueryService for QueryService {
             .map_err(request_status)?;
         let execution_id = record.as_ref().map_or_else(uuid::Uuid::now_v7, OpenExecution::id);
         let cancel = CancellationToken::new();
-        let events = self.start(&plan, cancel.clone(), record);
+        let events = self.start(&plan, cancel.clone(), record, (&identity, &request_id));
         let started = pb::ExecuteStreamResponse {
             event: Some(pb::execute_stream_response::Event::ExecutionStarted(
                 pb::ExecutionStarted {

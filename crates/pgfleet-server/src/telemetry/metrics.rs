@@ -314,8 +314,14 @@ impl Metrics {
 
     /// Adds the fleet's pool and health gauges, read from `registry` at
     /// every scrape.
-    pub fn watch_fleet(&self, registry: Arc<Registry>) -> prometheus::Result<()> {
-        self.0.registry.register(Box::new(FleetCollector::new(registry)?))
+    pub fn watch_fleet(
+        &self,
+        registry: Arc<Registry>,
+        alerts: pgfleet_config::AlertThresholds,
+    ) -> prometheus::Result<()> {
+        self.0
+            .registry
+            .register(Box::new(FleetCollector::new(registry, alerts)?))
     }
 
     /// Every series in Prometheus' text exposition format.
@@ -459,15 +465,26 @@ struct FleetCollector {
     health: IntGaugeVec,
     replay_lag: GaugeVec,
     database_size: IntGaugeVec,
+    /// `[insights.alerts]`, checked against each member at every scrape.
+    alerts: pgfleet_config::AlertThresholds,
+    threshold_breached: IntGaugeVec,
     /// Scrapes reset and refill the gauges; one at a time.
     collecting: Mutex<()>,
 }
 
 impl FleetCollector {
-    fn new(registry: Arc<Registry>) -> prometheus::Result<Self> {
+    fn new(registry: Arc<Registry>, alerts: pgfleet_config::AlertThresholds) -> prometheus::Result<Self> {
         let member = &["cloud", "database", "member"];
         Ok(Self {
             registry,
+            alerts,
+            threshold_breached: IntGaugeVec::new(
+                Opts::new(
+                    "pgfleet_threshold_breached",
+                    "1 when a member is past a configured [insights.alerts] threshold at its last probe, else 0",
+                ),
+                &["cloud", "database", "member", "threshold"],
+            )?,
             pool_size: IntGaugeVec::new(
                 Opts::new(
                     "pgfleet_pool_size",
@@ -532,6 +549,7 @@ impl Collector for FleetCollector {
             .collect();
         descs.extend(self.replay_lag.desc());
         descs.extend(self.database_size.desc());
+        descs.extend(self.threshold_breached.desc());
         descs
     }
 
@@ -547,6 +565,7 @@ impl Collector for FleetCollector {
         }
         self.replay_lag.reset();
         self.database_size.reset();
+        self.threshold_breached.reset();
         for member in self.registry.health_snapshot() {
             let name = match &member.member {
                 Member::Primary => "primary",
@@ -577,6 +596,11 @@ impl Collector for FleetCollector {
                     .with_label_values(&labels)
                     .set(i64::try_from(size).unwrap_or(i64::MAX));
             }
+            for check in pgfleet_engine::insights::alerts::check(&self.alerts, &member) {
+                self.threshold_breached
+                    .with_label_values(&[labels[0], labels[1], labels[2], check.threshold])
+                    .set(i64::from(check.breached));
+            }
             for state in [
                 HealthStatus::Unknown,
                 HealthStatus::Healthy,
@@ -595,6 +619,7 @@ impl Collector for FleetCollector {
                 .collect();
         families.extend(self.replay_lag.collect());
         families.extend(self.database_size.collect());
+        families.extend(self.threshold_breached.collect());
         families
     }
 }

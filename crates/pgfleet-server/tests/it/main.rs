@@ -20,6 +20,9 @@
 //! - `health`: per-service `grpc.health.v1`, `/healthz` and `/readyz`
 //!   while the history store or Redis is cut.
 //! - `history`: HistoryService and the write-ahead audit trail.
+//! - `insights`: InsightsService: the slow-query log, statement statistics
+//!   merged across copies (pg_stat_statements on an initdb cluster),
+//!   activity and backend signals.
 //! - `legacy_import`: `pgfleet import-legacy` from a fixture of the old
 //!   Dual Database Manager's schema.
 //! - `limits`: the rate limits on expensive calls, shared by two servers
@@ -55,6 +58,7 @@ mod fuzz_requests;
 mod grpc_web;
 mod health;
 mod history;
+mod insights;
 mod legacy_import;
 mod limits;
 mod migrations;
