@@ -695,3 +695,126 @@ async fn a_breached_threshold_shows_in_get_health_and_metrics() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// The service end to end through the real grpcurl (reflection, JSON):
+/// listed, plans compared, recommendations, the slow log, activity, and a
+/// READER's CancelBackend refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcurl_reaches_every_insights_rpc() -> anyhow::Result<()> {
+    let s = session("[insights]\nslow_query_threshold = '1ms'\n").await?;
+    crate::support::run_sql(
+        &s,
+        "aws",
+        "app",
+        "CREATE TABLE orders (id int PRIMARY KEY, total numeric)",
+    )
+    .await?;
+    crate::support::run_sql(
+        &s,
+        "gcp",
+        "app",
+        "CREATE TABLE orders (id int PRIMARY KEY, total numeric)",
+    )
+    .await?;
+    let addr = s.server.local_addr().to_string();
+    let master = format!("authorization: Bearer {}", s.master);
+    let reader = format!("authorization: Bearer {}", s.reader);
+    let call = |header: &str, body: &str, method: &str| {
+        crate::support::run_grpcurl(&[
+            "-plaintext",
+            "-H",
+            header,
+            "-d",
+            body,
+            &addr,
+            &format!("pgfleet.v1.InsightsService/{method}"),
+        ])
+    };
+
+    let (ok, listed, stderr) =
+        crate::support::run_grpcurl(&["-plaintext", &addr, "list", "pgfleet.v1.InsightsService"]);
+    assert!(ok, "{stderr}");
+    for method in [
+        "SearchSlowQueries",
+        "ListActivity",
+        "CancelBackend",
+        "TerminateBackend",
+        "GetStatementStats",
+        "ExplainQuery",
+        "GetRecommendations",
+    ] {
+        assert!(
+            listed.contains(&format!("pgfleet.v1.InsightsService.{method}")),
+            "{listed}"
+        );
+    }
+
+    let (ok, out, stderr) = call(
+        &master,
+        r#"{"query": "SELECT total FROM orders WHERE id = 7", "database": "app", "analyze": true}"#,
+        "ExplainQuery",
+    );
+    assert!(ok, "{stderr}");
+    let explained: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(explained["plans"].as_array().map(Vec::len), Some(2), "{out}");
+    assert!(
+        out.contains("on public.orders") && out.contains("Actual Rows"),
+        "{out}"
+    );
+
+    let (ok, out, stderr) = call(&reader, r#"{"database": "app"}"#, "GetRecommendations");
+    assert!(ok, "{stderr}");
+    serde_json::from_str::<serde_json::Value>(&out)?;
+
+    let (ok, _, stderr) = call(&reader, r#"{"database": "app"}"#, "GetStatementStats");
+    assert!(ok, "{stderr}");
+
+    // A read through pgfleet past the 1 ms threshold, then its entry.
+    let query = crate::support::run_grpcurl(&[
+        "-plaintext",
+        "-H",
+        &master,
+        "-d",
+        r#"{"query": "SELECT pg_sleep(0.01), 'not-in-the-log'", "database": "app", "cloud": "aws"}"#,
+        &addr,
+        "pgfleet.v1.QueryService/Execute",
+    ]);
+    assert!(query.0, "{}", query.2);
+    let mut entries = Vec::new();
+    for _ in 0..100 {
+        let (ok, out, stderr) = call(
+            &master,
+            r#"{"cloud": "aws", "pageSize": 10}"#,
+            "SearchSlowQueries",
+        );
+        assert!(ok, "{stderr}");
+        let page: serde_json::Value = serde_json::from_str(&out)?;
+        entries = page["slowQueries"].as_array().cloned().unwrap_or_default();
+        if !entries.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = entries
+        .iter()
+        .find_map(|entry| {
+            entry["normalizedQuery"]
+                .as_str()
+                .filter(|q| q.contains("pg_sleep"))
+        })
+        .ok_or_else(|| anyhow::anyhow!("no slow entry: {entries:?}"))?;
+    assert_eq!(text, "SELECT pg_sleep($1), $2");
+
+    let (ok, out, stderr) = call(&reader, r#"{"database": "app"}"#, "ListActivity");
+    assert!(ok, "{stderr}");
+    assert!(out.contains("\"targets\""), "{out}");
+
+    let (ok, _, stderr) = call(
+        &reader,
+        r#"{"target": {"cloud": "aws", "database": "app"}, "pid": 1}"#,
+        "CancelBackend",
+    );
+    assert!(!ok);
+    assert!(stderr.contains("PermissionDenied"), "{stderr}");
+    Ok(())
+}
