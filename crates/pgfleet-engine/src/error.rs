@@ -61,6 +61,7 @@ impl From<RegistryError> for RequestError {
             refused @ (RegistryError::NoReaderLogin { .. } | RegistryError::PrivilegedReaderLogin { .. }) => {
                 RequestError::FailedPrecondition(refused.to_string())
             }
+            busy @ RegistryError::PoolExhausted { .. } => RequestError::ResourceExhausted(busy.to_string()),
             other => RequestError::Unavailable(other.to_string()),
         }
     }

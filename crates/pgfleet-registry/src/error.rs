@@ -68,6 +68,20 @@ pub enum RegistryError {
          writes resume once one is promoted"
     )]
     NoWritableMember { target: Target },
+    /// Every connection of the member's pool stayed in use for the pool's
+    /// whole `acquire_timeout`: the target is busy, not down. Not retried
+    /// (another wait would only double the caller's); the caller may retry
+    /// later or raise `pool.max_connections`.
+    #[error(
+        "{target} ({member}): all {max_connections} connections of its pool stayed busy for {waited:?}; \
+         retry later or raise pool.max_connections"
+    )]
+    PoolExhausted {
+        target: Target,
+        member: Member,
+        max_connections: u32,
+        waited: std::time::Duration,
+    },
     /// A non-transient failure while connecting (bad password, unknown database…).
     #[error("{target} ({member}) refused the connection: {source}")]
     Connect {

@@ -489,6 +489,16 @@ impl Registry {
                 }
                 Err(error) => error,
             };
+            // Every connection busy until the wait ran out: the pool's limit,
+            // not the member's health (the probes say how the member is).
+            if matches!(error, sqlx::Error::PoolTimedOut) && pool_is_full(pool) {
+                return Err(RegistryError::PoolExhausted {
+                    target: target.clone(),
+                    member: member.member.clone(),
+                    max_connections: pool.options().get_max_connections(),
+                    waited: pool.options().get_acquire_timeout(),
+                });
+            }
             record_failure(member, &error);
             if let Some(reason) = tls_failure(&error) {
                 return Err(RegistryError::Tls {
@@ -611,6 +621,13 @@ async fn check_reader_login(
         member: member.clone(),
         login: Box::new(privileges),
     })
+}
+
+/// Every connection of `pool` is open and checked out. (Connections still
+/// being established count in the size too: a pool whose connects all hang
+/// reads as full, and its callers are told so instead of waiting longer.)
+fn pool_is_full(pool: &PgPool) -> bool {
+    pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0
 }
 
 fn record_failure(member: &MemberEntry, error: &sqlx::Error) {

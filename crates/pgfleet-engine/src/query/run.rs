@@ -132,6 +132,19 @@ enum Stop {
     },
 }
 
+impl Stop {
+    /// The connection failed under the statement (as opposed to the server
+    /// refusing it).
+    fn lost_connection(&self) -> bool {
+        match self {
+            Self::Statement { error, .. } | Self::Setup(error) => {
+                TargetFailure::from_sqlx(error).code == FailureCode::Unavailable
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Runs `plan` on `target` and reports through `sink`. Never panics on
 /// database input; every outcome ends with one `Finished` event, reported
 /// to `observer` and noted on the current (`target`) span first.
@@ -255,7 +268,13 @@ async fn run_on_target<E: RowEncoder>(
             skipped_replicas: Vec::new(),
             rows: 0,
         },
-        Err(stop) => failure_outcome(stop, started, replica, commit_sent.load(Ordering::Relaxed)),
+        Err(stop) => failure_outcome(
+            stop,
+            started,
+            replica,
+            commit_sent.load(Ordering::Relaxed),
+            run.completed,
+        ),
     };
     outcome.skipped_replicas = std::mem::take(&mut checkout.lagging);
     outcome.rows = rows.load(Ordering::Relaxed);
@@ -292,6 +311,7 @@ async fn acquire(
             RegistryError::NoReaderLogin { .. } | RegistryError::PrivilegedReaderLogin { .. } => {
                 FailureCode::FailedPrecondition
             }
+            RegistryError::PoolExhausted { .. } => FailureCode::ResourceExhausted,
             _ => FailureCode::Unavailable,
         };
         Some(TargetFailure::new(code, error.to_string()))
@@ -310,22 +330,31 @@ struct Server<'a> {
 impl Server<'_> {
     /// Cancels `pid` from a second connection of the same login (a role may
     /// always cancel its own backends).
+    /// Bounded by the pool's `acquire_timeout`: the driver's connect has no
+    /// timeout of its own, and a server behind a dead network would hold the
+    /// target's task, its pool slot and the caller's response for as long as
+    /// the network stays dead.
     async fn cancel_backend(&self, pid: i32) {
         let target = self.target;
         let Some(pool) = self.registry.pool_of(target, &self.member, self.reader_login) else {
             return;
         };
         let options = pool.connect_options();
-        match PgConnection::connect_with(&options).await {
-            Ok(mut connection) => {
-                let cancelled = sqlx::query_scalar::<_, bool>("SELECT pg_cancel_backend($1)")
-                    .bind(pid)
-                    .fetch_one(&mut connection)
-                    .await;
-                tracing::debug!(%target, pid, ?cancelled, "cancelled the running statement");
-                let _ = connection.close().await;
+        let cancel = async {
+            let mut connection = PgConnection::connect_with(&options).await?;
+            let cancelled = sqlx::query_scalar::<_, bool>("SELECT pg_cancel_backend($1)")
+                .bind(pid)
+                .fetch_one(&mut connection)
+                .await;
+            let _ = connection.close().await;
+            cancelled
+        };
+        match tokio::time::timeout(pool.options().get_acquire_timeout(), cancel).await {
+            Ok(Ok(cancelled)) => tracing::debug!(%target, pid, cancelled, "cancelled the running statement"),
+            Ok(Err(error)) => tracing::warn!(%target, %error, "could not cancel a statement"),
+            Err(_) => {
+                tracing::warn!(%target, pid, "could not reach the server in time to cancel a statement")
             }
-            Err(error) => tracing::warn!(%target, %error, "could not connect to cancel a statement"),
         }
     }
 }
@@ -389,6 +418,13 @@ async fn run_to_the_end<E: RowEncoder>(
     server.cancel_backend(backend_pid).await;
     let (result, completed) = match tokio::time::timeout(Duration::from_secs(5), &mut work).await {
         Ok(Ok(())) => (Ok(()), true),
+        // The connection broke with COMMIT sent: no cancellation that surely
+        // rolled back; `failure_outcome` records it as unknown.
+        Ok(Err(stop @ Stop::Statement { .. }))
+            if commit_sent.load(Ordering::Relaxed) && stop.lost_connection() =>
+        {
+            (Err(stop), true)
+        }
         Ok(Err(
             Stop::Statement { index, .. }
             | Stop::Value { index, .. }
@@ -940,8 +976,27 @@ fn cancelled_outcome(started: Instant, index: Option<u32>, replica: String) -> T
     }
 }
 
-fn failure_outcome(stop: Stop, started: Instant, replica: String, commit_sent: bool) -> TargetOutcome {
+/// `completed`: the work ended on its own (see [`Run::completed`]); when it
+/// did not after COMMIT was sent, the server may have committed.
+fn failure_outcome(
+    stop: Stop,
+    started: Instant,
+    replica: String,
+    commit_sent: bool,
+    completed: bool,
+) -> TargetOutcome {
     let (index, error) = match stop {
+        Stop::Cancelled { index } if commit_sent && !completed => {
+            return TargetOutcome {
+                outcome_unknown: true,
+                error: Some(TargetFailure::new(
+                    FailureCode::Cancelled,
+                    "cancelled while COMMIT was in flight, and the server did not answer: whether the \
+                     transaction committed is not known",
+                )),
+                ..cancelled_outcome(started, index, replica)
+            };
+        }
         Stop::Cancelled { index } => return cancelled_outcome(started, index, replica),
         Stop::Setup(error) => (None, TargetFailure::from_sqlx(&error)),
         Stop::Statement { index, error, shift } => {
