@@ -12,6 +12,10 @@ test *ARGS:
 fuzz SECONDS="60":
     scripts/fuzz {{SECONDS}}
 
+# The load test: 500 ExecuteStream + 200 Execute calls at once, two rounds (see README, "Reliability").
+load:
+    scripts/load
+
 # Everything CI runs: bootstrap, buf lint and breaking, deploy/ checks, fmt, clippy, tests.
 ci:
     .ci/run

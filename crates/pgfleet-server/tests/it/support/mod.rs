@@ -34,6 +34,8 @@ pub struct Fleet {
     /// Body of the `[audit.chain]` table: a chain key of this fleet's own
     /// (the server refuses to start without one); empty for no table.
     pub audit_chain_toml: String,
+    /// Extra lines of every `[[clouds.databases]]` entry (e.g. its `pool`).
+    pub database_toml: String,
     /// Configure the testkit's unprivileged reader login as every
     /// database's `reader_user` (pgfleet refuses READER executions
     /// without one); false for tests of exactly that refusal.
@@ -76,6 +78,7 @@ impl Fleet {
             replication_toml: "scheduler = false\nwatch_interval = '100ms'\n".to_owned(),
             server_toml: String::new(),
             audit_chain_toml: format!("key = '{}'\n", test_chain_key()),
+            database_toml: String::new(),
             reader_login: true,
         })
     }
@@ -118,6 +121,7 @@ impl Fleet {
                 db.user(),
                 db.name()
             ));
+            text.push_str(&self.database_toml);
             if self.reader_login {
                 text.push_str(&reader_toml());
             }
