@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_testkit::wait_until;
+use tokio::task::JoinHandle;
 
 use crate::support::{ProxiedCloud, Session, bearer, run_sql, session};
 use crate::trail::{admin, closed_records, execute, query, running};
@@ -34,6 +36,31 @@ async fn slow_commit_fleet(prefix: &str) -> anyhow::Result<(ProxiedCloud, Sessio
     Ok((azure, s))
 }
 
+/// `INSERT INTO items VALUES (1)` on `cloud` (every cloud with `None`) as
+/// a USER, returned once azure is in its COMMIT.
+async fn write_in_commit(
+    azure: &ProxiedCloud,
+    s: &Session,
+    cloud: Option<&'static str>,
+) -> anyhow::Result<JoinHandle<Result<tonic::Response<pb::ExecuteResponse>, tonic::Status>>> {
+    let call = tokio::spawn({
+        let channel = s.channel.clone();
+        let token = s.user.clone();
+        async move {
+            query(&channel)
+                .execute(bearer(
+                    execute(cloud, "app", "INSERT INTO items VALUES (1)"),
+                    &token,
+                ))
+                .await
+        }
+    });
+    let admin = admin().await?;
+    running(&admin, azure.database.name(), "COMMIT").await?;
+    admin.close().await;
+    Ok(call)
+}
+
 /// Rows of azure's `items`, read directly.
 async fn azure_rows(azure: &ProxiedCloud) -> anyhow::Result<i64> {
     let mut connection = azure.database.connect().await?;
@@ -45,20 +72,7 @@ async fn azure_rows(azure: &ProxiedCloud) -> anyhow::Result<i64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_dropped_after_commit_was_sent_is_on_record_as_unknown() -> anyhow::Result<()> {
     let (azure, s) = slow_commit_fleet("f_commit_reset").await?;
-    let call = tokio::spawn({
-        let channel = s.channel.clone();
-        let token = s.user.clone();
-        async move {
-            query(&channel)
-                .execute(bearer(
-                    execute(None, "app", "INSERT INTO items VALUES (1)"),
-                    &token,
-                ))
-                .await
-        }
-    });
-    let admin = admin().await?;
-    running(&admin, azure.database.name(), "COMMIT").await?;
+    let call = write_in_commit(&azure, &s, None).await?;
     // The link dies with COMMIT on its way: both sides are reset.
     azure.proxy.cut();
 
@@ -90,7 +104,6 @@ async fn a_connection_dropped_after_commit_was_sent_is_on_record_as_unknown() ->
         anyhow::Ok(azure_rows(&azure).await? == 1)
     })
     .await?;
-    admin.close().await;
     s.server.shutdown().await?;
     Ok(())
 }
@@ -98,20 +111,7 @@ async fn a_connection_dropped_after_commit_was_sent_is_on_record_as_unknown() ->
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_cancelled_while_commit_is_unanswered_is_on_record_as_unknown() -> anyhow::Result<()> {
     let (azure, s) = slow_commit_fleet("f_commit_blackhole").await?;
-    let call = tokio::spawn({
-        let channel = s.channel.clone();
-        let token = s.user.clone();
-        async move {
-            query(&channel)
-                .execute(bearer(
-                    execute(Some("azure"), "app", "INSERT INTO items VALUES (1)"),
-                    &token,
-                ))
-                .await
-        }
-    });
-    let admin = admin().await?;
-    running(&admin, azure.database.name(), "COMMIT").await?;
+    let call = write_in_commit(&azure, &s, Some("azure")).await?;
     // The network goes dead with COMMIT sent, and the caller gives up:
     // pgfleet can neither hear the answer nor cancel the statement.
     azure.proxy.blackhole();
@@ -135,7 +135,6 @@ async fn a_call_cancelled_while_commit_is_unanswered_is_on_record_as_unknown() -
         anyhow::Ok(azure_rows(&azure).await? == 1)
     })
     .await?;
-    admin.close().await;
     s.server.shutdown().await?;
     Ok(())
 }

@@ -31,12 +31,7 @@ async fn writes_during_a_slow_then_cut_history_store_are_on_record_and_run_or_re
     let writer = fleet.log_in(&channel, "burst-writer", Role::User).await?;
     let auditor_password = fleet.create_user("burst-auditor", Role::Master).await?;
     let auditor = login(&channel, "burst-auditor", &auditor_password).await?;
-    let (_, _, aws_app) = fleet
-        .databases
-        .iter()
-        .find(|(cloud, name, _)| cloud == "aws" && name == "app")
-        .ok_or_else(|| anyhow::anyhow!("no aws/app"))?;
-    let target = aws_app.pool().await?;
+    let target = fleet.database("aws", "app").pool().await?;
     sqlx::query("CREATE TABLE items (id int PRIMARY KEY)")
         .execute(&target)
         .await?;

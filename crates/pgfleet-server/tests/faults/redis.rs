@@ -36,12 +36,7 @@ async fn with_redis_cut_or_blackholed_every_call_is_authenticated_or_refused() -
         .flat_map(|id| id.as_bytes().to_vec())
         .collect();
     let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
-    let (_, _, aws_app) = fleet
-        .databases
-        .iter()
-        .find(|(cloud, name, _)| cloud == "aws" && name == "app")
-        .ok_or_else(|| anyhow::anyhow!("no aws/app"))?;
-    let target = aws_app.pool().await?;
+    let target = fleet.database("aws", "app").pool().await?;
     sqlx::query("CREATE TABLE items (id int PRIMARY KEY)")
         .execute(&target)
         .await?;

@@ -53,6 +53,33 @@ async fn exited(binary: &mut Binary) -> anyhow::Result<bool> {
     Ok(status.success())
 }
 
+/// Sends `pair_write(1, sleep)` to every app target as a USER and returns
+/// the call once every target is sleeping in it.
+async fn write_in_flight(
+    fleet: &Fleet,
+    binary: &Binary,
+    token: String,
+    sleep: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<tonic::Response<pb::ExecuteResponse>, tonic::Status>>> {
+    let sql = pair_write(1, sleep);
+    let call = tokio::spawn({
+        let channel = binary.channel.clone();
+        async move {
+            query(&channel)
+                .execute(bearer(execute(None, "app", &sql), &token))
+                .await
+        }
+    });
+    let admin = admin().await?;
+    for (_, name, database) in &fleet.databases {
+        if name == "app" {
+            running(&admin, database.name(), "pg_sleep").await?;
+        }
+    }
+    admin.close().await;
+    Ok(call)
+}
+
 /// `items (id int PRIMARY KEY)` on aws/app and gcp/app.
 async fn items_tables(fleet: &Fleet) -> anyhow::Result<()> {
     for (_, name, database) in &fleet.databases {
@@ -69,12 +96,7 @@ async fn items_tables(fleet: &Fleet) -> anyhow::Result<()> {
 
 /// The ids in `cloud`'s `items` (app database).
 async fn item_ids(fleet: &Fleet, cloud: &str) -> anyhow::Result<Vec<i32>> {
-    let (_, _, database) = fleet
-        .databases
-        .iter()
-        .find(|(c, n, _)| c == cloud && n == "app")
-        .ok_or_else(|| anyhow::anyhow!("no {cloud}/app"))?;
-    let pool = database.pool().await?;
+    let pool = fleet.database(cloud, "app").pool().await?;
     let ids = sqlx::query_scalar("SELECT id FROM items ORDER BY id")
         .fetch_all(&pool)
         .await?;
@@ -119,21 +141,7 @@ async fn sigterm_lets_a_fan_out_write_within_the_grace_finish_on_record() -> any
     items_tables(&fleet).await?;
 
     // The grace is 2 s (the fleet's [server] table); this write needs 1 s.
-    let sql = pair_write(1, "1");
-    let call = tokio::spawn({
-        let channel = binary.channel.clone();
-        async move {
-            query(&channel)
-                .execute(bearer(execute(None, "app", &sql), &token))
-                .await
-        }
-    });
-    let admin = admin().await?;
-    for (_, name, database) in &fleet.databases {
-        if name == "app" {
-            running(&admin, database.name(), "pg_sleep").await?;
-        }
-    }
+    let call = write_in_flight(&fleet, &binary, token, "1").await?;
     send_signal(&binary.process, "TERM").await?;
     let response = call.await??.into_inner();
     assert!(response.success, "{response:?}");
@@ -146,7 +154,6 @@ async fn sigterm_lets_a_fan_out_write_within_the_grace_finish_on_record() -> any
         .ok_or_else(|| anyhow::anyhow!("the write is not on record"))?;
     assert_eq!(record.status, "SUCCEEDED");
     assert_whole(&fleet, record, 1).await?;
-    admin.close().await;
     Ok(())
 }
 
@@ -157,21 +164,7 @@ async fn sigterm_past_the_grace_leaves_every_target_whole_and_on_record() -> any
     let token = fleet.log_in(&binary.channel, "term-writer", Role::User).await?;
     items_tables(&fleet).await?;
 
-    let sql = pair_write(1, "30");
-    let call = tokio::spawn({
-        let channel = binary.channel.clone();
-        async move {
-            query(&channel)
-                .execute(bearer(execute(None, "app", &sql), &token))
-                .await
-        }
-    });
-    let admin = admin().await?;
-    for (_, name, database) in &fleet.databases {
-        if name == "app" {
-            running(&admin, database.name(), "pg_sleep").await?;
-        }
-    }
+    let call = write_in_flight(&fleet, &binary, token, "30").await?;
     send_signal(&binary.process, "TERM").await?;
     assert!(exited(&mut binary).await?, "pgfleet exited with an error");
     // The caller learns nothing certain: an error, or an answer saying the
@@ -190,7 +183,6 @@ async fn sigterm_past_the_grace_leaves_every_target_whole_and_on_record() -> any
     assert_ne!(record.status, "SUCCEEDED", "{record:?}");
     assert_whole(&fleet, record, 1).await?;
     restarted.shutdown().await?;
-    admin.close().await;
     Ok(())
 }
 
@@ -283,11 +275,7 @@ async fn sigterm_during_a_replication_run_leaves_each_target_on_record_and_resum
     let mut binary = start_binary(&fleet, &extra).await?;
     let password = fleet.create_user("term-master", Role::Master).await?;
     let master = login(&binary.channel, "term-master", &password).await?;
-    let (_, _, source) = fleet
-        .databases
-        .iter()
-        .find(|(c, n, _)| c == "aws" && n == "app")
-        .ok_or_else(|| anyhow::anyhow!("no aws/app"))?;
+    let source = fleet.database("aws", "app");
     let source_pool = source.pool().await?;
     sqlx::raw_sql(EVENTS).execute(&source_pool).await?;
     sqlx::query(

@@ -6,29 +6,13 @@
 use std::time::Duration;
 
 use pgfleet_proto::pgfleet::v1 as pb;
-use pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient;
 use pgfleet_testkit::wait_until;
 
 use crate::support::{ProxiedCloud, Session, bearer, session};
-use crate::trail::{admin, closed_records, execute, marker, query, running, settle, stopped};
+use crate::trail::{admin, closed_records, execute, marker, query, running, settle, stopped, target_health};
 
-/// azure/app's health as GetHealth reports it.
 async fn azure_health(s: &Session) -> anyhow::Result<pb::TargetHealth> {
-    let health = FleetServiceClient::new(s.channel.clone())
-        .get_health(bearer(
-            pb::GetHealthRequest {
-                cloud: "azure".to_owned(),
-                database: "app".to_owned(),
-            },
-            &s.master,
-        ))
-        .await?
-        .into_inner();
-    health
-        .targets
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no health for azure/app"))
+    target_health(s, "azure", "app").await
 }
 
 async fn wait_for_status(s: &Session, status: pb::HealthStatus) -> anyhow::Result<()> {

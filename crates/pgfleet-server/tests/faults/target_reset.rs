@@ -4,29 +4,17 @@
 
 use futures::StreamExt as _;
 use pgfleet_proto::pgfleet::v1 as pb;
-use pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient;
 
 use crate::support::{ProxiedCloud, bearer, session};
-use crate::trail::{execute, execute_stream, query};
+use crate::trail::{execute, execute_stream, query, target_health};
 
 const ROWS: u64 = 20_000;
 
 /// The pool of azure/app as GetHealth reports it.
 async fn azure_pool(s: &crate::support::Session) -> anyhow::Result<pb::PoolStats> {
-    let health = FleetServiceClient::new(s.channel.clone())
-        .get_health(bearer(
-            pb::GetHealthRequest {
-                cloud: "azure".to_owned(),
-                database: "app".to_owned(),
-            },
-            &s.master,
-        ))
+    target_health(s, "azure", "app")
         .await?
-        .into_inner();
-    health
-        .targets
-        .into_iter()
-        .find_map(|target| target.pool)
+        .pool
         .ok_or_else(|| anyhow::anyhow!("no pool for azure/app"))
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use pgfleet_engine::audit::RecordedOutcome;
 use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_testkit::{TestDatabase, wait_until};
 use sqlx::types::Json;
@@ -46,6 +47,29 @@ pub fn execute_stream(cloud: Option<&str>, database: &str, sql: &str) -> pb::Exe
         scope: Some(scope),
         ..Default::default()
     }
+}
+
+/// The health of `cloud`/`database`'s primary, as GetHealth reports it.
+pub async fn target_health(
+    s: &crate::support::Session,
+    cloud: &str,
+    database: &str,
+) -> anyhow::Result<pb::TargetHealth> {
+    let health = FleetServiceClient::new(s.channel.clone())
+        .get_health(crate::support::bearer(
+            pb::GetHealthRequest {
+                cloud: cloud.to_owned(),
+                database: database.to_owned(),
+            },
+            &s.master,
+        ))
+        .await?
+        .into_inner();
+    health
+        .targets
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no health for {cloud}/{database}"))
 }
 
 /// A marker to find a statement by in `pg_stat_activity` and in the trail.

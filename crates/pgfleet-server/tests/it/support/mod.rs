@@ -150,6 +150,15 @@ impl Fleet {
 }
 
 impl Fleet {
+    /// The database `name` of `cloud`.
+    pub fn database(&self, cloud: &str, name: &str) -> &TestDatabase {
+        self.databases
+            .iter()
+            .find(|(c, n, _)| c == cloud && n == name)
+            .map(|(_, _, db)| db)
+            .unwrap_or_else(|| panic!("no database {name} in cloud {cloud}"))
+    }
+
     /// The `[audit]` settings the fleet's servers run with (their chain
     /// key included), for an `AuditLog` a test drives directly.
     pub fn audit_config(&self) -> pgfleet_config::AuditConfig {
@@ -333,12 +342,7 @@ pub fn frozen_copy_toml(fleet: &Fleet) -> anyhow::Result<String> {
 
 /// The database `name` of `cloud` in the session's fleet.
 pub fn fleet_database<'a>(s: &'a Session, cloud: &str, name: &str) -> &'a TestDatabase {
-    s.fleet
-        .databases
-        .iter()
-        .find(|(c, n, _)| c == cloud && n == name)
-        .map(|(_, _, db)| db)
-        .unwrap_or_else(|| panic!("no database {name} in cloud {cloud}"))
+    s.fleet.database(cloud, name)
 }
 
 /// Runs `sql` (one or more statements) directly on one fleet database, not
