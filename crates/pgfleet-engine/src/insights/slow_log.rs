@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use pgfleet_config::InsightsConfig;
 use pgfleet_registry::Target;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +29,11 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Entries deleted per retention statement.
 const RETENTION_BATCH: i64 = 10_000;
+/// Entries being written at once. A slow or cut history store must not
+/// turn a burst of slow queries into an unbounded heap of waiting tasks:
+/// past this many, an entry is dropped with a warning (the execution it
+/// describes is unaffected, and the audit trail is a separate path).
+const MAX_ENTRIES_IN_FLIGHT: usize = 256;
 
 /// One slow target of one execution, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,11 +79,16 @@ pub struct SlowQueryPage {
 pub struct SlowQueryLog {
     pool: PgPool,
     settings: InsightsConfig,
+    in_flight: Arc<Semaphore>,
 }
 
 impl SlowQueryLog {
     pub fn new(pool: PgPool, settings: InsightsConfig) -> Arc<Self> {
-        Arc::new(Self { pool, settings })
+        Arc::new(Self {
+            pool,
+            settings,
+            in_flight: Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT)),
+        })
     }
 
     /// The duration from which a target is recorded; `None` records nothing.
@@ -310,6 +321,10 @@ impl Observer for SlowQueryTap {
         if outcome.duration < threshold {
             return;
         }
+        let Ok(permit) = Arc::clone(&self.log.in_flight).try_acquire_owned() else {
+            tracing::warn!(%target, "slow query not logged: {MAX_ENTRIES_IN_FLIGHT} entries are already waiting for the history store");
+            return;
+        };
         let log = Arc::clone(&self.log);
         let normalized = self.plan.normalized_query.clone();
         let entry = SlowQuery {
@@ -327,6 +342,7 @@ impl Observer for SlowQueryTap {
         };
         // Off the target's task: the log never holds up an execution.
         tokio::spawn(async move {
+            let _permit = permit;
             let Some(Some(text)) = super::without_literals(vec![normalized]).await.pop() else {
                 tracing::warn!(target = %entry.target, "slow query not logged: its text could not be normalized");
                 return;
