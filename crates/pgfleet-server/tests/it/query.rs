@@ -876,15 +876,22 @@ async fn streams_interleave_targets_in_order_per_target() -> anyhow::Result<()> 
 async fn five_million_rows_to_a_slow_client_keep_server_memory_flat() -> anyhow::Result<()> {
     let s = session("").await?;
     let baseline = resident_bytes();
+    // The default 30 s statement timeout is what a loaded 2-core machine
+    // needs for five million rows to a slow client; this test is about
+    // memory, not speed, so it allows the longest timeout the server takes.
+    let request = pb::ExecuteStreamRequest {
+        timeout: Some(prost_types::Duration {
+            seconds: 300,
+            nanos: 0,
+        }),
+        ..stream_request(
+            "SELECT g AS n, 'row number ' || g AS label FROM generate_series(1, 5000000) g",
+            pb::execute_stream_request::Scope::Cloud("aws".to_owned()),
+            5000,
+        )
+    };
     let mut stream = client(&s.channel)
-        .execute_stream(bearer(
-            stream_request(
-                "SELECT g AS n, 'row number ' || g AS label FROM generate_series(1, 5000000) g",
-                pb::execute_stream_request::Scope::Cloud("aws".to_owned()),
-                5000,
-            ),
-            &s.reader,
-        ))
+        .execute_stream(bearer(request, &s.reader))
         .await?
         .into_inner();
     let mut rows: u64 = 0;
