@@ -6,6 +6,8 @@
 //! time, so a Redis that accepts connections but stops answering fails the
 //! call instead of holding it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bb8_redis::RedisConnectionManager;
@@ -33,20 +35,60 @@ pub enum RedisPoolError {
 }
 
 /// A pool of multiplexed connections. Cheap to clone (the pool is shared).
+///
+/// A multiplexed connection carries any number of concurrent commands, so a
+/// call holds its pool slot only to pick a connection: it runs its commands
+/// on a clone and hands the slot straight back. Holding the slot for the
+/// commands (and `PING`ing on every checkout, bb8's default) made 700
+/// simultaneous calls queue for 16 connections past the wait and fail while
+/// Redis was idle (the load test, `tests/faults/load.rs`). A connection whose
+/// command broke it (I/O error, dropped, unanswered) is flagged and discarded
+/// at its next checkout instead.
 #[derive(Clone)]
 pub struct RedisPool {
-    pool: bb8::Pool<RedisConnectionManager>,
+    pool: bb8::Pool<SharedConnectionManager>,
     command_timeout: Duration,
+}
+
+/// One multiplexed connection and whether a command found it broken.
+#[derive(Clone)]
+struct SharedConnection {
+    connection: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
+}
+
+/// bb8-redis's manager, with the broken flag as `has_broken`.
+struct SharedConnectionManager(RedisConnectionManager);
+
+impl bb8::ManageConnection for SharedConnectionManager {
+    type Connection = SharedConnection;
+    type Error = redis::RedisError;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        Ok(SharedConnection {
+            connection: self.0.connect().await?,
+            broken: Arc::default(),
+        })
+    }
+
+    async fn is_valid(&self, shared: &mut Self::Connection) -> Result<(), Self::Error> {
+        self.0.is_valid(&mut shared.connection).await
+    }
+
+    fn has_broken(&self, shared: &mut Self::Connection) -> bool {
+        shared.broken.load(Ordering::Relaxed)
+    }
 }
 
 impl RedisPool {
     /// Connects lazily, so a Redis that is down at start only fails the
     /// calls that need it until it is back.
     pub fn new(config: &RedisConfig) -> Result<Self, RedisPoolError> {
-        let manager = RedisConnectionManager::new(config.url.expose())?;
+        let manager = SharedConnectionManager(RedisConnectionManager::new(config.url.expose())?);
         let pool = bb8::Pool::builder()
             .max_size(config.max_connections)
             .connection_timeout(config.connect_timeout)
+            .test_on_check_out(false)
             .build_unchecked(manager);
         Ok(Self {
             pool,
@@ -69,21 +111,45 @@ impl RedisPool {
     where
         F: AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, redis::RedisError>,
     {
-        let bounded = async {
-            let mut connection = self.pool.get().await.map_err(|error| match error {
+        // The pool wait is bounded by bb8; the deadline also bounds a Redis
+        // that accepts connections but stops answering.
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut shared = tokio::time::timeout_at(deadline, self.checkout())
+            .await
+            .map_err(|_| RedisPoolError::Timeout(limit))??;
+        match tokio::time::timeout_at(deadline, work(&mut shared.connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                if error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error() {
+                    shared.broken.store(true, Ordering::Relaxed);
+                }
+                Err(RedisPoolError::Command(error))
+            }
+            Err(_) => {
+                // Unanswered: the connection may be dead without having
+                // said so; a fresh one costs one connect.
+                shared.broken.store(true, Ordering::Relaxed);
+                Err(RedisPoolError::Timeout(limit))
+            }
+        }
+    }
+
+    /// A clone of a pooled connection that no command found broken; the
+    /// slot is back in the pool when this returns.
+    async fn checkout(&self) -> Result<SharedConnection, RedisPoolError> {
+        loop {
+            let pooled = self.pool.get().await.map_err(|error| match error {
                 bb8::RunError::User(error) => RedisPoolError::Command(error),
                 bb8::RunError::TimedOut => {
                     RedisPoolError::Pool("timed out waiting for a connection".to_owned())
                 }
             })?;
-            let connection: &mut MultiplexedConnection = &mut connection;
-            Ok::<T, RedisPoolError>(work(connection).await?)
-        };
-        // The pool wait is bounded by bb8; this also bounds a Redis that
-        // accepts connections but stops answering.
-        tokio::time::timeout(limit, bounded)
-            .await
-            .map_err(|_| RedisPoolError::Timeout(limit))?
+            // A flagged connection is dropped from the pool as its guard
+            // goes (`has_broken`); the next `get` connects anew.
+            if !pooled.broken.load(Ordering::Relaxed) {
+                return Ok(SharedConnection::clone(&pooled));
+            }
+        }
     }
 
     /// Runs `pipeline` ([`RedisPool::run`]).
