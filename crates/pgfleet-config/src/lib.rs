@@ -41,6 +41,7 @@ pub use model::{
     MigrationsConfig, PoolConfig, QueryLimits, ReadPreference, RedisConfig, ReplicaConfig, ReplicationConfig,
     RetryConfig, ServerConfig, SslMode, TelemetryConfig, TlsConfig,
 };
+pub use model::{BackupConfig, MIN_BACKUP_PART_BYTES};
 pub use overlay::PREFIX as OVERRIDE_PREFIX;
 pub use secret::{REDACTED, Secret};
 pub use substitute::{ProcessEnv, VariableSource};

@@ -62,6 +62,9 @@ pub struct FleetConfig {
     /// The slow-query log and alert thresholds (`[insights]`).
     #[serde(default)]
     pub insights: crate::insights::InsightsConfig,
+    /// Backups: where they are stored, how they are encrypted, the scheduler.
+    #[serde(default)]
+    pub backup: BackupConfig,
 }
 
 /// The migration files of one fleet database (the `name` its clouds share).
@@ -1006,6 +1009,60 @@ impl Default for TelemetryConfig {
             sampling_ratio: 1.0,
             service_name: "pgfleet".to_owned(),
             export_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Backups (`[backup]`): storage, encryption and the scheduler of backup
+/// policies (the policies themselves are stored in the history store).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Local directory backups go to when `storage_url` is unset (created if
+    /// missing; relative to the working directory).
+    pub dir: PathBuf,
+    /// Object store instead of `dir`: `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix` (or `file:///absolute/dir`). Credentials come from
+    /// the provider's usual environment variables or `storage_options`.
+    pub storage_url: Option<String>,
+    /// `object_store` options of the provider (`endpoint`, `region`,
+    /// `allow_http`, `access_key_id`, `secret_access_key`...); values are
+    /// secrets, never printed.
+    pub storage_options: std::collections::BTreeMap<String, Secret>,
+    /// age X25519 recipients (`age1...`) every backup is encrypted to; empty:
+    /// backups are stored compressed but not encrypted.
+    pub recipients: Vec<String>,
+    /// File of age identities (`AGE-SECRET-KEY-1...`) to decrypt with when
+    /// verifying and restoring; read on each use, never stored by pgfleet.
+    pub identity_file: Option<PathBuf>,
+    /// Directory of `pg_dump`, `pg_restore` and `psql`; unset: `PATH`.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Run enabled policies on their cron schedule (one replica at a time
+    /// per policy, through an advisory lock in the history store).
+    pub scheduler: bool,
+    /// How often the scheduler looks for due policies.
+    #[serde(with = "humantime_serde")]
+    pub scheduler_tick: Duration,
+    /// Bytes per multipart upload part (at least 5 MiB, S3's minimum).
+    #[serde(deserialize_with = "lenient_u64")]
+    pub part_bytes: u64,
+}
+
+/// S3's smallest multipart part (but the last).
+pub const MIN_BACKUP_PART_BYTES: u64 = 5 * 1024 * 1024;
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("backups"),
+            storage_url: None,
+            storage_options: std::collections::BTreeMap::new(),
+            recipients: Vec::new(),
+            identity_file: None,
+            pg_bin_dir: None,
+            scheduler: true,
+            scheduler_tick: Duration::from_secs(15),
+            part_bytes: 8 * 1024 * 1024,
         }
     }
 }

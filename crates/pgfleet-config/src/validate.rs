@@ -189,6 +189,22 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
     }
     check_declared_jobs(&mut problems, &replication_path.key("jobs"), config);
 
+    let backup_path = root.key("backup");
+    if config.backup.scheduler_tick < Duration::from_millis(10) {
+        problems.add(&backup_path.key("scheduler_tick"), "must be at least 10ms");
+    }
+    if config.backup.part_bytes < crate::model::MIN_BACKUP_PART_BYTES {
+        problems.add(&backup_path.key("part_bytes"), "must be at least 5 MiB (5242880)");
+    }
+    for (index, recipient) in config.backup.recipients.iter().enumerate() {
+        if !recipient.starts_with("age1") {
+            problems.add(
+                &backup_path.key("recipients").index(index),
+                "must be an age X25519 recipient (age1...)",
+            );
+        }
+    }
+
     let health_path = root.key("health");
     if config.health.interval.is_zero() {
         problems.add(&health_path.key("interval"), "must be greater than zero");

@@ -52,6 +52,11 @@ pub use __replication_job_key as replication_job_key;
 /// so a job id equal to a database name never shares a key.
 pub const MIGRATION_DATABASE_SEED: i64 = 0x006d_6967_7261_7465; // "migrate"
 
+/// Seed of `hashtextextended` for backup policy lock keys (`bigint` space,
+/// keyed by the policy id, taken by `pgfleet_backup::scheduler`); its own
+/// seed, so a policy id never shares a key with a job id or a database name.
+pub const BACKUP_POLICY_SEED: i64 = 0x0000_6261_636b_7570; // "backup"
+
 /// The history-store lock of one fleet database's migrations, held for a
 /// whole apply, rollback or repair so that two pgfleet replicas (or a
 /// replica and `pgfleet migrations apply`) never interleave on it.
@@ -199,5 +204,6 @@ mod tests {
         assert_eq!(NAMESPACE.to_be_bytes(), *b"pgfl");
         assert_eq!(&REPLICATION_JOB_SEED.to_be_bytes()[1..], b"pgfleet");
         assert_eq!(&MIGRATION_DATABASE_SEED.to_be_bytes()[1..], b"migrate");
+        assert_eq!(&BACKUP_POLICY_SEED.to_be_bytes()[2..], b"backup");
     }
 }

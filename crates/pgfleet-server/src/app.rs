@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use pgfleet_config::{FleetConfig, LoadedConfig, Secret};
 use pgfleet_proto::pgfleet::v1::auth_service_server::AuthServiceServer;
+use pgfleet_proto::pgfleet::v1::backup_service_server::BackupServiceServer;
 use pgfleet_proto::pgfleet::v1::fleet_service_server::FleetServiceServer;
 use pgfleet_proto::pgfleet::v1::history_service_server::HistoryServiceServer;
 use pgfleet_proto::pgfleet::v1::insights_service_server::InsightsServiceServer;
@@ -80,6 +81,8 @@ pub enum ServeError {
     Migrations(pgfleet_engine::migrations::MigrationError),
     #[error("import-legacy: {0}")]
     LegacyImport(#[from] crate::legacy_import_cli::ImportError),
+    #[error("backups: {0}")]
+    Backup(#[from] pgfleet_backup::BackupError),
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -187,6 +190,22 @@ impl RunningServer {
                 Arc::clone(&runner),
                 jobs.clone(),
                 config.replication.clone(),
+                replication_shutdown.clone(),
+            )
+        });
+
+        // Backups (BackupService, its scheduler): stopped with the replication runs.
+        let backups = Arc::new(pgfleet_backup::run::Backups::new(
+            Arc::clone(&registry),
+            Arc::clone(&audit),
+            history.clone(),
+            &config.backup,
+        )?);
+        let backup_scheduler = config.backup.scheduler.then(|| {
+            pgfleet_backup::scheduler::spawn(
+                Arc::clone(&backups),
+                history.clone(),
+                config.backup.scheduler_tick,
                 replication_shutdown.clone(),
             )
         });
@@ -334,6 +353,13 @@ impl RunningServer {
                     Arc::clone(&audit),
                 ))),
                 limit
+            ))
+            .add_service(crate::sized!(
+                BackupServiceServer::new(crate::services::BackupService::new(
+                    Arc::clone(&backups),
+                    replication_shutdown.clone(),
+                )),
+                limit
             ));
         let incoming = edge::transport::tcp_incoming(listener, &config.server);
 
@@ -383,6 +409,11 @@ impl RunningServer {
                 if tokio::time::timeout(grace, scheduler).await.is_err() {
                     tracing::warn!("scheduled replication runs still going after the grace period; closing");
                 }
+            }
+            if let Some(scheduler) = backup_scheduler
+                && tokio::time::timeout(grace, scheduler).await.is_err()
+            {
+                tracing::warn!("scheduled backups still going after the grace period; closing");
             }
             monitor.stop().await;
             dependency_watcher.stop().await;

@@ -1,4 +1,4 @@
-//! The command line: `pgfleet serve | migrate | check-config | user | migrations | import-legacy`.
+//! The command line: `pgfleet serve | migrate | check-config | user | migrations | backup | import-legacy`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +45,10 @@ pub enum Command {
     /// status, plan, apply (exit status 1 when behind, refused or failed).
     #[command(subcommand)]
     Migrations(crate::migrations_cli::MigrationsCommand),
+    /// Backups against the configuration, without a server: run, list,
+    /// verify, restore (exit status 1 when a target failed or was refused).
+    #[command(subcommand)]
+    Backup(crate::backup_cli::BackupCommand),
     /// Import the old Node.js Dual Database Manager's users (passwords keep
     /// working) and query history (as audit records) from its database.
     /// Idempotent; exit status 1 when a user or row was refused or in
@@ -102,6 +106,7 @@ pub fn main() -> ExitCode {
         | Command::Migrate
         | Command::User(_)
         | Command::Migrations(_)
+        | Command::Backup(_)
         | Command::ImportLegacy(_) => {
             // The configuration says how to log, so it is read before any
             // logging; its own problems go to stderr.
@@ -194,6 +199,14 @@ async fn run_async(cli: Cli, loaded: LoadedConfig) -> ExitCode {
             create_user(&loaded, username, role, &email, name, if_not_exists).await
         }
         Command::Migrations(command) => match crate::migrations_cli::run(&loaded, command).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                telemetry.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+            Err(error) => Err(error),
+        },
+        Command::Backup(command) => match crate::backup_cli::run(&loaded, command).await {
             Ok(true) => Ok(()),
             Ok(false) => {
                 telemetry.shutdown().await;

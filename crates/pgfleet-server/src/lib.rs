@@ -1,6 +1,6 @@
 //! The pgfleet tonic server: one process serving `AuthService`,
-//! `QueryService`, `HistoryService`, `ReplicationService`, `FleetService` and
-//! `MigrationService`
+//! `QueryService`, `HistoryService`, `ReplicationService`, `FleetService`,
+//! `MigrationService` and `BackupService`
 //! (package `pgfleet.v1`), plus `grpc.health.v1` and server reflection.
 //!
 //! `main.rs` only calls [`cli::main`]; tests drive the same code through
@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backup_cli;
 pub mod browser;
 pub mod cli;
 pub mod edge;

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use pgfleet_config::HealthConfig;
 use pgfleet_proto::pgfleet::v1::auth_service_server::AuthServiceServer;
+use pgfleet_proto::pgfleet::v1::backup_service_server::BackupServiceServer;
 use pgfleet_proto::pgfleet::v1::fleet_service_server::FleetServiceServer;
 use pgfleet_proto::pgfleet::v1::history_service_server::HistoryServiceServer;
 use pgfleet_proto::pgfleet::v1::migration_service_server::MigrationServiceServer;
@@ -37,7 +38,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::redis_pool::RedisPool;
 use crate::services::{
-    AuthService, FleetService, HistoryService, MigrationService, QueryService, ReplicationService,
+    AuthService, BackupService, FleetService, HistoryService, MigrationService, QueryService,
+    ReplicationService,
 };
 use crate::telemetry::Metrics;
 
@@ -60,7 +62,7 @@ impl Dependency {
 
 /// Every pgfleet service with the dependencies it cannot serve without
 /// (see the module doc for why).
-fn needs() -> [(&'static str, &'static [Dependency]); 6] {
+fn needs() -> [(&'static str, &'static [Dependency]); 7] {
     use Dependency::{HistoryStore, Redis};
     [
         (AuthServiceServer::<AuthService>::NAME, &[HistoryStore, Redis]),
@@ -72,6 +74,7 @@ fn needs() -> [(&'static str, &'static [Dependency]); 6] {
         ),
         (FleetServiceServer::<FleetService>::NAME, &[HistoryStore]),
         (MigrationServiceServer::<MigrationService>::NAME, &[HistoryStore]),
+        (BackupServiceServer::<BackupService>::NAME, &[HistoryStore]),
     ]
 }
 

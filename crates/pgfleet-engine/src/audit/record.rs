@@ -79,6 +79,14 @@ pub enum Kind {
     ImportedQuery,
     /// A `pgfleet import-legacy` run.
     LegacyImport,
+    /// A backup of one or more targets (`BackupService.RunBackup`, the scheduler).
+    BackupRun,
+    /// A backup restored onto a target (`BackupService.RestoreBackup`).
+    BackupRestore,
+    /// A backup policy created, updated or deleted.
+    BackupPolicy,
+    /// A stored backup deleted (`BackupService.DeleteBackup`).
+    BackupDelete,
 }
 
 impl Kind {
@@ -92,6 +100,10 @@ impl Kind {
             Kind::ReplicaPromotion => "REPLICA_PROMOTION",
             Kind::ImportedQuery => "IMPORTED_QUERY",
             Kind::LegacyImport => "LEGACY_IMPORT",
+            Kind::BackupRun => "BACKUP_RUN",
+            Kind::BackupRestore => "BACKUP_RESTORE",
+            Kind::BackupPolicy => "BACKUP_POLICY",
+            Kind::BackupDelete => "BACKUP_DELETE",
         }
     }
 }

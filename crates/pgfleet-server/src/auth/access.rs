@@ -87,6 +87,19 @@ pub const RPC_ACCESS: &[(&str, Access)] = {
         ("/pgfleet.v1.FleetService/ListSchemas", AtLeast(Reader)),
         ("/pgfleet.v1.FleetService/ListTables", AtLeast(Reader)),
         ("/pgfleet.v1.FleetService/PromoteReplica", AtLeast(Master)),
+        // Backups: MASTER changes and restores; everyone may read and verify.
+        ("/pgfleet.v1.BackupService/CreatePolicy", AtLeast(Master)),
+        ("/pgfleet.v1.BackupService/UpdatePolicy", AtLeast(Master)),
+        ("/pgfleet.v1.BackupService/DeletePolicy", AtLeast(Master)),
+        ("/pgfleet.v1.BackupService/GetPolicy", AtLeast(Reader)),
+        ("/pgfleet.v1.BackupService/ListPolicies", AtLeast(Reader)),
+        ("/pgfleet.v1.BackupService/RunBackup", AtLeast(Master)),
+        ("/pgfleet.v1.BackupService/ListBackups", AtLeast(Reader)),
+        ("/pgfleet.v1.BackupService/GetBackup", AtLeast(Reader)),
+        ("/pgfleet.v1.BackupService/VerifyBackup", AtLeast(Reader)),
+        ("/pgfleet.v1.BackupService/RestoreBackup", AtLeast(Master)),
+        ("/pgfleet.v1.BackupService/DeleteBackup", AtLeast(Master)),
+        ("/pgfleet.v1.BackupService/GetBackupHealth", AtLeast(Reader)),
     ]
 };
 

@@ -12,6 +12,7 @@ use pgfleet_engine::identity::Identity;
 use pgfleet_engine::query::audited::Origin;
 
 mod auth;
+mod backup;
 mod convert;
 mod fleet;
 mod history;
@@ -21,6 +22,7 @@ mod query;
 mod replication;
 
 pub use auth::AuthService;
+pub use backup::BackupService;
 pub use fleet::FleetService;
 pub use history::HistoryService;
 pub use insights::InsightsService;

@@ -9,6 +9,8 @@
 //! - `support`: the harness (a fleet of throwaway databases, a running
 //!   server, logged-in clients); the benchmarks include it too.
 //! - `auth`: AuthService and the authentication gate.
+//! - `backup`: BackupService: policies, runs on two clouds into a local
+//!   directory, verify, restore, retention, a target killed mid-dump.
 //! - `browser`: a page in headless Chromium calls pgfleet through grpc-web.
 //! - `edges`: TLS and mTLS, message and stream limits, the query rate
 //!   limit, client addresses behind a trusted proxy.
@@ -49,6 +51,7 @@
 mod support;
 
 mod auth;
+mod backup;
 mod browser;
 mod edges;
 mod failover;
