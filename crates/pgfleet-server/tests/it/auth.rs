@@ -136,6 +136,12 @@ async fn every_rpc_allows_and_denies_by_role() -> anyhow::Result<()> {
         "MigrationService/RepairChecksum",
         "MigrationService/UploadMigrationSet",
         "FleetService/PromoteReplica",
+        "BackupService/CreatePolicy",
+        "BackupService/UpdatePolicy",
+        "BackupService/DeletePolicy",
+        "BackupService/RunBackup",
+        "BackupService/RestoreBackup",
+        "BackupService/DeleteBackup",
     ]
     .into_iter()
     .collect();

@@ -740,6 +740,113 @@ async fn two_servers_never_run_the_same_policy_at_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// grpcurl off the test's runtime thread (the server runs on it).
+async fn grpcurl(args: Vec<String>) -> anyhow::Result<(bool, String, String)> {
+    Ok(tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::support::run_grpcurl(&args)
+    })
+    .await?)
+}
+
+#[tokio::test]
+async fn grpcurl_and_the_command_line() -> anyhow::Result<()> {
+    let keys = Keys::new()?;
+    let s = session(&keys.toml()).await?;
+    seed(&s, "aws", 500).await?;
+    seed(&s, "gcp", 500).await?;
+    let addr = s.server.local_addr().to_string();
+    let header = format!("authorization: Bearer {}", s.master);
+    let call = |body: &str, method: &str| -> Vec<String> {
+        ["-plaintext", "-H", &header, "-d", body, &addr, method]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let policy =
+        serde_json::json!({"policy": {"name": "grpcurl-app", "targets": {"allCloudsDatabase": "app"},
+        "schedule": "30 2 * * *", "timeZone": "Europe/Paris", "retention": {"keepLast": 3}, "maxAge": "3600s",
+        "enabled": true}})
+        .to_string();
+    let (ok, out, err) = grpcurl(call(&policy, "pgfleet.v1.BackupService/CreatePolicy")).await?;
+    assert!(ok && out.contains("nextRunTime"), "{out}\n{err}");
+    let id = serde_json::from_str::<serde_json::Value>(&out)?["policy"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let run = serde_json::json!({ "policyId": id }).to_string();
+    let (ok, out, err) = grpcurl(call(&run, "pgfleet.v1.BackupService/RunBackup")).await?;
+    assert!(ok && out.contains("\"succeeded\": 2"), "{out}\n{err}");
+    let (ok, out, err) = grpcurl(call("{}", "pgfleet.v1.BackupService/GetBackupHealth")).await?;
+    assert!(ok && out.contains("BACKUP_HEALTH_STATE_HEALTHY"), "{out}\n{err}");
+    assert!(!out.contains("BACKUP_HEALTH_STATE_DEGRADED"), "{out}");
+    // A bad cron expression names its field.
+    let bad = policy.replace("30 2 * * *", "every night");
+    let (ok, _, err) = grpcurl(call(&bad, "pgfleet.v1.BackupService/CreatePolicy")).await?;
+    assert!(
+        !ok && err.contains("InvalidArgument") && err.contains("policy.schedule"),
+        "{err}"
+    );
+
+    // The command line against the same configuration, no server involved.
+    let config = keys.dir.path().join("pgfleet.toml");
+    std::fs::write(&config, s.fleet.config_toml(&keys.toml()))?;
+    let pgfleet = async |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfleet"))
+            .args(["--config", &config.to_string_lossy(), "backup"])
+            .args(args)
+            .env_remove("PGFLEET_LOG")
+            .output()
+            .await
+    };
+    let ran = pgfleet(&["run", "--database", "app", "--cloud", "gcp"]).await?;
+    let text = String::from_utf8_lossy(&ran.stdout).into_owned();
+    assert!(
+        ran.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        text.contains("gcp/app: OK") && text.contains("1 succeeded, 0 failed"),
+        "{text}"
+    );
+    let listed = pgfleet(&["list", "--database", "app"]).await?;
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.status.success(), "{text}");
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "two from RunBackup, one from the command line: {text}"
+    );
+    let newest = text.split_whitespace().next().unwrap_or_default().to_owned();
+    let verified = pgfleet(&["verify", &newest]).await?;
+    assert!(
+        verified.status.success() && String::from_utf8_lossy(&verified.stdout).contains(": OK"),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    // Restoring onto a database with tables is refused (exit status 1), then done into an empty one.
+    let refused = pgfleet(&["restore", &newest, "--cloud", "aws", "--database", "app"]).await?;
+    assert!(
+        !refused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("REFUSED"));
+    let restored = pgfleet(&["restore", &newest, "--cloud", "gcp", "--database", "analytics"]).await?;
+    assert!(
+        restored.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&restored.stdout),
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(
+        table_hash(&s, "gcp", "analytics", "public.orders").await?,
+        table_hash(&s, "gcp", "app", "public.orders").await?
+    );
+    Ok(())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
