@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use pgfleet_config::BackupConfig;
+use pgfleet_engine::Observer;
 use pgfleet_engine::audit::{
     Actor, AuditLog, Kind, NewExecution, RecordedError, RecordedOutcome, TargetScope,
 };
@@ -168,6 +169,8 @@ pub struct Backups {
     recipients: Vec<age::x25519::Recipient>,
     recipient_texts: Vec<String>,
     identity_file: Option<PathBuf>,
+    /// Receives each health reading (the server's Prometheus gauges).
+    observer: Arc<dyn Observer>,
 }
 
 impl Backups {
@@ -176,8 +179,10 @@ impl Backups {
         audit: Arc<AuditLog>,
         pool: sqlx::PgPool,
         config: &BackupConfig,
+        observer: Arc<dyn Observer>,
     ) -> Result<Self, BackupError> {
         Ok(Self {
+            observer,
             registry,
             audit,
             policies: PolicyStore::new(pool.clone()),
@@ -963,6 +968,11 @@ impl Backups {
                     (now - finished).to_std().unwrap_or_default() > max_age
                 })
             });
+            let age = last_success.as_ref().map(|b| {
+                let finished = b.finished_at.unwrap_or(b.started_at);
+                (now - finished).to_std().unwrap_or_default().as_secs_f64()
+            });
+            self.observer.backup_health(&target, degraded, age);
             health.push(TargetHealth {
                 target,
                 last_success,

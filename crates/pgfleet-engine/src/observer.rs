@@ -49,6 +49,10 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     /// A status measured the copy of `table` on `target` `seconds` behind
     /// its source (temporal sync keys only).
     fn replication_lag(&self, _job: &str, _table: &str, _target: &Target, _seconds: f64) {}
+
+    /// A backup health reading of `target` (pgfleet-backup): DEGRADED or
+    /// not, and the age of its newest successful backup, if any.
+    fn backup_health(&self, _target: &Target, _degraded: bool, _last_success_age_seconds: Option<f64>) {}
 }
 
 /// Reports nothing: for tools and tests without metrics.

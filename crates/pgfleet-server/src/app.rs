@@ -200,6 +200,7 @@ impl RunningServer {
             Arc::clone(&audit),
             history.clone(),
             &config.backup,
+            Arc::new(metrics.clone()),
         )?);
         let backup_scheduler = config.backup.scheduler.then(|| {
             pgfleet_backup::scheduler::spawn(

@@ -94,6 +94,7 @@ pub async fn run(loaded: &LoadedConfig, command: BackupCommand) -> Result<bool, 
             audit,
             history.clone(),
             &config.backup,
+            Arc::new(()),
         )?);
         let who = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
         let caller = BackupCaller::system(&format!("cli:{who}"));

@@ -168,6 +168,8 @@ struct Series {
     refused_calls: IntCounterVec,
     login_guessing: prometheus::IntCounter,
     dependency_up: IntGaugeVec,
+    backup_degraded: IntGaugeVec,
+    backup_age: prometheus::GaugeVec,
     rate_limited_calls: IntCounterVec,
 }
 
@@ -292,6 +294,28 @@ impl Metrics {
                         "1 while one of pgfleet's own stores (history_store, redis) answered its last check (every health.dependency_interval), else 0",
                     ),
                     &["dependency"],
+                )?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
+            backup_degraded: {
+                let vec = IntGaugeVec::new(
+                    Opts::new(
+                        "pgfleet_backup_degraded",
+                        "1 while a target covered by a backup policy has no successful backup within the policy's max_age, else 0 (read by the backup scheduler each tick and by GetBackupHealth)",
+                    ),
+                    &["cloud", "database"],
+                )?;
+                registry.register(Box::new(vec.clone()))?;
+                vec
+            },
+            backup_age: {
+                let vec = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "pgfleet_backup_last_success_age_seconds",
+                        "Age of a target's newest successful backup, as of the last health reading",
+                    ),
+                    &["cloud", "database"],
                 )?;
                 registry.register(Box::new(vec.clone()))?;
                 vec
@@ -443,6 +467,17 @@ impl Observer for Metrics {
 
     fn replication_lag(&self, job: &str, table: &str, target: &Target, seconds: f64) {
         Metrics::replication_lag(self, job, table, target, seconds);
+    }
+
+    fn backup_health(&self, target: &Target, degraded: bool, last_success_age_seconds: Option<f64>) {
+        let labels = [target.cloud.as_str(), target.database.as_str()];
+        self.0
+            .backup_degraded
+            .with_label_values(&labels)
+            .set(i64::from(degraded));
+        if let Some(age) = last_success_age_seconds {
+            self.0.backup_age.with_label_values(&labels).set(age);
+        }
     }
 }
 
