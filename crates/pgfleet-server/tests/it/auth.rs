@@ -142,6 +142,8 @@ async fn every_rpc_allows_and_denies_by_role() -> anyhow::Result<()> {
         "BackupService/RunBackup",
         "BackupService/RestoreBackup",
         "BackupService/DeleteBackup",
+        "InsightsService/CancelBackend",
+        "InsightsService/TerminateBackend",
     ]
     .into_iter()
     .collect();
