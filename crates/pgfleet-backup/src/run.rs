@@ -375,24 +375,7 @@ impl Backups {
                     .backup_one(&target, &spec, &dump_version, execution_id, &events, cancel)
                     .await;
                 let duration = started.elapsed();
-                let recorded = RecordedOutcome {
-                    target: recorded_target(&target),
-                    success: outcome.is_ok(),
-                    command_tags: vec!["BACKUP".to_owned()],
-                    rows_affected: 0,
-                    duration_micros: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
-                    error: outcome.as_ref().err().map(|message| RecordedError {
-                        code: "ERROR_CODE_UNAVAILABLE".to_owned(),
-                        message: message.clone(),
-                        sqlstate: String::new(),
-                        detail: String::new(),
-                        hint: String::new(),
-                        position: 0,
-                    }),
-                    outcome_unknown: false,
-                    failed_statement_index: None,
-                    replica: String::new(),
-                };
+                let recorded = tool_outcome(&target, "BACKUP", duration, outcome.as_ref().err());
                 let _ = events.send(RunEvent::Finished { target, outcome }).await;
                 recorded
             });
@@ -865,24 +848,12 @@ impl Backups {
             };
             let duration = started.elapsed();
             record
-                .finish(vec![RecordedOutcome {
-                    target: recorded_target(&target),
-                    success: outcome.is_ok(),
-                    command_tags: vec!["RESTORE".to_owned()],
-                    rows_affected: 0,
-                    duration_micros: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
-                    error: outcome.as_ref().err().map(|message| RecordedError {
-                        code: "ERROR_CODE_UNAVAILABLE".to_owned(),
-                        message: message.clone(),
-                        sqlstate: String::new(),
-                        detail: String::new(),
-                        hint: String::new(),
-                        position: 0,
-                    }),
-                    outcome_unknown: false,
-                    failed_statement_index: None,
-                    replica: String::new(),
-                }])
+                .finish(vec![tool_outcome(
+                    &target,
+                    "RESTORE",
+                    duration,
+                    outcome.as_ref().err(),
+                )])
                 .await;
             let last = match outcome {
                 Ok(raw_bytes) => RestoreEvent::Done {
@@ -1023,4 +994,27 @@ fn spawn_progress(
             }
         }
     })
+}
+
+/// The audit outcome of a pg_dump or pg_restore on one target: `tag` as its
+/// command tag, a failure as UNAVAILABLE with the tool's message.
+fn tool_outcome(target: &Target, tag: &str, duration: Duration, error: Option<&String>) -> RecordedOutcome {
+    RecordedOutcome {
+        target: recorded_target(target),
+        success: error.is_none(),
+        command_tags: vec![tag.to_owned()],
+        rows_affected: 0,
+        duration_micros: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+        error: error.map(|message| RecordedError {
+            code: "ERROR_CODE_UNAVAILABLE".to_owned(),
+            message: message.clone(),
+            sqlstate: String::new(),
+            detail: String::new(),
+            hint: String::new(),
+            position: 0,
+        }),
+        outcome_unknown: false,
+        failed_statement_index: None,
+        replica: String::new(),
+    }
 }
