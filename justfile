@@ -12,7 +12,7 @@ test *ARGS:
 fuzz SECONDS="60":
     scripts/fuzz {{SECONDS}}
 
-# The load test: 500 ExecuteStream + 200 Execute calls at once, two rounds (see README, "Reliability").
+# The load test: 500 ExecuteStream + 200 Execute calls at once, two rounds (see docs/RELIABILITY.md).
 load:
     scripts/load
 

@@ -16,7 +16,7 @@
 //! - `signals`: SIGTERM during a fan-out write and a replication run,
 //!   SIGKILL during writes and the restart that sweeps their records.
 //! - `load`: the load test, `#[ignore]`d (run by `just load`, see the
-//!   README's Reliability section).
+//!   docs/RELIABILITY.md).
 //!
 //! The harness is `tests/it/support`, shared with the `it` binary and the
 //! benchmarks; `trail` holds what only this suite reads (the audit trail as
