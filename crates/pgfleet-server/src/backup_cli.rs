@@ -4,7 +4,6 @@
 //! catalog and audit records (as the system actor `cli:<user>`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use pgfleet_backup::BackupError;
@@ -12,13 +11,12 @@ use pgfleet_backup::policy::{DEFAULT_COMPRESSION_LEVEL, DumpFormat, TargetName, 
 use pgfleet_backup::run::{BackupCaller, Backups, RestoreEvent, RestoreSpec, RunEvent, RunSpec};
 use pgfleet_backup::store::BackupFilter;
 use pgfleet_config::LoadedConfig;
-use pgfleet_engine::audit::{self, AuditLog};
-use pgfleet_engine::history_store;
-use pgfleet_registry::{Registry, Target};
+use pgfleet_registry::Target;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::app::ServeError;
+use crate::audited_command;
 
 /// `pgfleet backup …`
 #[derive(Debug, Subcommand)]
@@ -80,35 +78,19 @@ pub struct RunArgs {
 
 /// Runs the command; `Ok(false)` when it worked but the answer is "no".
 pub async fn run(loaded: &LoadedConfig, command: BackupCommand) -> Result<bool, ServeError> {
-    let config = loaded.config.clone();
-    let history = history_store::pool(&config.history);
-    let result = async {
-        history_store::migrate(&history, &config.history, Duration::from_secs(30)).await?;
-        let audit = AuditLog::new(history.clone(), config.audit.clone())?;
-        audit.prepare_chain().await?;
-        let stop = CancellationToken::new();
-        let lease = audit::maintenance::spawn(Arc::clone(&audit), stop.clone());
-        let registry = Arc::new(Registry::new(&config));
+    let config = &loaded.config;
+    audited_command::run(config, async |context| {
         let backups = Arc::new(Backups::new(
-            Arc::clone(&registry),
-            audit,
-            history.clone(),
+            Arc::clone(&context.registry),
+            Arc::clone(&context.audit),
+            context.history.clone(),
             &config.backup,
             Arc::new(()),
         )?);
-        let who = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
-        let caller = BackupCaller::system(&format!("cli:{who}"));
-        let outcome = execute(&backups, command, &caller).await;
-        stop.cancel();
-        if let Err(error) = lease.await {
-            tracing::warn!(%error, "audit lease task failed");
-        }
-        registry.close().await;
-        outcome.map_err(ServeError::from)
-    }
-    .await;
-    history.close().await;
-    result
+        let caller = BackupCaller::system(&format!("cli:{}", context.user));
+        Ok(execute(&backups, command, &caller).await?)
+    })
+    .await
 }
 
 async fn execute(

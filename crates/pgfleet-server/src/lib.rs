@@ -7,6 +7,7 @@
 //! [`app::RunningServer`].
 
 pub mod app;
+pub mod audited_command;
 pub mod auth;
 pub mod backup_cli;
 pub mod browser;

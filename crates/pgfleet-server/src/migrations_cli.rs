@@ -9,16 +9,13 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use pgfleet_config::LoadedConfig;
-use pgfleet_engine::audit::{self, AuditLog};
-use pgfleet_engine::history_store;
 use pgfleet_engine::migrations::{
     ApplySpec, Caller, MigrationError, MigrationScope, Migrations, RolloutEvent, Selection,
 };
 use pgfleet_migrate::{ApplyEvent, MigrationState, NotRun, RolloutOptions, RolloutPolicy};
-use pgfleet_registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 use crate::app::ServeError;
+use crate::audited_command;
 
 /// `pgfleet migrations …`
 #[derive(Debug, Subcommand)]
@@ -86,20 +83,14 @@ impl Target {
 /// (behind, refused, failed), so the process exits 1.
 pub async fn run(loaded: &LoadedConfig, command: MigrationsCommand) -> Result<bool, ServeError> {
     let config = Arc::new(loaded.config.clone());
-    let history = history_store::pool(&config.history);
-    let result = async {
-        history_store::migrate(&history, &config.history, Duration::from_secs(30)).await?;
-        let audit = AuditLog::new(history.clone(), config.audit.clone())?;
-        audit.prepare_chain().await?;
-        // A writer lease like a server's, so its open records are not taken
-        // for a dead server's while it runs.
-        let stop = CancellationToken::new();
-        let lease = audit::maintenance::spawn(Arc::clone(&audit), stop.clone());
-        let registry = Arc::new(Registry::new(&config));
-        let engine = Migrations::new(Arc::clone(&registry), Arc::clone(&config), audit);
-        let who = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
-        let caller = Caller::command_line(&who);
-        let outcome = match command {
+    audited_command::run(&config, async |context| {
+        let engine = Migrations::new(
+            Arc::clone(&context.registry),
+            Arc::clone(&config),
+            Arc::clone(&context.audit),
+        );
+        let caller = Caller::command_line(&context.user);
+        match command {
             MigrationsCommand::Status(target) => status(&engine, &target, &caller).await,
             MigrationsCommand::Plan { target, to } => plan(&engine, &target, to, &caller).await,
             MigrationsCommand::Apply {
@@ -124,17 +115,9 @@ pub async fn run(loaded: &LoadedConfig, command: MigrationsCommand) -> Result<bo
                 };
                 apply(&engine, spec, &caller).await
             }
-        };
-        stop.cancel();
-        if let Err(error) = lease.await {
-            tracing::warn!(%error, "audit lease task failed");
         }
-        registry.close().await;
-        outcome
-    }
-    .await;
-    history.close().await;
-    result
+    })
+    .await
 }
 
 async fn status(engine: &Migrations, target: &Target, caller: &Caller) -> Result<bool, ServeError> {
