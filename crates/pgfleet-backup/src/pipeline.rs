@@ -524,10 +524,17 @@ pub struct Decoded {
 /// stdin of `command`, and waits for it. With `reads_all` false the child may
 /// stop reading early (`pg_restore --list` reads the table of contents
 /// only): the rest is still decoded and hashed, just not written.
+///
+/// The child's stdin is closed only once the whole dump decoded and its
+/// SHA-256 is `raw_sha256`; otherwise the child is killed while its input is
+/// still open, so `psql --single-transaction` never reads the end of its
+/// input and never commits a dump that is not the one backed up.
+#[allow(clippy::too_many_arguments)] // one decode: where from, the key, the expected hash, where to
 pub async fn decode_into(
     storage: &BackupStorage,
     key: &str,
     identities: Identities,
+    raw_sha256: &str,
     mut command: tokio::process::Command,
     reads_all: bool,
     progress: Arc<Progress>,
@@ -548,6 +555,11 @@ pub async fn decode_into(
         .ok_or_else(|| BackupError::Internal("child without stdin".to_owned()))?
         .into_owned_fd()
         .map_err(|error| BackupError::Internal(format!("child's stdin: {error}")))?;
+    // The decoder's copy closes when it returns, whatever happened; this one
+    // keeps the child's input open until the dump is known to be whole.
+    let held_stdin = stdin
+        .try_clone()
+        .map_err(|error| BackupError::Internal(format!("child's stdin: {error}")))?;
     let stderr = tail_of(child.stderr.take());
     let decoder_cancel = cancel.clone();
     let mut decoder = tokio::task::spawn_blocking(move || {
@@ -560,14 +572,27 @@ pub async fn decode_into(
             (&mut decoder).await
         }
     }
-    .map_err(|error| BackupError::Internal(format!("the decoder thread failed: {error}")))?;
-    if decoded.is_err() {
+    .map_err(|error| BackupError::Internal(format!("the decoder thread failed: {error}")))
+    .and_then(|decoded| decoded)
+    .and_then(|decoded| {
+        if decoded.raw_sha256 == raw_sha256 {
+            Ok(decoded)
+        } else {
+            Err(BackupError::FailedPrecondition(format!(
+                "the backup decodes to a dump whose SHA-256 is {}, the manifest says {raw_sha256}",
+                decoded.raw_sha256
+            )))
+        }
+    });
+    if decoded.is_ok() {
+        drop(held_stdin);
+    } else {
         let _ = child.start_kill();
     }
-    let status = child
-        .wait()
-        .await
-        .map_err(|error| BackupError::Internal(format!("waiting for the restore program: {error}")))?;
+    let status = child.wait().await;
+    // Only now, when the child is gone, in the failed case.
+    let status =
+        status.map_err(|error| BackupError::Internal(format!("waiting for the restore program: {error}")))?;
     let stderr = stderr.await.unwrap_or_default();
     let decoded = decoded?;
     if !status.success() {

@@ -684,18 +684,13 @@ impl Backups {
             storage,
             &backup.object_key,
             identities,
+            &backup.raw_sha256,
             command,
             false,
             Arc::clone(&progress),
             CancellationToken::new(),
         )
         .await?;
-        if decoded.raw_sha256 != backup.raw_sha256 {
-            return Err(BackupError::FailedPrecondition(format!(
-                "backup {id} decodes to a dump whose SHA-256 is {}, the manifest says {}",
-                decoded.raw_sha256, backup.raw_sha256
-            )));
-        }
         Ok(Verified {
             stored_bytes: backup.stored_bytes,
             raw_bytes: decoded.raw_bytes,
@@ -747,12 +742,13 @@ impl Backups {
         let storage = self.storage()?;
         pipeline::check_stored(storage, &backup.object_key, &backup.stored_sha256, &progress).await?;
         pipeline::check_key(storage, &backup.object_key, &identities).await?;
-        let tables = self.user_tables(&spec.target).await?;
-        if tables > 0 && !spec.clean {
+        let objects = self.user_objects(&spec.target).await?;
+        if !objects.is_empty() && !spec.clean {
             return Err(BackupError::FailedPrecondition(format!(
-                "{} already has {tables} tables: restore into an empty database, or set clean and \
+                "{} is not empty (it has {}): restore into an empty database, or set clean and \
                  confirm_dangerous",
-                spec.target
+                spec.target,
+                objects.describe()
             )));
         }
         let record = self
@@ -834,6 +830,7 @@ impl Backups {
                 storage,
                 &backup.object_key,
                 identities,
+                &backup.raw_sha256,
                 command,
                 true,
                 progress,
@@ -841,11 +838,9 @@ impl Backups {
             )
             .await;
             ticker.abort();
-            let outcome = match &decoded {
-                Ok(decoded) if decoded.raw_sha256 == backup.raw_sha256 => Ok(decoded.raw_bytes),
-                Ok(_) => Err("the decoded dump does not match the manifest's SHA-256".to_owned()),
-                Err(error) => Err(error.to_string()),
-            };
+            let outcome = decoded
+                .map(|decoded| decoded.raw_bytes)
+                .map_err(|error| error.to_string());
             let duration = started.elapsed();
             record
                 .finish(vec![tool_outcome(
@@ -871,22 +866,29 @@ impl Backups {
         Ok(receiver)
     }
 
-    /// Tables in the target outside the system schemas.
-    async fn user_tables(&self, target: &Target) -> Result<i64, BackupError> {
+    /// The target's own objects: what a restore's `CREATE`s could collide
+    /// with, or what it would silently mix its objects into.
+    async fn user_objects(&self, target: &Target) -> Result<UserObjects, BackupError> {
         let mut checkout = self
             .registry
             .acquire(target, Route::Write)
             .await
             .map_err(|e| BackupError::Unavailable(format!("{target}: {e}")))?;
-        sqlx::query_scalar(
-            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
-             AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' \
-             AND n.nspname NOT LIKE 'pg_temp%'",
-        )
-        .fetch_one(checkout.connection_mut())
-        .await
-        .map_err(|e| BackupError::Unavailable(format!("{target}: {e}")))
+        let counts: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(USER_OBJECTS)
+            .fetch_one(checkout.connection_mut())
+            .await
+            .map_err(|e| BackupError::Unavailable(format!("{target}: {e}")))?;
+        let (tables, views, sequences, functions, types, schemas) = counts;
+        Ok(UserObjects {
+            counts: [
+                ("table", tables),
+                ("view", views),
+                ("sequence", sequences),
+                ("function", functions),
+                ("type", types),
+                ("schema", schemas),
+            ],
+        })
     }
 
     /// Per target covered by a policy: last success, failures since, sizes,
@@ -954,6 +956,65 @@ impl Backups {
             });
         }
         Ok(health)
+    }
+}
+
+/// Counts a database's own objects, by kind: tables (and partitioned and
+/// foreign tables), views (and materialized views), sequences, functions
+/// (and procedures and aggregates), types, and schemas other than `public`.
+/// Outside `pg_catalog`, `information_schema` and the toast and temporary
+/// schemas; not an extension's members, nor what another object brings with
+/// it (`pg_depend` internal: a table's row type, an array type, an identity
+/// sequence, a range's constructors), which its owner already counts.
+const USER_OBJECTS: &str = "
+WITH user_namespaces AS (
+    SELECT oid, nspname FROM pg_catalog.pg_namespace
+    WHERE nspname NOT IN ('pg_catalog', 'information_schema')
+      AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp\\_%'
+),
+brought AS (
+    SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype IN ('e', 'i')
+),
+relations AS (
+    SELECT c.relkind FROM pg_catalog.pg_class c JOIN user_namespaces n ON n.oid = c.relnamespace
+    WHERE NOT EXISTS (SELECT FROM brought b
+                      WHERE b.classid = 'pg_catalog.pg_class'::regclass AND b.objid = c.oid)
+)
+SELECT
+    (SELECT count(*) FROM relations WHERE relkind IN ('r', 'p', 'f')),
+    (SELECT count(*) FROM relations WHERE relkind IN ('v', 'm')),
+    (SELECT count(*) FROM relations WHERE relkind = 'S'),
+    (SELECT count(*) FROM pg_catalog.pg_proc p JOIN user_namespaces n ON n.oid = p.pronamespace
+     WHERE NOT EXISTS (SELECT FROM brought b
+                       WHERE b.classid = 'pg_catalog.pg_proc'::regclass AND b.objid = p.oid)),
+    (SELECT count(*) FROM pg_catalog.pg_type t JOIN user_namespaces n ON n.oid = t.typnamespace
+     WHERE NOT EXISTS (SELECT FROM brought b
+                       WHERE b.classid = 'pg_catalog.pg_type'::regclass AND b.objid = t.oid)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c
+                       WHERE c.oid = t.typrelid AND c.relkind <> 'c')),
+    (SELECT count(*) FROM user_namespaces n WHERE n.nspname <> 'public'
+     AND NOT EXISTS (SELECT FROM brought b
+                     WHERE b.classid = 'pg_catalog.pg_namespace'::regclass AND b.objid = n.oid))
+";
+
+/// A target's own objects by kind ([`USER_OBJECTS`]).
+struct UserObjects {
+    counts: [(&'static str, i64); 6],
+}
+
+impl UserObjects {
+    fn is_empty(&self) -> bool {
+        self.counts.iter().all(|(_, count)| *count == 0)
+    }
+
+    /// `3 tables, 1 function`.
+    fn describe(&self) -> String {
+        self.counts
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(kind, count)| format!("{count} {kind}{}", if *count == 1 { "" } else { "s" }))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

@@ -2,7 +2,8 @@
 //! `app` on two clouds into a local directory (age-encrypted), the stored
 //! objects and manifests, VerifyBackup, a restore into an empty database
 //! with equal ordered table hashes, a non-empty target refused, a corrupted
-//! byte and a wrong key refused, retention, and a target killed mid-dump.
+//! byte and a wrong key refused, retention, a target killed mid-dump, and
+//! memory staying flat while a database of more than 1 GiB is backed up.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,9 @@ use pgfleet_proto::pgfleet::v1::backup_service_client::BackupServiceClient;
 use sha2::Digest as _;
 use tonic::Code;
 
-use crate::support::{ProxiedCloud, Session, bearer, run_sql, session, table_hash, target};
+use crate::support::{
+    ProxiedCloud, RssSampler, Session, bearer, big_table_sql, run_sql, session, table_hash, target,
+};
 
 fn client(s: &Session) -> BackupServiceClient<tonic::transport::Channel> {
     BackupServiceClient::new(s.channel.clone())
@@ -149,6 +152,29 @@ fn finished(events: &[RunEvent]) -> (Outcomes, Option<pb::BackupRunDone>) {
     }
     outcomes.sort_by(|a, b| a.0.cmp(&b.0));
     (outcomes, done)
+}
+
+/// A backup of `cloud`'s `app` now, without a policy; it must succeed.
+async fn backup_now(s: &Session, cloud: &str) -> anyhow::Result<pb::Backup> {
+    let events = run(
+        s,
+        pb::RunBackupRequest {
+            policy_id: String::new(),
+            targets: vec![target(cloud, "app")],
+        },
+    )
+    .await?;
+    match finished(&events).0.into_iter().next() {
+        Some((_, Ok(backup))) => Ok(backup),
+        _ => anyhow::bail!("the backup must succeed: {events:?}"),
+    }
+}
+
+async fn verify(s: &Session, id: &str, token: &str) -> Result<pb::VerifyBackupResponse, tonic::Status> {
+    client(s)
+        .verify_backup(bearer(pb::VerifyBackupRequest { id: id.to_owned() }, token))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 async fn list(s: &Session, request: pb::ListBackupsRequest) -> anyhow::Result<Vec<pb::Backup>> {
@@ -287,10 +313,7 @@ async fn a_policy_backs_up_both_clouds_and_a_restore_reproduces_the_tables() -> 
     assert_eq!(record.kind(), pb::RecordKind::BackupRun);
 
     // Verified: checksum, decryption, pg_restore --list.
-    let verified = client(&s)
-        .verify_backup(bearer(pb::VerifyBackupRequest { id: aws.id.clone() }, &s.reader))
-        .await?
-        .into_inner();
+    let verified = verify(&s, &aws.id, &s.reader).await?;
     assert_eq!(
         (verified.stored_bytes, verified.raw_bytes),
         (aws.stored_bytes, aws.raw_bytes)
@@ -382,31 +405,12 @@ async fn a_corrupted_byte_and_a_wrong_key_are_refused_before_the_target_is_touch
     let keys = Keys::new()?;
     let s = session(&keys.toml()).await?;
     seed(&s, "aws", 2_000).await?;
-    let events = run(
-        &s,
-        pb::RunBackupRequest {
-            policy_id: String::new(),
-            targets: vec![target("aws", "app")],
-        },
-    )
-    .await?;
-    let (outcomes, _) = finished(&events);
-    let Some((_, Ok(backup))) = outcomes.first() else {
-        panic!("the backup must succeed: {events:?}");
-    };
+    let backup = &backup_now(&s, "aws").await?;
 
     // A wrong key: refused with a clear message, the target untouched.
     let original_key = std::fs::read(&keys.identity_file)?;
     keys.swap_in_a_wrong_key()?;
-    let wrong = client(&s)
-        .verify_backup(bearer(
-            pb::VerifyBackupRequest {
-                id: backup.id.clone(),
-            },
-            &s.master,
-        ))
-        .await
-        .expect_err("a wrong key");
+    let wrong = verify(&s, &backup.id, &s.master).await.expect_err("a wrong key");
     assert_eq!(wrong.code(), Code::FailedPrecondition, "{wrong:?}");
     assert!(wrong.message().contains("wrong key"), "{}", wrong.message());
     let wrong = restore(
@@ -428,13 +432,7 @@ async fn a_corrupted_byte_and_a_wrong_key_are_refused_before_the_target_is_touch
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&path, &bytes)?;
-    let corrupted = client(&s)
-        .verify_backup(bearer(
-            pb::VerifyBackupRequest {
-                id: backup.id.clone(),
-            },
-            &s.master,
-        ))
+    let corrupted = verify(&s, &backup.id, &s.master)
         .await
         .expect_err("a corrupted object");
     assert_eq!(corrupted.code(), Code::FailedPrecondition, "{corrupted:?}");
@@ -580,6 +578,281 @@ async fn a_target_killed_mid_dump_leaves_no_listed_backup_and_no_object() -> any
     Ok(())
 }
 
+/// What each kind of object reads as in the refusal, and how to make and
+/// drop one in an otherwise empty database.
+const USER_OBJECTS: &[(&str, &str, &str)] = &[
+    ("1 table", "CREATE TABLE public.t (x int)", "DROP TABLE public.t"),
+    (
+        "1 table, 1 schema",
+        "CREATE SCHEMA reports; CREATE TABLE reports.t (x int)",
+        "DROP SCHEMA reports CASCADE",
+    ),
+    (
+        "1 view",
+        "CREATE VIEW public.v AS SELECT 1 AS x",
+        "DROP VIEW public.v",
+    ),
+    (
+        "1 view",
+        "CREATE MATERIALIZED VIEW public.mv AS SELECT 1 AS x",
+        "DROP MATERIALIZED VIEW public.mv",
+    ),
+    ("1 sequence", "CREATE SEQUENCE public.s", "DROP SEQUENCE public.s"),
+    (
+        "1 function",
+        "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "DROP FUNCTION public.f()",
+    ),
+    (
+        "1 function",
+        "CREATE PROCEDURE public.p() LANGUAGE sql AS 'SELECT 1'",
+        "DROP PROCEDURE public.p()",
+    ),
+    (
+        "1 type",
+        "CREATE TYPE public.mood AS ENUM ('ok', 'not ok')",
+        "DROP TYPE public.mood",
+    ),
+    (
+        "1 type",
+        "CREATE TYPE public.pair AS (a int, b int)",
+        "DROP TYPE public.pair",
+    ),
+    (
+        "1 type",
+        "CREATE DOMAIN public.positive AS int CHECK (VALUE > 0)",
+        "DROP DOMAIN public.positive",
+    ),
+    (
+        "1 type",
+        "CREATE TYPE public.span AS RANGE (subtype = int8)",
+        "DROP TYPE public.span",
+    ),
+    ("1 schema", "CREATE SCHEMA staging", "DROP SCHEMA staging"),
+];
+
+#[tokio::test]
+async fn a_restore_needs_a_target_without_user_objects_not_only_without_tables() -> anyhow::Result<()> {
+    let keys = Keys::new()?;
+    let s = session(&keys.toml()).await?;
+    seed(&s, "aws", 300).await?;
+    let backup = &backup_now(&s, "aws").await?;
+    let onto_analytics = || pb::RestoreBackupRequest {
+        backup_id: backup.id.clone(),
+        target: Some(target("gcp", "analytics")),
+        ..Default::default()
+    };
+    for (expected, create, remove) in USER_OBJECTS {
+        run_sql(&s, "gcp", "analytics", create).await?;
+        let refused = restore(&s, onto_analytics())
+            .await
+            .map(|events| format!("restored: {events:?}"));
+        let refused = refused.expect_err(create);
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{create}: {refused:?}");
+        assert!(
+            refused.message().contains(&format!("(it has {expected})")),
+            "{create}: {}",
+            refused.message()
+        );
+        run_sql(&s, "gcp", "analytics", remove).await?;
+    }
+    // Dropped again, the database is empty: the restore goes ahead.
+    let events = restore(&s, onto_analytics()).await?;
+    assert!(restore_done(&events).is_some_and(|d| d.success), "{events:?}");
+    assert_eq!(
+        table_hash(&s, "gcp", "analytics", "public.orders").await?,
+        table_hash(&s, "aws", "app", "public.orders").await?
+    );
+    Ok(())
+}
+
+/// The age identity of `keys`.
+fn identity(keys: &Keys) -> anyhow::Result<age::x25519::Identity> {
+    std::fs::read_to_string(&keys.identity_file)?
+        .trim()
+        .parse()
+        .map_err(|e: &str| anyhow::anyhow!("the test's identity: {e}"))
+}
+
+/// Replaces a stored backup with another valid object (decrypted,
+/// decompressed, `edit`ed, compressed and encrypted again) and puts the new
+/// object's SHA-256 and size into the catalog and the manifest: the stored
+/// checksum holds, the dump is not the one backed up.
+async fn forge(
+    s: &Session,
+    keys: &Keys,
+    backup: &pb::Backup,
+    edit: impl FnOnce(&mut Vec<u8>),
+) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let path = keys.backups().join(&backup.object_key);
+    let stored = std::fs::read(&path)?;
+    let identity = identity(keys)?;
+    let mut decrypted = Vec::new();
+    age::Decryptor::new(stored.as_slice())?
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))?
+        .read_to_end(&mut decrypted)?;
+    let mut raw = zstd::stream::decode_all(decrypted.as_slice())?;
+    let original = raw.clone();
+    edit(&mut raw);
+    anyhow::ensure!(raw != original, "the edit changed nothing");
+    let compressed = zstd::stream::encode_all(raw.as_slice(), 3)?;
+    let recipient = identity.to_public();
+    let mut forged = Vec::new();
+    let mut writer = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))?
+        .wrap_output(&mut forged)?;
+    writer.write_all(&compressed)?;
+    writer.finish()?;
+    std::fs::write(&path, &forged)?;
+    let sha256 = hex(&sha2::Sha256::digest(&forged));
+    let manifest_path = keys.backups().join(&backup.manifest_key);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path)?)?;
+    manifest["stored_sha256"] = sha256.clone().into();
+    manifest["stored_bytes"] = forged.len().into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest)?)?;
+    let mut history = s.fleet.history.connect().await?;
+    let updated =
+        sqlx::query("UPDATE pgfleet.backups SET stored_sha256 = $1, stored_bytes = $2 WHERE id = $3::uuid")
+            .bind(&sha256)
+            .bind(i64::try_from(forged.len())?)
+            .bind(&backup.id)
+            .execute(&mut history)
+            .await?;
+    anyhow::ensure!(updated.rows_affected() == 1, "no catalog row for {}", backup.id);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_plain_backup_verifies_and_restores_and_a_dump_that_is_not_the_one_backed_up_is_never_committed()
+-> anyhow::Result<()> {
+    let keys = Keys::new()?;
+    let s = session(&keys.toml()).await?;
+    seed(&s, "aws", 2_000).await?;
+    seed(&s, "gcp", 100).await?;
+    let mut plain = policy("plain-app", 0);
+    plain.format = pb::BackupFormat::Plain.into();
+    let created = create_policy(&s, plain).await?;
+    let events = run(
+        &s,
+        pb::RunBackupRequest {
+            policy_id: created.id.clone(),
+            targets: vec![],
+        },
+    )
+    .await?;
+    let (outcomes, _) = finished(&events);
+    let Some((_, Ok(backup))) = outcomes.iter().find(|(cloud, _)| cloud == "aws") else {
+        panic!("aws must succeed: {outcomes:?}");
+    };
+    assert!(
+        backup.object_key.ends_with(".sql.zst.age"),
+        "{}",
+        backup.object_key
+    );
+    assert_eq!(backup.format(), pb::BackupFormat::Plain);
+    let verified = verify(&s, &backup.id, &s.reader).await?;
+    assert_eq!(verified.raw_bytes, backup.raw_bytes);
+    let events = restore(
+        &s,
+        pb::RestoreBackupRequest {
+            backup_id: backup.id.clone(),
+            target: Some(target("aws", "analytics")),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert!(restore_done(&events).is_some_and(|d| d.success), "{events:?}");
+    for table in ["public.orders", "public.customers"] {
+        assert_eq!(
+            table_hash(&s, "aws", "analytics", table).await?,
+            table_hash(&s, "aws", "app", table).await?,
+            "{table}"
+        );
+    }
+
+    // Another valid SQL script under the backup's name: one customer's name
+    // changed. The stored checksum holds; the dump's does not.
+    forge(&s, &keys, backup, |sql| {
+        let text = String::from_utf8_lossy(sql).replacen("name 42\n", "name 24\n", 1);
+        *sql = text.into_bytes();
+    })
+    .await?;
+    let refused = verify(&s, &backup.id, &s.reader)
+        .await
+        .expect_err("a dump that is not the one backed up");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("SHA-256") && refused.message().contains(&backup.raw_sha256),
+        "{}",
+        refused.message()
+    );
+    // psql reads the whole script inside one transaction, and is killed
+    // before its input ends: nothing of the script is committed.
+    let outcome = restore(
+        &s,
+        pb::RestoreBackupRequest {
+            backup_id: backup.id.clone(),
+            target: Some(target("gcp", "analytics")),
+            ..Default::default()
+        },
+    )
+    .await;
+    let failed = match &outcome {
+        Ok(events) => restore_done(events).is_none_or(|d| !d.success),
+        Err(status) => status.message().contains("SHA-256"),
+    };
+    assert!(failed, "{outcome:?}");
+    let tables = crate::support::scalar(
+        &s,
+        "gcp",
+        "analytics",
+        "SELECT count(*)::text FROM pg_catalog.pg_tables WHERE schemaname = 'public'",
+    )
+    .await?;
+    assert_eq!(
+        tables.as_deref(),
+        Some("0"),
+        "the failed restore left tables behind"
+    );
+    Ok(())
+}
+
+/// Rows of [`big_table_sql`]: a dump of about 1.06 GiB.
+const BIG_ROWS: u64 = 1_100_000;
+
+#[tokio::test]
+async fn memory_stays_flat_while_a_database_over_1_gib_is_backed_up() -> anyhow::Result<()> {
+    let keys = Keys::new()?;
+    let s = session(&keys.toml()).await?;
+    run_sql(&s, "aws", "app", &big_table_sql(BIG_ROWS)).await?;
+    // The whole process (server, client, this test) and its children
+    // (pg_dump): everything the backup could make grow.
+    let sampler = RssSampler::start(std::process::id());
+    let backup = backup_now(&s, "aws").await;
+    let baseline = sampler.baseline;
+    let peak = sampler.stop();
+    let backup = backup?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(keys.backups().join(&backup.manifest_key))?)?;
+    let raw_bytes = manifest["raw_bytes"].as_u64().unwrap_or_default();
+    assert!(raw_bytes >= 1 << 30, "the dump is at least 1 GiB: {manifest}");
+    assert_eq!(raw_bytes, backup.raw_bytes);
+    // The stored object is mostly hex digits compressed: half the dump or a
+    // little more, so a backup held in memory would show as ~550 MiB.
+    let stored = std::fs::metadata(keys.backups().join(&backup.object_key))?.len();
+    assert_eq!(stored, backup.stored_bytes);
+    let growth = peak.saturating_sub(baseline);
+    assert!(
+        growth < 256 << 20,
+        "resident memory grew by {} MiB (from {} MiB) backing up {} MiB into {} MiB",
+        growth >> 20,
+        baseline >> 20,
+        raw_bytes >> 20,
+        stored >> 20
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_same_policy_into_s3_served_by_moto() -> anyhow::Result<()> {
     let keys = Keys::new()?;
@@ -613,9 +886,7 @@ async fn the_same_policy_into_s3_served_by_moto() -> anyhow::Result<()> {
     let Some((_, Ok(aws))) = outcomes.iter().find(|(cloud, _)| cloud == "aws") else {
         panic!("aws must succeed: {outcomes:?}");
     };
-    client(&s)
-        .verify_backup(bearer(pb::VerifyBackupRequest { id: aws.id.clone() }, &s.master))
-        .await?;
+    verify(&s, &aws.id, &s.master).await?;
     let events = restore(
         &s,
         pb::RestoreBackupRequest {

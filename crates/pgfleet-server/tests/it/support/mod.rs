@@ -593,3 +593,97 @@ pub fn count_panics() {
 pub fn panics() -> usize {
     PANICS.load(std::sync::atomic::Ordering::SeqCst)
 }
+
+/// `public.big`: `rows` rows of about 1 KiB each (`id`, then eight SHA-512s in hex), so
+/// `pg_dump` writes about `rows` KiB and zstd halves it, no more (hex digits carry 4 bits a
+/// byte). Unlogged: the fill writes no WAL, and `pg_dump` still dumps the rows.
+pub fn big_table_sql(rows: u64) -> String {
+    let payload = (0..8)
+        .map(|k| format!("encode(sha512(('{k}:' || g)::bytea), 'hex')"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    format!(
+        "CREATE UNLOGGED TABLE public.big (id bigint NOT NULL, payload text NOT NULL);
+         INSERT INTO public.big SELECT g, {payload} FROM generate_series(1, {rows}) g;"
+    )
+}
+
+/// Resident bytes of process `root` and all its descendants now (the sum of
+/// their `VmRSS`); processes that exit while they are read are skipped.
+pub fn tree_rss(root: u32) -> u64 {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().nth(1))
+            .and_then(|field| field.parse().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        tree.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(pid, _)| *pid));
+        next += 1;
+    }
+    tree.iter().map(|pid| vm_rss(*pid).unwrap_or(0)).sum()
+}
+
+/// `VmRSS` of one process, in bytes.
+fn vm_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The peak of [`tree_rss`] while it runs, sampled every 20 ms on a thread of
+/// its own (not the runtime's: a busy runtime must not skip samples).
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+    /// [`tree_rss`] when sampling began.
+    pub baseline: u64,
+}
+
+impl RssSampler {
+    pub fn start(root: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let baseline = tree_rss(root);
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peak = baseline;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(tree_rss(root));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak
+        });
+        Self {
+            stop,
+            thread,
+            baseline,
+        }
+    }
+
+    /// The peak seen, in bytes.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(self.baseline)
+    }
+}
