@@ -34,6 +34,10 @@
 #[allow(dead_code)]
 mod support;
 
+// Teardown shared with the other benches (their other helpers unused here).
+#[allow(dead_code)]
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -42,7 +46,6 @@ use chrono::{DateTime, Utc};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
-use pgfleet_proto::pgfleet::v1::auth_service_client::AuthServiceClient;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_server::app::RunningServer;
 use pgfleet_testkit::TestDatabase;
@@ -51,6 +54,7 @@ use sqlx::{PgPool, Row as _};
 use tokio::runtime::Runtime;
 use tonic::transport::Channel;
 
+use common::{drop_databases, log_out_and_stop};
 use support::{Fleet, bearer};
 
 const TINY: &str = "SELECT 1";
@@ -106,21 +110,10 @@ impl Bench {
     /// Logs out (the session's Redis keys go), stops the server, closes the pools and drops
     /// the databases.
     async fn stop(self) -> anyhow::Result<()> {
-        AuthServiceClient::new(self.channel.clone())
-            .logout(bearer(pb::LogoutRequest {}, &self.token))
-            .await
-            .context("logging out")?;
-        self.server.shutdown().await.context("stopping the server")?;
+        log_out_and_stop(self.server, &self.channel, &self.token).await?;
         self.aws.close().await;
         self.gcp.close().await;
-        let Fleet {
-            history, databases, ..
-        } = self.fleet;
-        history.drop_now().await?;
-        for (_, _, database) in databases {
-            database.drop_now().await?;
-        }
-        Ok(())
+        drop_databases(self.fleet).await
     }
 
     /// One `Execute` call; panics unless every target succeeded with `rows` rows.

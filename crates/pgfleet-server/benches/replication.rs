@@ -55,6 +55,8 @@
 #[allow(dead_code)]
 mod support;
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -62,7 +64,6 @@ use anyhow::Context as _;
 use futures::TryStreamExt as _;
 use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
-use pgfleet_proto::pgfleet::v1::auth_service_client::AuthServiceClient;
 use pgfleet_proto::pgfleet::v1::replication_event::Event;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use pgfleet_server::app::RunningServer;
@@ -70,6 +71,7 @@ use pgfleet_testkit::TestDatabase;
 use sqlx::{Connection as _, PgConnection};
 use tonic::transport::Channel;
 
+use common::{drop_databases, env_number, log_out_and_stop, median, pg_binary};
 use support::{Fleet, bearer, target};
 
 const MASTER: &str = "bench-master";
@@ -233,21 +235,10 @@ impl Bench {
     /// Logs out (the session's Redis keys go), stops the server, closes the connections and
     /// drops the databases.
     async fn stop(self) -> anyhow::Result<()> {
-        AuthServiceClient::new(self.channel.clone())
-            .logout(bearer(pb::LogoutRequest {}, &self.token))
-            .await
-            .context("logging out")?;
-        self.server.shutdown().await.context("stopping the server")?;
+        log_out_and_stop(self.server, &self.channel, &self.token).await?;
         self.source.close().await?;
         self.target.close().await?;
-        let Fleet {
-            history, databases, ..
-        } = self.fleet;
-        history.drop_now().await?;
-        for (_, _, database) in databases {
-            database.drop_now().await?;
-        }
-        Ok(())
+        drop_databases(self.fleet).await
     }
 
     /// Empties the target table and writes a checkpoint, so every copy starts alike.
@@ -459,42 +450,6 @@ async fn table_hash(connection: &mut PgConnection) -> anyhow::Result<String> {
     Ok(sqlx::query_scalar(HASH).fetch_one(connection).await?)
 }
 
-/// `name` from `PGFLEET_TEST_PG_BINDIR`, `PATH`, or the newest `/usr/lib/postgresql/*/bin`.
-fn pg_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os(pgfleet_testkit::PG_BINDIR_ENV)
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            Some((version, entry.path().join("bin")))
-        })
-        .collect();
-    versions.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
-    dirs.extend(versions.into_iter().map(|(_, dir)| dir));
-    dirs.into_iter()
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .with_context(|| format!("{name} not found in PATH or /usr/lib/postgresql/*/bin"))
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .replace('_', "")
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={text:?} is not a positive number")),
-        Err(_) => Ok(default),
-    }
-}
-
 /// `1234567.8` as `1,234,568`.
 fn group(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
@@ -506,16 +461,6 @@ fn group(value: f64) -> String {
         out.push(digit);
     }
     out
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    match values.len() {
-        0 => f64::NAN,
-        n if n.is_multiple_of(2) => (values[middle - 1] + values[middle]) / 2.0,
-        _ => values[middle],
-    }
 }
 
 fn print_header() {
