@@ -584,13 +584,15 @@ pub async fn decode_into(
             )))
         }
     });
+    let mut held_stdin = Some(held_stdin);
     if decoded.is_ok() {
-        drop(held_stdin);
+        held_stdin = None;
     } else {
         let _ = child.start_kill();
     }
     let status = child.wait().await;
-    // Only now, when the child is gone, in the failed case.
+    // A failed decode's child is gone only now: its input may close.
+    drop(held_stdin);
     let status =
         status.map_err(|error| BackupError::Internal(format!("waiting for the restore program: {error}")))?;
     let stderr = stderr.await.unwrap_or_default();

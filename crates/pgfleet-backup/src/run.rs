@@ -128,7 +128,7 @@ pub enum RestoreEvent {
 pub struct RestoreSpec {
     pub backup_id: Uuid,
     pub target: Target,
-    /// `--clean --if-exists` into a database that already has tables.
+    /// `--clean --if-exists` into a database that has objects of its own.
     pub clean: bool,
     pub confirm_dangerous: bool,
 }
