@@ -31,6 +31,7 @@
 //! # }
 //! ```
 
+mod azurite;
 mod cluster;
 mod database;
 pub mod fuzz;
@@ -48,6 +49,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::time::Instant;
 
+pub use azurite::{AZURITE_ACCOUNT, AZURITE_KEY, AzuriteServer};
 pub use cluster::{PG_BINDIR_ENV, PgCluster, PgClusterBuilder, ReplayLag};
 pub use database::{STALE_AFTER, TestDatabase, sweep_stale_databases};
 pub use proxy::{FaultProxy, ProxyMode};
@@ -160,6 +162,40 @@ pub(crate) async fn bounded<T>(
         Ok(result) => result,
         Err(_) => anyhow::bail!("{what}: no answer within {limit:?}"),
     }
+}
+
+/// One HTTP/1.1 request with an empty body to 127.0.0.1:`port`, bounded by `limit`;
+/// returns the status code. The emulators' administration (buckets, containers) needs no
+/// HTTP client of the test kit's own.
+pub(crate) async fn http_status(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    limit: Duration,
+) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    bounded(limit, format!("{method} {path} on port {port}"), async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n"
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let response = String::from_utf8_lossy(&response);
+        let status_line = response.lines().next().unwrap_or_default();
+        status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .with_context(|| format!("not an HTTP response: {status_line:?}"))
+    })
+    .await
 }
 
 /// `url` with any password replaced by `***`, for error messages and logs.

@@ -7,11 +7,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use crate::{bounded, free_port};
+use crate::{free_port, http_status};
 
 /// Environment variable naming the `moto_server` executable, when neither
 /// `.tools/venv/bin/moto_server` nor one on `PATH` is the right one.
@@ -178,25 +176,7 @@ impl S3Server {
     /// accepts unsigned requests for bucket administration, so the test kit needs no S3
     /// client of its own.
     async fn request(&self, method: &str, path: &str) -> anyhow::Result<u16> {
-        let port = self.port;
-        bounded(REQUEST_LIMIT, format!("{method} {path} on port {port}"), async {
-            let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-            let head = format!(
-                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\
-                 Connection: close\r\n\r\n"
-            );
-            stream.write_all(head.as_bytes()).await?;
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response).await?;
-            let response = String::from_utf8_lossy(&response);
-            let status_line = response.lines().next().unwrap_or_default();
-            status_line
-                .split(' ')
-                .nth(1)
-                .and_then(|code| code.parse().ok())
-                .with_context(|| format!("not an HTTP response: {status_line:?}"))
-        })
-        .await
+        http_status(self.port, method, path, &[], REQUEST_LIMIT).await
     }
 }
 

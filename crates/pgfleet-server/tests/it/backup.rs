@@ -853,6 +853,27 @@ async fn memory_stays_flat_while_a_database_over_1_gib_is_backed_up() -> anyhow:
     Ok(())
 }
 
+/// `backup` (of aws/app) verifies, restores into the empty gcp/analytics,
+/// and leaves there the orders of aws/app.
+async fn verified_and_restored_onto_gcp_analytics(s: &Session, backup: &pb::Backup) -> anyhow::Result<()> {
+    verify(s, &backup.id, &s.master).await?;
+    let events = restore(
+        s,
+        pb::RestoreBackupRequest {
+            backup_id: backup.id.clone(),
+            target: Some(target("gcp", "analytics")),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert!(restore_done(&events).is_some_and(|d| d.success), "{events:?}");
+    assert_eq!(
+        table_hash(s, "gcp", "analytics", "public.orders").await?,
+        table_hash(s, "aws", "app", "public.orders").await?
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_same_policy_into_s3_served_by_moto() -> anyhow::Result<()> {
     let keys = Keys::new()?;
@@ -886,21 +907,7 @@ async fn the_same_policy_into_s3_served_by_moto() -> anyhow::Result<()> {
     let Some((_, Ok(aws))) = outcomes.iter().find(|(cloud, _)| cloud == "aws") else {
         panic!("aws must succeed: {outcomes:?}");
     };
-    verify(&s, &aws.id, &s.master).await?;
-    let events = restore(
-        &s,
-        pb::RestoreBackupRequest {
-            backup_id: aws.id.clone(),
-            target: Some(target("gcp", "analytics")),
-            ..Default::default()
-        },
-    )
-    .await?;
-    assert!(restore_done(&events).is_some_and(|d| d.success), "{events:?}");
-    assert_eq!(
-        table_hash(&s, "gcp", "analytics", "public.orders").await?,
-        table_hash(&s, "aws", "app", "public.orders").await?
-    );
+    verified_and_restored_onto_gcp_analytics(&s, aws).await?;
     // The storage going away fails the next backup cleanly: nothing listed.
     drop(s3);
     let events = run(
@@ -925,6 +932,57 @@ async fn the_same_policy_into_s3_served_by_moto() -> anyhow::Result<()> {
         .len(),
         1
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_same_policy_into_azure_served_by_azurite() -> anyhow::Result<()> {
+    let keys = Keys::new()?;
+    let azurite = pgfleet_testkit::AzuriteServer::start().await?;
+    azurite.create_container("pgfleet-backups").await?;
+    let backup_toml = format!(
+        "[backup]\nstorage_url = 'az://pgfleet-backups/fleet'\nrecipients = ['{}']\nidentity_file = '{}'\n\
+         scheduler = false\n[backup.storage_options]\nendpoint = '{}'\nallow_http = 'true'\n\
+         account_name = '{}'\naccess_key = '{}'\n",
+        keys.recipient,
+        keys.identity_file.display(),
+        azurite.endpoint(),
+        pgfleet_testkit::AZURITE_ACCOUNT,
+        pgfleet_testkit::AZURITE_KEY
+    );
+    let s = session(&backup_toml).await?;
+    seed(&s, "aws", 3_000).await?;
+    seed(&s, "gcp", 1_000).await?;
+    let created = create_policy(&s, policy("azure-app", 1)).await?;
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let events = run(
+            &s,
+            pb::RunBackupRequest {
+                policy_id: created.id.clone(),
+                targets: vec![],
+            },
+        )
+        .await?;
+        let (outcomes, done) = finished(&events);
+        assert_eq!(done.map(|d| (d.succeeded, d.failed)), Some((2, 0)), "{events:?}");
+        made.extend(outcomes);
+    }
+    // Retention (keep the last one) deleted the first run's objects from the container.
+    let listed = list(
+        &s,
+        pb::ListBackupsRequest {
+            policy_id: created.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let Some((_, Ok(aws))) = made.iter().rev().find(|(cloud, _)| cloud == "aws") else {
+        panic!("aws must succeed: {made:?}");
+    };
+    assert!(listed.iter().any(|b| b.id == aws.id), "{listed:?}");
+    verified_and_restored_onto_gcp_analytics(&s, aws).await?;
     Ok(())
 }
 
