@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::failure::TargetFailure;
 use super::plan::{ExecuteSpec, Plan, Scope};
-use super::run::{TargetEvent, TargetOutcome};
+use super::run::{StatementOutcome, TargetEvent, TargetOutcome};
 use crate::audit::{
     Actor, Kind, NewExecution, RecordedError, RecordedFinding, RecordedOutcome, RecordedTarget,
     RunningExecution, TargetScope,
@@ -114,14 +114,25 @@ pub fn recorded_error(error: &TargetFailure) -> RecordedError {
 
 /// What the recorder learns about one target.
 #[derive(Default)]
-struct TargetLog {
+pub(super) struct TargetLog {
     command_tags: Vec<String>,
     rows_affected: u64,
     outcome: Option<RecordedOutcome>,
 }
 
 impl TargetLog {
-    fn finish(&mut self, target: RecordedTarget, outcome: &TargetOutcome) -> RecordedOutcome {
+    pub(super) fn statement_done(&mut self, done: &StatementOutcome) {
+        self.command_tags.push(done.command_tag.clone());
+        self.rows_affected = self.rows_affected.saturating_add(done.rows_affected);
+    }
+
+    /// A command tag pgfleet ran itself (an atomic execution's
+    /// `COMMIT PREPARED`…), after the statements'.
+    pub(super) fn push_tag(&mut self, tag: &str) {
+        self.command_tags.push(tag.to_owned());
+    }
+
+    pub(super) fn finish(&mut self, target: RecordedTarget, outcome: &TargetOutcome) -> RecordedOutcome {
         let recorded = RecordedOutcome {
             target,
             success: outcome.success,
@@ -154,10 +165,7 @@ pub fn record<R: Send + 'static>(
         while let Some((index, event)) = upstream.recv().await {
             if let Some(log) = logs.get_mut(index) {
                 match &event {
-                    TargetEvent::StatementDone(done) => {
-                        log.command_tags.push(done.command_tag.clone());
-                        log.rows_affected = log.rows_affected.saturating_add(done.rows_affected);
-                    }
+                    TargetEvent::StatementDone(done) => log.statement_done(done),
                     TargetEvent::Finished(outcome) => {
                         let recorded = log.finish(recorded_target(&plan.targets[index]), outcome);
                         execution.add_outcome(&recorded).await;

@@ -21,11 +21,16 @@
 //!   execution without an open audit record runs `BEGIN READ ONLY`, whatever
 //!   the caller's role and whatever the classifier said (fail closed: a
 //!   classifier miss fails with SQLSTATE 25006 instead of writing unaudited).
+//! - [`atomic`]: all-or-nothing writes across the targets (two-phase
+//!   commit), on record like any write; [`gid`]: their prepared
+//!   transactions' global ids.
 
+pub mod atomic;
 pub mod audited;
 pub mod budget;
 pub mod encode;
 pub mod failure;
+pub mod gid;
 pub mod params;
 pub mod parser;
 pub mod plan;
@@ -94,6 +99,8 @@ pub fn dispatch<E: RowEncoder>(
     }
 }
 
+/// Starts every target of `plan` with `access`; `atomic` uses it with
+/// [`Access::Prepare`].
 fn start_targets<E: RowEncoder>(
     registry: Arc<Registry>,
     plan: Arc<Plan>,

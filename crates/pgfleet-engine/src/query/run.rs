@@ -83,6 +83,10 @@ pub(super) enum Access {
     ReadWrite,
     /// Not run at all: a non-transactional statement without a record.
     Refused,
+    /// `BEGIN`, and `PREPARE TRANSACTION` instead of `COMMIT`: one branch
+    /// of an atomic execution ([`super::atomic`]), on record like
+    /// `ReadWrite`.
+    Prepare(uuid::Uuid),
 }
 
 /// Where a target's events go; `index` tags them with the target.
@@ -466,7 +470,7 @@ async fn run_statements<E: RowEncoder>(
 ) -> Result<(), Stop> {
     if plan.transactional {
         let begin = match access {
-            Access::ReadWrite => "BEGIN",
+            Access::ReadWrite | Access::Prepare(_) => "BEGIN",
             Access::ReadOnly | Access::Refused => "BEGIN READ ONLY",
         };
         sqlx::query(begin)
@@ -492,8 +496,16 @@ async fn run_statements<E: RowEncoder>(
         rows.fetch_add(done, Ordering::Relaxed);
     }
     if plan.transactional {
+        // PREPARE, like COMMIT, may have taken effect if the connection is
+        // lost once it was sent: the same "outcome unknown".
+        let end = match access {
+            Access::Prepare(execution) => {
+                format!("PREPARE TRANSACTION '{}'", super::gid::gid(execution, sink.index))
+            }
+            _ => "COMMIT".to_owned(),
+        };
         commit_sent.store(true, Ordering::Relaxed);
-        sqlx::query("COMMIT")
+        sqlx::query(sqlx::AssertSqlSafe(end))
             .execute(&mut *connection)
             .await
             .map_err(|error| Stop::Statement {

@@ -22,6 +22,7 @@ use pgfleet_engine::audit::checkpoint::{Checkpoint, CheckpointRejection};
 use pgfleet_engine::audit::search::{self, Filter, PageCursor, StoredExecution, Visibility};
 use pgfleet_engine::audit::{AuditLog, RecordedOutcome};
 use pgfleet_engine::identity::Role;
+use pgfleet_engine::query::atomic;
 
 /// Page size when the request names none.
 const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -366,6 +367,41 @@ fn wire_outcome(outcome: RecordedOutcome) -> pb::TargetOutcome {
         error,
         outcome_unknown: outcome.outcome_unknown,
         failed_statement_index: outcome.failed_statement_index,
+        // Only GetExecution reads the branches (`with_atomic_phases`).
+        atomic_phase: pb::AtomicPhase::Unspecified.into(),
+    }
+}
+
+/// Sets each outcome's phase from the execution's atomic branches (none for
+/// an execution that was not atomic), as recovery last left them.
+fn with_atomic_phases(record: &mut pb::ExecutionRecord, branches: &[atomic::Branch]) {
+    for branch in branches {
+        let phase = match branch.phase {
+            atomic::Phase::NotPrepared => pb::AtomicPhase::NotPrepared,
+            atomic::Phase::RolledBack => pb::AtomicPhase::RolledBack,
+            atomic::Phase::Committed => pb::AtomicPhase::Committed,
+            atomic::Phase::InDoubt => pb::AtomicPhase::InDoubt,
+        };
+        let same = |target: &Option<pb::Target>| {
+            target
+                .as_ref()
+                .is_some_and(|t| t.cloud == branch.target.cloud && t.database == branch.target.database)
+        };
+        match record.outcomes.iter_mut().find(|o| same(&o.target)) {
+            Some(outcome) => outcome.atomic_phase = phase.into(),
+            // A RUNNING record whose server died has no outcomes yet; the
+            // branch still says where that target's transaction is.
+            None => record.outcomes.push(pb::TargetOutcome {
+                target: Some(wire_target(pgfleet_engine::audit::RecordedTarget {
+                    cloud: branch.target.cloud.clone(),
+                    database: branch.target.database.clone(),
+                })),
+                success: branch.phase == atomic::Phase::Committed,
+                outcome_unknown: branch.phase == atomic::Phase::InDoubt,
+                atomic_phase: phase.into(),
+                ..Default::default()
+            }),
+        }
     }
 }
 
@@ -541,8 +577,14 @@ impl history_service_server::HistoryService for HistoryService {
             .map_err(request_status)?
             .ok_or_else(|| RequestError::NotFound(format!("execution {id} not found")))
             .map_err(request_status)?;
+        let branches = atomic::branches(self.audit.pool(), id)
+            .await
+            .map_err(RequestError::history_store)
+            .map_err(request_status)?;
+        let mut execution = wire_record(stored);
+        with_atomic_phases(&mut execution, &branches);
         Ok(Response::new(pb::GetExecutionResponse {
-            execution: Some(wire_record(stored)),
+            execution: Some(execution),
         }))
     }
 

@@ -19,6 +19,7 @@ use pgfleet_engine::RequestError;
 use pgfleet_engine::audit::{AuditLog, OpenExecution};
 use pgfleet_engine::identity::{Identity, Role};
 use pgfleet_engine::insights::slow_log::SlowQueryLog;
+use pgfleet_engine::query::atomic;
 use pgfleet_engine::query::audited::{self, Origin};
 use pgfleet_engine::query::plan::{check_query_size, findings, required_role};
 use pgfleet_engine::query::{self, ExecuteSpec, Plan, Scope, StatementSpec, TargetEvent, TargetOutcome};
@@ -103,6 +104,40 @@ impl QueryService {
             observer,
             record,
         )
+    }
+
+    /// Starts an atomic (two-phase) execution: always on record.
+    fn start_atomic(
+        &self,
+        plan: &Arc<Plan>,
+        cancel: CancellationToken,
+        record: OpenExecution,
+        (identity, request_id): (&Identity, &str),
+    ) -> tokio::sync::mpsc::Receiver<(usize, TargetEvent<pb::Row>)> {
+        let observer = self
+            .slow_log
+            .observer(plan, identity, request_id, Arc::new(self.metrics.clone()));
+        atomic::dispatch::<WireRows>(
+            Arc::clone(&self.registry),
+            Arc::clone(plan),
+            cancel,
+            observer,
+            record,
+            self.audit.pool().clone(),
+        )
+    }
+}
+
+/// True for `COMMIT_MODE_ATOMIC`; unset and `COMMIT_MODE_PER_TARGET` are
+/// today's per-target commits.
+fn commit_mode_from_wire(mode: i32) -> Result<bool, RequestError> {
+    match pb::CommitMode::try_from(mode) {
+        Ok(pb::CommitMode::Atomic) => Ok(true),
+        Ok(pb::CommitMode::Unspecified | pb::CommitMode::PerTarget) => Ok(false),
+        Err(_) => Err(RequestError::invalid(
+            "commit_mode",
+            format!("unknown commit mode {mode}"),
+        )),
     }
 }
 
@@ -237,12 +272,22 @@ impl query_service_server::QueryService for QueryService {
         let identity = super::identity(&request)?.clone();
         let origin = super::origin(&request);
         let request_id = origin.request_id.clone();
+        let request = request.into_inner();
+        let atomic = commit_mode_from_wire(request.commit_mode).map_err(request_status)?;
         let fields = ExecuteSpec {
             row_limit: Some(self.config.query.max_rows_per_statement),
             response_bytes: Some(self.config.response_budget_bytes()),
-            ..ExecuteSpec::from_wire(request.into_inner()).map_err(request_status)?
+            ..ExecuteSpec::from_wire(request).map_err(request_status)?
         };
         let plan = self.plan(&fields, &identity).await.map_err(request_status)?;
+        if atomic {
+            // Before anything is on record or runs.
+            let on_record = audited::must_record(&plan, self.audit.settings().reads);
+            atomic::check_plan(&plan, on_record).map_err(request_status)?;
+            atomic::check_targets(&self.registry, &plan)
+                .await
+                .map_err(request_status)?;
+        }
         let record = self
             .open_record(&fields, &plan, &identity, origin)
             .await
@@ -252,7 +297,10 @@ impl query_service_server::QueryService for QueryService {
         // Dropped when tonic drops this call (client cancel, deadline):
         // every target then cancels its statement on the server.
         let _cancel_on_drop = cancel.clone().drop_guard();
-        let mut events = self.start(&plan, cancel, record, (&identity, &request_id));
+        let mut events = match record {
+            Some(record) if atomic => self.start_atomic(&plan, cancel, record, (&identity, &request_id)),
+            record => self.start(&plan, cancel, record, (&identity, &request_id)),
+        };
 
         let mut statements: Vec<Vec<pb::StatementResult>> = vec![Vec::new(); plan.targets.len()];
         let mut results: Vec<Option<pb::TargetResult>> = vec![None; plan.targets.len()];

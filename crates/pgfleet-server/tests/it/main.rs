@@ -50,6 +50,7 @@
 
 mod support;
 
+mod atomic;
 mod auth;
 mod backup;
 mod browser;
