@@ -34,13 +34,13 @@ pub use error::{ConfigError, Problem};
 pub use insights::{AlertThresholds, InsightsConfig};
 pub use load::{CONFIG_ENV, Inputs, LoadedConfig, format_of, load, load_str, load_with, render_redacted};
 pub use model::CorsConfig;
-pub use model::{AuditChainConfig, MIN_CHAIN_KEY_BYTES, MIN_RESULT_BYTES, RESPONSE_RESERVE_BYTES};
 pub use model::{
-    AuditConfig, AuthConfig, CloudConfig, ConnectionConfig, DatabaseConfig, DeclaredJobConfig,
+    AtomicConfig, AuditConfig, AuthConfig, CloudConfig, ConnectionConfig, DatabaseConfig, DeclaredJobConfig,
     DeclaredJobMode, FleetConfig, HealthConfig, HistoryStoreConfig, LogConfig, LogFormat, LogRotation,
     MigrationsConfig, PoolConfig, QueryLimits, ReadPreference, RedisConfig, ReplicaConfig, ReplicationConfig,
     RetryConfig, ServerConfig, SslMode, TelemetryConfig, TlsConfig,
 };
+pub use model::{AuditChainConfig, MIN_CHAIN_KEY_BYTES, MIN_RESULT_BYTES, RESPONSE_RESERVE_BYTES};
 pub use model::{BackupConfig, MIN_BACKUP_PART_BYTES};
 pub use overlay::PREFIX as OVERRIDE_PREFIX;
 pub use secret::{REDACTED, Secret};

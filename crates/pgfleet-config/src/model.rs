@@ -65,6 +65,28 @@ pub struct FleetConfig {
     /// Backups: where they are stored, how they are encrypted, the scheduler.
     #[serde(default)]
     pub backup: BackupConfig,
+    /// Atomic (two-phase commit) writes: their recovery loop (`[atomic]`).
+    #[serde(default)]
+    pub atomic: AtomicConfig,
+}
+
+/// `[atomic]`: recovery of atomic executions' prepared transactions
+/// (docs/ATOMIC.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AtomicConfig {
+    /// Time between two recovery passes; one also runs at start. Each pass
+    /// lists every target's prepared transactions, so not too often.
+    #[serde(with = "humantime_serde")]
+    pub recovery_interval: Duration,
+}
+
+impl Default for AtomicConfig {
+    fn default() -> Self {
+        Self {
+            recovery_interval: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The migration files of one fleet database (the `name` its clouds share).

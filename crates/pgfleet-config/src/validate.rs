@@ -173,6 +173,12 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
 
     check_audit(&mut problems, &root.key("audit"), &config.audit);
     check_insights(&mut problems, &root.key("insights"), &config.insights);
+    if config.atomic.recovery_interval < Duration::from_millis(100) {
+        problems.add(
+            &root.key("atomic").key("recovery_interval"),
+            "must be at least 100ms",
+        );
+    }
 
     let replication_path = root.key("replication");
     if config.replication.scheduler_tick < Duration::from_millis(10) {

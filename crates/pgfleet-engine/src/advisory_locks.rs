@@ -136,14 +136,18 @@ pub enum HistoryLock {
     /// One `pgfleet import-legacy` at a time: each decides what is new
     /// under it (`legacy_imports`).
     LegacyImport = 3,
+    /// One replica at a time finishes atomic executions' prepared
+    /// transactions (`atomic_recovery`), so no gid is acted on twice.
+    AtomicRecovery = 4,
 }
 
 impl HistoryLock {
     /// Every lock, for the distinctness test and for docs.
-    pub const ALL: [HistoryLock; 3] = [
+    pub const ALL: [HistoryLock; 4] = [
         HistoryLock::LastMaster,
         HistoryLock::AuditRetention,
         HistoryLock::LegacyImport,
+        HistoryLock::AtomicRecovery,
     ];
 
     /// The (`int4`, `int4`) key pair.
@@ -185,7 +189,10 @@ mod tests {
         // A variant missing from ALL fails to compile here.
         for lock in HistoryLock::ALL {
             match lock {
-                HistoryLock::LastMaster | HistoryLock::AuditRetention | HistoryLock::LegacyImport => {}
+                HistoryLock::LastMaster
+                | HistoryLock::AuditRetention
+                | HistoryLock::LegacyImport
+                | HistoryLock::AtomicRecovery => {}
             }
         }
         let keys: HashSet<(i32, i32)> = HistoryLock::ALL.iter().map(|lock| lock.key()).collect();

@@ -15,6 +15,8 @@
 //! - [`topology`]: promoting a replica to primary, with its checks.
 //! - [`legacy`]: the old Node.js system's users and query history, read
 //!   for `pgfleet import-legacy`.
+//! - [`atomic_recovery`]: finishing atomic executions' prepared
+//!   transactions by their stored decision (one runner across servers).
 //! - [`advisory_locks`], [`history_store`]: pgfleet's own database.
 //! - [`Observer`]: what the engine reports as it works (target outcomes,
 //!   audit write latencies, replication rows and lag), for the server's
@@ -26,6 +28,7 @@
 //! by the server) or as per-target [`query::TargetFailure`]s.
 
 pub mod advisory_locks;
+pub mod atomic_recovery;
 pub mod audit;
 pub mod digest;
 pub mod error;

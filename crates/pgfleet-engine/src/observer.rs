@@ -53,6 +53,11 @@ pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     /// A backup health reading of `target` (pgfleet-backup): DEGRADED or
     /// not, and the age of its newest successful backup, if any.
     fn backup_health(&self, _target: &Target, _degraded: bool, _last_success_age_seconds: Option<f64>) {}
+
+    /// After an atomic recovery pass: prepared transactions of atomic
+    /// executions still in doubt (they hold their locks on the targets),
+    /// and the oldest one's age.
+    fn atomic_in_doubt(&self, _count: u64, _oldest: Option<Duration>) {}
 }
 
 /// Reports nothing: for tools and tests without metrics.

@@ -162,6 +162,15 @@ impl RunningServer {
         metrics.watch_fleet(Arc::clone(&registry), config.insights.alerts.clone())?;
         let shared_config = Arc::new(config.clone());
         let monitor = HealthMonitor::spawn(Arc::clone(&registry), config.health.clone());
+        // Atomic executions' prepared transactions left behind: at start,
+        // then every interval (one runner across servers: advisory lock).
+        let atomic_recovery = pgfleet_engine::atomic_recovery::spawn(
+            Arc::clone(&registry),
+            history.clone(),
+            config.atomic.recovery_interval,
+            Arc::new(metrics.clone()),
+            audit_maintenance.clone(),
+        );
 
         // Fired at shutdown before the calls drain: runs (on demand and
         // scheduled) stop at their next batch boundary, so the drain ends.
@@ -425,6 +434,7 @@ impl RunningServer {
                 tracing::warn!(%error, "audit maintenance task failed");
             }
             let _ = slow_log_retention.await;
+            let _ = atomic_recovery.await;
             close_pools(&registry, &history).await;
             // Last: the final scrape sees the drained server.
             if let Some(metrics_listener) = metrics_listener {

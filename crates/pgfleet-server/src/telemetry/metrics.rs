@@ -171,6 +171,8 @@ struct Series {
     backup_degraded: IntGaugeVec,
     backup_age: prometheus::GaugeVec,
     rate_limited_calls: IntCounterVec,
+    atomic_in_doubt: prometheus::IntGauge,
+    atomic_in_doubt_oldest: prometheus::Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -319,6 +321,22 @@ impl Metrics {
                 )?;
                 registry.register(Box::new(vec.clone()))?;
                 vec
+            },
+            atomic_in_doubt: {
+                let gauge = prometheus::IntGauge::new(
+                    "pgfleet_atomic_in_doubt_transactions",
+                    "Prepared transactions of atomic executions not finished yet (they hold their locks on the targets), as of the last atomic recovery pass (every atomic.recovery_interval)",
+                )?;
+                registry.register(Box::new(gauge.clone()))?;
+                gauge
+            },
+            atomic_in_doubt_oldest: {
+                let gauge = prometheus::Gauge::new(
+                    "pgfleet_atomic_in_doubt_oldest_seconds",
+                    "Age of the oldest in-doubt prepared transaction of an atomic execution (0 when there is none), as of the last atomic recovery pass",
+                )?;
+                registry.register(Box::new(gauge.clone()))?;
+                gauge
             },
             rate_limited_calls: counter(
                 &registry,
@@ -478,6 +496,15 @@ impl Observer for Metrics {
         if let Some(age) = last_success_age_seconds {
             self.0.backup_age.with_label_values(&labels).set(age);
         }
+    }
+
+    fn atomic_in_doubt(&self, count: u64, oldest: Option<Duration>) {
+        self.0
+            .atomic_in_doubt
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.0
+            .atomic_in_doubt_oldest
+            .set(oldest.map_or(0.0, |age| age.as_secs_f64()));
     }
 }
 

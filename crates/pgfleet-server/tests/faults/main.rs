@@ -15,6 +15,8 @@
 //! - `redis`: Redis cut during a burst of calls.
 //! - `signals`: SIGTERM during a fan-out write and a replication run,
 //!   SIGKILL during writes and the restart that sweeps their records.
+//! - `atomic_kill`: SIGKILL during an atomic (two-phase) write, before and
+//!   after the decision, and the restart that recovers it.
 //! - `load`: the load test, `#[ignore]`d (run by `just load`, see the
 //!   docs/RELIABILITY.md).
 //!
@@ -28,6 +30,7 @@ mod support;
 
 mod trail;
 
+mod atomic_kill;
 mod client_disconnect;
 mod commit_lost;
 mod history_store;

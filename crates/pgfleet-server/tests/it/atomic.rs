@@ -285,3 +285,165 @@ async fn atomic_mode_is_refused_before_anything_runs_on_a_target_without_prepare
     Ok(())
 }
 
+/// Prepares a transaction inserting `id` into `accounts` of `database`
+/// under `gid`, as a coordinator that died would have left it.
+async fn leave_prepared(database: &TestDatabase, id: i32, gid: &str) -> anyhow::Result<()> {
+    let mut connection = database.connect().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; INSERT INTO accounts VALUES ({id}, 1); PREPARE TRANSACTION '{gid}'"
+    )))
+    .execute(&mut connection)
+    .await?;
+    connection.close().await?;
+    Ok(())
+}
+
+async fn gids_of(database: &TestDatabase) -> anyhow::Result<Vec<String>> {
+    let mut connection = database.connect().await?;
+    Ok(sqlx::query_scalar(
+        "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid",
+    )
+    .fetch_all(&mut connection)
+    .await?)
+}
+
+/// Recovery through the engine, without a server (so no loop of its own
+/// runs beside the test): pgfleet gids are finished by their decision
+/// (COMMIT stored → committed; none, and no RUNNING record → ABORT decided
+/// and rolled back), exactly once between two concurrent runners, nothing
+/// while another session holds the recovery lock, and other tools'
+/// prepared transactions (or gids that only look like pgfleet's) are never
+/// touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_finishes_pgfleet_gids_by_decision_once_and_never_touches_others() -> anyhow::Result<()> {
+    use pgfleet_engine::atomic_recovery::recover_once;
+    use pgfleet_engine::query::gid;
+
+    let cluster = prepared_cluster().await?;
+    let aws = TestDatabase::create_on(&cluster.admin_url(), "atv_aws_app").await?;
+    let gcp = TestDatabase::create_on(&cluster.admin_url(), "atv_gcp_app").await?;
+    accounts(&aws, &[]).await?;
+    accounts(&gcp, &[]).await?;
+    let history = TestDatabase::create("atv_history").await?;
+    let store = history.pool().await?;
+    pgfleet_engine::history_store::MIGRATOR.run(&store).await?;
+
+    // Six executions: even ones decided COMMIT, odd ones undecided (no
+    // record either: their coordinator is gone), each on both targets.
+    let executions: Vec<uuid::Uuid> = (0..6).map(|_| uuid::Uuid::now_v7()).collect();
+    for (n, execution) in executions.iter().enumerate() {
+        let id = i32::try_from(n)?;
+        leave_prepared(&aws, id, &gid::gid(*execution, 0)).await?;
+        leave_prepared(&gcp, id, &gid::gid(*execution, 1)).await?;
+        if n % 2 == 0 {
+            sqlx::query(
+                "INSERT INTO pgfleet.atomic_decisions (execution_id, decision, decided_by) \
+                 VALUES ($1, 'COMMIT', 'coordinator')",
+            )
+            .bind(execution)
+            .execute(&store)
+            .await?;
+        }
+    }
+    // Other tools' prepared transactions, one of them pgfleet-like.
+    let foreign = [
+        "xa:other-tool:1".to_owned(),
+        format!("pgfleet:{}:01", executions[0]),
+        format!("PGFLEET:{}:0", uuid::Uuid::now_v7()),
+    ];
+    for (n, other) in foreign.iter().enumerate() {
+        leave_prepared(&aws, 100 + i32::try_from(n)?, other).await?;
+    }
+
+    let fleet = Fleet::with_databases(
+        TestDatabase::create("atv_unused_history").await?,
+        vec![("aws", "app", aws), ("gcp", "app", gcp)],
+    )
+    .await?;
+    let config = fleet.config("").config;
+    let registry = pgfleet_registry::Registry::new(&config);
+
+    // Another runner holds the lock: this one does nothing.
+    let mut holder = store.begin().await?;
+    let (namespace, purpose) = pgfleet_engine::advisory_locks::HistoryLock::AtomicRecovery.key();
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(namespace)
+        .bind(purpose)
+        .execute(&mut *holder)
+        .await?;
+    assert_eq!(recover_once(&registry, &store).await?, None);
+    assert_eq!(
+        gids_of(fleet.database("aws", "app")).await?.len(),
+        6 + foreign.len()
+    );
+    holder.rollback().await?;
+
+    // Two runners at once: every gid is finished by exactly one of them.
+    let (first, second) = tokio::join!(recover_once(&registry, &store), recover_once(&registry, &store));
+    let passes: Vec<_> = [first?, second?].into_iter().flatten().collect();
+    assert!(!passes.is_empty(), "at least one runner got the lock");
+    let committed: u64 = passes.iter().map(|p| p.committed).sum();
+    let rolled_back: u64 = passes.iter().map(|p| p.rolled_back).sum();
+    let raced: u64 = passes.iter().map(|p| p.raced).sum();
+    assert_eq!((committed, rolled_back, raced), (6, 6, 0), "{passes:#?}");
+    assert!(
+        passes.iter().all(|p| p.unreachable.is_empty() && p.in_doubt == 0),
+        "{passes:#?}"
+    );
+
+    let mut expected_foreign = foreign.to_vec();
+    expected_foreign.sort();
+    assert_eq!(
+        gids_of(fleet.database("aws", "app")).await?,
+        expected_foreign,
+        "only others' are left"
+    );
+    assert_eq!(gids_of(fleet.database("gcp", "app")).await?, Vec::<String>::new());
+    for cloud in ["aws", "gcp"] {
+        let mut connection = fleet.database(cloud, "app").connect().await?;
+        let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM accounts ORDER BY id")
+            .fetch_all(&mut connection)
+            .await?;
+        assert_eq!(ids, [0, 2, 4], "{cloud}: the committed executions only");
+    }
+    for (n, execution) in executions.iter().enumerate() {
+        let decided: (String, String) = sqlx::query_as(
+            "SELECT decision, decided_by FROM pgfleet.atomic_decisions WHERE execution_id = $1",
+        )
+        .bind(execution)
+        .fetch_one(&store)
+        .await?;
+        let expected = if n % 2 == 0 {
+            ("COMMIT", "coordinator")
+        } else {
+            ("ABORT", "recovery")
+        };
+        assert_eq!(
+            (decided.0.as_str(), decided.1.as_str()),
+            expected,
+            "execution {n}"
+        );
+    }
+    let phases: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT count(*)::int, phase FROM pgfleet.atomic_branches GROUP BY phase ORDER BY phase",
+    )
+    .fetch_all(&store)
+    .await?;
+    assert_eq!(
+        phases,
+        [(6, "COMMITTED".to_owned()), (6, "ROLLED_BACK".to_owned())]
+    );
+
+    // A pass with nothing to do changes nothing.
+    let idle = recover_once(&registry, &store).await?.expect("the lock is free");
+    assert_eq!((idle.committed, idle.rolled_back, idle.raced), (0, 0, 0));
+    assert_eq!(gids_of(fleet.database("aws", "app")).await?, expected_foreign);
+    let mut aws = fleet.database("aws", "app").connect().await?;
+    for other in &foreign {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ROLLBACK PREPARED '{other}'")))
+            .execute(&mut aws)
+            .await?;
+    }
+    store.close().await;
+    Ok(())
+}

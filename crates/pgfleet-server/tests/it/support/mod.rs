@@ -517,10 +517,22 @@ pub async fn spawn_server_binary_in(
     port: u16,
     working_dir: Option<&Path>,
 ) -> anyhow::Result<(ServerProcess, Channel)> {
+    spawn_server_binary_with(config_path, port, working_dir, &[]).await
+}
+
+/// [`spawn_server_binary_in`] with extra environment variables (e.g. a
+/// test-only failpoint).
+pub async fn spawn_server_binary_with(
+    config_path: &Path,
+    port: u16,
+    working_dir: Option<&Path>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(ServerProcess, Channel)> {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfleet"));
     if let Some(dir) = working_dir {
         command.current_dir(dir);
     }
+    command.envs(env.iter().copied());
     let mut child = command
         .env("PGFLEET_LOG", "debug")
         .args(["--config", &config_path.to_string_lossy(), "serve"])
