@@ -15,6 +15,8 @@
 //! - [`topology`]: promoting a replica to primary, with its checks.
 //! - [`legacy`]: the old Node.js system's users and query history, read
 //!   for `pgfleet import-legacy`.
+//! - [`compare`]: do a table's copies agree? Checksums over key ranges
+//!   inside each PostgreSQL, bisecting only the ranges that differ.
 //! - [`atomic_recovery`]: finishing atomic executions' prepared
 //!   transactions by their stored decision (one runner across servers).
 //! - [`advisory_locks`], [`history_store`]: pgfleet's own database.
@@ -30,6 +32,7 @@
 pub mod advisory_locks;
 pub mod atomic_recovery;
 pub mod audit;
+pub mod compare;
 pub mod digest;
 pub mod error;
 pub mod history_store;

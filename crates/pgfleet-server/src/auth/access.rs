@@ -46,6 +46,7 @@ pub const RPC_ACCESS: &[(&str, Access)] = {
         ("/pgfleet.v1.QueryService/Execute", AtLeast(Reader)),
         ("/pgfleet.v1.QueryService/ExecuteStream", AtLeast(Reader)),
         ("/pgfleet.v1.QueryService/Validate", AtLeast(Reader)),
+        ("/pgfleet.v1.QueryService/CompareTables", AtLeast(Reader)),
         // USER and READER see only their own executions (history service).
         ("/pgfleet.v1.HistoryService/ListExecutions", AtLeast(Reader)),
         ("/pgfleet.v1.HistoryService/GetExecution", AtLeast(Reader)),

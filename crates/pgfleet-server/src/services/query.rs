@@ -17,12 +17,14 @@ use super::convert::{self, FromWire, WireRows, role_to_wire};
 use crate::telemetry::Metrics;
 use pgfleet_engine::RequestError;
 use pgfleet_engine::audit::{AuditLog, OpenExecution};
+use pgfleet_engine::compare;
 use pgfleet_engine::identity::{Identity, Role};
 use pgfleet_engine::insights::slow_log::SlowQueryLog;
 use pgfleet_engine::query::atomic;
 use pgfleet_engine::query::audited::{self, Origin};
 use pgfleet_engine::query::plan::{check_query_size, findings, required_role};
 use pgfleet_engine::query::{self, ExecuteSpec, Plan, Scope, StatementSpec, TargetEvent, TargetOutcome};
+use tracing::Instrument as _;
 
 /// Serves `pgfleet.v1.QueryService`.
 #[derive(Clone)]
@@ -264,6 +266,39 @@ fn outcome_into_result(
 #[tonic::async_trait]
 impl query_service_server::QueryService for QueryService {
     type ExecuteStreamStream = ResponseStream<pb::ExecuteStreamResponse>;
+    type CompareTablesStream = ResponseStream<pb::CompareTablesResponse>;
+
+    async fn compare_tables(
+        &self,
+        request: Request<pb::CompareTablesRequest>,
+    ) -> Result<Response<Self::CompareTablesStream>, Status> {
+        let identity = super::identity(&request)?.clone();
+        let request = request.into_inner();
+        let spec = compare::CompareSpec {
+            timeout: request
+                .timeout
+                .map(|timeout| convert::duration_from_wire(&timeout, "timeout"))
+                .transpose()
+                .map_err(request_status)?,
+            database: request.database,
+            table: request.table,
+            clouds: request.clouds,
+            columns: request.columns,
+            filter: request.filter,
+            segments: request.segments,
+            leaf_rows: request.leaf_rows,
+        };
+        let prepared = compare::prepare(spec, &identity, &self.config, &self.registry)
+            .await
+            .map_err(request_status)?;
+        // A few events ahead: the comparison pauses while the client reads.
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        let registry = Arc::clone(&self.registry);
+        tokio::spawn(async move { compare::run(&registry, prepared, sender).await }.in_current_span());
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver)
+            .map(|event| event.map(wire_compare_event).map_err(request_status));
+        Ok(Response::new(Box::pin(stream)))
+    }
 
     async fn execute(
         &self,
@@ -498,6 +533,42 @@ async fn next_stream_event(
         }
     };
     Some((Ok(pb::ExecuteStreamResponse { event: Some(event) }), state))
+}
+
+fn wire_compare_event(event: compare::CompareEvent) -> pb::CompareTablesResponse {
+    use pb::compare_tables_response::Event;
+    let event = match event {
+        compare::CompareEvent::Started {
+            reference,
+            targets,
+            key_column,
+            columns,
+        } => Event::Started(pb::CompareStarted {
+            reference: Some(convert::target(&reference)),
+            targets: targets.iter().map(convert::target).collect(),
+            key_column,
+            columns,
+        }),
+        compare::CompareEvent::Difference { target, key, kind } => Event::Difference(pb::RowDifference {
+            target: Some(convert::target(&target)),
+            key,
+            kind: match kind {
+                compare::DifferenceKind::Missing => pb::DifferenceKind::Missing,
+                compare::DifferenceKind::Extra => pb::DifferenceKind::Extra,
+                compare::DifferenceKind::Changed => pb::DifferenceKind::Changed,
+            }
+            .into(),
+        }),
+        compare::CompareEvent::Finished(summary) => Event::Finished(pb::CompareFinished {
+            identical: summary.identical,
+            differences: summary.differences,
+            rows_transferred: summary.rows_transferred,
+            rows_in_tables: summary.rows_in_tables,
+            queries: summary.queries,
+            duration: Some(convert::duration(summary.duration)),
+        }),
+    };
+    pb::CompareTablesResponse { event: Some(event) }
 }
 
 fn wire_class(class: StatementClass) -> pb::StatementClass {

@@ -54,6 +54,7 @@ mod atomic;
 mod auth;
 mod backup;
 mod browser;
+mod compare;
 mod edges;
 mod failover;
 mod fleet;
