@@ -119,7 +119,10 @@ pub struct ServerConfig {
     pub listen_addr: SocketAddr,
     /// Address of the Prometheus metrics listener; none disables it.
     pub metrics_addr: Option<SocketAddr>,
-    /// TLS for the gRPC port; none serves plaintext.
+    /// Address of the web console (the page at `/`, and grpc-web for its
+    /// calls on the same origin); none (the default) serves no console.
+    pub console_addr: Option<SocketAddr>,
+    /// TLS for the gRPC port (and the console's); none serves plaintext.
     pub tls: Option<TlsConfig>,
     /// How long in-flight calls may run after SIGTERM before the server exits.
     #[serde(with = "humantime_serde")]
@@ -159,6 +162,7 @@ impl Default for ServerConfig {
         Self {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: None,
+            console_addr: None,
             tls: None,
             shutdown_grace: Duration::from_secs(10),
             run_migrations: true,

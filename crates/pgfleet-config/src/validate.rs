@@ -259,6 +259,15 @@ pub fn validate(config: &FleetConfig) -> Vec<Problem> {
     {
         problems.add(&server_path.key("metrics_addr"), "must differ from listen_addr");
     }
+    if let Some(console) = config.server.console_addr
+        && console.port() != 0
+    {
+        if console == config.server.listen_addr {
+            problems.add(&server_path.key("console_addr"), "must differ from listen_addr");
+        } else if Some(console) == config.server.metrics_addr {
+            problems.add(&server_path.key("console_addr"), "must differ from metrics_addr");
+        }
+    }
     check_cors(&mut problems, &server_path, &config.server);
     check_edges(&mut problems, config);
 

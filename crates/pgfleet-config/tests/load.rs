@@ -758,6 +758,38 @@ fn log_and_telemetry_settings_load_from_the_file_and_overrides() {
 }
 
 #[test]
+fn the_console_is_off_by_default_and_must_not_share_a_port() {
+    let defaults = load(MINIMAL, FileFormat::Toml, &vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(defaults.config.server.console_addr, None);
+    let on = format!("[server]\nlisten_addr = '127.0.0.1:50051'\nconsole_addr = '127.0.0.1:8080'\n{MINIMAL}");
+    let loaded = load(&on, FileFormat::Toml, &vars(&[])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        loaded.config.server.console_addr,
+        Some("127.0.0.1:8080".parse().unwrap())
+    );
+    for (clash, expected) in [
+        (
+            "console_addr = '127.0.0.1:50051'\n",
+            "must differ from listen_addr",
+        ),
+        (
+            "metrics_addr = '127.0.0.1:9464'\nconsole_addr = '127.0.0.1:9464'\n",
+            "must differ from metrics_addr",
+        ),
+    ] {
+        let text = format!("[server]\nlisten_addr = '127.0.0.1:50051'\n{clash}{MINIMAL}");
+        let error = load(&text, FileFormat::Toml, &vars(&[]))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("server.console_addr") && error.contains(expected),
+            "{clash}: {error}"
+        );
+    }
+}
+
+#[test]
 fn result_budgets_default_validate_and_fit_the_message_limit() {
     let loaded = load(MINIMAL_FLEET, FileFormat::Toml, &vars(&[])).expect("loads");
     let config = &loaded.config;

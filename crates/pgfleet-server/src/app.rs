@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::gate::AuthLayer;
 use crate::auth::{AuthError, Authenticator, SessionStore, SessionStoreError};
 use crate::browser::{BrowserAccess, BrowserConfigError};
+use crate::console::ConsoleAssetsLayer;
 use crate::edge::{
     self, ClientAddressLayer, ExpensiveCallLimitLayer, ExpensiveCallLimiter, QueryRateLimitLayer, ServerTls,
     TlsError, transport::MessageLimit,
@@ -85,10 +86,14 @@ pub enum ServeError {
     Backup(#[from] pgfleet_backup::BackupError),
 }
 
+/// One listener serving until shutdown.
+type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    console_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
     /// Reloaded on SIGHUP ([`RunningServer::reload`]).
@@ -231,6 +236,27 @@ impl RunningServer {
             addr: listen_addr,
             source,
         })?;
+        let console_listener = match config.server.console_addr {
+            Some(console_addr) => {
+                Some(
+                    TcpListener::bind(console_addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            addr: console_addr,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let console_addr = console_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(|source| ServeError::Bind {
+                addr: config.server.console_addr.unwrap_or(listen_addr),
+                source,
+            })?;
         // Per-service health from the stores every call needs; the overall
         // status ("") is liveness and stays SERVING until shutdown.
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -279,19 +305,11 @@ impl RunningServer {
 
         let shutdown = CancellationToken::new();
         let grace = config.server.shutdown_grace;
-        // Layers run outside in: client address; browsers (CORS answers
-        // preflights, which carry no credentials, before the auth gate;
-        // grpc-web calls become plain gRPC before it, so the gate authorizes
-        // them like any other call); authentication; then the per-identity
-        // query rate limit and the limits on expensive calls (they need the
-        // identity).
-        let router = edge::transport::builder(&config.server)
-            .accept_http1(browser.accept_http1())
-            .layer(ClientAddressLayer::new(&config.server.trusted_proxies))
-            .layer(browser.cors())
-            .layer(browser.grpc_web())
-            // Spans, request ids and metrics of every call, refused ones too;
-            // inside grpc-web so it sees plain gRPC trailers.
+        // Spans, request ids and metrics of every call, refused ones too;
+        // inside grpc-web so they see plain gRPC trailers. Then
+        // authentication, the per-identity query rate limit and the limits
+        // on expensive calls (they need the identity).
+        let call_layers = tower::ServiceBuilder::new()
             .layer(RpcLayer::new(metrics.clone()))
             .layer(AuthLayer::new(Arc::clone(&authenticator), metrics.clone()))
             .layer(QueryRateLimitLayer::new(config.query.rate_limit.as_ref()))
@@ -299,7 +317,11 @@ impl RunningServer {
             // Innermost, so metrics and spans see the corrected code.
             .layer(tower::util::MapResponseLayer::new(
                 crate::status::correct_framing_status,
-            ))
+            ));
+        // One set of services, served on the gRPC port and, when configured,
+        // on the console's (same layers, same state, same limits).
+        let mut routes = tonic::service::RoutesBuilder::default();
+        routes
             .add_service(crate::sized!(health_service, limit))
             .add_service(crate::sized!(reflection_v1, limit))
             .add_service(crate::sized!(reflection_v1alpha, limit))
@@ -371,6 +393,33 @@ impl RunningServer {
                 )),
                 limit
             ));
+        let routes = routes.routes();
+        // Layers run outside in: client address; browsers (CORS answers
+        // preflights, which carry no credentials, before the auth gate;
+        // grpc-web calls become plain gRPC before it, so the gate authorizes
+        // them like any other call); authentication; then the per-identity
+        // query rate limit and the limits on expensive calls (they need the
+        // identity).
+        let router = edge::transport::builder(&config.server)
+            .accept_http1(browser.accept_http1())
+            .layer(ClientAddressLayer::new(&config.server.trusted_proxies))
+            .layer(browser.cors())
+            .layer(browser.grpc_web())
+            .layer(call_layers.clone())
+            .add_routes(routes.clone());
+        // The console's page and files first (never past the gate: they hold
+        // no data and the login page needs none), then its calls, always
+        // grpc-web, from its own origin (no CORS).
+        let console_router = console_listener.map(|listener| {
+            let router = edge::transport::builder(&config.server)
+                .accept_http1(true)
+                .layer(ConsoleAssetsLayer)
+                .layer(ClientAddressLayer::new(&config.server.trusted_proxies))
+                .layer(tonic_web::GrpcWebLayer::new())
+                .layer(call_layers)
+                .add_routes(routes);
+            (edge::transport::tcp_incoming(listener, &config.server), router)
+        });
         let incoming = edge::transport::tcp_incoming(listener, &config.server);
 
         let stop = shutdown.clone();
@@ -393,14 +442,30 @@ impl RunningServer {
             };
             // With TLS only TLS is served; tonic keeps its own connect-info
             // types either way (`Request::remote_addr` works on both).
-            let serving: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-                match tls {
-                    Some(tls) => Box::pin(
-                        router
-                            .serve_with_incoming_shutdown(edge::tls::incoming(incoming, tls), stop_accepting),
-                    ),
-                    None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting)),
-                };
+            // The console's port speaks TLS too when the gRPC port does.
+            let console: Serving = match (console_router, &tls) {
+                (Some((console_incoming, console_router)), Some(tls)) => {
+                    Box::pin(console_router.serve_with_incoming_shutdown(
+                        edge::tls::incoming(console_incoming, Arc::clone(tls)),
+                        stop.clone().cancelled_owned(),
+                    ))
+                }
+                (Some((console_incoming, console_router)), None) => Box::pin(
+                    console_router
+                        .serve_with_incoming_shutdown(console_incoming, stop.clone().cancelled_owned()),
+                ),
+                (None, _) => Box::pin(std::future::ready(Ok(()))),
+            };
+            let grpc: Serving = match tls {
+                Some(tls) => Box::pin(
+                    router.serve_with_incoming_shutdown(edge::tls::incoming(incoming, tls), stop_accepting),
+                ),
+                None => Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting)),
+            };
+            let serving = async move {
+                let (grpc, console) = tokio::join!(grpc, console);
+                grpc.and(console)
+            };
             tokio::pin!(serving);
             let result = tokio::select! {
                 result = &mut serving => result.map_err(ServeError::from),
@@ -443,10 +508,11 @@ impl RunningServer {
             tracing::info!("pgfleet stopped");
             result
         });
-        tracing::info!(%addr, tls = config.server.tls.is_some(), "pgfleet listening");
+        tracing::info!(%addr, console = ?console_addr, tls = config.server.tls.is_some(), "pgfleet listening");
         Ok(Self {
             addr,
             metrics_addr,
+            console_addr,
             shutdown,
             task,
             registry: reloadable,
@@ -551,6 +617,11 @@ impl RunningServer {
     /// The address the gRPC listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the web console is served on, when `server.console_addr` is set.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console_addr
     }
 
     /// The address `/metrics` is served on, when `server.metrics_addr` is set.

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod backup_cli;
 pub mod browser;
 pub mod cli;
+pub mod console;
 pub mod edge;
 pub mod legacy_import_cli;
 pub mod migrations_cli;
