@@ -12,6 +12,7 @@
 //! - `backup`: BackupService: policies, runs on two clouds into a local
 //!   directory, verify, restore, retention, a target killed mid-dump.
 //! - `browser`: a page in headless Chromium calls pgfleet through grpc-web.
+//! - `console`: the web console driven in headless Chromium (playwright-core).
 //! - `edges`: TLS and mTLS, message and stream limits, the query rate
 //!   limit, client addresses behind a trusted proxy.
 //! - `failover`: writes follow a promoted streaming replica.
@@ -55,6 +56,7 @@ mod auth;
 mod backup;
 mod browser;
 mod compare;
+mod console;
 mod edges;
 mod failover;
 mod fleet;

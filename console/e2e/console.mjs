@@ -1,0 +1,221 @@
+// Drives the console in Debian's headless Chromium (never a downloaded one)
+// for crates/pgfleet-server/tests/it/console.rs, which starts the server and
+// databases, runs this script and checks what it prints (one JSON object)
+// against the databases. Waits are for what the page shows; assertions live
+// in the Rust test, except where the page must be in a state to go on.
+//
+// Environment: CONSOLE_URL, MASTER_USER, MASTER_PASSWORD, READER_USER,
+// READER_PASSWORD, SCREENSHOTS (a directory), CHROMIUM (default /usr/bin/chromium).
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const url = env("CONSOLE_URL");
+const shots = env("SCREENSHOTS");
+// Every wait is bounded: a console that never shows something fails here.
+const WAIT = 30_000;
+
+const profile = mkdtempSync(join(tmpdir(), "pgfleet-console-"));
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  headless: true,
+  viewport: { width: 1280, height: 800 },
+  acceptDownloads: true,
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+const out = {};
+const problems = [];
+let page;
+
+try {
+  page = browser.pages()[0] ?? (await browser.newPage());
+  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+  page.setDefaultTimeout(WAIT);
+
+  const logIn = async (p, username, password) => {
+    await p.goto(url);
+    await p.getByLabel("Username").fill(username);
+    await p.getByLabel("Password").fill(password);
+    await p.getByRole("button", { name: "Log in" }).click();
+    await p.getByTestId("who").waitFor();
+  };
+  const setSql = async (p, text) => {
+    await p.locator(".cm-content").click();
+    await p.keyboard.press("Control+A");
+    await p.keyboard.press("Delete");
+    await p.keyboard.insertText(text);
+    // Closes the completion popup typing may have opened.
+    await p.keyboard.press("Escape");
+  };
+  const status = (p) => p.getByTestId("status").innerText();
+  const waitStatus = (p, prefix) =>
+    p.waitForFunction(
+      (prefix) => document.querySelector("[data-testid=status]")?.textContent?.startsWith(prefix),
+      prefix,
+    );
+  /** Every target panel: its key, state and the rows of its last grid. */
+  const panels = (p) =>
+    p.$$eval("section[data-target]", (sections) =>
+      sections.map((s) => ({
+        target: s.getAttribute("data-target"),
+        state: s.querySelector("[data-testid=state]")?.textContent,
+        tags: [...s.querySelectorAll(".tag")].map((t) => t.textContent),
+        error: s.querySelector(".error")?.textContent ?? "",
+        rows: [...s.querySelectorAll("tbody tr")].map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent)),
+        differing: s.querySelectorAll("tbody tr.differs").length,
+      })),
+    );
+  const ended = (p) => p.getByTestId("status").getAttribute("data-ended").then(Number);
+  /** Waits for the run after `before` ended runs to end, as `prefix` says. */
+  const waitEnd = (p, before, prefix) =>
+    p.waitForFunction(
+      ([before, prefix]) => {
+        const status = document.querySelector("[data-testid=status]");
+        return Number(status?.getAttribute("data-ended")) > before && status?.textContent?.startsWith(prefix);
+      },
+      [before, prefix],
+    );
+  const run = async (p) => {
+    const before = await ended(p);
+    await p.getByRole("button", { name: "Run", exact: true }).click();
+    await waitEnd(p, before, "Finished");
+    return panels(p);
+  };
+
+  // Login page, then a MASTER's session.
+  await page.goto(url);
+  await page.getByLabel("Username").waitFor();
+  await page.screenshot({ path: join(shots, "login.png") });
+  await logIn(page, env("MASTER_USER"), env("MASTER_PASSWORD"));
+  out.who = await page.getByTestId("who").innerText();
+  out.masterReadOnlySwitch = await page.locator("input[name=read-only]").count();
+
+  // A fan-out read: one panel per cloud, the copies' differences marked.
+  await setSql(page, "SELECT id, name FROM items ORDER BY id");
+  out.fanOut = await run(page);
+  await page.screenshot({ path: join(shots, "query.png"), fullPage: true });
+
+  // The merged grid as CSV, through the browser's download.
+  const [download] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("button", { name: "Export CSV" }).click(),
+  ]);
+  out.csvName = download.suggestedFilename();
+  out.csv = readFileSync(await download.path(), "utf8");
+
+  // Validate: the parse error underlined where it is.
+  await setSql(page, "SELECT 1;\nSELEC 2");
+  await page.getByRole("button", { name: "Validate" }).click();
+  await page.locator(".cm-lintRange-error").waitFor();
+  out.underlined = await page.locator(".cm-lintRange-error").innerText();
+  out.parseStatus = await status(page);
+  await page.screenshot({ path: join(shots, "parse-error.png") });
+
+  // A dangerous statement: asked first, each finding listed, then run.
+  await setSql(page, "UPDATE items SET name = upper(name)");
+  await page.getByRole("button", { name: "Run", exact: true }).click();
+  const dialog = page.getByTestId("danger");
+  await dialog.waitFor();
+  out.dangerDialog = await dialog.innerText();
+  await page.screenshot({ path: join(shots, "dangerous.png") });
+  const beforeDangerous = await ended(page);
+  await dialog.getByRole("button", { name: "Run anyway" }).click();
+  await waitEnd(page, beforeDangerous, "Finished");
+  out.dangerous = await panels(page);
+  out.executionText = await page.locator(".execution").innerText();
+
+  // The write in history, with its per-target outcomes.
+  await page.getByRole("link", { name: "History" }).click();
+  await page.getByLabel("Text contains").fill("upper(name)");
+  await page.getByRole("button", { name: "Search" }).click();
+  await page.getByRole("button", { name: /upper\(name\)/ }).first().click();
+  const record = page.getByTestId("record");
+  await record.waitFor();
+  out.historyRecord = await record.innerText();
+  await page.screenshot({ path: join(shots, "history.png"), fullPage: true });
+  await page.getByRole("link", { name: "Query" }).click();
+
+  // A slow query, seen running on both copies from a second tab, cancelled,
+  // then gone.
+  const watcher = await browser.newPage();
+  watcher.setDefaultTimeout(WAIT);
+  await watcher.goto(url);
+  await watcher.getByTestId("who").waitFor();
+  await setSql(
+    watcher,
+    // By wait event: a streamed read runs through a cursor, so the text
+    // PostgreSQL shows for it is a FETCH.
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'",
+  );
+  const sleeping = async () => (await run(watcher)).map((p) => `${p.target}=${p.rows[0]?.[0]}`).sort().join(" ");
+  await setSql(page, "SELECT pg_sleep(600.25)");
+  // The longest timeout the server allows: only the cancel can end it soon.
+  await page.getByLabel("Timeout (s)").fill("300");
+  const beforeSleep = await ended(page);
+  await page.getByRole("button", { name: "Run", exact: true }).click();
+  await waitStatus(page, "Running");
+  const deadline = Date.now() + WAIT;
+  out.sleepingBefore = await sleeping();
+  while (out.sleepingBefore !== "aws/app=1 gcp/app=1" && Date.now() < deadline) {
+    await watcher.waitForTimeout(200);
+    out.sleepingBefore = await sleeping();
+  }
+  out.statusWhileSleeping = await status(page);
+  await page.getByRole("button", { name: "Cancel" }).click();
+  await waitEnd(page, beforeSleep, "Cancelled");
+  out.cancelled = await panels(page);
+  await page.screenshot({ path: join(shots, "cancelled.png") });
+  await watcher.close();
+
+  // Log out: back to the login form, and the session is gone.
+  await page.getByRole("button", { name: "Log out" }).click();
+  await page.getByLabel("Username").waitFor();
+  out.afterLogout = await page.locator("form.login").count();
+
+  // A READER: no write controls, and a write sent anyway is refused.
+  await logIn(page, env("READER_USER"), env("READER_PASSWORD"));
+  out.readerWho = await page.getByTestId("who").innerText();
+  out.readerReadOnlySwitch = await page.locator("input[name=read-only]").count();
+  await setSql(page, "UPDATE items SET name = 'reader' WHERE id = 1");
+  await page.getByRole("button", { name: "Run", exact: true }).click();
+  await page.getByTestId("error").waitFor();
+  out.readerError = await page.getByTestId("error").innerText();
+  await page.screenshot({ path: join(shots, "reader.png") });
+  // Narrow screens get the same page, one column.
+  await page.setViewportSize({ width: 420, height: 800 });
+  await page.screenshot({ path: join(shots, "reader-narrow.png"), fullPage: true });
+} catch (error) {
+  problems.push(String(error?.stack ?? error));
+  // What the page showed when it went wrong.
+  try {
+    out.failedAt = {
+      status: await page.getByTestId("status").innerText({ timeout: 1000 }),
+      alerts: await page.getByRole("alert").allInnerTexts(),
+      panels: await page.$$eval("section[data-target]", (s) => s.map((e) => e.innerText)),
+    };
+    await page.screenshot({ path: join(shots, "failure.png"), fullPage: true });
+  } catch (inner) {
+    problems.push(`no state of the failure: ${inner}`);
+  }
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+out.problems = problems;
+process.stdout.write(JSON.stringify(out) + "\n");
+process.exit(problems.length === 0 ? 0 : 1);

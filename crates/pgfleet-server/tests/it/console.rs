@@ -1,0 +1,216 @@
+//! The web console end to end: the real server with `server.console_addr`,
+//! real databases, and console/e2e/console.mjs driving the built console in
+//! Debian's headless Chromium through playwright-core (which never downloads
+//! a browser). The script does what a DBA does and prints what the page
+//! showed as one JSON object; this test checks it against the databases.
+//! Screenshots of every page land in target/console-e2e/.
+
+use std::path::PathBuf;
+
+use pgfleet_engine::identity::Role;
+use serde_json::Value;
+
+use crate::support::{Fleet, workspace_root};
+
+/// The console's directory, checked to be built and installed: the test
+/// needs `console/dist` (served by the server) and playwright-core.
+fn console_dir() -> PathBuf {
+    let console = workspace_root().join("console");
+    assert!(
+        console.join("dist/index.html").is_file() && console.join("node_modules/playwright-core").is_dir(),
+        "the console is not built: run scripts/bootstrap (npm ci && npm run build in console/)"
+    );
+    console
+}
+
+async fn sql(fleet: &Fleet, cloud: &str, text: &str) -> anyhow::Result<()> {
+    let mut connection = fleet.database(cloud, "app").connect().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(text.to_owned()))
+        .execute(&mut connection)
+        .await?;
+    Ok(())
+}
+
+async fn names(fleet: &Fleet, cloud: &str) -> anyhow::Result<Vec<String>> {
+    let mut connection = fleet.database(cloud, "app").connect().await?;
+    Ok(sqlx::query_scalar("SELECT name FROM items ORDER BY id")
+        .fetch_all(&mut connection)
+        .await?)
+}
+
+/// Backends of either app database still in `pg_sleep` (by wait event: a
+/// streamed read runs through a cursor, whose text is a FETCH).
+async fn sleeping(fleet: &Fleet) -> anyhow::Result<i64> {
+    let mut connection = fleet.database("aws", "app").connect().await?;
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname IN ($1, $2)",
+    )
+    .bind(fleet.database("aws", "app").name())
+    .bind(fleet.database("gcp", "app").name())
+    .fetch_one(&mut connection)
+    .await?)
+}
+
+fn text<'a>(out: &'a Value, pointer: &str) -> &'a str {
+    out.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
+    let console = console_dir();
+    let mut fleet = Fleet::create().await?;
+    fleet.server_toml = "console_addr = '127.0.0.1:0'\n".to_owned();
+    // Plain HTTP on loopback: a Secure cookie would not be sent back.
+    fleet.auth_toml.push_str("cookie_secure = false\n");
+    for (cloud, second) in [("aws", "b"), ("gcp", "B")] {
+        sql(
+            &fleet,
+            cloud,
+            &format!(
+                "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);\n\
+                 INSERT INTO items VALUES (1, 'a'), (2, '{second}');\n\
+                 GRANT SELECT ON items TO {};",
+                pgfleet_testkit::TEST_READER
+            ),
+        )
+        .await?;
+    }
+    let server = fleet.start("").await?;
+    let console_addr = server.console_addr().expect("console_addr is configured");
+    let master_password = fleet.create_user("console-master", Role::Master).await?;
+    let reader_password = fleet.create_user("console-reader", Role::Reader).await?;
+    let screenshots = workspace_root().join("target/console-e2e");
+    std::fs::create_dir_all(&screenshots)?;
+
+    let output = tokio::process::Command::new("node")
+        .arg(console.join("e2e/console.mjs"))
+        .current_dir(&console)
+        .env("CONSOLE_URL", format!("http://{console_addr}/"))
+        .env("MASTER_USER", "console-master")
+        .env("MASTER_PASSWORD", &master_password)
+        .env("READER_USER", "console-reader")
+        .env("READER_PASSWORD", &reader_password)
+        .env("SCREENSHOTS", &screenshots)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let context = format!(
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: Value = serde_json::from_str(stdout.trim()).map_err(|e| anyhow::anyhow!("{e}\n{context}"))?;
+    assert_eq!(out["problems"], serde_json::json!([]), "{context}");
+    assert!(output.status.success(), "{context}");
+
+    // Logged in by the HttpOnly cookie; a MASTER gets the read-only switch.
+    assert_eq!(text(&out, "/who"), "console-master (MASTER)", "{context}");
+    assert_eq!(out["masterReadOnlySwitch"], 1, "{context}");
+
+    // One panel per cloud, side by side, gcp's differing row marked on both.
+    let fan_out = out["fanOut"].as_array().expect("fanOut panels");
+    let panels: Vec<(&str, &str, &Value)> = fan_out
+        .iter()
+        .map(|p| (text(p, "/target"), text(p, "/state"), &p["rows"]))
+        .collect();
+    assert_eq!(
+        panels,
+        vec![
+            (
+                "aws/app",
+                "succeeded",
+                &serde_json::json!([["1", "a"], ["2", "b"]])
+            ),
+            (
+                "gcp/app",
+                "succeeded",
+                &serde_json::json!([["1", "a"], ["2", "B"]])
+            ),
+        ],
+        "{context}"
+    );
+    assert!(fan_out.iter().all(|p| p["differing"] == 1), "{context}");
+
+    // The merged grid as CSV, a target column first.
+    assert_eq!(text(&out, "/csvName"), "result.csv");
+    assert_eq!(
+        text(&out, "/csv"),
+        "target,id,name\r\naws/app,1,a\r\naws/app,2,b\r\ngcp/app,1,a\r\ngcp/app,2,B\r\n",
+        "{context}"
+    );
+
+    // The parse error underlined at its token, its place said.
+    assert_eq!(text(&out, "/underlined"), "SELEC", "{context}");
+    assert!(
+        text(&out, "/parseStatus").starts_with("Parse error at line 2, column 1"),
+        "{context}"
+    );
+
+    // The dangerous UPDATE: asked first with its finding, then run on both.
+    assert!(
+        text(&out, "/dangerDialog").contains("UPDATE_WITHOUT_WHERE"),
+        "{context}"
+    );
+    for panel in out["dangerous"].as_array().expect("dangerous panels") {
+        assert_eq!(text(panel, "/state"), "succeeded", "{context}");
+        assert_eq!(
+            panel["tags"],
+            serde_json::json!(["UPDATE 2 (2 rows)"]),
+            "{context}"
+        );
+    }
+    assert_eq!(names(&fleet, "aws").await?, ["A", "B"]);
+    assert_eq!(names(&fleet, "gcp").await?, ["A", "B"]);
+
+    // Found in history, with both targets' outcomes.
+    let record = text(&out, "/historyRecord");
+    let execution = text(&out, "/executionText").trim_start_matches("Audit record ");
+    assert!(record.contains(execution) && !execution.is_empty(), "{context}");
+    assert!(record.contains("dangerous statements confirmed"), "{context}");
+    assert!(
+        record.contains("aws/app\tsucceeded\t2") && record.contains("gcp/app\tsucceeded\t2"),
+        "{context}"
+    );
+
+    // The slow query ran on both copies, was cancelled, and is gone from
+    // pg_stat_activity long before its 600 s: the cancel reached PostgreSQL.
+    assert_eq!(text(&out, "/sleepingBefore"), "aws/app=1 gcp/app=1", "{context}");
+    for panel in out["cancelled"].as_array().expect("cancelled panels") {
+        assert_eq!(text(panel, "/state"), "cancelled", "{context}");
+    }
+    let mut left = sleeping(&fleet).await?;
+    for _ in 0..100 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = sleeping(&fleet).await?;
+    }
+    assert_eq!(left, 0, "the cancelled pg_sleep still runs");
+
+    // Logged out, then a READER: no write controls, and a write sent anyway
+    // is refused by the server; nothing changed.
+    assert_eq!(out["afterLogout"], 1, "{context}");
+    assert_eq!(text(&out, "/readerWho"), "console-reader (READER)", "{context}");
+    assert_eq!(out["readerReadOnlySwitch"], 0, "{context}");
+    assert!(
+        text(&out, "/readerError").starts_with("PERMISSION_DENIED"),
+        "{context}"
+    );
+    assert_eq!(names(&fleet, "aws").await?, ["A", "B"]);
+
+    for page in [
+        "login",
+        "query",
+        "parse-error",
+        "dangerous",
+        "history",
+        "cancelled",
+        "reader",
+    ] {
+        assert!(screenshots.join(format!("{page}.png")).is_file(), "{page}.png");
+    }
+    server.shutdown().await?;
+    Ok(())
+}
