@@ -182,6 +182,46 @@ try {
   await page.screenshot({ path: join(shots, "cancelled.png") });
   await watcher.close();
 
+  // The fleet overview: every copy's dot, once the monitor has checked it.
+  await page.getByRole("link", { name: "Fleet" }).click();
+  const health = () =>
+    page.$$eval("td[data-health]", (cells) =>
+      cells.map((c) => `${c.getAttribute("data-target")}=${c.getAttribute("data-health")}`).sort().join(" "),
+    );
+  const healthDeadline = Date.now() + WAIT;
+  await page.locator("td[data-health]").first().waitFor();
+  out.fleet = await health();
+  while (out.fleet.includes("UNSPECIFIED") && Date.now() < healthDeadline) {
+    await page.getByRole("button", { name: "Refresh" }).click();
+    await page.waitForTimeout(500);
+    out.fleet = await health();
+  }
+  await page.screenshot({ path: join(shots, "fleet.png"), fullPage: true });
+
+  // Users and API keys: a user, a key kept and a key revoked.
+  await page.getByRole("link", { name: "Users and keys" }).click();
+  const newUser = page.getByRole("form", { name: "New user" });
+  await newUser.getByLabel("New username").fill("console-new");
+  await newUser.getByLabel("Email").fill("console-new@example.com");
+  await newUser.getByLabel("Full name").fill("Console New");
+  await newUser.getByLabel("Initial password").fill("Harbor-lamp-7781");
+  await newUser.getByLabel("Role").selectOption({ label: "USER" });
+  await newUser.getByRole("button", { name: "Create user" }).click();
+  await page.getByRole("cell", { name: "console-new", exact: true }).waitFor();
+  const newKey = page.getByRole("form", { name: "New API key" });
+  const createKey = async (name) => {
+    await newKey.getByLabel("Key name").fill(name);
+    await newKey.getByLabel("Targets (cloud/database, …)").fill("*/app");
+    await newKey.getByRole("button", { name: "Create key" }).click();
+    await page.getByRole("cell", { name, exact: true }).waitFor();
+    return page.getByTestId("secret").innerText();
+  };
+  out.keptKey = await createKey("console-etl");
+  out.revokedKey = await createKey("console-tmp");
+  await page.getByRole("button", { name: "Revoke console-tmp" }).click();
+  await page.getByRole("button", { name: "Revoke console-tmp" }).waitFor({ state: "detached" });
+  await page.screenshot({ path: join(shots, "access.png"), fullPage: true });
+
   // Log out: back to the login form, and the session is gone.
   await page.getByRole("button", { name: "Log out" }).click();
   await page.getByLabel("Username").waitFor();
@@ -191,6 +231,7 @@ try {
   await logIn(page, env("READER_USER"), env("READER_PASSWORD"));
   out.readerWho = await page.getByTestId("who").innerText();
   out.readerReadOnlySwitch = await page.locator("input[name=read-only]").count();
+  out.readerAccessLink = await page.getByRole("link", { name: "Users and keys" }).count();
   await setSql(page, "UPDATE items SET name = 'reader' WHERE id = 1");
   await page.getByRole("button", { name: "Run", exact: true }).click();
   await page.getByTestId("error").waitFor();
@@ -203,12 +244,12 @@ try {
   problems.push(String(error?.stack ?? error));
   // What the page showed when it went wrong.
   try {
-    out.failedAt = {
-      status: await page.getByTestId("status").innerText({ timeout: 1000 }),
-      alerts: await page.getByRole("alert").allInnerTexts(),
-      panels: await page.$$eval("section[data-target]", (s) => s.map((e) => e.innerText)),
-    };
     await page.screenshot({ path: join(shots, "failure.png"), fullPage: true });
+    out.failedAt = {
+      url: page.url(),
+      alerts: await page.getByRole("alert").allInnerTexts(),
+      main: (await page.locator("main").allInnerTexts()).join("\n").slice(0, 2000),
+    };
   } catch (inner) {
     problems.push(`no state of the failure: ${inner}`);
   }

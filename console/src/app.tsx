@@ -2,7 +2,9 @@
 import { useEffect, useState } from "preact/hooks";
 import { auth, describeError, isUnauthenticated } from "./api.js";
 import { Role } from "./gen/pgfleet/v1/common_pb.js";
+import { AccessPage } from "./access.js";
 import { HistoryPage } from "./history.js";
+import { OverviewPage } from "./overview.js";
 import { QueryPage } from "./query.js";
 
 /** The logged-in user as the pages need it. */
@@ -11,10 +13,14 @@ export interface Session {
   role: Role;
 }
 
-type Page = "query" | "history";
+type Page = "query" | "history" | "fleet" | "access";
 
 function pageFromHash(): Page {
-  return window.location.hash === "#/history" ? "history" : "query";
+  const hash = window.location.hash;
+  if (hash === "#/history") return "history";
+  if (hash === "#/fleet") return "fleet";
+  if (hash === "#/access") return "access";
+  return "query";
 }
 
 export function App() {
@@ -76,6 +82,14 @@ export function App() {
           <a href="#/history" aria-current={page === "history" ? "page" : undefined}>
             History
           </a>
+          <a href="#/fleet" aria-current={page === "fleet" ? "page" : undefined}>
+            Fleet
+          </a>
+          {session.role === Role.MASTER && (
+            <a href="#/access" aria-current={page === "access" ? "page" : undefined}>
+              Users and keys
+            </a>
+          )}
         </nav>
         <span class="who" data-testid="who">
           {session.username} ({Role[session.role]})
@@ -89,7 +103,12 @@ export function App() {
           {error}
         </p>
       )}
-      <main>{page === "query" ? <QueryPage session={session} /> : <HistoryPage />}</main>
+      <main>
+        {page === "query" && <QueryPage session={session} />}
+        {page === "history" && <HistoryPage />}
+        {page === "fleet" && <OverviewPage />}
+        {page === "access" && session.role === Role.MASTER && <AccessPage />}
+      </main>
     </div>
   );
 }

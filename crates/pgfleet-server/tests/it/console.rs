@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use pgfleet_engine::identity::Role;
 use serde_json::Value;
 
-use crate::support::{Fleet, workspace_root};
+use pgfleet_proto::pgfleet::v1 as pb;
+
+use crate::support::{Fleet, api_key, auth_client, channel, login, workspace_root};
 
 /// The console's directory, checked to be built and installed: the test
 /// needs `console/dist` (served by the server) and playwright-core.
@@ -189,11 +191,33 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
     }
     assert_eq!(left, 0, "the cancelled pg_sleep still runs");
 
+    // The overview: every copy of both databases healthy.
+    assert_eq!(
+        text(&out, "/fleet"),
+        "aws/analytics=HEALTHY aws/app=HEALTHY gcp/analytics=HEALTHY gcp/app=HEALTHY",
+        "{context}"
+    );
+
+    // What the MASTER made on the users and keys page works (or, revoked, not).
+    let channel = channel(&server).await?;
+    login(&channel, "console-new", "Harbor-lamp-7781").await?;
+    let me = auth_client(&channel)
+        .me(api_key(pb::MeRequest {}, text(&out, "/keptKey")))
+        .await?
+        .into_inner();
+    assert_eq!(me.role, pb::Role::Reader as i32);
+    let revoked = auth_client(&channel)
+        .me(api_key(pb::MeRequest {}, text(&out, "/revokedKey")))
+        .await
+        .expect_err("a revoked key is refused");
+    assert_eq!(revoked.code(), tonic::Code::Unauthenticated);
+
     // Logged out, then a READER: no write controls, and a write sent anyway
     // is refused by the server; nothing changed.
     assert_eq!(out["afterLogout"], 1, "{context}");
     assert_eq!(text(&out, "/readerWho"), "console-reader (READER)", "{context}");
     assert_eq!(out["readerReadOnlySwitch"], 0, "{context}");
+    assert_eq!(out["readerAccessLink"], 0, "{context}");
     assert!(
         text(&out, "/readerError").starts_with("PERMISSION_DENIED"),
         "{context}"
