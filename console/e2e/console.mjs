@@ -49,8 +49,8 @@ try {
 
   const logIn = async (p, username, password) => {
     await p.goto(url);
-    await p.getByLabel("Username").fill(username);
-    await p.getByLabel("Password").fill(password);
+    await p.getByLabel("Username", { exact: true }).fill(username);
+    await p.getByLabel("Password", { exact: true }).fill(password);
     await p.getByRole("button", { name: "Log in" }).click();
     await p.getByTestId("who").waitFor();
   };
@@ -99,7 +99,7 @@ try {
 
   // Login page, then a MASTER's session.
   await page.goto(url);
-  await page.getByLabel("Username").waitFor();
+  await page.getByLabel("Username", { exact: true }).waitFor();
   await page.screenshot({ path: join(shots, "login.png") });
   await logIn(page, env("MASTER_USER"), env("MASTER_PASSWORD"));
   out.who = await page.getByTestId("who").innerText();
@@ -198,6 +198,18 @@ try {
   }
   await page.screenshot({ path: join(shots, "fleet.png"), fullPage: true });
 
+  // A replication job run from the page, its progress streamed, then its status.
+  await page.getByRole("link", { name: "Replication" }).click();
+  const job = page.locator("article[data-job=orders-to-analytics]");
+  await job.getByRole("button", { name: "Run orders-to-analytics" }).click();
+  await job.getByTestId("progress").getByText(/^finished:/).waitFor();
+  out.replicationProgress = await job.getByTestId("progress").locator("li").allInnerTexts();
+  // The status as reloaded after the run (before it, the row says UNSPECIFIED).
+  const copied = job.locator("table.status tr[data-target='gcp/analytics']", { hasText: "SUCCEEDED" });
+  await copied.waitFor();
+  out.replicationStatus = await copied.innerText();
+  await page.screenshot({ path: join(shots, "replication.png"), fullPage: true });
+
   // Users and API keys: a user, a key kept and a key revoked.
   await page.getByRole("link", { name: "Users and keys" }).click();
   const newUser = page.getByRole("form", { name: "New user" });
@@ -224,7 +236,7 @@ try {
 
   // Log out: back to the login form, and the session is gone.
   await page.getByRole("button", { name: "Log out" }).click();
-  await page.getByLabel("Username").waitFor();
+  await page.getByLabel("Username", { exact: true }).waitFor();
   out.afterLogout = await page.locator("form.login").count();
 
   // A READER: no write controls, and a write sent anyway is refused.
@@ -232,6 +244,10 @@ try {
   out.readerWho = await page.getByTestId("who").innerText();
   out.readerReadOnlySwitch = await page.locator("input[name=read-only]").count();
   out.readerAccessLink = await page.getByRole("link", { name: "Users and keys" }).count();
+  await page.getByRole("link", { name: "Replication" }).click();
+  await page.locator("article[data-job=orders-to-analytics]").waitFor();
+  out.readerRunButtons = await page.getByRole("button", { name: /^Run / }).count();
+  await page.getByRole("link", { name: "Query" }).click();
   await setSql(page, "UPDATE items SET name = 'reader' WHERE id = 1");
   await page.getByRole("button", { name: "Run", exact: true }).click();
   await page.getByTestId("error").waitFor();

@@ -7,6 +7,7 @@ import { AuthService } from "./gen/pgfleet/v1/auth_pb.js";
 import { FleetService } from "./gen/pgfleet/v1/fleet_pb.js";
 import { HistoryService } from "./gen/pgfleet/v1/history_pb.js";
 import { QueryService } from "./gen/pgfleet/v1/query_pb.js";
+import { ReplicationService } from "./gen/pgfleet/v1/replication_pb.js";
 
 const transport = createGrpcWebTransport({
   baseUrl: window.location.origin,
@@ -17,6 +18,7 @@ export const auth = createClient(AuthService, transport);
 export const fleet = createClient(FleetService, transport);
 export const history = createClient(HistoryService, transport);
 export const query = createClient(QueryService, transport);
+export const replication = createClient(ReplicationService, transport);
 
 /** "PERMISSION_DENIED: message", the gRPC code as grpcurl prints it. */
 export function describeError(error: unknown): string {

@@ -6,6 +6,7 @@ import { AccessPage } from "./access.js";
 import { HistoryPage } from "./history.js";
 import { OverviewPage } from "./overview.js";
 import { QueryPage } from "./query.js";
+import { ReplicationPage } from "./replication.js";
 
 /** The logged-in user as the pages need it. */
 export interface Session {
@@ -13,13 +14,14 @@ export interface Session {
   role: Role;
 }
 
-type Page = "query" | "history" | "fleet" | "access";
+type Page = "query" | "history" | "fleet" | "replication" | "access";
 
 function pageFromHash(): Page {
   const hash = window.location.hash;
   if (hash === "#/history") return "history";
   if (hash === "#/fleet") return "fleet";
   if (hash === "#/access") return "access";
+  if (hash === "#/replication") return "replication";
   return "query";
 }
 
@@ -85,6 +87,9 @@ export function App() {
           <a href="#/fleet" aria-current={page === "fleet" ? "page" : undefined}>
             Fleet
           </a>
+          <a href="#/replication" aria-current={page === "replication" ? "page" : undefined}>
+            Replication
+          </a>
           {session.role === Role.MASTER && (
             <a href="#/access" aria-current={page === "access" ? "page" : undefined}>
               Users and keys
@@ -107,6 +112,7 @@ export function App() {
         {page === "query" && <QueryPage session={session} />}
         {page === "history" && <HistoryPage />}
         {page === "fleet" && <OverviewPage />}
+        {page === "replication" && <ReplicationPage session={session} />}
         {page === "access" && session.role === Role.MASTER && <AccessPage />}
       </main>
     </div>

@@ -12,7 +12,9 @@ use serde_json::Value;
 
 use pgfleet_proto::pgfleet::v1 as pb;
 
-use crate::support::{Fleet, api_key, auth_client, channel, login, workspace_root};
+use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
+
+use crate::support::{Fleet, api_key, auth_client, bearer, channel, login, target, workspace_root};
 
 /// The console's directory, checked to be built and installed: the test
 /// needs `console/dist` (served by the server) and playwright-core.
@@ -77,10 +79,42 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
         )
         .await?;
     }
+    // A replication job for the page to run: aws/app's orders into gcp/analytics.
+    sql(
+        &fleet,
+        "aws",
+        "CREATE TABLE orders (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL);\n\
+         INSERT INTO orders SELECT g, timestamptz '2026-01-01' + g * interval '1 minute' \
+         FROM generate_series(1, 3) g;",
+    )
+    .await?;
+    let mut analytics = fleet.database("gcp", "analytics").connect().await?;
+    sqlx::raw_sql("CREATE TABLE orders (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL)")
+        .execute(&mut analytics)
+        .await?;
     let server = fleet.start("").await?;
     let console_addr = server.console_addr().expect("console_addr is configured");
     let master_password = fleet.create_user("console-master", Role::Master).await?;
     let reader_password = fleet.create_user("console-reader", Role::Reader).await?;
+    let channel = channel(&server).await?;
+    let master = login(&channel, "console-master", &master_password).await?;
+    ReplicationServiceClient::new(channel.clone())
+        .create_job(bearer(
+            pb::CreateJobRequest {
+                job: Some(pb::ReplicationJob {
+                    name: "orders-to-analytics".to_owned(),
+                    source: Some(target("aws", "app")),
+                    targets: vec![target("gcp", "analytics")],
+                    tables: vec!["public.orders".to_owned()],
+                    sync_key: "updated_at".to_owned(),
+                    mode: pb::ReplicationMode::Incremental.into(),
+                    ..Default::default()
+                }),
+                validate_only: false,
+            },
+            &master,
+        ))
+        .await?;
     let screenshots = workspace_root().join("target/console-e2e");
     std::fs::create_dir_all(&screenshots)?;
 
@@ -198,8 +232,24 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
         "{context}"
     );
 
+    // The job ran from the page: its progress streamed, the rows copied.
+    let progress = out["replicationProgress"].as_array().expect("progress lines");
+    assert_eq!(
+        progress.last().and_then(Value::as_str),
+        Some("finished: SUCCEEDED, 3 rows written"),
+        "{context}"
+    );
+    assert_eq!(
+        text(&out, "/replicationStatus"),
+        "public.orders\tgcp/analytics\tSUCCEEDED\t00:00:00\t3\t3",
+        "{context}"
+    );
+    let copied: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&mut analytics)
+        .await?;
+    assert_eq!(copied, 3);
+
     // What the MASTER made on the users and keys page works (or, revoked, not).
-    let channel = channel(&server).await?;
     login(&channel, "console-new", "Harbor-lamp-7781").await?;
     let me = auth_client(&channel)
         .me(api_key(pb::MeRequest {}, text(&out, "/keptKey")))
@@ -218,6 +268,7 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
     assert_eq!(text(&out, "/readerWho"), "console-reader (READER)", "{context}");
     assert_eq!(out["readerReadOnlySwitch"], 0, "{context}");
     assert_eq!(out["readerAccessLink"], 0, "{context}");
+    assert_eq!(out["readerRunButtons"], 0, "{context}");
     assert!(
         text(&out, "/readerError").starts_with("PERMISSION_DENIED"),
         "{context}"
@@ -231,6 +282,7 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
         "dangerous",
         "history",
         "cancelled",
+        "replication",
         "reader",
     ] {
         assert!(screenshots.join(format!("{page}.png")).is_file(), "{page}.png");
