@@ -147,6 +147,13 @@ try {
   const record = page.getByTestId("record");
   await record.waitFor();
   out.historyRecord = await record.innerText();
+  await page.getByRole("button", { name: "Verify chain" }).click();
+  out.chain = await page.getByTestId("chain").innerText();
+  const [exported] = await Promise.all([
+    page.waitForEvent("download"),
+    page.getByRole("button", { name: "Export", exact: true }).click(),
+  ]);
+  out.historyExport = readFileSync(await exported.path(), "utf8");
   await page.screenshot({ path: join(shots, "history.png"), fullPage: true });
   await page.getByRole("link", { name: "Query" }).click();
 

@@ -110,7 +110,7 @@ export function App() {
       )}
       <main>
         {page === "query" && <QueryPage session={session} />}
-        {page === "history" && <HistoryPage />}
+        {page === "history" && <HistoryPage session={session} />}
         {page === "fleet" && <OverviewPage />}
         {page === "replication" && <ReplicationPage session={session} />}
         {page === "access" && session.role === Role.MASTER && <AccessPage />}

@@ -1,8 +1,12 @@
 // The audit trail: filters, pages, a record's detail with per-target outcomes.
 import { useEffect, useState } from "preact/hooks";
+import { toJsonString } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { describeError, history } from "./api.js";
-import { ExecutionStatus, type ExecutionRecord } from "./gen/pgfleet/v1/history_pb.js";
+import type { Session } from "./app.js";
+import { download } from "./cells.js";
+import { Role } from "./gen/pgfleet/v1/common_pb.js";
+import { ExecutionRecordSchema, ExecutionStatus, type ExecutionRecord } from "./gen/pgfleet/v1/history_pb.js";
 
 const PAGE_SIZE = 20;
 
@@ -16,7 +20,7 @@ function when(record: ExecutionRecord): string {
   return record.startedAt ? timestampDate(record.startedAt).toISOString().replace("T", " ").slice(0, 19) : "";
 }
 
-export function HistoryPage() {
+export function HistoryPage(props: { session: Session }) {
   const [database, setDatabase] = useState("");
   const [contains, setContains] = useState("");
   const [username, setUsername] = useState("");
@@ -27,12 +31,49 @@ export function HistoryPage() {
   const [nextToken, setNextToken] = useState("");
   const [selected, setSelected] = useState<ExecutionRecord | null>(null);
   const [error, setError] = useState("");
+  const [chain, setChain] = useState<{ ok: boolean; text: string } | null>(null);
+  const [exporting, setExporting] = useState(false);
+
+  const filter = () => ({ database, queryContains: contains, username });
+
+  /** Every record the filter matches, one JSON object per line. */
+  async function exportRecords() {
+    setExporting(true);
+    setError("");
+    try {
+      const lines: string[] = [];
+      for await (const response of history.exportExecutions({ filter: filter() })) {
+        if (response.execution) lines.push(toJsonString(ExecutionRecordSchema, response.execution));
+      }
+      download("history.jsonl", "application/x-ndjson", lines.map((l) => l + "\n").join(""));
+    } catch (e) {
+      setError(describeError(e));
+    } finally {
+      setExporting(false);
+    }
+  }
+
+  async function verifyChain() {
+    try {
+      const result = await history.verifyChain({});
+      setChain(
+        result.ok
+          ? { ok: true, text: `Chain verified: ${result.recordsChecked} records` }
+          : {
+              ok: false,
+              text: `Chain broken at record ${result.firstBroken?.sequence ?? "?"}: ${result.firstBroken?.reason ?? ""}`,
+            },
+      );
+    } catch (e) {
+      setError(describeError(e));
+    }
+  }
 
   async function load(pageTokens: string[]) {
     setError("");
     try {
       const page = await history.listExecutions({
-        filter: { database, queryContains: contains, username },
+        filter: filter(),
         pageSize: PAGE_SIZE,
         pageToken: pageTokens[pageTokens.length - 1],
       });
@@ -67,6 +108,19 @@ export function HistoryPage() {
           User <input name="username" value={username} onInput={(e) => setUsername(e.currentTarget.value)} />
         </label>
         <button type="submit">Search</button>
+        <button type="button" disabled={exporting} onClick={() => void exportRecords()}>
+          Export
+        </button>
+        {props.session.role === Role.MASTER && (
+          <button type="button" onClick={() => void verifyChain()}>
+            Verify chain
+          </button>
+        )}
+        {chain && (
+          <span class={`badge ${chain.ok ? "ok" : "broken"}`} role="status" data-testid="chain">
+            {chain.text}
+          </span>
+        )}
       </form>
       {error && (
         <p role="alert" class="error">

@@ -204,6 +204,18 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
     let execution = text(&out, "/executionText").trim_start_matches("Audit record ");
     assert!(record.contains(execution) && !execution.is_empty(), "{context}");
     assert!(record.contains("dangerous statements confirmed"), "{context}");
+    assert!(text(&out, "/chain").starts_with("Chain verified: "), "{context}");
+    // The export: the filter's records, one JSON object a line.
+    let exported: Vec<Value> = text(&out, "/historyExport")
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(exported.len(), 1, "{context}");
+    assert_eq!(exported[0]["id"], execution, "{context}");
+    assert_eq!(
+        exported[0]["query"], "UPDATE items SET name = upper(name)",
+        "{context}"
+    );
     assert!(
         record.contains("aws/app\tsucceeded\t2") && record.contains("gcp/app\tsucceeded\t2"),
         "{context}"
