@@ -110,6 +110,15 @@ try {
   out.fanOut = await run(page);
   await page.screenshot({ path: join(shots, "query.png"), fullPage: true });
 
+  // The same as one grid with a target column, differing rows marked.
+  await page.getByLabel("One grid").check();
+  out.merged = await page.getByTestId("merged").evaluate((grid) => ({
+    rows: [...grid.querySelectorAll("tbody tr")].map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent)),
+    differing: grid.querySelectorAll("tbody tr.differs").length,
+  }));
+  await page.screenshot({ path: join(shots, "query-merged.png") });
+  await page.getByLabel("One grid").uncheck();
+
   // The merged grid as CSV, through the browser's download.
   const [download] = await Promise.all([
     page.waitForEvent("download"),

@@ -45,6 +45,8 @@ export function QueryPage(props: { session: Session }) {
   // Runs ended so far: lets a watcher (or a test) tell this run's end from the last.
   const [ended, setEnded] = useState(0);
   const [findings, setFindings] = useState<DangerFinding[] | null>(null);
+  // One grid with a target column instead of a panel per target.
+  const [mergedView, setMergedView] = useState(false);
   const editorHost = useRef<HTMLDivElement>(null);
   const editor = useRef<SqlEditor | null>(null);
   const abort = useRef<AbortController | null>(null);
@@ -297,6 +299,9 @@ export function QueryPage(props: { session: Session }) {
         <button type="button" disabled={running || runs.length === 0} onClick={() => download("result.json", "application/json", toJson(merged()))}>
           Export JSON
         </button>
+        <label>
+          <input name="merged" type="checkbox" checked={mergedView} onChange={(e) => setMergedView(e.currentTarget.checked)} /> One grid
+        </label>
         <span role="status" data-testid="status" data-ended={ended}>
           {status}
         </span>
@@ -314,7 +319,7 @@ export function QueryPage(props: { session: Session }) {
           onConfirm={() => void execute(true)}
         />
       )}
-      <Results runs={runs} />
+      {mergedView ? <MergedGrid grid={merged()} /> : <Results runs={runs} />}
     </section>
   );
 }
@@ -344,6 +349,42 @@ function Confirm(props: { findings: DangerFinding[]; onCancel: () => void; onCon
         </button>
       </div>
     </dialog>
+  );
+}
+
+/** Every target's rows in one grid, the target first; a row whose values
+ *  (without the target) some other target lacks is marked. */
+function MergedGrid(props: { grid: Grid }) {
+  const { columns, rows } = props.grid;
+  const targets = [...new Set(rows.map((r) => r[0]))];
+  const valuesOf = new Map(targets.map((t) => [t, new Set(rows.filter((r) => r[0] === t).map((r) => JSON.stringify(r.slice(1))))]));
+  const differs = (row: (string | null)[]) =>
+    targets.some((t) => t !== row[0] && !valuesOf.get(t)?.has(JSON.stringify(row.slice(1))));
+  return (
+    <div class="grid merged" data-testid="merged">
+      <table>
+        <thead>
+          <tr>
+            {columns.map((c, i) => (
+              <th key={i} scope="col">
+                {c}
+              </th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>
+          {rows.map((row, i) => (
+            <tr key={i} class={differs(row) ? "differs" : undefined}>
+              {row.map((v, k) => (
+                <td key={k} class={v === null ? "null" : undefined}>
+                  {v ?? "NULL"}
+                </td>
+              ))}
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
   );
 }
 

@@ -168,6 +168,16 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
     );
     assert!(fan_out.iter().all(|p| p["differing"] == 1), "{context}");
 
+    // One grid: the target first, the two rows only one copy has marked.
+    assert_eq!(
+        out["merged"],
+        serde_json::json!({
+            "rows": [["aws/app", "1", "a"], ["aws/app", "2", "b"], ["gcp/app", "1", "a"], ["gcp/app", "2", "B"]],
+            "differing": 2,
+        }),
+        "{context}"
+    );
+
     // The merged grid as CSV, a target column first.
     assert_eq!(text(&out, "/csvName"), "result.csv");
     assert_eq!(
