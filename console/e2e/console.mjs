@@ -127,6 +127,12 @@ try {
   out.csvName = download.suggestedFilename();
   out.csv = readFileSync(await download.path(), "utf8");
 
+  // Parameters: $1 from the JSON array.
+  await setSql(page, "SELECT name FROM items WHERE id = $1");
+  await page.getByLabel("Parameters").fill("[2]");
+  out.withParams = (await run(page)).map((p) => `${p.target}=${p.rows.map((r) => r.join(",")).join(";")}`);
+  await page.getByLabel("Parameters").fill("");
+
   // Validate: the parse error underlined where it is.
   await setSql(page, "SELECT 1;\nSELEC 2");
   await page.getByRole("button", { name: "Validate" }).click();

@@ -12,6 +12,28 @@ import type { ExecuteStreamRequestSchema } from "./gen/pgfleet/v1/query_pb.js";
 
 type ScopeMode = "all" | "one" | "list";
 
+type ParamInit = NonNullable<MessageInitShape<typeof ExecuteStreamRequestSchema>["params"]>[number];
+
+/** `$1, $2, …` from a JSON array; throws a message fit for display. */
+function parseParams(text: string): ParamInit[] {
+  if (!text.trim()) return [];
+  let values: unknown;
+  try {
+    values = JSON.parse(text);
+  } catch {
+    throw new Error("Parameters: not a JSON array, e.g. [1, \"text\", null]");
+  }
+  if (!Array.isArray(values)) throw new Error("Parameters: not a JSON array, e.g. [1, \"text\", null]");
+  return values.map((value, i): ParamInit => {
+    if (value === null) return { value: { case: "nullValue", value: 0 } };
+    if (typeof value === "boolean") return { value: { case: "boolValue", value } };
+    if (typeof value === "number")
+      return Number.isInteger(value) ? { value: { case: "intValue", value: BigInt(value) } } : { value: { case: "doubleValue", value } };
+    if (typeof value === "string") return { value: { case: "textValue", value } };
+    throw new Error(`Parameters: $${i + 1} is neither a number, a string, a boolean nor null`);
+  });
+}
+
 /** One target's part of a run, as it streams in. */
 interface TargetRun {
   key: string;
@@ -35,6 +57,8 @@ export function QueryPage(props: { session: Session }) {
   const [oneCloud, setOneCloud] = useState("");
   const [listed, setListed] = useState<string[]>([]);
   const [timeout, setTimeoutSecs] = useState("");
+  // $1, $2, … as a JSON array: numbers, strings, booleans, null.
+  const [params, setParams] = useState("");
   // A READER's statements always run read-only; the switch is not theirs.
   const [readOnly, setReadOnly] = useState(role === Role.READER);
   const [status, setStatus] = useState("");
@@ -81,6 +105,7 @@ export function QueryPage(props: { session: Session }) {
             };
     const seconds = Number(timeout);
     return {
+      params: parseParams(params),
       query: editor.current?.text() ?? "",
       database,
       scope,
@@ -117,6 +142,12 @@ export function QueryPage(props: { session: Session }) {
 
   async function run() {
     if (running) return;
+    try {
+      parseParams(params);
+    } catch (e) {
+      setError(String(e instanceof Error ? e.message : e));
+      return;
+    }
     const checked = await validate();
     if (!checked?.valid) return;
     if (checked.findings.length > 0) {
@@ -272,6 +303,10 @@ export function QueryPage(props: { session: Session }) {
               </label>
             ))}
         </fieldset>
+        <label>
+          Parameters
+          <input name="params" placeholder='[1, "text", null]' value={params} onInput={(e) => setParams(e.currentTarget.value)} />
+        </label>
         <label>
           Timeout (s)
           <input name="timeout" type="number" min="1" size={5} value={timeout} onInput={(e) => setTimeoutSecs(e.currentTarget.value)} />

@@ -186,6 +186,13 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
         "{context}"
     );
 
+    // $1 = 2 on both copies.
+    assert_eq!(
+        out["withParams"],
+        serde_json::json!(["aws/app=b", "gcp/app=B"]),
+        "{context}"
+    );
+
     // The parse error underlined at its token, its place said.
     assert_eq!(text(&out, "/underlined"), "SELEC", "{context}");
     assert!(
