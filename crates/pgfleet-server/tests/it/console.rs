@@ -5,7 +5,13 @@
 //! showed as one JSON object; this test checks it against the databases.
 //! Screenshots of every page land in target/console-e2e/.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use prost::Message;
 
 use pgfleet_engine::identity::Role;
 use serde_json::Value;
@@ -14,6 +20,7 @@ use pgfleet_proto::pgfleet::v1 as pb;
 
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 
+use crate::grpc_web::{Wire, client, frames};
 use crate::support::{Fleet, api_key, auth_client, bearer, channel, login, target, workspace_root};
 
 /// The console's directory, checked to be built and installed: the test
@@ -316,6 +323,129 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
     ] {
         assert!(screenshots.join(format!("{page}.png")).is_file(), "{page}.png");
     }
+    server.shutdown().await?;
+    Ok(())
+}
+
+/// One HTTP/1.1 request to `addr`: status, headers and the whole body.
+async fn http(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> anyhow::Result<(StatusCode, HeaderMap, Bytes)> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client(Wire::Http1)
+        .request(request.body(Full::new(Bytes::from(body)))?)
+        .await?;
+    let (parts, body) = response.into_parts();
+    Ok((parts.status, parts.headers, body.collect().await?.to_bytes()))
+}
+
+/// A grpc-web call on `addr`: its grpc-status and its one message, if any.
+async fn grpc_web<M: Message + Default>(
+    addr: SocketAddr,
+    path: &str,
+    message: &impl Message,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(String, HeaderMap, Option<M>)> {
+    let payload = message.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(payload.len())?.to_be_bytes());
+    framed.extend_from_slice(&payload);
+    let mut all = vec![
+        ("content-type", "application/grpc-web+proto"),
+        ("x-grpc-web", "1"),
+    ];
+    all.extend_from_slice(headers);
+    let (status, response_headers, body) = http(addr, Method::POST, path, &all, framed).await?;
+    assert_eq!(status, StatusCode::OK);
+    let (messages, trailers) = frames(&body)?;
+    let grpc_status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| response_headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let message = messages.first().map(|m| M::decode(m.clone())).transpose()?;
+    Ok((grpc_status, response_headers, message))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_port_serves_its_files_before_the_gate_and_its_calls_through_it() -> anyhow::Result<()> {
+    let mut fleet = Fleet::create().await?;
+    fleet.server_toml = "console_addr = '127.0.0.1:0'\n".to_owned();
+    fleet.auth_toml.push_str("cookie_secure = false\n");
+    let server = fleet.start("").await?;
+    let console = server.console_addr().expect("console_addr is configured");
+    let password = fleet.create_user("console-http", Role::Reader).await?;
+
+    // The page, without credentials, with its security headers.
+    let (status, headers, body) = http(console, Method::GET, "/", &[], Vec::new()).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let csp = headers["content-security-policy"].to_str()?;
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let page = String::from_utf8(body.to_vec())?;
+    assert!(page.to_ascii_lowercase().starts_with("<!doctype html"), "{page}");
+    // A built console names its script; it is served, cached for good.
+    if let Some(start) = page.find("/assets/") {
+        let script = &page[start..start + page[start..].find('"').unwrap_or(0)];
+        let (status, headers, _) = http(console, Method::GET, script, &[], Vec::new()).await?;
+        assert_eq!(status, StatusCode::OK, "{script}");
+        assert!(headers["cache-control"].to_str()?.contains("immutable"));
+    }
+    let (status, _, _) = http(console, Method::GET, "/assets/missing.js", &[], Vec::new()).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = http(console, Method::GET, "/../Cargo.toml", &[], Vec::new()).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, headers, _) = http(console, Method::DELETE, "/", &[], Vec::new()).await?;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "GET, HEAD, POST");
+
+    // Calls pass the gate like on the gRPC port: refused without credentials,
+    // then a Login that sets the HttpOnly cookie, which then suffices.
+    let me = pb::MeRequest {};
+    let (code, _, _) = grpc_web::<pb::MeResponse>(console, "/pgfleet.v1.AuthService/Me", &me, &[]).await?;
+    assert_eq!(code, "16");
+    let login = pb::LoginRequest {
+        username: "console-http".to_owned(),
+        password,
+    };
+    let (code, headers, _) =
+        grpc_web::<pb::LoginResponse>(console, "/pgfleet.v1.AuthService/Login", &login, &[]).await?;
+    assert_eq!(code, "0");
+    let cookie = headers["set-cookie"].to_str()?;
+    assert!(
+        cookie.starts_with("pgfleet_session=") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap_or_default();
+    let (code, _, who) =
+        grpc_web::<pb::MeResponse>(console, "/pgfleet.v1.AuthService/Me", &me, &[("cookie", session)])
+            .await?;
+    assert_eq!(code, "0");
+    assert_eq!(who.map(|w| w.role), Some(pb::Role::Reader as i32));
+
+    // The gRPC port does not serve the console.
+    let (_, headers, _) = http(server.local_addr(), Method::GET, "/", &[], Vec::new()).await?;
+    assert_ne!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/html; charset=utf-8")
+    );
     server.shutdown().await?;
     Ok(())
 }
