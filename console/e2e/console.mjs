@@ -230,6 +230,7 @@ try {
   const copied = job.locator("table.status tr[data-target='gcp/analytics']", { hasText: "SUCCEEDED" });
   await copied.waitFor();
   out.replicationStatus = await copied.innerText();
+  out.lagSamples = Number(await copied.locator("svg.lag").getAttribute("data-samples"));
   await page.screenshot({ path: join(shots, "replication.png"), fullPage: true });
 
   // Users and API keys: a user, a key kept and a key revoked.

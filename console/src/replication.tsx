@@ -7,6 +7,25 @@ import { Role } from "./gen/pgfleet/v1/common_pb.js";
 import { type JobStatus, ReplicationOutcome, type ReplicationJob } from "./gen/pgfleet/v1/replication_pb.js";
 
 const outcome = (o: ReplicationOutcome) => ReplicationOutcome[o] ?? "";
+const REFRESH_MS = 10_000;
+/** Lag samples kept per table and target (the last 60, 10 minutes at 10 s). */
+const SAMPLES = 60;
+
+/** Lag in seconds over the samples taken while the page was open. */
+function LagChart(props: { samples: number[] }) {
+  const { samples } = props;
+  const width = 120;
+  const height = 24;
+  const max = Math.max(1, ...samples);
+  const step = samples.length > 1 ? width / (samples.length - 1) : 0;
+  const points = samples.map((v, i) => `${(i * step).toFixed(1)},${(height - (v / max) * height).toFixed(1)}`).join(" ");
+  const last = samples.at(-1) ?? 0;
+  return (
+    <svg class="lag" width={width} height={height} viewBox={`0 0 ${width} ${height}`} role="img" aria-label={`Lag ${last} s, at most ${max} s while open`} data-samples={samples.length}>
+      <polyline points={points} fill="none" stroke="#2563eb" stroke-width="1.5" />
+    </svg>
+  );
+}
 const where = (t: { cloud: string; database: string } | undefined) => (t ? `${t.cloud}/${t.database}` : "");
 
 export function ReplicationPage(props: { session: Session }) {
@@ -15,18 +34,32 @@ export function ReplicationPage(props: { session: Session }) {
   const [progress, setProgress] = useState<Record<string, string[]>>({});
   const [running, setRunning] = useState<string | null>(null);
   const [error, setError] = useState("");
+  // Lag samples by "job table target", appended at every status load.
+  const [lags, setLags] = useState<Record<string, number[]>>({});
 
   async function load() {
     try {
       const [list, status] = await Promise.all([replication.listJobs({ pageSize: 100 }), replication.getStatus({})]);
       setJobs(list.jobs);
       setStatuses(status.jobs);
+      setLags((before) => {
+        const after = { ...before };
+        for (const job of status.jobs)
+          for (const t of job.tables) {
+            const key = `${job.jobId} ${t.table} ${where(t.target)}`;
+            const seconds = t.lag ? Number(t.lag.seconds) + t.lag.nanos / 1e9 : 0;
+            after[key] = [...(after[key] ?? []), seconds].slice(-SAMPLES);
+          }
+        return after;
+      });
     } catch (e) {
       setError(describeError(e));
     }
   }
   useEffect(() => {
     void load();
+    const timer = setInterval(() => void load(), REFRESH_MS);
+    return () => clearInterval(timer);
   }, []);
 
   async function run(job: ReplicationJob) {
@@ -105,6 +138,7 @@ export function ReplicationPage(props: { session: Session }) {
                     <th scope="col">Target</th>
                     <th scope="col">Outcome</th>
                     <th scope="col">Lag</th>
+                    <th scope="col">Lag while open</th>
                     <th scope="col">Source rows</th>
                     <th scope="col">Target rows</th>
                   </tr>
@@ -116,6 +150,9 @@ export function ReplicationPage(props: { session: Session }) {
                       <td>{where(t.target)}</td>
                       <td>{outcome(t.lastOutcome)}</td>
                       <td>{t.lagText}</td>
+                      <td>
+                        <LagChart samples={lags[`${job.id} ${t.table} ${where(t.target)}`] ?? []} />
+                      </td>
                       <td>{t.sourceRowCount?.toString() ?? ""}</td>
                       <td>{t.targetRowCount?.toString() ?? ""}</td>
                     </tr>

@@ -277,9 +277,11 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
     );
     assert_eq!(
         text(&out, "/replicationStatus"),
-        "public.orders\tgcp/analytics\tSUCCEEDED\t00:00:00\t3\t3",
+        "public.orders\tgcp/analytics\tSUCCEEDED\t00:00:00\t\t3\t3",
         "{context}"
     );
+    // The lag chart has a sample from before the run and one from after.
+    assert!(out["lagSamples"].as_u64().is_some_and(|n| n >= 2), "{context}");
     let copied: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&mut analytics)
         .await?;
