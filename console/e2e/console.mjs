@@ -127,6 +127,13 @@ try {
   out.csvName = download.suggestedFilename();
   out.csv = readFileSync(await download.path(), "utf8");
 
+  // From the keyboard: Ctrl+Enter in the editor runs the text.
+  await setSql(page, "SELECT 41 + 1 AS answer");
+  const beforeKeyboard = await ended(page);
+  await page.keyboard.press("Control+Enter");
+  await waitEnd(page, beforeKeyboard, "Finished");
+  out.keyboard = (await panels(page)).map((p) => `${p.target}=${p.rows.map((r) => r.join(",")).join(";")}`);
+
   // Parameters: $1 from the JSON array.
   await setSql(page, "SELECT name FROM items WHERE id = $1");
   await page.getByLabel("Parameters").fill("[2]");

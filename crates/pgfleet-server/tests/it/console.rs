@@ -193,6 +193,11 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
         "{context}"
     );
 
+    assert_eq!(
+        out["keyboard"],
+        serde_json::json!(["aws/app=42", "gcp/app=42"]),
+        "{context}"
+    );
     // $1 = 2 on both copies.
     assert_eq!(
         out["withParams"],
