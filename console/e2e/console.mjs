@@ -250,6 +250,22 @@ try {
   await newUser.getByLabel("Role").selectOption({ label: "USER" });
   await newUser.getByRole("button", { name: "Create user" }).click();
   await page.getByRole("cell", { name: "console-new", exact: true }).waitFor();
+  await newUser.getByLabel("New username").fill("console-gone");
+  await newUser.getByLabel("Email").fill("console-gone@example.com");
+  await newUser.getByLabel("Full name").fill("Console Gone");
+  await newUser.getByLabel("Initial password").fill("Harbor-lamp-7781");
+  await newUser.getByRole("button", { name: "Create user" }).click();
+  await page.getByRole("button", { name: "Deactivate console-gone" }).click();
+  await page.getByRole("button", { name: "Activate console-gone" }).waitFor();
+  await page.getByLabel("Role of console-new").selectOption({ label: "MASTER" });
+  await page.waitForFunction(() => {
+    const select = document.querySelector("select[aria-label='Role of console-new']");
+    return select?.selectedOptions[0]?.textContent === "MASTER";
+  });
+  // Reloaded from the server, not just what was picked.
+  await page.getByRole("link", { name: "Fleet" }).click();
+  await page.getByRole("link", { name: "Users and keys" }).click();
+  out.newUserRole = await page.getByLabel("Role of console-new").evaluate((s) => s.selectedOptions[0]?.textContent);
   const newKey = page.getByRole("form", { name: "New API key" });
   const createKey = async (name) => {
     await newKey.getByLabel("Key name").fill(name);

@@ -67,8 +67,29 @@ export function AccessPage() {
               <td>{u.username}</td>
               <td>{u.name}</td>
               <td>{u.email}</td>
-              <td>{Role[u.role]}</td>
-              <td>{u.active ? "yes" : "no"}</td>
+              <td>
+                <RoleSelect
+                  value={u.role}
+                  label={`Role of ${u.username}`}
+                  onChange={(role) => void act(() => auth.changeRole({ username: u.username, role }))}
+                />
+              </td>
+              <td>
+                {u.active ? "yes" : "no"}{" "}
+                <button
+                  type="button"
+                  onClick={() =>
+                    void act(async () => {
+                      const request = { usernames: [u.username] };
+                      const done = u.active ? await auth.deactivateUsers(request) : await auth.activateUsers(request);
+                      const refused = done.results.find((r) => !r.success);
+                      if (refused) throw new Error(`${refused.username}: ${refused.errorMessage}`);
+                    })
+                  }
+                >
+                  {u.active ? "Deactivate" : "Activate"} {u.username}
+                </button>
+              </td>
               <td>{date(u.lastLoginAt)}</td>
             </tr>
           ))}
@@ -128,9 +149,14 @@ export function AccessPage() {
   );
 }
 
-function RoleSelect(props: { value: Role; onChange: (role: Role) => void }) {
+function RoleSelect(props: { value: Role; label?: string; onChange: (role: Role) => void }) {
   return (
-    <select name="role" value={String(props.value)} onChange={(e) => props.onChange(Number(e.currentTarget.value) as Role)}>
+    <select
+      name="role"
+      aria-label={props.label}
+      value={String(props.value)}
+      onChange={(e) => props.onChange(Number(e.currentTarget.value) as Role)}
+    >
       {ROLES.map((r) => (
         <option key={r} value={String(r)}>
           {Role[r]}

@@ -293,7 +293,19 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
     assert_eq!(copied, 3);
 
     // What the MASTER made on the users and keys page works (or, revoked, not).
-    login(&channel, "console-new", "Harbor-lamp-7781").await?;
+    let new_user = login(&channel, "console-new", "Harbor-lamp-7781").await?;
+    let me = auth_client(&channel)
+        .me(bearer(pb::MeRequest {}, &new_user))
+        .await?
+        .into_inner();
+    assert_eq!(me.role, pb::Role::Master as i32, "the role the page changed");
+    assert_eq!(text(&out, "/newUserRole"), "MASTER", "{context}");
+    let gone = login(&channel, "console-gone", "Harbor-lamp-7781")
+        .await
+        .expect_err("a deactivated user cannot log in");
+    // With the right password pgfleet says why (tests/it/auth.rs).
+    assert_eq!(gone.code(), tonic::Code::PermissionDenied);
+    assert_eq!(gone.message(), "account is deactivated");
     let me = auth_client(&channel)
         .me(api_key(pb::MeRequest {}, text(&out, "/keptKey")))
         .await?
