@@ -134,6 +134,24 @@ try {
   await waitEnd(page, beforeKeyboard, "Finished");
   out.keyboard = (await panels(page)).map((p) => `${p.target}=${p.rows.map((r) => r.join(",")).join(";")}`);
 
+  // One cloud, then a list of one: one panel each.
+  await setSql(page, "SELECT current_database() LIKE '%gcp%' AS on_gcp");
+  await page.getByLabel("One cloud").check();
+  await page.getByLabel("Cloud", { exact: true }).selectOption("gcp");
+  out.oneCloud = (await run(page)).map((p) => `${p.target}=${p.rows.map((r) => r.join(",")).join(";")}`);
+  await page.getByLabel("A list").check();
+  await page.getByLabel("aws", { exact: true }).check();
+  out.listed = (await run(page)).map((p) => `${p.target}=${p.rows.map((r) => r.join(",")).join(";")}`);
+  await page.getByLabel("All clouds").check();
+
+  // The read-only switch: a write refused by the server.
+  await page.getByLabel("Read-only").check();
+  await setSql(page, "UPDATE items SET name = 'ro' WHERE id = 1");
+  await page.getByRole("button", { name: "Run", exact: true }).click();
+  await page.getByTestId("error").waitFor();
+  out.readOnlyError = await page.getByTestId("error").innerText();
+  await page.getByLabel("Read-only").uncheck();
+
   // Parameters: $1 from the JSON array.
   await setSql(page, "SELECT name FROM items WHERE id = $1");
   await page.getByLabel("Parameters").fill("[2]");

@@ -107,7 +107,8 @@ export function QueryPage(props: { session: Session }) {
     return {
       params: parseParams(params),
       query: editor.current?.text() ?? "",
-      database,
+      // An explicit list names each target's database itself.
+      database: mode === "list" ? "" : database,
       scope,
       readOnly: role === Role.READER || readOnly,
       confirmDangerous,

@@ -198,6 +198,11 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
         serde_json::json!(["aws/app=42", "gcp/app=42"]),
         "{context}"
     );
+    // One cloud and a list: only the targets picked.
+    assert_eq!(out["oneCloud"], serde_json::json!(["gcp/app=t"]), "{context}");
+    assert_eq!(out["listed"], serde_json::json!(["aws/app=f"]), "{context}");
+    // Read-only on: the server refuses the write, nothing changes.
+    assert!(text(&out, "/readOnlyError").contains("read"), "{context}");
     // $1 = 2 on both copies.
     assert_eq!(
         out["withParams"],
