@@ -22,10 +22,12 @@ mod target;
 pub use error::RegistryError;
 pub use health::{HealthStatus, MemberHealth, ReplayLag, error_category};
 pub use monitor::{HealthMonitor, probe_all};
-pub use pools::{Checkout, LaggingReplica, Registry, Reloaded, connect_options, pool_options};
+pub use pools::{
+    Checkout, LaggingReplica, Registry, Reloaded, STATEMENT_CACHE_CAPACITY, connect_options, pool_options,
+};
 pub use privileges::{LoginPrivileges, READER_FORBIDDEN_ROLES, login_privileges};
 pub use read_only::{
-    ReadOnlyError, begin_bounded, begin_read_only, discard_session, statement_timeout_setting,
+    ReadOnlyError, begin_bounded, begin_read_only, discard_session, reset_session, statement_timeout_setting,
 };
 pub use retry::{Backoff, is_transient, is_unreachable};
 pub use target::{Member, Route, Target};

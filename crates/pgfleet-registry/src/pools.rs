@@ -12,13 +12,18 @@ use pgfleet_config::{
 };
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{PgConnection, Postgres};
+use sqlx::{PgConnection, Postgres, Row as _};
 
 use crate::error::RegistryError;
 use crate::health::{HealthStatus, MemberHealth, MemberState};
 use crate::privileges::login_privileges;
 use crate::retry::{Backoff, is_transient, tls_failure};
 use crate::target::{Member, Route, Target};
+
+/// Statements sqlx keeps prepared per connection (its default, set
+/// explicitly by [`connect_options`] because `reset_session` relies on it:
+/// the cache only evicts when full).
+pub const STATEMENT_CACHE_CAPACITY: usize = 100;
 
 /// sqlx connect options for one server, as every pgfleet pool builds them.
 pub fn connect_options(connection: &ConnectionConfig) -> PgConnectOptions {
@@ -28,6 +33,7 @@ pub fn connect_options(connection: &ConnectionConfig) -> PgConnectOptions {
         .username(&connection.user)
         .database(&connection.database)
         .application_name("pgfleet")
+        .statement_cache_capacity(STATEMENT_CACHE_CAPACITY)
         .ssl_mode(match connection.sslmode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,
@@ -87,9 +93,12 @@ impl Checkout {
     /// Whether the server of this connection is a standby in recovery
     /// (`pg_is_in_recovery()`), asked on this very connection.
     pub async fn in_recovery(&mut self) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        // The simple protocol: one round trip, nothing prepared (the
+        // connection may come back holding no prepared statement).
+        let row = sqlx::raw_sql("SELECT pg_catalog.pg_is_in_recovery()")
             .fetch_one(&mut *self.connection)
-            .await
+            .await?;
+        row.try_get(0)
     }
 }
 

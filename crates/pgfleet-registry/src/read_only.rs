@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use sqlx::{Connection as _, PgConnection, Postgres, Transaction};
+use sqlx::{Connection as _, PgConnection, Postgres, Row as _, Transaction};
 
 use crate::error::RegistryError;
-use crate::pools::Registry;
+use crate::pools::{Registry, STATEMENT_CACHE_CAPACITY};
 use crate::target::{Route, Target};
 
 /// Why [`Registry::read_only`] has no answer.
@@ -91,4 +91,66 @@ pub async fn discard_session(connection: &mut PgConnection) -> bool {
         .execute(&mut *connection)
         .await
         .is_ok()
+}
+
+/// What `DISCARD ALL` resets except `DEALLOCATE ALL`, in one simple-query
+/// message (one round trip), then whether a transaction was already open
+/// before it and the session's prepared statements: those of a caller's
+/// `PREPARE`, and those of the protocol (sqlx's).
+///
+/// `RESET ALL` leaves the role alone (`role` is not reset by it), hence
+/// `SET SESSION AUTHORIZATION DEFAULT` and `RESET ROLE` first. In the
+/// implicit transaction of this message `now()` is the time the message
+/// arrived, which is `statement_timestamp()`; an older `now()` means a
+/// transaction was left open and these statements ran inside it.
+const RESET_SESSION: &str = "CLOSE ALL; UNLISTEN *; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; \
+     RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
+     DISCARD PLANS; \
+     SELECT pg_catalog.now() = pg_catalog.statement_timestamp(), \
+     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), \
+     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql)";
+
+/// Resets a session for the next caller of its pool like [`discard_session`]
+/// in one round trip, keeping the statements sqlx prepared before the call
+/// (`cached_before`: [`sqlx::Connection::cached_statements_size`] at
+/// checkout). pgfleet's own statements are fixed texts of a fixed shape;
+/// when the call prepared any statement under a name (a caller's text, a
+/// description of a cursor), sqlx's statements are all closed first, so
+/// nothing of a caller's statement outlives the call. A caller's `PREPARE`
+/// (or `DEALLOCATE` of sqlx's statements) ends with `DEALLOCATE ALL` and an
+/// empty cache. False when the connection must not be reused (a
+/// transaction was still open, or a statement failed).
+pub async fn reset_session(connection: &mut PgConnection, cached_before: usize) -> bool {
+    let cached = connection.cached_statements_size();
+    // The cache grows on each insert and evicts only when full: the same
+    // size below capacity means nothing was prepared under a name.
+    let prepared_in_call = cached != cached_before || cached >= STATEMENT_CACHE_CAPACITY;
+    if prepared_in_call && connection.clear_cached_statements().await.is_err() {
+        return false;
+    }
+    let rows = match sqlx::raw_sql(RESET_SESSION).fetch_all(&mut *connection).await {
+        Ok(rows) => rows,
+        Err(_) => return false,
+    };
+    let Some(row) = rows.last() else {
+        return false;
+    };
+    let (Ok(outside_transaction), Ok(from_sql), Ok(protocol)) = (
+        row.try_get::<bool, _>(0),
+        row.try_get::<i64, _>(1),
+        row.try_get::<i64, _>(2),
+    ) else {
+        return false;
+    };
+    if !outside_transaction {
+        return false;
+    }
+    if from_sql == 0 && usize::try_from(protocol).ok() == Some(connection.cached_statements_size()) {
+        return true;
+    }
+    connection.clear_cached_statements().await.is_ok()
+        && sqlx::raw_sql("DEALLOCATE ALL")
+            .execute(&mut *connection)
+            .await
+            .is_ok()
 }

@@ -219,6 +219,8 @@ async fn run_on_target<E: RowEncoder>(
             };
         }
     };
+    // What sqlx had prepared before this call (see `reset`).
+    let cached_before = checkout.connection_mut().cached_statements_size();
     let server = Server {
         registry,
         target,
@@ -259,8 +261,9 @@ async fn run_on_target<E: RowEncoder>(
     }
     // Over budget the connection is closed unread: without COMMIT,
     // PostgreSQL rolls the transaction back.
-    let reusable =
-        run.completed && !over_budget && reset(checkout.connection_mut(), run.result.is_ok()).await;
+    let reusable = run.completed
+        && !over_budget
+        && reset(checkout.connection_mut(), run.result.is_ok(), cached_before).await;
     let mut outcome = match run.result {
         Ok(()) => TargetOutcome {
             success: true,
@@ -385,10 +388,8 @@ async fn run_to_the_end<E: RowEncoder>(
     cancel: &CancellationToken,
     (commit_sent, rows): (&AtomicBool, &AtomicU64),
 ) -> Run {
-    let backend_pid = match sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
-        .fetch_one(&mut *connection)
-        .await
-    {
+    let schema = plan.schema_for(server.target);
+    let backend_pid = match set_up(connection, plan, access, &schema).await {
         Ok(pid) => pid,
         Err(error) => {
             return Run {
@@ -398,8 +399,7 @@ async fn run_to_the_end<E: RowEncoder>(
             };
         }
     };
-    let schema = plan.schema_for(server.target);
-    let work = run_statements::<E>(connection, plan, access, &schema, sink, (commit_sent, rows));
+    let work = run_statements::<E>(connection, plan, access, sink, (commit_sent, rows));
     tokio::pin!(work);
     // A backstop: statement_timeout should fire first.
     let deadline = tokio::time::sleep(plan.timeout + Duration::from_secs(1));
@@ -445,17 +445,73 @@ async fn run_to_the_end<E: RowEncoder>(
     }
 }
 
-/// Ends any open transaction and resets the session (`DISCARD ALL`: role,
-/// search_path, prepared statements, LISTEN, advisory locks, cursors, temp
-/// tables). False when the connection must not be reused.
-async fn reset(connection: &mut PgConnection, succeeded: bool) -> bool {
+/// Begins the transaction, sets `statement_timeout` and `search_path` (local
+/// to the transaction when there is one; otherwise for the session, which
+/// the reset undoes afterwards) and learns the backend's pid, in one
+/// simple-query message: one round trip where the extended protocol took
+/// six. No value in it comes from the caller unquoted: the timeout is a
+/// number and the schema a string literal that PostgreSQL quotes as an
+/// identifier.
+async fn set_up(
+    connection: &mut PgConnection,
+    plan: &Plan,
+    access: Access,
+    schema: &str,
+) -> Result<i32, sqlx::Error> {
+    let begin = match (plan.transactional, access) {
+        (false, _) => "",
+        (true, Access::ReadWrite | Access::Prepare(_)) => "BEGIN; ",
+        (true, Access::ReadOnly | Access::Refused) => "BEGIN READ ONLY; ",
+    };
+    let schema = string_literal(schema)
+        .ok_or_else(|| sqlx::Error::Protocol("the schema name contains a NUL character".to_owned()))?;
+    let timeout_ms = plan.timeout.as_millis();
+    let local = plan.transactional;
+    let setup = format!(
+        "{begin}SELECT pg_catalog.pg_backend_pid(), \
+         pg_catalog.set_config('statement_timeout', '{timeout_ms}', {local}), \
+         pg_catalog.set_config('search_path', pg_catalog.quote_ident({schema}), {local})"
+    );
+    let row = sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+        .fetch_one(&mut *connection)
+        .await?;
+    row.try_get(0)
+}
+
+/// `text` as an SQL string literal in escape syntax (`E'...'`, as libpq's
+/// `PQescapeLiteral` writes it), whose meaning does not depend on
+/// `standard_conforming_strings`; none for text with a NUL, which no
+/// PostgreSQL string can hold.
+fn string_literal(text: &str) -> Option<String> {
+    if text.contains('\0') {
+        return None;
+    }
+    let mut literal = String::with_capacity(text.len() + 3);
+    literal.push_str("E'");
+    for c in text.chars() {
+        match c {
+            '\'' => literal.push_str("''"),
+            '\\' => literal.push_str("\\\\"),
+            c => literal.push(c),
+        }
+    }
+    literal.push('\'');
+    Some(literal)
+}
+
+/// Ends any open transaction and resets the session
+/// ([`pgfleet_registry::reset_session`]: role, settings, LISTEN, advisory
+/// locks, cursors, temp tables, a caller's prepared statements, and every
+/// statement sqlx prepared during the call). False when the connection must
+/// not be reused.
+async fn reset(connection: &mut PgConnection, succeeded: bool, cached_before: usize) -> bool {
     if !succeeded {
         // Harmless outside a transaction (a warning only).
-        if sqlx::query("ROLLBACK").execute(&mut *connection).await.is_err() {
+        if sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await.is_err() {
             return false;
         }
     }
-    pgfleet_registry::discard_session(connection).await
+    pgfleet_registry::reset_session(connection, cached_before).await
 }
 
 /// Runs every statement of the plan, in one transaction unless the plan says
@@ -464,33 +520,10 @@ async fn run_statements<E: RowEncoder>(
     connection: &mut PgConnection,
     plan: &Plan,
     access: Access,
-    schema: &str,
     sink: &EventSink<E::Row>,
     (commit_sent, rows): (&AtomicBool, &AtomicU64),
 ) -> Result<(), Stop> {
-    if plan.transactional {
-        let begin = match access {
-            Access::ReadWrite | Access::Prepare(_) => "BEGIN",
-            Access::ReadOnly | Access::Refused => "BEGIN READ ONLY",
-        };
-        sqlx::query(begin)
-            .execute(&mut *connection)
-            .await
-            .map_err(Stop::Setup)?;
-    }
-    // Local to the transaction when there is one; otherwise for the session,
-    // which DISCARD ALL resets afterwards. The schema is an identifier,
-    // quoted by PostgreSQL, never spliced.
-    let timeout_ms = plan.timeout.as_millis().to_string();
-    sqlx::query(
-        "SELECT set_config('statement_timeout', $1, $3), set_config('search_path', quote_ident($2), $3)",
-    )
-    .bind(&timeout_ms)
-    .bind(schema)
-    .bind(plan.transactional)
-    .execute(&mut *connection)
-    .await
-    .map_err(Stop::Setup)?;
+    // `set_up` began the transaction.
     for statement in &plan.statements {
         let done = run_statement::<E>(connection, plan, statement, sink).await?;
         rows.fetch_add(done, Ordering::Relaxed);
@@ -505,7 +538,7 @@ async fn run_statements<E: RowEncoder>(
             _ => "COMMIT".to_owned(),
         };
         commit_sent.store(true, Ordering::Relaxed);
-        sqlx::query(sqlx::AssertSqlSafe(end))
+        sqlx::raw_sql(sqlx::AssertSqlSafe(end))
             .execute(&mut *connection)
             .await
             .map_err(|error| Stop::Statement {
@@ -652,10 +685,15 @@ async fn read_through_cursor<E: RowEncoder>(
         }
         fetch_rows = next_fetch_rows(plan, largest);
     }
-    sqlx::query(sqlx::AssertSqlSafe(format!("CLOSE {CURSOR}")))
-        .execute(&mut *connection)
-        .await
-        .map_err(fail)?;
+    // COMMIT closes the cursor of the transaction's last statement; another
+    // statement may declare it again.
+    let last = plan.statements.last().map(|last| last.index) == Some(index);
+    if !(plan.transactional && last) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CLOSE {CURSOR}")))
+            .execute(&mut *connection)
+            .await
+            .map_err(fail)?;
+    }
     Ok(("SELECT".to_owned(), total, truncated))
 }
 

@@ -2,7 +2,9 @@
 //!
 //! sqlx reads every result in PostgreSQL's binary format. Types with an
 //! obvious protobuf form (bool, integers, floats, text, bytea, json) are
-//! decoded here. Every other type (numeric, date/time, intervals, arrays,
+//! decoded here, and so are two whose text does not depend on any setting
+//! (numeric and uuid, written exactly as their output functions write them).
+//! Every other type (numeric, date/time, intervals, arrays,
 //! ranges, enums, geometric, network, extension types...) is sent back to the
 //! same connection as a typed binary parameter of `SELECT format('%s', $n)`,
 //! so PostgreSQL's own output function renders it: the text is exactly what
@@ -33,6 +35,8 @@ mod oid {
     pub const TEXT: u32 = 25;
     pub const OID: u32 = 26;
     pub const JSON: u32 = 114;
+    pub const NUMERIC: u32 = 1700;
+    pub const UUID: u32 = 2950;
     pub const FLOAT4: u32 = 700;
     pub const FLOAT8: u32 = 701;
     pub const UNKNOWN: u32 = 705;
@@ -55,6 +59,10 @@ enum Decoding {
     Bytea,
     Json,
     Jsonb,
+    /// numeric, written as `numeric_out` does.
+    Numeric,
+    /// uuid, written as `uuid_out` does.
+    Uuid,
     /// Rendered by PostgreSQL's output function.
     Formatted,
 }
@@ -72,6 +80,8 @@ fn decoding_for(type_oid: u32) -> Decoding {
         oid::BYTEA => Decoding::Bytea,
         oid::JSON => Decoding::Json,
         oid::JSONB => Decoding::Jsonb,
+        oid::NUMERIC => Decoding::Numeric,
+        oid::UUID => Decoding::Uuid,
         _ => Decoding::Formatted,
     }
 }
@@ -99,12 +109,19 @@ impl ResultShape {
             return Ok(Self::empty());
         }
         let oids: Vec<u32> = columns.iter().map(|c| type_oid(c.type_info())).collect();
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT format_type(t, NULL) FROM unnest($1::oid[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
-        )
-        .bind(oids.iter().map(|o| Oid(*o)).collect::<Vec<_>>())
-        .fetch_all(&mut *connection)
-        .await?;
+        let names = match type_names::known(&oids) {
+            Some(names) => names,
+            None => {
+                let names: Vec<String> = sqlx::query_scalar(
+                    "SELECT format_type(t, NULL) FROM unnest($1::oid[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+                )
+                .bind(oids.iter().map(|o| Oid(*o)).collect::<Vec<_>>())
+                .fetch_all(&mut *connection)
+                .await?;
+                type_names::remember(&oids, &names);
+                names
+            }
+        };
         let columns = columns
             .iter()
             .zip(&oids)
@@ -202,6 +219,37 @@ impl ResultShape {
     }
 }
 
+/// The `format_type` names of built-in types, learnt once per process: a
+/// built-in type's OID and name are fixed by PostgreSQL's catalog data
+/// (`pg_type.dat`) and always visible (`pg_catalog`), so they are the same
+/// on every server and in every session. Other types (extensions, enums,
+/// domains) differ between databases and are always asked for.
+mod type_names {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, RwLock};
+
+    /// Below `FirstNormalObjectId`: assigned by initdb, never by a user.
+    const FIRST_NORMAL_OBJECT_ID: u32 = 16_384;
+
+    static NAMES: LazyLock<RwLock<HashMap<u32, String>>> = LazyLock::new(RwLock::default);
+
+    /// Every name, when each OID is a built-in type seen before.
+    pub(super) fn known(oids: &[u32]) -> Option<Vec<String>> {
+        let names = NAMES.read().ok()?;
+        oids.iter().map(|oid| names.get(oid).cloned()).collect()
+    }
+
+    /// Keeps the names of the built-in types among `oids`.
+    pub(super) fn remember(oids: &[u32], names: &[String]) {
+        let Ok(mut known) = NAMES.write() else { return };
+        for (oid, name) in oids.iter().zip(names) {
+            if *oid < FIRST_NORMAL_OBJECT_ID && !name.is_empty() && known.len() < 4096 {
+                known.insert(*oid, name.clone());
+            }
+        }
+    }
+}
+
 /// A value that could not be turned into a cell.
 #[derive(Debug, thiserror::Error)]
 pub enum ValueError {
@@ -254,6 +302,12 @@ fn decode(decoding: Decoding, value: PgValueRef<'_>) -> Result<Cell, ValueError>
                 });
             }
         },
+        Decoding::Numeric => Cell::Formatted(numeric_text(bytes)?),
+        Decoding::Uuid => Cell::Formatted(
+            uuid::Uuid::from_bytes(fixed(bytes, "uuid")?)
+                .hyphenated()
+                .to_string(),
+        ),
         Decoding::Formatted => {
             return Err(ValueError::Malformed {
                 type_name: "formatted",
@@ -262,6 +316,72 @@ fn decode(decoding: Decoding, value: PgValueRef<'_>) -> Result<Cell, ValueError>
         }
     };
     Ok(cell)
+}
+
+/// numeric's binary form (`numeric_send`: digit count, weight of the first
+/// base-10000 digit, sign, display scale, digits) as `numeric_out` writes
+/// it (`get_str_from_var`): no exponent, exactly `dscale` fraction digits.
+fn numeric_text(bytes: &[u8]) -> Result<String, ValueError> {
+    use std::fmt::Write as _;
+    let malformed = |reason: &str| ValueError::Malformed {
+        type_name: "numeric",
+        reason: reason.to_owned(),
+    };
+    let word = |at: usize| bytes.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (Some(ndigits), Some(weight), Some(sign), Some(dscale)) = (word(0), word(2), word(4), word(6)) else {
+        return Err(malformed("shorter than its header"));
+    };
+    let weight = i32::from(weight.cast_signed());
+    let ndigits = usize::from(ndigits);
+    if bytes.len() != 8 + 2 * ndigits {
+        return Err(malformed("length does not match its digit count"));
+    }
+    let mut digits = Vec::with_capacity(ndigits);
+    for index in 0..ndigits {
+        match word(8 + 2 * index) {
+            Some(digit) if digit < 10_000 => digits.push(digit),
+            _ => return Err(malformed("a digit outside 0..9999")),
+        }
+    }
+    let mut text = String::new();
+    match sign {
+        0xC000 => return Ok("NaN".to_owned()),
+        0xD000 => return Ok("Infinity".to_owned()),
+        0xF000 => return Ok("-Infinity".to_owned()),
+        0x4000 => text.push('-'),
+        0x0000 => {}
+        _ => return Err(malformed("unknown sign")),
+    }
+    let digit = |index: i32| {
+        usize::try_from(index)
+            .ok()
+            .and_then(|index| digits.get(index).copied())
+            .unwrap_or(0)
+    };
+    if weight < 0 {
+        text.push('0');
+    } else {
+        for index in 0..=weight {
+            // The first base-10000 digit without its leading zeros.
+            let _ = if index == 0 {
+                write!(text, "{}", digit(index))
+            } else {
+                write!(text, "{:04}", digit(index))
+            };
+        }
+    }
+    let dscale = usize::from(dscale & 0x3FFF);
+    if dscale > 0 {
+        text.push('.');
+        let start = text.len();
+        let mut index = weight + 1;
+        while text.len() - start < dscale {
+            let _ = write!(text, "{:04}", digit(index));
+            index += 1;
+        }
+        text.truncate(start + dscale);
+    }
+    Ok(text)
 }
 
 /// A binary value bound as a parameter of its own type (`None`: NULL).
@@ -352,7 +472,20 @@ mod tests {
     fn typed_columns_are_decoded_here_and_the_rest_formatted() {
         assert_eq!(decoding_for(oid::INT4), Decoding::Int4);
         assert_eq!(decoding_for(oid::JSONB), Decoding::Jsonb);
-        assert_eq!(decoding_for(1700), Decoding::Formatted, "numeric");
+        assert_eq!(decoding_for(1700), Decoding::Numeric, "numeric");
         assert_eq!(decoding_for(1184), Decoding::Formatted, "timestamptz");
+    }
+
+    #[test]
+    fn malformed_numerics_are_errors_not_panics() {
+        let cases: [(&str, &[u8]); 4] = [
+            ("empty", &[]),
+            ("short header", &[0, 1, 0, 0]),
+            ("missing digit", &[0, 1, 0, 0, 0, 0, 0, 0]),
+            ("digit past 9999", &[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10]),
+        ];
+        for (name, bytes) in cases {
+            assert!(numeric_text(bytes).is_err(), "{name}");
+        }
     }
 }

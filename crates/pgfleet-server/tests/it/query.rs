@@ -472,6 +472,18 @@ const TYPED_EXPRESSIONS: &[&str] = &[
     "42::oid",
     "'\"a\"=>\"1\", \"b\"=>NULL'::hstore",
     "'Mixed Case'::citext",
+    // numeric and uuid are written in Rust: more of their edge cases.
+    "'-Infinity'::numeric",
+    "0::numeric",
+    "0.000::numeric",
+    "(-0.000123)::numeric",
+    "(-12345.6789)::numeric(20, 2)",
+    "10000::numeric",
+    "1e20::numeric",
+    "1.5e-20::numeric",
+    "99999999.99990000::numeric",
+    "'00000000-0000-0000-0000-000000000000'::uuid",
+    "'FFFFFFFF-ABCD-4000-8000-00000000000A'::uuid",
 ];
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1823,6 +1835,80 @@ async fn a_write_whose_returning_is_over_the_budget_is_rolled_back_and_on_record
     assert_eq!(record.outcomes.len(), 1);
     assert!(!record.outcomes[0].success);
     assert_eq!(record.outcomes[0].failed_statement_index, Some(0));
+    s.server.shutdown().await?;
+    Ok(())
+}
+
+/// A cloud `solo` whose database `app` is aws's `app` through a pool of one
+/// connection, so consecutive calls share a session.
+fn solo_copy_toml(fleet: &support::Fleet) -> String {
+    let database = fleet.database("aws", "app");
+    format!(
+        "[[clouds]]\nname = 'solo'\n[[clouds.databases]]\nname = 'app'\nhost = '{}'\nport = {}\n\
+         user = '{}'\ndatabase = '{}'\nsslmode = 'disable'\n[clouds.databases.pool]\nmax_connections = 1\n",
+        database.host(),
+        database.port(),
+        database.user(),
+        database.name()
+    )
+}
+
+/// The light reset between calls (no `DISCARD ALL`): what one call leaves
+/// on its session (settings, prepared statements, LISTEN, temporary tables,
+/// cursors held open) is gone for the next call on the same connection,
+/// and the connection is kept (same backend).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_call_on_a_connection_finds_nothing_the_last_one_left() -> anyhow::Result<()> {
+    let fleet = support::Fleet::create().await?;
+    let solo = solo_copy_toml(&fleet);
+    let s = support::session_on(fleet, &solo).await?;
+    let on_solo = |query: &str| pb::ExecuteRequest {
+        scope: Some(pb::execute_request::Scope::Cloud("solo".to_owned())),
+        ..execute(query, "app")
+    };
+    let cells = |response: &pb::ExecuteResponse, statement: usize| -> Vec<String> {
+        response.results[0].statements[statement].rows[0]
+            .cells
+            .iter()
+            .map(cell_text)
+            .collect()
+    };
+    let leave = client(&s.channel)
+        .execute(bearer(
+            on_solo(
+                "SET TimeZone = 'Asia/Tokyo'; PREPARE leftover AS SELECT 1; LISTEN pgfleet_left; \
+                 CREATE TEMP TABLE scratch (v int); DECLARE held CURSOR WITH HOLD FOR SELECT 1; \
+                 SELECT pg_backend_pid(), current_setting('TimeZone')",
+            ),
+            &s.master,
+        ))
+        .await?
+        .into_inner();
+    assert!(leave.success, "{leave:?}");
+    let left = cells(&leave, 5);
+    assert_eq!(left[1], "Asia/Tokyo", "the setting applied within the call");
+    for _ in 0..2 {
+        let check = client(&s.channel)
+            .execute(bearer(
+                on_solo(
+                    "SELECT pg_backend_pid(), current_setting('TimeZone') <> 'Asia/Tokyo', \
+                     (SELECT count(*) FROM pg_prepared_statements WHERE name = 'leftover'), \
+                     (SELECT count(*) FROM pg_listening_channels()), \
+                     to_regclass('pg_temp.scratch') IS NULL, \
+                     (SELECT count(*) FROM pg_cursors WHERE name = 'held')",
+                ),
+                &s.master,
+            ))
+            .await?
+            .into_inner();
+        assert!(check.success, "{check:?}");
+        assert_eq!(
+            cells(&check, 0),
+            [left[0].as_str(), "t", "0", "0", "t", "0"],
+            "pid (same connection), setting reset, no prepared statement, no LISTEN, \
+             no temporary table, no cursor"
+        );
+    }
     s.server.shutdown().await?;
     Ok(())
 }
