@@ -62,6 +62,7 @@ use chrono::{DateTime, Utc};
 use criterion::{Criterion, SamplingMode, Throughput};
 use pgfleet_engine::identity::Role;
 use pgfleet_proto::pgfleet::v1 as pb;
+use pgfleet_proto::pgfleet::v1::auth_service_client::AuthServiceClient;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_server::app::RunningServer;
 use pgfleet_testkit::TestDatabase;

@@ -20,6 +20,7 @@ mod insights;
 mod migration;
 mod query;
 mod replication;
+mod row_comparison;
 
 pub use auth::AuthService;
 pub use backup::BackupService;

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::ResponseStream;
 use super::convert::{self, FromWire, WireRows, role_to_wire};
+use super::row_comparison::{ComparisonSpec, RowComparison};
 use crate::telemetry::Metrics;
 use pgfleet_engine::RequestError;
 use pgfleet_engine::audit::{AuditLog, OpenExecution};
@@ -127,6 +128,25 @@ impl QueryService {
             record,
             self.audit.pool().clone(),
         )
+    }
+}
+
+impl QueryService {
+    /// The request's `compare`, checked before anything is on record or
+    /// runs; what it holds is bounded like a response.
+    fn comparison(
+        &self,
+        spec: Option<pb::RowComparisonSpec>,
+        plan: &Plan,
+    ) -> Result<Option<RowComparison>, RequestError> {
+        Ok(ComparisonSpec::from_wire(spec, plan.targets.len())?.map(|spec| {
+            RowComparison::new(
+                spec,
+                plan.targets.len(),
+                self.config.query.max_rows_per_statement,
+                self.config.response_budget_bytes(),
+            )
+        }))
     }
 }
 
@@ -309,12 +329,15 @@ impl query_service_server::QueryService for QueryService {
         let request_id = origin.request_id.clone();
         let request = request.into_inner();
         let atomic = commit_mode_from_wire(request.commit_mode).map_err(request_status)?;
+        let mut request = request;
+        let compare = request.compare.take();
         let fields = ExecuteSpec {
             row_limit: Some(self.config.query.max_rows_per_statement),
             response_bytes: Some(self.config.response_budget_bytes()),
             ..ExecuteSpec::from_wire(request).map_err(request_status)?
         };
         let plan = self.plan(&fields, &identity).await.map_err(request_status)?;
+        let mut comparison = self.comparison(compare, &plan).map_err(request_status)?;
         if atomic {
             // Before anything is on record or runs.
             let on_record = audited::must_record(&plan, self.audit.settings().reads);
@@ -343,12 +366,21 @@ impl query_service_server::QueryService for QueryService {
             let target_statements = &mut statements[index];
             match event {
                 TargetEvent::Started { .. } => {}
-                TargetEvent::Header { statement, columns } => target_statements.push(pb::StatementResult {
-                    index: statement,
-                    columns: convert::columns(columns),
-                    ..Default::default()
-                }),
+                TargetEvent::Header { statement, columns } => {
+                    let columns = convert::columns(columns);
+                    if let Some(comparison) = comparison.as_mut() {
+                        comparison.header(index, statement, &columns);
+                    }
+                    target_statements.push(pb::StatementResult {
+                        index: statement,
+                        columns,
+                        ..Default::default()
+                    });
+                }
                 TargetEvent::Rows { statement, rows } => {
+                    if let Some(comparison) = comparison.as_mut() {
+                        comparison.rows(index, statement, &rows);
+                    }
                     if let Some(current) = target_statements.iter_mut().rev().find(|s| s.index == statement) {
                         current.rows.extend(rows);
                     }
@@ -366,12 +398,18 @@ impl query_service_server::QueryService for QueryService {
                             &mut target_statements[last]
                         }
                     };
+                    if let Some(comparison) = comparison.as_mut() {
+                        comparison.statement_done(index, done.index, done.truncated);
+                    }
                     current.command_tag = done.command_tag;
                     current.rows_affected = done.rows_affected;
                     current.truncated = done.truncated;
                     current.duration = Some(convert::duration(done.duration));
                 }
                 TargetEvent::Finished(outcome) => {
+                    if let Some(comparison) = comparison.as_mut() {
+                        comparison.target_finished(index, outcome.success);
+                    }
                     let done = std::mem::take(target_statements);
                     results[index] = Some(outcome_into_result(&plan.targets[index], *outcome, done));
                 }
@@ -397,6 +435,7 @@ impl query_service_server::QueryService for QueryService {
             success: results.iter().all(|r| r.success),
             results,
             confirmed_findings: plan.confirmed_findings.iter().map(convert::finding).collect(),
+            comparisons: comparison.map(|c| c.finish(&plan.targets)).unwrap_or_default(),
         });
         Ok(with_request_id(response, &request_id))
     }
@@ -408,8 +447,11 @@ impl query_service_server::QueryService for QueryService {
         let identity = super::identity(&request)?.clone();
         let origin = super::origin(&request);
         let request_id = origin.request_id.clone();
-        let fields = ExecuteSpec::from_wire(request.into_inner()).map_err(request_status)?;
+        let mut request = request.into_inner();
+        let compare = request.compare.take();
+        let fields = ExecuteSpec::from_wire(request).map_err(request_status)?;
         let plan = self.plan(&fields, &identity).await.map_err(request_status)?;
+        let comparison = self.comparison(compare, &plan).map_err(request_status)?;
         let record = self
             .open_record(&fields, &plan, &identity, origin)
             .await
@@ -431,6 +473,8 @@ impl query_service_server::QueryService for QueryService {
             plan,
             statements: Vec::new(),
             all_succeeded: true,
+            comparison,
+            comparisons: std::collections::VecDeque::new(),
             started: Instant::now(),
             finished: false,
             _cancel_on_drop: cancel.drop_guard(),
@@ -459,6 +503,10 @@ struct StreamState {
     /// Per target, the statement summaries so far.
     statements: Vec<(usize, pb::StatementSummary)>,
     all_succeeded: bool,
+    /// With `compare`: the rows seen so far.
+    comparison: Option<RowComparison>,
+    /// Its results, sent once every target finished.
+    comparisons: std::collections::VecDeque<pb::ResultComparison>,
     started: Instant,
     finished: bool,
     /// Dropped with the stream (client gone): targets cancel their statements.
@@ -469,10 +517,21 @@ async fn next_stream_event(
     mut state: StreamState,
 ) -> Option<(Result<pb::ExecuteStreamResponse, Status>, StreamState)> {
     use pb::execute_stream_response::Event;
+    if let Some(comparison) = state.comparisons.pop_front() {
+        let event = Event::ResultComparison(comparison);
+        return Some((Ok(pb::ExecuteStreamResponse { event: Some(event) }), state));
+    }
     if state.finished {
         return None;
     }
     let Some((index, event)) = state.events.recv().await else {
+        if let Some(comparison) = state.comparison.take() {
+            state.comparisons = comparison.finish(&state.plan.targets).into();
+            if let Some(comparison) = state.comparisons.pop_front() {
+                let event = Event::ResultComparison(comparison);
+                return Some((Ok(pb::ExecuteStreamResponse { event: Some(event) }), state));
+            }
+        }
         state.finished = true;
         let done = Event::ExecutionFinished(pb::ExecutionFinished {
             success: state.all_succeeded,
@@ -490,17 +549,31 @@ async fn next_stream_event(
             replica,
             skipped_replicas: convert::skipped_replicas(skipped_replicas),
         }),
-        TargetEvent::Header { statement, columns } => Event::ResultHeader(pb::ResultHeader {
-            target: Some(target),
-            statement_index: statement,
-            columns: convert::columns(columns),
-        }),
-        TargetEvent::Rows { statement, rows } => Event::RowBatch(pb::RowBatch {
-            target: Some(target),
-            statement_index: statement,
-            rows,
-        }),
+        TargetEvent::Header { statement, columns } => {
+            let columns = convert::columns(columns);
+            if let Some(comparison) = state.comparison.as_mut() {
+                comparison.header(index, statement, &columns);
+            }
+            Event::ResultHeader(pb::ResultHeader {
+                target: Some(target),
+                statement_index: statement,
+                columns,
+            })
+        }
+        TargetEvent::Rows { statement, rows } => {
+            if let Some(comparison) = state.comparison.as_mut() {
+                comparison.rows(index, statement, &rows);
+            }
+            Event::RowBatch(pb::RowBatch {
+                target: Some(target),
+                statement_index: statement,
+                rows,
+            })
+        }
         TargetEvent::StatementDone(done) => {
+            if let Some(comparison) = state.comparison.as_mut() {
+                comparison.statement_done(index, done.index, done.truncated);
+            }
             let summary = pb::StatementSummary {
                 target: Some(target),
                 statement_index: done.index,
@@ -513,6 +586,9 @@ async fn next_stream_event(
         }
         TargetEvent::Finished(outcome) => {
             state.all_succeeded &= outcome.success;
+            if let Some(comparison) = state.comparison.as_mut() {
+                comparison.target_finished(index, outcome.success);
+            }
             let statements = state
                 .statements
                 .iter()

@@ -1,7 +1,9 @@
 //! CompareTables on real copies: two 1,000,000-row tables that differ in
 //! 7 rows (updates, inserts, deletes spread across the key space) report
 //! exactly those 7 keys, having moved a small part of the rows; identical
-//! copies, a filter and a column subset; the refusals.
+//! copies, a filter and a column subset; the refusals. `Execute` and
+//! `ExecuteStream` with `compare`: a fan-out read's rows per target set
+//! against the first target's.
 
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
@@ -248,6 +250,187 @@ async fn compare_tables_refuses_what_it_cannot_compare_and_writes_nothing() -> a
             10,
             "{cloud}"
         );
+    }
+    Ok(())
+}
+
+fn int_row(values: &[i64]) -> pb::Row {
+    pb::Row {
+        cells: values
+            .iter()
+            .map(|&value| pb::Cell {
+                kind: Some(pb::cell::Kind::IntValue(value)),
+            })
+            .collect(),
+    }
+}
+
+fn read_orders(key_columns: &[&str]) -> pb::ExecuteRequest {
+    pb::ExecuteRequest {
+        query: "SELECT id, note FROM orders ORDER BY id".to_owned(),
+        database: "app".to_owned(),
+        scope: Some(pb::execute_request::Scope::AllClouds(pb::AllClouds {})),
+        compare: Some(pb::RowComparisonSpec {
+            key_columns: key_columns.iter().map(|k| (*k).to_owned()).collect(),
+            max_samples: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fan_out_read_with_compare_reports_the_rows_that_differ_per_target() -> anyhow::Result<()> {
+    let s = session("").await?;
+    orders(&s, 1_000).await?;
+    let mut client = QueryServiceClient::new(s.channel.clone());
+    let same = client
+        .execute(bearer(read_orders(&["id"]), &s.reader))
+        .await?
+        .into_inner();
+    assert!(same.success);
+    assert_eq!(same.comparisons.len(), 1, "{:?}", same.comparisons);
+    let divergence = &same.comparisons[0].targets[0];
+    assert!(divergence.agrees, "{divergence:?}");
+    assert_eq!(
+        (same.comparisons[0].reference_rows, divergence.rows),
+        (1_000, 1_000)
+    );
+
+    run_sql(
+        &s,
+        "gcp",
+        "app",
+        "UPDATE orders SET note = 'changed' WHERE id = 17;\n\
+         DELETE FROM orders WHERE id IN (500, 501);\n\
+         INSERT INTO orders VALUES (2000, 1, 'new');",
+    )
+    .await?;
+    let keyed = client
+        .execute(bearer(read_orders(&["id"]), &s.reader))
+        .await?
+        .into_inner();
+    let comparison = &keyed.comparisons[0];
+    assert_eq!(comparison.reference.clone().unwrap_or_default().cloud, "aws");
+    let divergence = &comparison.targets[0];
+    assert_eq!(divergence.target.clone().unwrap_or_default().cloud, "gcp");
+    assert_eq!(divergence.not_compared, "");
+    assert!(!divergence.agrees);
+    assert_eq!(
+        (divergence.missing, divergence.extra, divergence.changed),
+        (2, 1, 1)
+    );
+    assert_eq!(divergence.missing_samples, [int_row(&[500]), int_row(&[501])]);
+    assert_eq!(divergence.extra_samples, [int_row(&[2000])]);
+    assert_eq!(divergence.changed_samples, [int_row(&[17])]);
+    assert!(!divergence.incomplete);
+
+    // Whole rows: the changed row is one missing and one extra.
+    let whole = client
+        .execute(bearer(read_orders(&[]), &s.reader))
+        .await?
+        .into_inner();
+    let divergence = &whole.comparisons[0].targets[0];
+    assert_eq!(
+        (divergence.missing, divergence.extra, divergence.changed),
+        (3, 2, 0)
+    );
+    assert_eq!(divergence.missing_samples.len(), 3);
+
+    // The same through ExecuteStream: after every target's summary, before
+    // the last event.
+    let mut stream = client
+        .execute_stream(bearer(
+            pb::ExecuteStreamRequest {
+                query: "SELECT id, note FROM orders ORDER BY id".to_owned(),
+                database: "app".to_owned(),
+                scope: Some(pb::execute_stream_request::Scope::AllClouds(pb::AllClouds {})),
+                batch_size: 100,
+                compare: Some(pb::RowComparisonSpec {
+                    key_columns: vec!["id".to_owned()],
+                    max_samples: 1,
+                }),
+                ..Default::default()
+            },
+            &s.reader,
+        ))
+        .await?
+        .into_inner();
+    let mut kinds = Vec::new();
+    let mut streamed = None;
+    while let Some(message) = stream.message().await? {
+        use pb::execute_stream_response::Event;
+        match message.event {
+            Some(Event::TargetSummary(_)) => kinds.push("target_summary"),
+            Some(Event::ResultComparison(comparison)) => {
+                kinds.push("result_comparison");
+                streamed = Some(comparison);
+            }
+            Some(Event::ExecutionFinished(_)) => kinds.push("execution_finished"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            "target_summary",
+            "target_summary",
+            "result_comparison",
+            "execution_finished"
+        ]
+    );
+    let divergence = &streamed.unwrap_or_default().targets[0];
+    assert_eq!(
+        (divergence.missing, divergence.extra, divergence.changed),
+        (2, 1, 1)
+    );
+    assert_eq!(divergence.missing_samples, [int_row(&[500])], "max_samples 1");
+
+    // A key that is not in the result, and results of other shapes.
+    let absent = client
+        .execute(bearer(read_orders(&["customer"]), &s.reader))
+        .await?
+        .into_inner();
+    assert_eq!(
+        absent.comparisons[0].targets[0].not_compared,
+        "the key column \"customer\" is not in the result"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compare_refuses_one_target_and_bad_options_before_anything_runs() -> anyhow::Result<()> {
+    let s = session("").await?;
+    orders(&s, 10).await?;
+    let mut client = QueryServiceClient::new(s.channel.clone());
+    for (case, request, field) in [
+        (
+            "one target",
+            pb::ExecuteRequest {
+                scope: Some(pb::execute_request::Scope::Cloud("aws".to_owned())),
+                ..read_orders(&["id"])
+            },
+            "compare",
+        ),
+        (
+            "a key column named twice",
+            read_orders(&["id", "id"]),
+            "compare.key_columns[1]",
+        ),
+        (
+            "too many samples",
+            pb::ExecuteRequest {
+                compare: Some(pb::RowComparisonSpec {
+                    key_columns: Vec::new(),
+                    max_samples: 1_001,
+                }),
+                ..read_orders(&[])
+            },
+            "compare.max_samples",
+        ),
+    ] {
+        let status = client.execute(bearer(request, &s.reader)).await.expect_err(case);
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_eq!(bad_field(&status), field, "{case}: {status:?}");
     }
     Ok(())
 }

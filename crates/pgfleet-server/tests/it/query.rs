@@ -866,6 +866,7 @@ async fn streams_interleave_targets_in_order_per_target() -> anyhow::Result<()> 
                 finished = Some(done.success);
                 ("finished", String::new())
             }
+            Event::ResultComparison(_) => panic!("a comparison without compare"),
         };
         kinds.push((kind, cloud));
     }

@@ -1552,7 +1552,8 @@ export const BackupService: GenService<{
   /**
    * Restores a backup onto a configured target, streaming progress. The
    * checksum and the key are checked before the target is touched; a target
-   * with tables needs `clean` and `confirm_dangerous` (FAILED_PRECONDITION).
+   * with objects of its own (tables, views, sequences, functions, types,
+   * schemas) needs `clean` and `confirm_dangerous` (FAILED_PRECONDITION).
    *
    * @generated from rpc pgfleet.v1.BackupService.RestoreBackup
    */

@@ -4,8 +4,8 @@
 
 // Running SQL on many targets at once, and checking SQL without running it.
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Duration, NullValue } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_struct } from "@bufbuild/protobuf/wkt";
 import type { DangerFinding, Role, StatementClass, Target, TargetError } from "./common_pb.js";
@@ -16,7 +16,260 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file pgfleet/v1/query.proto.
  */
 export const file_pgfleet_v1_query: GenFile = /*@__PURE__*/
-  fileDesc("ChZwZ2ZsZWV0L3YxL3F1ZXJ5LnByb3RvEgpwZ2ZsZWV0LnYxIuEBCgRDZWxsEjAKCm51bGxfdmFsdWUYASABKA4yGi5nb29nbGUucHJvdG9idWYuTnVsbFZhbHVlSAASFAoKYm9vbF92YWx1ZRgCIAEoCEgAEhMKCWludF92YWx1ZRgDIAEoA0gAEhYKDGRvdWJsZV92YWx1ZRgEIAEoAUgAEhQKCnRleHRfdmFsdWUYBSABKAlIABIVCgtieXRlc192YWx1ZRgGIAEoDEgAEhQKCmpzb25fdmFsdWUYByABKAlIABIZCg9mb3JtYXR0ZWRfdmFsdWUYCCABKAlIAEIGCgRraW5kIiYKA1JvdxIfCgVjZWxscxgBIAMoCzIQLnBnZmxlZXQudjEuQ2VsbCI7CgZDb2x1bW4SDAoEbmFtZRgBIAEoCRIQCgh0eXBlX29pZBgCIAEoDRIRCgl0eXBlX25hbWUYAyABKAkiygEKClF1ZXJ5UGFyYW0SMAoKbnVsbF92YWx1ZRgBIAEoDjIaLmdvb2dsZS5wcm90b2J1Zi5OdWxsVmFsdWVIABIUCgpib29sX3ZhbHVlGAIgASgISAASEwoJaW50X3ZhbHVlGAMgASgDSAASFgoMZG91YmxlX3ZhbHVlGAQgASgBSAASFAoKdGV4dF92YWx1ZRgFIAEoCUgAEhUKC2J5dGVzX3ZhbHVlGAYgASgMSAASEQoJdHlwZV9uYW1lGAcgASgJQgcKBXZhbHVlIk8KFlBhcmFtZXRlcml6ZWRTdGF0ZW1lbnQSDQoFcXVlcnkYASABKAkSJgoGcGFyYW1zGAIgAygLMhYucGdmbGVldC52MS5RdWVyeVBhcmFtIgsKCUFsbENsb3VkcyIxCgpUYXJnZXRMaXN0EiMKB3RhcmdldHMYASADKAsyEi5wZ2ZsZWV0LnYxLlRhcmdldCLwAgoORXhlY3V0ZVJlcXVlc3QSDQoFcXVlcnkYASABKAkSEAoIZGF0YWJhc2UYAiABKAkSKwoKYWxsX2Nsb3VkcxgDIAEoCzIVLnBnZmxlZXQudjEuQWxsQ2xvdWRzSAASDwoFY2xvdWQYBCABKAlIABIpCgd0YXJnZXRzGAUgASgLMhYucGdmbGVldC52MS5UYXJnZXRMaXN0SAASEQoJcGdfc2NoZW1hGAYgASgJEioKB3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoGcGFyYW1zGAggAygLMhYucGdmbGVldC52MS5RdWVyeVBhcmFtEhkKEWNvbmZpcm1fZGFuZ2Vyb3VzGAkgASgIEhEKCXJlYWRfb25seRgKIAEoCBI2CgpzdGF0ZW1lbnRzGAsgAygLMiIucGdmbGVldC52MS5QYXJhbWV0ZXJpemVkU3RhdGVtZW50QgcKBXNjb3BlItABCg9TdGF0ZW1lbnRSZXN1bHQSDQoFaW5kZXgYASABKA0SEwoLY29tbWFuZF90YWcYAiABKAkSFQoNcm93c19hZmZlY3RlZBgDIAEoBBIjCgdjb2x1bW5zGAQgAygLMhIucGdmbGVldC52MS5Db2x1bW4SHQoEcm93cxgFIAMoCzIPLnBnZmxlZXQudjEuUm93EhEKCXRydW5jYXRlZBgGIAEoCBIrCghkdXJhdGlvbhgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLpAgoMVGFyZ2V0UmVzdWx0EiIKBnRhcmdldBgBIAEoCzISLnBnZmxlZXQudjEuVGFyZ2V0Eg8KB3N1Y2Nlc3MYAiABKAgSJgoFZXJyb3IYAyABKAsyFy5wZ2ZsZWV0LnYxLlRhcmdldEVycm9yEisKCGR1cmF0aW9uGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KCnN0YXRlbWVudHMYBSADKAsyGy5wZ2ZsZWV0LnYxLlN0YXRlbWVudFJlc3VsdBIjChZmYWlsZWRfc3RhdGVtZW50X2luZGV4GAYgASgNSACIAQESFwoPb3V0Y29tZV91bmtub3duGAcgASgIEg8KB3JlcGxpY2EYCCABKAkSNAoQc2tpcHBlZF9yZXBsaWNhcxgJIAMoCzIaLnBnZmxlZXQudjEuU2tpcHBlZFJlcGxpY2FCGQoXX2ZhaWxlZF9zdGF0ZW1lbnRfaW5kZXgiTQoOU2tpcHBlZFJlcGxpY2ESDAoEbmFtZRgBIAEoCRItCgpyZXBsYXlfbGFnGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIpoBCg9FeGVjdXRlUmVzcG9uc2USFAoMZXhlY3V0aW9uX2lkGAEgASgJEg8KB3N1Y2Nlc3MYAiABKAgSKQoHcmVzdWx0cxgDIAMoCzIYLnBnZmxlZXQudjEuVGFyZ2V0UmVzdWx0EjUKEmNvbmZpcm1lZF9maW5kaW5ncxgEIAMoCzIZLnBnZmxlZXQudjEuRGFuZ2VyRmluZGluZyKKAwoURXhlY3V0ZVN0cmVhbVJlcXVlc3QSDQoFcXVlcnkYASABKAkSEAoIZGF0YWJhc2UYAiABKAkSKwoKYWxsX2Nsb3VkcxgDIAEoCzIVLnBnZmxlZXQudjEuQWxsQ2xvdWRzSAASDwoFY2xvdWQYBCABKAlIABIpCgd0YXJnZXRzGAUgASgLMhYucGdmbGVldC52MS5UYXJnZXRMaXN0SAASEQoJcGdfc2NoZW1hGAYgASgJEioKB3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoGcGFyYW1zGAggAygLMhYucGdmbGVldC52MS5RdWVyeVBhcmFtEhkKEWNvbmZpcm1fZGFuZ2Vyb3VzGAkgASgIEhEKCXJlYWRfb25seRgKIAEoCBISCgpiYXRjaF9zaXplGAsgASgNEjYKCnN0YXRlbWVudHMYDCADKAsyIi5wZ2ZsZWV0LnYxLlBhcmFtZXRlcml6ZWRTdGF0ZW1lbnRCBwoFc2NvcGUihAEKEEV4ZWN1dGlvblN0YXJ0ZWQSFAoMZXhlY3V0aW9uX2lkGAEgASgJEiMKB3RhcmdldHMYAiADKAsyEi5wZ2ZsZWV0LnYxLlRhcmdldBI1ChJjb25maXJtZWRfZmluZGluZ3MYAyADKAsyGS5wZ2ZsZWV0LnYxLkRhbmdlckZpbmRpbmciegoNVGFyZ2V0U3RhcnRlZBIiCgZ0YXJnZXQYASABKAsyEi5wZ2ZsZWV0LnYxLlRhcmdldBIPCgdyZXBsaWNhGAIgASgJEjQKEHNraXBwZWRfcmVwbGljYXMYAyADKAsyGi5wZ2ZsZWV0LnYxLlNraXBwZWRSZXBsaWNhInAKDFJlc3VsdEhlYWRlchIiCgZ0YXJnZXQYASABKAsyEi5wZ2ZsZWV0LnYxLlRhcmdldBIXCg9zdGF0ZW1lbnRfaW5kZXgYAiABKA0SIwoHY29sdW1ucxgDIAMoCzISLnBnZmxlZXQudjEuQ29sdW1uImYKCFJvd0JhdGNoEiIKBnRhcmdldBgBIAEoCzISLnBnZmxlZXQudjEuVGFyZ2V0EhcKD3N0YXRlbWVudF9pbmRleBgCIAEoDRIdCgRyb3dzGAMgAygLMg8ucGdmbGVldC52MS5Sb3ciqAEKEFN0YXRlbWVudFN1bW1hcnkSIgoGdGFyZ2V0GAEgASgLMhIucGdmbGVldC52MS5UYXJnZXQSFwoPc3RhdGVtZW50X2luZGV4GAIgASgNEhMKC2NvbW1hbmRfdGFnGAMgASgJEhUKDXJvd3NfYWZmZWN0ZWQYBCABKAQSKwoIZHVyYXRpb24YBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6wIKDVRhcmdldFN1bW1hcnkSIgoGdGFyZ2V0GAEgASgLMhIucGdmbGVldC52MS5UYXJnZXQSDwoHc3VjY2VzcxgCIAEoCBImCgVlcnJvchgDIAEoCzIXLnBnZmxlZXQudjEuVGFyZ2V0RXJyb3ISKwoIZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMAoKc3RhdGVtZW50cxgFIAMoCzIcLnBnZmxlZXQudjEuU3RhdGVtZW50U3VtbWFyeRIjChZmYWlsZWRfc3RhdGVtZW50X2luZGV4GAYgASgNSACIAQESFwoPb3V0Y29tZV91bmtub3duGAcgASgIEg8KB3JlcGxpY2EYCCABKAkSNAoQc2tpcHBlZF9yZXBsaWNhcxgJIAMoCzIaLnBnZmxlZXQudjEuU2tpcHBlZFJlcGxpY2FCGQoXX2ZhaWxlZF9zdGF0ZW1lbnRfaW5kZXgiUQoRRXhlY3V0aW9uRmluaXNoZWQSDwoHc3VjY2VzcxgBIAEoCBIrCghkdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiKbAwoVRXhlY3V0ZVN0cmVhbVJlc3BvbnNlEjkKEWV4ZWN1dGlvbl9zdGFydGVkGAEgASgLMhwucGdmbGVldC52MS5FeGVjdXRpb25TdGFydGVkSAASMwoOdGFyZ2V0X3N0YXJ0ZWQYAiABKAsyGS5wZ2ZsZWV0LnYxLlRhcmdldFN0YXJ0ZWRIABIxCg1yZXN1bHRfaGVhZGVyGAMgASgLMhgucGdmbGVldC52MS5SZXN1bHRIZWFkZXJIABIpCglyb3dfYmF0Y2gYBCABKAsyFC5wZ2ZsZWV0LnYxLlJvd0JhdGNoSAASOQoRc3RhdGVtZW50X3N1bW1hcnkYBSABKAsyHC5wZ2ZsZWV0LnYxLlN0YXRlbWVudFN1bW1hcnlIABIzCg50YXJnZXRfc3VtbWFyeRgGIAEoCzIZLnBnZmxlZXQudjEuVGFyZ2V0U3VtbWFyeUgAEjsKEmV4ZWN1dGlvbl9maW5pc2hlZBgHIAEoCzIdLnBnZmxlZXQudjEuRXhlY3V0aW9uRmluaXNoZWRIAEIHCgVldmVudCIgCg9WYWxpZGF0ZVJlcXVlc3QSDQoFcXVlcnkYASABKAkiUAoKUGFyc2VFcnJvchIPCgdtZXNzYWdlGAEgASgJEgwKBGxpbmUYAiABKA0SDgoGY29sdW1uGAMgASgNEhMKC2J5dGVfb2Zmc2V0GAQgASgNIrgCChJWYWxpZGF0ZWRTdGF0ZW1lbnQSDQoFaW5kZXgYASABKA0SDAoEdGV4dBgCIAEoCRIzCg9zdGF0ZW1lbnRfY2xhc3MYAyABKA4yGi5wZ2ZsZWV0LnYxLlN0YXRlbWVudENsYXNzEg8KB2NvbW1hbmQYBCABKAkSKwoIZmluZGluZ3MYBSADKAsyGS5wZ2ZsZWV0LnYxLkRhbmdlckZpbmRpbmcSEwoLYnl0ZV9vZmZzZXQYBiABKA0SEwoLYnl0ZV9sZW5ndGgYByABKA0SDAoEbGluZRgIIAEoDRIOCgZjb2x1bW4YCSABKA0SJwoNcmVxdWlyZWRfcm9sZRgKIAEoDjIQLnBnZmxlZXQudjEuUm9sZRIhChljYW5ub3RfcnVuX2luX3RyYW5zYWN0aW9uGAsgASgIIt8BChBWYWxpZGF0ZVJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEisKC3BhcnNlX2Vycm9yGAIgASgLMhYucGdmbGVldC52MS5QYXJzZUVycm9yEjIKCnN0YXRlbWVudHMYAyADKAsyHi5wZ2ZsZWV0LnYxLlZhbGlkYXRlZFN0YXRlbWVudBITCgtmaW5nZXJwcmludBgEIAEoCRInCg1yZXF1aXJlZF9yb2xlGAUgASgOMhAucGdmbGVldC52MS5Sb2xlEh0KFXJlcXVpcmVzX2NvbmZpcm1hdGlvbhgGIAEoCDLxAQoMUXVlcnlTZXJ2aWNlEkIKB0V4ZWN1dGUSGi5wZ2ZsZWV0LnYxLkV4ZWN1dGVSZXF1ZXN0GhsucGdmbGVldC52MS5FeGVjdXRlUmVzcG9uc2USVgoNRXhlY3V0ZVN0cmVhbRIgLnBnZmxlZXQudjEuRXhlY3V0ZVN0cmVhbVJlcXVlc3QaIS5wZ2ZsZWV0LnYxLkV4ZWN1dGVTdHJlYW1SZXNwb25zZTABEkUKCFZhbGlkYXRlEhsucGdmbGVldC52MS5WYWxpZGF0ZVJlcXVlc3QaHC5wZ2ZsZWV0LnYxLlZhbGlkYXRlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_pgfleet_v1_common]);
+  fileDesc("ChZwZ2ZsZWV0L3YxL3F1ZXJ5LnByb3RvEgpwZ2ZsZWV0LnYxIrkBChRDb21wYXJlVGFibGVzUmVxdWVzdBIQCghkYXRhYmFzZRgBIAEoCRINCgV0YWJsZRgCIAEoCRIOCgZjbG91ZHMYAyADKAkSDwoHY29sdW1ucxgEIAMoCRIOCgZmaWx0ZXIYBSABKAkSEAoIc2VnbWVudHMYBiABKA0SEQoJbGVhZl9yb3dzGAcgASgEEioKB3RpbWVvdXQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24isQEKFUNvbXBhcmVUYWJsZXNSZXNwb25zZRItCgdzdGFydGVkGAEgASgLMhoucGdmbGVldC52MS5Db21wYXJlU3RhcnRlZEgAEi8KCmRpZmZlcmVuY2UYAiABKAsyGS5wZ2ZsZWV0LnYxLlJvd0RpZmZlcmVuY2VIABIvCghmaW5pc2hlZBgDIAEoCzIbLnBnZmxlZXQudjEuQ29tcGFyZUZpbmlzaGVkSABCBwoFZXZlbnQigQEKDkNvbXBhcmVTdGFydGVkEiUKCXJlZmVyZW5jZRgBIAEoCzISLnBnZmxlZXQudjEuVGFyZ2V0EiMKB3RhcmdldHMYAiADKAsyEi5wZ2ZsZWV0LnYxLlRhcmdldBISCgprZXlfY29sdW1uGAMgASgJEg8KB2NvbHVtbnMYBCADKAkiagoNUm93RGlmZmVyZW5jZRIiCgZ0YXJnZXQYASABKAsyEi5wZ2ZsZWV0LnYxLlRhcmdldBILCgNrZXkYAiABKAMSKAoEa2luZBgDIAEoDjIaLnBnZmxlZXQudjEuRGlmZmVyZW5jZUtpbmQiqQEKD0NvbXBhcmVGaW5pc2hlZBIRCglpZGVudGljYWwYASABKAgSEwoLZGlmZmVyZW5jZXMYAiABKAQSGAoQcm93c190cmFuc2ZlcnJlZBgDIAEoBBIWCg5yb3dzX2luX3RhYmxlcxgEIAEoBBIPCgdxdWVyaWVzGAUgASgEEisKCGR1cmF0aW9uGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIuEBCgRDZWxsEjAKCm51bGxfdmFsdWUYASABKA4yGi5nb29nbGUucHJvdG9idWYuTnVsbFZhbHVlSAASFAoKYm9vbF92YWx1ZRgCIAEoCEgAEhMKCWludF92YWx1ZRgDIAEoA0gAEhYKDGRvdWJsZV92YWx1ZRgEIAEoAUgAEhQKCnRleHRfdmFsdWUYBSABKAlIABIVCgtieXRlc192YWx1ZRgGIAEoDEgAEhQKCmpzb25fdmFsdWUYByABKAlIABIZCg9mb3JtYXR0ZWRfdmFsdWUYCCABKAlIAEIGCgRraW5kIiYKA1JvdxIfCgVjZWxscxgBIAMoCzIQLnBnZmxlZXQudjEuQ2VsbCI7CgZDb2x1bW4SDAoEbmFtZRgBIAEoCRIQCgh0eXBlX29pZBgCIAEoDRIRCgl0eXBlX25hbWUYAyABKAkiygEKClF1ZXJ5UGFyYW0SMAoKbnVsbF92YWx1ZRgBIAEoDjIaLmdvb2dsZS5wcm90b2J1Zi5OdWxsVmFsdWVIABIUCgpib29sX3ZhbHVlGAIgASgISAASEwoJaW50X3ZhbHVlGAMgASgDSAASFgoMZG91YmxlX3ZhbHVlGAQgASgBSAASFAoKdGV4dF92YWx1ZRgFIAEoCUgAEhUKC2J5dGVzX3ZhbHVlGAYgASgMSAASEQoJdHlwZV9uYW1lGAcgASgJQgcKBXZhbHVlIk8KFlBhcmFtZXRlcml6ZWRTdGF0ZW1lbnQSDQoFcXVlcnkYASABKAkSJgoGcGFyYW1zGAIgAygLMhYucGdmbGVldC52MS5RdWVyeVBhcmFtIgsKCUFsbENsb3VkcyIxCgpUYXJnZXRMaXN0EiMKB3RhcmdldHMYASADKAsyEi5wZ2ZsZWV0LnYxLlRhcmdldCLNAwoORXhlY3V0ZVJlcXVlc3QSDQoFcXVlcnkYASABKAkSEAoIZGF0YWJhc2UYAiABKAkSKwoKYWxsX2Nsb3VkcxgDIAEoCzIVLnBnZmxlZXQudjEuQWxsQ2xvdWRzSAASDwoFY2xvdWQYBCABKAlIABIpCgd0YXJnZXRzGAUgASgLMhYucGdmbGVldC52MS5UYXJnZXRMaXN0SAASEQoJcGdfc2NoZW1hGAYgASgJEioKB3RpbWVvdXQYByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoGcGFyYW1zGAggAygLMhYucGdmbGVldC52MS5RdWVyeVBhcmFtEhkKEWNvbmZpcm1fZGFuZ2Vyb3VzGAkgASgIEhEKCXJlYWRfb25seRgKIAEoCBI2CgpzdGF0ZW1lbnRzGAsgAygLMiIucGdmbGVldC52MS5QYXJhbWV0ZXJpemVkU3RhdGVtZW50EisKC2NvbW1pdF9tb2RlGAwgASgOMhYucGdmbGVldC52MS5Db21taXRNb2RlEi4KB2NvbXBhcmUYDSABKAsyHS5wZ2ZsZWV0LnYxLlJvd0NvbXBhcmlzb25TcGVjQgcKBXNjb3BlIj0KEVJvd0NvbXBhcmlzb25TcGVjEhMKC2tleV9jb2x1bW5zGAEgAygJEhMKC21heF9zYW1wbGVzGAIgASgNIpYBChBSZXN1bHRDb21wYXJpc29uEhcKD3N0YXRlbWVudF9pbmRleBgBIAEoDRIlCglyZWZlcmVuY2UYAiABKAsyEi5wZ2ZsZWV0LnYxLlRhcmdldBIWCg5yZWZlcmVuY2Vfcm93cxgDIAEoBBIqCgd0YXJnZXRzGAQgAygLMhkucGdmbGVldC52MS5Sb3dEaXZlcmdlbmNlIqgCCg1Sb3dEaXZlcmdlbmNlEiIKBnRhcmdldBgBIAEoCzISLnBnZmxlZXQudjEuVGFyZ2V0EhQKDG5vdF9jb21wYXJlZBgCIAEoCRIOCgZhZ3JlZXMYAyABKAgSDAoEcm93cxgEIAEoBBIPCgdtaXNzaW5nGAUgASgEEg0KBWV4dHJhGAYgASgEEg8KB2NoYW5nZWQYByABKAQSKAoPbWlzc2luZ19zYW1wbGVzGAggAygLMg8ucGdmbGVldC52MS5Sb3cSJgoNZXh0cmFfc2FtcGxlcxgJIAMoCzIPLnBnZmxlZXQudjEuUm93EigKD2NoYW5nZWRfc2FtcGxlcxgKIAMoCzIPLnBnZmxlZXQudjEuUm93EhIKCmluY29tcGxldGUYCyABKAgi0AEKD1N0YXRlbWVudFJlc3VsdBINCgVpbmRleBgBIAEoDRITCgtjb21tYW5kX3RhZxgCIAEoCRIVCg1yb3dzX2FmZmVjdGVkGAMgASgEEiMKB2NvbHVtbnMYBCADKAsyEi5wZ2ZsZWV0LnYxLkNvbHVtbhIdCgRyb3dzGAUgAygLMg8ucGdmbGVldC52MS5Sb3cSEQoJdHJ1bmNhdGVkGAYgASgIEisKCGR1cmF0aW9uGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIukCCgxUYXJnZXRSZXN1bHQSIgoGdGFyZ2V0GAEgASgLMhIucGdmbGVldC52MS5UYXJnZXQSDwoHc3VjY2VzcxgCIAEoCBImCgVlcnJvchgDIAEoCzIXLnBnZmxlZXQudjEuVGFyZ2V0RXJyb3ISKwoIZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoKc3RhdGVtZW50cxgFIAMoCzIbLnBnZmxlZXQudjEuU3RhdGVtZW50UmVzdWx0EiMKFmZhaWxlZF9zdGF0ZW1lbnRfaW5kZXgYBiABKA1IAIgBARIXCg9vdXRjb21lX3Vua25vd24YByABKAgSDwoHcmVwbGljYRgIIAEoCRI0ChBza2lwcGVkX3JlcGxpY2FzGAkgAygLMhoucGdmbGVldC52MS5Ta2lwcGVkUmVwbGljYUIZChdfZmFpbGVkX3N0YXRlbWVudF9pbmRleCJNCg5Ta2lwcGVkUmVwbGljYRIMCgRuYW1lGAEgASgJEi0KCnJlcGxheV9sYWcYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24izQEKD0V4ZWN1dGVSZXNwb25zZRIUCgxleGVjdXRpb25faWQYASABKAkSDwoHc3VjY2VzcxgCIAEoCBIpCgdyZXN1bHRzGAMgAygLMhgucGdmbGVldC52MS5UYXJnZXRSZXN1bHQSNQoSY29uZmlybWVkX2ZpbmRpbmdzGAQgAygLMhkucGdmbGVldC52MS5EYW5nZXJGaW5kaW5nEjEKC2NvbXBhcmlzb25zGAUgAygLMhwucGdmbGVldC52MS5SZXN1bHRDb21wYXJpc29uIroDChRFeGVjdXRlU3RyZWFtUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIQCghkYXRhYmFzZRgCIAEoCRIrCgphbGxfY2xvdWRzGAMgASgLMhUucGdmbGVldC52MS5BbGxDbG91ZHNIABIPCgVjbG91ZBgEIAEoCUgAEikKB3RhcmdldHMYBSABKAsyFi5wZ2ZsZWV0LnYxLlRhcmdldExpc3RIABIRCglwZ19zY2hlbWEYBiABKAkSKgoHdGltZW91dBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCgZwYXJhbXMYCCADKAsyFi5wZ2ZsZWV0LnYxLlF1ZXJ5UGFyYW0SGQoRY29uZmlybV9kYW5nZXJvdXMYCSABKAgSEQoJcmVhZF9vbmx5GAogASgIEhIKCmJhdGNoX3NpemUYCyABKA0SNgoKc3RhdGVtZW50cxgMIAMoCzIiLnBnZmxlZXQudjEuUGFyYW1ldGVyaXplZFN0YXRlbWVudBIuCgdjb21wYXJlGA0gASgLMh0ucGdmbGVldC52MS5Sb3dDb21wYXJpc29uU3BlY0IHCgVzY29wZSKEAQoQRXhlY3V0aW9uU3RhcnRlZBIUCgxleGVjdXRpb25faWQYASABKAkSIwoHdGFyZ2V0cxgCIAMoCzISLnBnZmxlZXQudjEuVGFyZ2V0EjUKEmNvbmZpcm1lZF9maW5kaW5ncxgDIAMoCzIZLnBnZmxlZXQudjEuRGFuZ2VyRmluZGluZyJ6Cg1UYXJnZXRTdGFydGVkEiIKBnRhcmdldBgBIAEoCzISLnBnZmxlZXQudjEuVGFyZ2V0Eg8KB3JlcGxpY2EYAiABKAkSNAoQc2tpcHBlZF9yZXBsaWNhcxgDIAMoCzIaLnBnZmxlZXQudjEuU2tpcHBlZFJlcGxpY2EicAoMUmVzdWx0SGVhZGVyEiIKBnRhcmdldBgBIAEoCzISLnBnZmxlZXQudjEuVGFyZ2V0EhcKD3N0YXRlbWVudF9pbmRleBgCIAEoDRIjCgdjb2x1bW5zGAMgAygLMhIucGdmbGVldC52MS5Db2x1bW4iZgoIUm93QmF0Y2gSIgoGdGFyZ2V0GAEgASgLMhIucGdmbGVldC52MS5UYXJnZXQSFwoPc3RhdGVtZW50X2luZGV4GAIgASgNEh0KBHJvd3MYAyADKAsyDy5wZ2ZsZWV0LnYxLlJvdyKoAQoQU3RhdGVtZW50U3VtbWFyeRIiCgZ0YXJnZXQYASABKAsyEi5wZ2ZsZWV0LnYxLlRhcmdldBIXCg9zdGF0ZW1lbnRfaW5kZXgYAiABKA0SEwoLY29tbWFuZF90YWcYAyABKAkSFQoNcm93c19hZmZlY3RlZBgEIAEoBBIrCghkdXJhdGlvbhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLrAgoNVGFyZ2V0U3VtbWFyeRIiCgZ0YXJnZXQYASABKAsyEi5wZ2ZsZWV0LnYxLlRhcmdldBIPCgdzdWNjZXNzGAIgASgIEiYKBWVycm9yGAMgASgLMhcucGdmbGVldC52MS5UYXJnZXRFcnJvchIrCghkdXJhdGlvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIwCgpzdGF0ZW1lbnRzGAUgAygLMhwucGdmbGVldC52MS5TdGF0ZW1lbnRTdW1tYXJ5EiMKFmZhaWxlZF9zdGF0ZW1lbnRfaW5kZXgYBiABKA1IAIgBARIXCg9vdXRjb21lX3Vua25vd24YByABKAgSDwoHcmVwbGljYRgIIAEoCRI0ChBza2lwcGVkX3JlcGxpY2FzGAkgAygLMhoucGdmbGVldC52MS5Ta2lwcGVkUmVwbGljYUIZChdfZmFpbGVkX3N0YXRlbWVudF9pbmRleCJRChFFeGVjdXRpb25GaW5pc2hlZBIPCgdzdWNjZXNzGAEgASgIEisKCGR1cmF0aW9uGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uItYDChVFeGVjdXRlU3RyZWFtUmVzcG9uc2USOQoRZXhlY3V0aW9uX3N0YXJ0ZWQYASABKAsyHC5wZ2ZsZWV0LnYxLkV4ZWN1dGlvblN0YXJ0ZWRIABIzCg50YXJnZXRfc3RhcnRlZBgCIAEoCzIZLnBnZmxlZXQudjEuVGFyZ2V0U3RhcnRlZEgAEjEKDXJlc3VsdF9oZWFkZXIYAyABKAsyGC5wZ2ZsZWV0LnYxLlJlc3VsdEhlYWRlckgAEikKCXJvd19iYXRjaBgEIAEoCzIULnBnZmxlZXQudjEuUm93QmF0Y2hIABI5ChFzdGF0ZW1lbnRfc3VtbWFyeRgFIAEoCzIcLnBnZmxlZXQudjEuU3RhdGVtZW50U3VtbWFyeUgAEjMKDnRhcmdldF9zdW1tYXJ5GAYgASgLMhkucGdmbGVldC52MS5UYXJnZXRTdW1tYXJ5SAASOwoSZXhlY3V0aW9uX2ZpbmlzaGVkGAcgASgLMh0ucGdmbGVldC52MS5FeGVjdXRpb25GaW5pc2hlZEgAEjkKEXJlc3VsdF9jb21wYXJpc29uGAggASgLMhwucGdmbGVldC52MS5SZXN1bHRDb21wYXJpc29uSABCBwoFZXZlbnQiIAoPVmFsaWRhdGVSZXF1ZXN0Eg0KBXF1ZXJ5GAEgASgJIlAKClBhcnNlRXJyb3ISDwoHbWVzc2FnZRgBIAEoCRIMCgRsaW5lGAIgASgNEg4KBmNvbHVtbhgDIAEoDRITCgtieXRlX29mZnNldBgEIAEoDSK4AgoSVmFsaWRhdGVkU3RhdGVtZW50Eg0KBWluZGV4GAEgASgNEgwKBHRleHQYAiABKAkSMwoPc3RhdGVtZW50X2NsYXNzGAMgASgOMhoucGdmbGVldC52MS5TdGF0ZW1lbnRDbGFzcxIPCgdjb21tYW5kGAQgASgJEisKCGZpbmRpbmdzGAUgAygLMhkucGdmbGVldC52MS5EYW5nZXJGaW5kaW5nEhMKC2J5dGVfb2Zmc2V0GAYgASgNEhMKC2J5dGVfbGVuZ3RoGAcgASgNEgwKBGxpbmUYCCABKA0SDgoGY29sdW1uGAkgASgNEicKDXJlcXVpcmVkX3JvbGUYCiABKA4yEC5wZ2ZsZWV0LnYxLlJvbGUSIQoZY2Fubm90X3J1bl9pbl90cmFuc2FjdGlvbhgLIAEoCCLfAQoQVmFsaWRhdGVSZXNwb25zZRINCgV2YWxpZBgBIAEoCBIrCgtwYXJzZV9lcnJvchgCIAEoCzIWLnBnZmxlZXQudjEuUGFyc2VFcnJvchIyCgpzdGF0ZW1lbnRzGAMgAygLMh4ucGdmbGVldC52MS5WYWxpZGF0ZWRTdGF0ZW1lbnQSEwoLZmluZ2VycHJpbnQYBCABKAkSJwoNcmVxdWlyZWRfcm9sZRgFIAEoDjIQLnBnZmxlZXQudjEuUm9sZRIdChVyZXF1aXJlc19jb25maXJtYXRpb24YBiABKAgqhgEKDkRpZmZlcmVuY2VLaW5kEh8KG0RJRkZFUkVOQ0VfS0lORF9VTlNQRUNJRklFRBAAEhsKF0RJRkZFUkVOQ0VfS0lORF9NSVNTSU5HEAESGQoVRElGRkVSRU5DRV9LSU5EX0VYVFJBEAISGwoXRElGRkVSRU5DRV9LSU5EX0NIQU5HRUQQAypdCgpDb21taXRNb2RlEhsKF0NPTU1JVF9NT0RFX1VOU1BFQ0lGSUVEEAASGgoWQ09NTUlUX01PREVfUEVSX1RBUkdFVBABEhYKEkNPTU1JVF9NT0RFX0FUT01JQxACMskCCgxRdWVyeVNlcnZpY2USQgoHRXhlY3V0ZRIaLnBnZmxlZXQudjEuRXhlY3V0ZVJlcXVlc3QaGy5wZ2ZsZWV0LnYxLkV4ZWN1dGVSZXNwb25zZRJWCg1FeGVjdXRlU3RyZWFtEiAucGdmbGVldC52MS5FeGVjdXRlU3RyZWFtUmVxdWVzdBohLnBnZmxlZXQudjEuRXhlY3V0ZVN0cmVhbVJlc3BvbnNlMAESRQoIVmFsaWRhdGUSGy5wZ2ZsZWV0LnYxLlZhbGlkYXRlUmVxdWVzdBocLnBnZmxlZXQudjEuVmFsaWRhdGVSZXNwb25zZRJWCg1Db21wYXJlVGFibGVzEiAucGdmbGVldC52MS5Db21wYXJlVGFibGVzUmVxdWVzdBohLnBnZmxlZXQudjEuQ29tcGFyZVRhYmxlc1Jlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_pgfleet_v1_common]);
+
+/**
+ * Request of QueryService.CompareTables.
+ *
+ * @generated from message pgfleet.v1.CompareTablesRequest
+ */
+export type CompareTablesRequest = Message<"pgfleet.v1.CompareTablesRequest"> & {
+  /**
+   * Configured database name.
+   *
+   * @generated from field: string database = 1;
+   */
+  database: string;
+
+  /**
+   * The table, `schema.table` (unqualified: `public`). It needs a primary
+   * key of one integer column (smallint, integer, bigint).
+   *
+   * @generated from field: string table = 2;
+   */
+  table: string;
+
+  /**
+   * Clouds whose copies are compared, the first being the reference the
+   * others are compared with; empty: every cloud that has the database.
+   *
+   * @generated from field: repeated string clouds = 3;
+   */
+  clouds: string[];
+
+  /**
+   * Columns compared besides the key; empty: every column.
+   *
+   * @generated from field: repeated string columns = 4;
+   */
+  columns: string[];
+
+  /**
+   * A boolean SQL expression on the table's columns restricting the rows
+   * compared (it must parse as one expression); empty: every row.
+   *
+   * @generated from field: string filter = 5;
+   */
+  filter: string;
+
+  /**
+   * Sub-ranges each differing range is split into; 0 for 32, else 2-1024.
+   *
+   * @generated from field: uint32 segments = 6;
+   */
+  segments: number;
+
+  /**
+   * A range with at most this many rows on every copy is compared key by
+   * key; 0 for 1000.
+   *
+   * @generated from field: uint64 leaf_rows = 7;
+   */
+  leafRows: bigint;
+
+  /**
+   * Statement timeout on each copy; unset for the configured default.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 8;
+   */
+  timeout?: Duration | undefined;
+};
+
+/**
+ * Describes the message pgfleet.v1.CompareTablesRequest.
+ * Use `create(CompareTablesRequestSchema)` to create a new message.
+ */
+export const CompareTablesRequestSchema: GenMessage<CompareTablesRequest> = /*@__PURE__*/
+  messageDesc(file_pgfleet_v1_query, 0);
+
+/**
+ * One event of QueryService.CompareTables.
+ *
+ * @generated from message pgfleet.v1.CompareTablesResponse
+ */
+export type CompareTablesResponse = Message<"pgfleet.v1.CompareTablesResponse"> & {
+  /**
+   * What happened.
+   *
+   * @generated from oneof pgfleet.v1.CompareTablesResponse.event
+   */
+  event: {
+    /**
+     * First: what is compared.
+     *
+     * @generated from field: pgfleet.v1.CompareStarted started = 1;
+     */
+    value: CompareStarted;
+    case: "started";
+  } | {
+    /**
+     * A key that differs on one copy from the reference.
+     *
+     * @generated from field: pgfleet.v1.RowDifference difference = 2;
+     */
+    value: RowDifference;
+    case: "difference";
+  } | {
+    /**
+     * Last: the totals.
+     *
+     * @generated from field: pgfleet.v1.CompareFinished finished = 3;
+     */
+    value: CompareFinished;
+    case: "finished";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message pgfleet.v1.CompareTablesResponse.
+ * Use `create(CompareTablesResponseSchema)` to create a new message.
+ */
+export const CompareTablesResponseSchema: GenMessage<CompareTablesResponse> = /*@__PURE__*/
+  messageDesc(file_pgfleet_v1_query, 1);
+
+/**
+ * What a comparison compares.
+ *
+ * @generated from message pgfleet.v1.CompareStarted
+ */
+export type CompareStarted = Message<"pgfleet.v1.CompareStarted"> & {
+  /**
+   * The copy the others are compared with.
+   *
+   * @generated from field: pgfleet.v1.Target reference = 1;
+   */
+  reference?: Target | undefined;
+
+  /**
+   * Every compared copy, the reference first.
+   *
+   * @generated from field: repeated pgfleet.v1.Target targets = 2;
+   */
+  targets: Target[];
+
+  /**
+   * The primary-key column.
+   *
+   * @generated from field: string key_column = 3;
+   */
+  keyColumn: string;
+
+  /**
+   * The columns compared besides the key.
+   *
+   * @generated from field: repeated string columns = 4;
+   */
+  columns: string[];
+};
+
+/**
+ * Describes the message pgfleet.v1.CompareStarted.
+ * Use `create(CompareStartedSchema)` to create a new message.
+ */
+export const CompareStartedSchema: GenMessage<CompareStarted> = /*@__PURE__*/
+  messageDesc(file_pgfleet_v1_query, 2);
+
+/**
+ * One differing key.
+ *
+ * @generated from message pgfleet.v1.RowDifference
+ */
+export type RowDifference = Message<"pgfleet.v1.RowDifference"> & {
+  /**
+   * The copy that differs from the reference.
+   *
+   * @generated from field: pgfleet.v1.Target target = 1;
+   */
+  target?: Target | undefined;
+
+  /**
+   * The key's value.
+   *
+   * @generated from field: int64 key = 2;
+   */
+  key: bigint;
+
+  /**
+   * How it differs.
+   *
+   * @generated from field: pgfleet.v1.DifferenceKind kind = 3;
+   */
+  kind: DifferenceKind;
+};
+
+/**
+ * Describes the message pgfleet.v1.RowDifference.
+ * Use `create(RowDifferenceSchema)` to create a new message.
+ */
+export const RowDifferenceSchema: GenMessage<RowDifference> = /*@__PURE__*/
+  messageDesc(file_pgfleet_v1_query, 3);
+
+/**
+ * The end of a comparison.
+ *
+ * @generated from message pgfleet.v1.CompareFinished
+ */
+export type CompareFinished = Message<"pgfleet.v1.CompareFinished"> & {
+  /**
+   * True when no key differs.
+   *
+   * @generated from field: bool identical = 1;
+   */
+  identical: boolean;
+
+  /**
+   * Keys reported as RowDifference.
+   *
+   * @generated from field: uint64 differences = 2;
+   */
+  differences: bigint;
+
+  /**
+   * Rows that crossed the wire from every copy (checksum rows, key bounds,
+   * compared keys): compare with rows_in_tables, what a full read moves.
+   *
+   * @generated from field: uint64 rows_transferred = 3;
+   */
+  rowsTransferred: bigint;
+
+  /**
+   * Rows of the compared tables after the filter, every copy summed.
+   *
+   * @generated from field: uint64 rows_in_tables = 4;
+   */
+  rowsInTables: bigint;
+
+  /**
+   * Queries sent, every copy summed.
+   *
+   * @generated from field: uint64 queries = 5;
+   */
+  queries: bigint;
+
+  /**
+   * Wall time of the comparison.
+   *
+   * @generated from field: google.protobuf.Duration duration = 6;
+   */
+  duration?: Duration | undefined;
+};
+
+/**
+ * Describes the message pgfleet.v1.CompareFinished.
+ * Use `create(CompareFinishedSchema)` to create a new message.
+ */
+export const CompareFinishedSchema: GenMessage<CompareFinished> = /*@__PURE__*/
+  messageDesc(file_pgfleet_v1_query, 4);
 
 /**
  * One value of a result row. Typed where protobuf has a faithful type,
@@ -105,7 +358,7 @@ export type Cell = Message<"pgfleet.v1.Cell"> & {
  * Use `create(CellSchema)` to create a new message.
  */
 export const CellSchema: GenMessage<Cell> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 0);
+  messageDesc(file_pgfleet_v1_query, 5);
 
 /**
  * One result row: one cell per column, in column order.
@@ -126,7 +379,7 @@ export type Row = Message<"pgfleet.v1.Row"> & {
  * Use `create(RowSchema)` to create a new message.
  */
 export const RowSchema: GenMessage<Row> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 1);
+  messageDesc(file_pgfleet_v1_query, 6);
 
 /**
  * One result column.
@@ -162,7 +415,7 @@ export type Column = Message<"pgfleet.v1.Column"> & {
  * Use `create(ColumnSchema)` to create a new message.
  */
 export const ColumnSchema: GenMessage<Column> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 2);
+  messageDesc(file_pgfleet_v1_query, 7);
 
 /**
  * A positional parameter ($1, $2, ...) of one statement. Sent through the
@@ -242,7 +495,7 @@ export type QueryParam = Message<"pgfleet.v1.QueryParam"> & {
  * Use `create(QueryParamSchema)` to create a new message.
  */
 export const QueryParamSchema: GenMessage<QueryParam> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 3);
+  messageDesc(file_pgfleet_v1_query, 8);
 
 /**
  * One statement of a transaction given statement by statement, with its own
@@ -271,7 +524,7 @@ export type ParameterizedStatement = Message<"pgfleet.v1.ParameterizedStatement"
  * Use `create(ParameterizedStatementSchema)` to create a new message.
  */
 export const ParameterizedStatementSchema: GenMessage<ParameterizedStatement> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 4);
+  messageDesc(file_pgfleet_v1_query, 9);
 
 /**
  * Scope marker: every cloud that has the requested database configured (the
@@ -287,7 +540,7 @@ export type AllClouds = Message<"pgfleet.v1.AllClouds"> & {
  * Use `create(AllCloudsSchema)` to create a new message.
  */
 export const AllCloudsSchema: GenMessage<AllClouds> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 5);
+  messageDesc(file_pgfleet_v1_query, 10);
 
 /**
  * An explicit list of targets, for federated queries across different
@@ -309,7 +562,7 @@ export type TargetList = Message<"pgfleet.v1.TargetList"> & {
  * Use `create(TargetListSchema)` to create a new message.
  */
 export const TargetListSchema: GenMessage<TargetList> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 6);
+  messageDesc(file_pgfleet_v1_query, 11);
 
 /**
  * Request of QueryService.Execute.
@@ -414,6 +667,23 @@ export type ExecuteRequest = Message<"pgfleet.v1.ExecuteRequest"> & {
    * @generated from field: repeated pgfleet.v1.ParameterizedStatement statements = 11;
    */
   statements: ParameterizedStatement[];
+
+  /**
+   * How the targets' transactions end. Unset (COMMIT_MODE_UNSPECIFIED) is
+   * COMMIT_MODE_PER_TARGET: each target commits on its own.
+   *
+   * @generated from field: pgfleet.v1.CommitMode commit_mode = 12;
+   */
+  commitMode: CommitMode;
+
+  /**
+   * Compares each statement's rows on every target with the first target's
+   * and answers in ExecuteResponse.comparisons; unset: no comparison. Needs
+   * two or more targets.
+   *
+   * @generated from field: pgfleet.v1.RowComparisonSpec compare = 13;
+   */
+  compare?: RowComparisonSpec | undefined;
 };
 
 /**
@@ -421,7 +691,180 @@ export type ExecuteRequest = Message<"pgfleet.v1.ExecuteRequest"> & {
  * Use `create(ExecuteRequestSchema)` to create a new message.
  */
 export const ExecuteRequestSchema: GenMessage<ExecuteRequest> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 7);
+  messageDesc(file_pgfleet_v1_query, 12);
+
+/**
+ * What ExecuteRequest.compare and ExecuteStreamRequest.compare compare. Rows
+ * are equal when every value is, exactly as PostgreSQL returned them. At
+ * most query.max_rows_per_statement rows (and the response byte budget) per
+ * target and statement are held for it; past that the divergence says
+ * `incomplete`.
+ *
+ * @generated from message pgfleet.v1.RowComparisonSpec
+ */
+export type RowComparisonSpec = Message<"pgfleet.v1.RowComparisonSpec"> & {
+  /**
+   * Result columns (by name) that identify a row, e.g. the primary key: a
+   * row then is missing on a target, extra there, or changed (same key,
+   * other values). Empty: rows are compared whole, as multisets in any
+   * order, so a row that differs in one value is one missing and one extra.
+   *
+   * @generated from field: repeated string key_columns = 1;
+   */
+  keyColumns: string[];
+
+  /**
+   * Rows listed per kind of difference and target; 0 for 10, at most 1000.
+   *
+   * @generated from field: uint32 max_samples = 2;
+   */
+  maxSamples: number;
+};
+
+/**
+ * Describes the message pgfleet.v1.RowComparisonSpec.
+ * Use `create(RowComparisonSpecSchema)` to create a new message.
+ */
+export const RowComparisonSpecSchema: GenMessage<RowComparisonSpec> = /*@__PURE__*/
+  messageDesc(file_pgfleet_v1_query, 13);
+
+/**
+ * One statement's rows on every target set against the reference (the
+ * first target).
+ *
+ * @generated from message pgfleet.v1.ResultComparison
+ */
+export type ResultComparison = Message<"pgfleet.v1.ResultComparison"> & {
+  /**
+   * 0-based index of the statement.
+   *
+   * @generated from field: uint32 statement_index = 1;
+   */
+  statementIndex: number;
+
+  /**
+   * The target the others are compared with.
+   *
+   * @generated from field: pgfleet.v1.Target reference = 2;
+   */
+  reference?: Target | undefined;
+
+  /**
+   * Rows the reference returned (as far as compared).
+   *
+   * @generated from field: uint64 reference_rows = 3;
+   */
+  referenceRows: bigint;
+
+  /**
+   * One per other target, in target order.
+   *
+   * @generated from field: repeated pgfleet.v1.RowDivergence targets = 4;
+   */
+  targets: RowDivergence[];
+};
+
+/**
+ * Describes the message pgfleet.v1.ResultComparison.
+ * Use `create(ResultComparisonSchema)` to create a new message.
+ */
+export const ResultComparisonSchema: GenMessage<ResultComparison> = /*@__PURE__*/
+  messageDesc(file_pgfleet_v1_query, 14);
+
+/**
+ * How one target's rows of a statement differ from the reference's.
+ *
+ * @generated from message pgfleet.v1.RowDivergence
+ */
+export type RowDivergence = Message<"pgfleet.v1.RowDivergence"> & {
+  /**
+   * The target.
+   *
+   * @generated from field: pgfleet.v1.Target target = 1;
+   */
+  target?: Target | undefined;
+
+  /**
+   * Why the rows were not compared: a failed target, different columns,
+   * a key column not in the result, a key that is not unique, no result;
+   * empty when they were.
+   *
+   * @generated from field: string not_compared = 2;
+   */
+  notCompared: string;
+
+  /**
+   * True when compared and nothing differs.
+   *
+   * @generated from field: bool agrees = 3;
+   */
+  agrees: boolean;
+
+  /**
+   * Rows this target returned (as far as compared).
+   *
+   * @generated from field: uint64 rows = 4;
+   */
+  rows: bigint;
+
+  /**
+   * Rows (or keys) of the reference this target lacks.
+   *
+   * @generated from field: uint64 missing = 5;
+   */
+  missing: bigint;
+
+  /**
+   * Rows (or keys) this target has and the reference lacks.
+   *
+   * @generated from field: uint64 extra = 6;
+   */
+  extra: bigint;
+
+  /**
+   * Keys on both whose other values differ; 0 without key columns.
+   *
+   * @generated from field: uint64 changed = 7;
+   */
+  changed: bigint;
+
+  /**
+   * The first missing ones in the reference's row order: the key columns'
+   * values with key columns, otherwise the whole rows.
+   *
+   * @generated from field: repeated pgfleet.v1.Row missing_samples = 8;
+   */
+  missingSamples: Row[];
+
+  /**
+   * The first extra ones in this target's row order, likewise.
+   *
+   * @generated from field: repeated pgfleet.v1.Row extra_samples = 9;
+   */
+  extraSamples: Row[];
+
+  /**
+   * The first changed keys in the reference's row order.
+   *
+   * @generated from field: repeated pgfleet.v1.Row changed_samples = 10;
+   */
+  changedSamples: Row[];
+
+  /**
+   * True when rows past the row limit or what is held for comparing were
+   * left out on either side: the counts cover the compared rows only.
+   *
+   * @generated from field: bool incomplete = 11;
+   */
+  incomplete: boolean;
+};
+
+/**
+ * Describes the message pgfleet.v1.RowDivergence.
+ * Use `create(RowDivergenceSchema)` to create a new message.
+ */
+export const RowDivergenceSchema: GenMessage<RowDivergence> = /*@__PURE__*/
+  messageDesc(file_pgfleet_v1_query, 15);
 
 /**
  * Outcome of one statement on one target.
@@ -485,7 +928,7 @@ export type StatementResult = Message<"pgfleet.v1.StatementResult"> & {
  * Use `create(StatementResultSchema)` to create a new message.
  */
 export const StatementResultSchema: GenMessage<StatementResult> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 8);
+  messageDesc(file_pgfleet_v1_query, 16);
 
 /**
  * Outcome of the whole query on one target.
@@ -567,7 +1010,7 @@ export type TargetResult = Message<"pgfleet.v1.TargetResult"> & {
  * Use `create(TargetResultSchema)` to create a new message.
  */
 export const TargetResultSchema: GenMessage<TargetResult> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 9);
+  messageDesc(file_pgfleet_v1_query, 17);
 
 /**
  * A replica a read did not use because of its replication lag.
@@ -595,7 +1038,7 @@ export type SkippedReplica = Message<"pgfleet.v1.SkippedReplica"> & {
  * Use `create(SkippedReplicaSchema)` to create a new message.
  */
 export const SkippedReplicaSchema: GenMessage<SkippedReplica> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 10);
+  messageDesc(file_pgfleet_v1_query, 18);
 
 /**
  * Response of QueryService.Execute.
@@ -632,6 +1075,14 @@ export type ExecuteResponse = Message<"pgfleet.v1.ExecuteResponse"> & {
    * @generated from field: repeated pgfleet.v1.DangerFinding confirmed_findings = 4;
    */
   confirmedFindings: DangerFinding[];
+
+  /**
+   * With ExecuteRequest.compare: one per statement that returned columns
+   * on the reference target, in statement order.
+   *
+   * @generated from field: repeated pgfleet.v1.ResultComparison comparisons = 5;
+   */
+  comparisons: ResultComparison[];
 };
 
 /**
@@ -639,7 +1090,7 @@ export type ExecuteResponse = Message<"pgfleet.v1.ExecuteResponse"> & {
  * Use `create(ExecuteResponseSchema)` to create a new message.
  */
 export const ExecuteResponseSchema: GenMessage<ExecuteResponse> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 11);
+  messageDesc(file_pgfleet_v1_query, 19);
 
 /**
  * Request of QueryService.ExecuteStream; same fields and rules as
@@ -743,6 +1194,15 @@ export type ExecuteStreamRequest = Message<"pgfleet.v1.ExecuteStreamRequest"> & 
    * @generated from field: repeated pgfleet.v1.ParameterizedStatement statements = 12;
    */
   statements: ParameterizedStatement[];
+
+  /**
+   * Compares the targets' rows; see ExecuteRequest.compare. The
+   * comparisons come as result_comparison events after every target
+   * finished, before execution_finished.
+   *
+   * @generated from field: pgfleet.v1.RowComparisonSpec compare = 13;
+   */
+  compare?: RowComparisonSpec | undefined;
 };
 
 /**
@@ -750,7 +1210,7 @@ export type ExecuteStreamRequest = Message<"pgfleet.v1.ExecuteStreamRequest"> & 
  * Use `create(ExecuteStreamRequestSchema)` to create a new message.
  */
 export const ExecuteStreamRequestSchema: GenMessage<ExecuteStreamRequest> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 12);
+  messageDesc(file_pgfleet_v1_query, 20);
 
 /**
  * First event of a stream: the execution is recorded and about to start.
@@ -785,7 +1245,7 @@ export type ExecutionStarted = Message<"pgfleet.v1.ExecutionStarted"> & {
  * Use `create(ExecutionStartedSchema)` to create a new message.
  */
 export const ExecutionStartedSchema: GenMessage<ExecutionStarted> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 13);
+  messageDesc(file_pgfleet_v1_query, 21);
 
 /**
  * A target got its connection and starts running.
@@ -820,7 +1280,7 @@ export type TargetStarted = Message<"pgfleet.v1.TargetStarted"> & {
  * Use `create(TargetStartedSchema)` to create a new message.
  */
 export const TargetStartedSchema: GenMessage<TargetStarted> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 14);
+  messageDesc(file_pgfleet_v1_query, 22);
 
 /**
  * Columns of a statement's result; sent before its rows, also when it has
@@ -856,7 +1316,7 @@ export type ResultHeader = Message<"pgfleet.v1.ResultHeader"> & {
  * Use `create(ResultHeaderSchema)` to create a new message.
  */
 export const ResultHeaderSchema: GenMessage<ResultHeader> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 15);
+  messageDesc(file_pgfleet_v1_query, 23);
 
 /**
  * Some rows of a statement's result, in order.
@@ -891,7 +1351,7 @@ export type RowBatch = Message<"pgfleet.v1.RowBatch"> & {
  * Use `create(RowBatchSchema)` to create a new message.
  */
 export const RowBatchSchema: GenMessage<RowBatch> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 16);
+  messageDesc(file_pgfleet_v1_query, 24);
 
 /**
  * A statement finished on a target.
@@ -940,7 +1400,7 @@ export type StatementSummary = Message<"pgfleet.v1.StatementSummary"> & {
  * Use `create(StatementSummarySchema)` to create a new message.
  */
 export const StatementSummarySchema: GenMessage<StatementSummary> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 17);
+  messageDesc(file_pgfleet_v1_query, 25);
 
 /**
  * A target finished: the same as TargetResult without the rows.
@@ -1017,7 +1477,7 @@ export type TargetSummary = Message<"pgfleet.v1.TargetSummary"> & {
  * Use `create(TargetSummarySchema)` to create a new message.
  */
 export const TargetSummarySchema: GenMessage<TargetSummary> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 18);
+  messageDesc(file_pgfleet_v1_query, 26);
 
 /**
  * Last event of a stream: every target finished.
@@ -1045,7 +1505,7 @@ export type ExecutionFinished = Message<"pgfleet.v1.ExecutionFinished"> & {
  * Use `create(ExecutionFinishedSchema)` to create a new message.
  */
 export const ExecutionFinishedSchema: GenMessage<ExecutionFinished> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 19);
+  messageDesc(file_pgfleet_v1_query, 27);
 
 /**
  * Response of QueryService.ExecuteStream: one event.
@@ -1114,6 +1574,15 @@ export type ExecuteStreamResponse = Message<"pgfleet.v1.ExecuteStreamResponse"> 
      */
     value: ExecutionFinished;
     case: "executionFinished";
+  } | {
+    /**
+     * With ExecuteStreamRequest.compare: one statement's rows compared
+     * across the targets, after every target_summary.
+     *
+     * @generated from field: pgfleet.v1.ResultComparison result_comparison = 8;
+     */
+    value: ResultComparison;
+    case: "resultComparison";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1122,7 +1591,7 @@ export type ExecuteStreamResponse = Message<"pgfleet.v1.ExecuteStreamResponse"> 
  * Use `create(ExecuteStreamResponseSchema)` to create a new message.
  */
 export const ExecuteStreamResponseSchema: GenMessage<ExecuteStreamResponse> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 20);
+  messageDesc(file_pgfleet_v1_query, 28);
 
 /**
  * Request of QueryService.Validate.
@@ -1143,7 +1612,7 @@ export type ValidateRequest = Message<"pgfleet.v1.ValidateRequest"> & {
  * Use `create(ValidateRequestSchema)` to create a new message.
  */
 export const ValidateRequestSchema: GenMessage<ValidateRequest> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 21);
+  messageDesc(file_pgfleet_v1_query, 29);
 
 /**
  * Where and why a query failed to parse.
@@ -1185,7 +1654,7 @@ export type ParseError = Message<"pgfleet.v1.ParseError"> & {
  * Use `create(ParseErrorSchema)` to create a new message.
  */
 export const ParseErrorSchema: GenMessage<ParseError> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 22);
+  messageDesc(file_pgfleet_v1_query, 30);
 
 /**
  * One statement of a validated query.
@@ -1277,7 +1746,7 @@ export type ValidatedStatement = Message<"pgfleet.v1.ValidatedStatement"> & {
  * Use `create(ValidatedStatementSchema)` to create a new message.
  */
 export const ValidatedStatementSchema: GenMessage<ValidatedStatement> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 23);
+  messageDesc(file_pgfleet_v1_query, 31);
 
 /**
  * Response of QueryService.Validate.
@@ -1334,7 +1803,88 @@ export type ValidateResponse = Message<"pgfleet.v1.ValidateResponse"> & {
  * Use `create(ValidateResponseSchema)` to create a new message.
  */
 export const ValidateResponseSchema: GenMessage<ValidateResponse> = /*@__PURE__*/
-  messageDesc(file_pgfleet_v1_query, 24);
+  messageDesc(file_pgfleet_v1_query, 32);
+
+/**
+ * How a key differs from the reference copy.
+ *
+ * @generated from enum pgfleet.v1.DifferenceKind
+ */
+export enum DifferenceKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: DIFFERENCE_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * In the reference, missing on this copy.
+   *
+   * @generated from enum value: DIFFERENCE_KIND_MISSING = 1;
+   */
+  MISSING = 1,
+
+  /**
+   * On this copy, not in the reference.
+   *
+   * @generated from enum value: DIFFERENCE_KIND_EXTRA = 2;
+   */
+  EXTRA = 2,
+
+  /**
+   * On both, with different values in the compared columns.
+   *
+   * @generated from enum value: DIFFERENCE_KIND_CHANGED = 3;
+   */
+  CHANGED = 3,
+}
+
+/**
+ * Describes the enum pgfleet.v1.DifferenceKind.
+ */
+export const DifferenceKindSchema: GenEnum<DifferenceKind> = /*@__PURE__*/
+  enumDesc(file_pgfleet_v1_query, 0);
+
+/**
+ * How a fan-out write's transactions end across its targets.
+ *
+ * @generated from enum pgfleet.v1.CommitMode
+ */
+export enum CommitMode {
+  /**
+   * Each target commits on its own (COMMIT_MODE_PER_TARGET).
+   *
+   * @generated from enum value: COMMIT_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Each target commits on its own: some may commit while others fail.
+   *
+   * @generated from enum value: COMMIT_MODE_PER_TARGET = 1;
+   */
+  PER_TARGET = 1,
+
+  /**
+   * All or nothing: every target runs the text and PREPAREs its
+   * transaction; only when every target prepared is the commit decided
+   * (durably, in the history store) and COMMIT PREPARED sent everywhere;
+   * otherwise every prepared target is rolled back. Refused
+   * (FAILED_PRECONDITION) on targets with max_prepared_transactions = 0,
+   * and for executions that are not on record (plain reads). See
+   * docs/ATOMIC.md.
+   *
+   * @generated from enum value: COMMIT_MODE_ATOMIC = 2;
+   */
+  ATOMIC = 2,
+}
+
+/**
+ * Describes the enum pgfleet.v1.CommitMode.
+ */
+export const CommitModeSchema: GenEnum<CommitMode> = /*@__PURE__*/
+  enumDesc(file_pgfleet_v1_query, 1);
 
 /**
  * Runs one SQL text on the same database in every cloud, in one named cloud,
@@ -1392,6 +1942,21 @@ export const QueryService: GenService<{
     methodKind: "unary";
     input: typeof ValidateRequestSchema;
     output: typeof ValidateResponseSchema;
+  },
+  /**
+   * Do the copies of a table agree? Checksums over primary-key ranges are
+   * computed inside each PostgreSQL, and only ranges whose checksums differ
+   * are split again, down to small ranges whose keys are compared; each
+   * copy is read in one REPEATABLE READ READ ONLY transaction. Streams
+   * CompareStarted, a RowDifference per differing key, CompareFinished.
+   * READER and above, on targets the caller may read; writes nothing.
+   *
+   * @generated from rpc pgfleet.v1.QueryService.CompareTables
+   */
+  compareTables: {
+    methodKind: "server_streaming";
+    input: typeof CompareTablesRequestSchema;
+    output: typeof CompareTablesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_pgfleet_v1_query, 0);
