@@ -6,7 +6,8 @@
 //! The calls, by group ([`LIMITED_PATHS`]): `replication` (RunJob,
 //! ReplicateTable: whole-table copies), `export` (ExportExecutions: the
 //! audit trail streamed out) and `introspection` (ListSchemas, ListTables:
-//! live catalog reads in a READ ONLY transaction on every target).
+//! live catalog reads in a READ ONLY transaction on every target;
+//! CompareTables: checksums over a whole table on every copy).
 //! GetConfiguration and GetHealth answer from memory and are not limited;
 //! neither are Execute and friends, which have `[query.rate_limit]`
 //! (in-process on purpose: a Redis round trip on every query would cost
@@ -51,7 +52,7 @@ use crate::telemetry::Metrics;
 use pgfleet_engine::identity::{Identity, Principal};
 
 /// The limited methods and the group each draws on.
-pub const LIMITED_PATHS: [(&str, Group); 5] = [
+pub const LIMITED_PATHS: [(&str, Group); 6] = [
     ("/pgfleet.v1.ReplicationService/RunJob", Group::Replication),
     (
         "/pgfleet.v1.ReplicationService/ReplicateTable",
@@ -60,6 +61,7 @@ pub const LIMITED_PATHS: [(&str, Group); 5] = [
     ("/pgfleet.v1.HistoryService/ExportExecutions", Group::Export),
     ("/pgfleet.v1.FleetService/ListSchemas", Group::Introspection),
     ("/pgfleet.v1.FleetService/ListTables", Group::Introspection),
+    ("/pgfleet.v1.QueryService/CompareTables", Group::Introspection),
 ];
 
 /// A group of calls sharing buckets (a table of `[rate_limits]`).

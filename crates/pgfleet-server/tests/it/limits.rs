@@ -8,6 +8,7 @@ use std::time::Duration;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::fleet_service_client::FleetServiceClient;
 use pgfleet_proto::pgfleet::v1::history_service_client::HistoryServiceClient;
+use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 use pgfleet_testkit::{FaultProxy, RedisServer, wait_until};
 use tonic::transport::Channel;
@@ -66,6 +67,18 @@ async fn two_instances_share_one_burst_per_identity() -> anyhow::Result<()> {
     assert_exhausted(refused, "user:limited");
     let (_, refused) = list_schemas(&on_a, bearer(schemas_request(), &user)).await;
     assert_exhausted(refused, "introspection rate limit of user:limited");
+    // CompareTables draws on the same bucket, refused before it reads anything.
+    let compare = QueryServiceClient::new(on_b.clone())
+        .compare_tables(bearer(
+            pb::CompareTablesRequest {
+                database: "app".to_owned(),
+                table: "t".to_owned(),
+                ..Default::default()
+            },
+            &user,
+        ))
+        .await;
+    assert_exhausted(compare.err(), "introspection rate limit of user:limited");
 
     // Another identity has buckets of its own; other groups are not limited.
     assert_eq!(
