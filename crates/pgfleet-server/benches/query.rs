@@ -72,7 +72,7 @@ use tokio::runtime::Runtime;
 use tonic::transport::Channel;
 
 use common::{drop_databases, log_out_and_stop};
-use support::{Fleet, bearer};
+use support::{Fleet, bearer, resident_bytes};
 
 const TINY: &str = "SELECT 1";
 const WIDE: &str = "SELECT g, g::text, now() FROM generate_series(1, 10000) g";
@@ -335,16 +335,6 @@ impl Bench {
         anyhow::ensure!(lines == rows, "psql returned {lines} rows, not {rows}");
         Ok(rows as f64 / elapsed.as_secs_f64())
     }
-}
-
-/// Resident memory of this process (the server runs in it), in bytes.
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn aws() -> pb::execute_request::Scope {

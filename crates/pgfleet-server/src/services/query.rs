@@ -363,24 +363,18 @@ impl query_service_server::QueryService for QueryService {
         let mut statements: Vec<Vec<pb::StatementResult>> = vec![Vec::new(); plan.targets.len()];
         let mut results: Vec<Option<pb::TargetResult>> = vec![None; plan.targets.len()];
         while let Some((index, event)) = events.recv().await {
+            if let Some(comparison) = comparison.as_mut() {
+                comparison.see(index, &event);
+            }
             let target_statements = &mut statements[index];
             match event {
                 TargetEvent::Started { .. } => {}
-                TargetEvent::Header { statement, columns } => {
-                    let columns = convert::columns(columns);
-                    if let Some(comparison) = comparison.as_mut() {
-                        comparison.header(index, statement, &columns);
-                    }
-                    target_statements.push(pb::StatementResult {
-                        index: statement,
-                        columns,
-                        ..Default::default()
-                    });
-                }
+                TargetEvent::Header { statement, columns } => target_statements.push(pb::StatementResult {
+                    index: statement,
+                    columns: convert::columns(columns),
+                    ..Default::default()
+                }),
                 TargetEvent::Rows { statement, rows } => {
-                    if let Some(comparison) = comparison.as_mut() {
-                        comparison.rows(index, statement, &rows);
-                    }
                     if let Some(current) = target_statements.iter_mut().rev().find(|s| s.index == statement) {
                         current.rows.extend(rows);
                     }
@@ -398,18 +392,12 @@ impl query_service_server::QueryService for QueryService {
                             &mut target_statements[last]
                         }
                     };
-                    if let Some(comparison) = comparison.as_mut() {
-                        comparison.statement_done(index, done.index, done.truncated);
-                    }
                     current.command_tag = done.command_tag;
                     current.rows_affected = done.rows_affected;
                     current.truncated = done.truncated;
                     current.duration = Some(convert::duration(done.duration));
                 }
                 TargetEvent::Finished(outcome) => {
-                    if let Some(comparison) = comparison.as_mut() {
-                        comparison.target_finished(index, outcome.success);
-                    }
                     let done = std::mem::take(target_statements);
                     results[index] = Some(outcome_into_result(&plan.targets[index], *outcome, done));
                 }
@@ -525,12 +513,11 @@ async fn next_stream_event(
         return None;
     }
     let Some((index, event)) = state.events.recv().await else {
+        // Every target finished: the comparisons (if asked) go first, one
+        // per call of this function, then the last event.
         if let Some(comparison) = state.comparison.take() {
             state.comparisons = comparison.finish(&state.plan.targets).into();
-            if let Some(comparison) = state.comparisons.pop_front() {
-                let event = Event::ResultComparison(comparison);
-                return Some((Ok(pb::ExecuteStreamResponse { event: Some(event) }), state));
-            }
+            return Box::pin(next_stream_event(state)).await;
         }
         state.finished = true;
         let done = Event::ExecutionFinished(pb::ExecutionFinished {
@@ -539,6 +526,9 @@ async fn next_stream_event(
         });
         return Some((Ok(pb::ExecuteStreamResponse { event: Some(done) }), state));
     };
+    if let Some(comparison) = state.comparison.as_mut() {
+        comparison.see(index, &event);
+    }
     let target = convert::target(&state.plan.targets[index]);
     let event = match event {
         TargetEvent::Started {
@@ -549,31 +539,17 @@ async fn next_stream_event(
             replica,
             skipped_replicas: convert::skipped_replicas(skipped_replicas),
         }),
-        TargetEvent::Header { statement, columns } => {
-            let columns = convert::columns(columns);
-            if let Some(comparison) = state.comparison.as_mut() {
-                comparison.header(index, statement, &columns);
-            }
-            Event::ResultHeader(pb::ResultHeader {
-                target: Some(target),
-                statement_index: statement,
-                columns,
-            })
-        }
-        TargetEvent::Rows { statement, rows } => {
-            if let Some(comparison) = state.comparison.as_mut() {
-                comparison.rows(index, statement, &rows);
-            }
-            Event::RowBatch(pb::RowBatch {
-                target: Some(target),
-                statement_index: statement,
-                rows,
-            })
-        }
+        TargetEvent::Header { statement, columns } => Event::ResultHeader(pb::ResultHeader {
+            target: Some(target),
+            statement_index: statement,
+            columns: convert::columns(columns),
+        }),
+        TargetEvent::Rows { statement, rows } => Event::RowBatch(pb::RowBatch {
+            target: Some(target),
+            statement_index: statement,
+            rows,
+        }),
         TargetEvent::StatementDone(done) => {
-            if let Some(comparison) = state.comparison.as_mut() {
-                comparison.statement_done(index, done.index, done.truncated);
-            }
             let summary = pb::StatementSummary {
                 target: Some(target),
                 statement_index: done.index,
@@ -586,9 +562,6 @@ async fn next_stream_event(
         }
         TargetEvent::Finished(outcome) => {
             state.all_succeeded &= outcome.success;
-            if let Some(comparison) = state.comparison.as_mut() {
-                comparison.target_finished(index, outcome.success);
-            }
             let statements = state
                 .statements
                 .iter()

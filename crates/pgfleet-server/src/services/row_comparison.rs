@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use pgfleet_engine::RequestError;
+use pgfleet_engine::query::{Column, TargetEvent};
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_registry::Target;
 use prost::Message as _;
@@ -81,7 +82,8 @@ impl ComparisonSpec {
 
 /// The rows of one statement on one target, as far as they are held.
 struct Side {
-    columns: Vec<pb::Column>,
+    /// Each column's name and type, as compared between targets.
+    columns: Vec<String>,
     /// Where the key columns are in `columns`; the error names the missing
     /// one.
     key_positions: Result<Vec<usize>, String>,
@@ -129,8 +131,31 @@ impl RowComparison {
             .as_mut()
     }
 
+    /// Takes in what a target's event says about its rows; the events are
+    /// then sent on unchanged.
+    pub(super) fn see(&mut self, target: usize, event: &TargetEvent<pb::Row>) {
+        match event {
+            TargetEvent::Started { .. } => {}
+            TargetEvent::Header { statement, columns } => self.header(target, *statement, columns),
+            TargetEvent::Rows { statement, rows } => self.rows(target, *statement, rows),
+            TargetEvent::StatementDone(done) => {
+                if let Some(side) = self.side(target, done.index) {
+                    // Rows past the row limit were not sent.
+                    side.incomplete |= done.truncated;
+                }
+            }
+            TargetEvent::Finished(outcome) => {
+                // A failed target is not compared: its rows were rolled
+                // back or cut short.
+                if let Some(failed) = self.failed.get_mut(target) {
+                    *failed = !outcome.success;
+                }
+            }
+        }
+    }
+
     /// A statement's columns on a target (its result starts).
-    pub(super) fn header(&mut self, target: usize, statement: u32, columns: &[pb::Column]) {
+    fn header(&mut self, target: usize, statement: u32, columns: &[Column]) {
         let key_positions = self
             .spec
             .key_columns
@@ -149,7 +174,10 @@ impl RowComparison {
             .or_insert_with(|| (0..targets).map(|_| None).collect());
         if let Some(slot) = sides.get_mut(target) {
             *slot = Some(Side {
-                columns: columns.to_vec(),
+                columns: columns
+                    .iter()
+                    .map(|column| format!("{} {}", column.name, column.type_name))
+                    .collect(),
                 key_positions,
                 keyed: HashMap::new(),
                 whole: HashMap::new(),
@@ -162,7 +190,7 @@ impl RowComparison {
     }
 
     /// Rows of a statement on a target, in order.
-    pub(super) fn rows(&mut self, target: usize, statement: u32, rows: &[pb::Row]) {
+    fn rows(&mut self, target: usize, statement: u32, rows: &[pb::Row]) {
         let (max_rows, max_bytes) = (self.max_rows, self.max_bytes);
         let Some(side) = self.side(target, statement) else {
             return;
@@ -196,22 +224,6 @@ impl RowComparison {
                 // Nothing to compare by; `finish` says why.
                 Err(_) => {}
             }
-        }
-    }
-
-    /// A statement finished on a target; `truncated` when rows past the
-    /// row limit were not sent.
-    pub(super) fn statement_done(&mut self, target: usize, statement: u32, truncated: bool) {
-        if let Some(side) = self.side(target, statement) {
-            side.incomplete |= truncated;
-        }
-    }
-
-    /// A target finished; a failed one is not compared (its rows were
-    /// rolled back or cut short).
-    pub(super) fn target_finished(&mut self, target: usize, success: bool) {
-        if let Some(failed) = self.failed.get_mut(target) {
-            *failed = !success;
         }
     }
 
@@ -270,18 +282,11 @@ impl RowComparison {
         let Some(side) = side else {
             return Some("the statement returned no result on this target".to_owned());
         };
-        let shape = |columns: &[pb::Column]| {
-            columns
-                .iter()
-                .map(|c| format!("{} {}", c.name, c.type_name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if shape(&reference.columns) != shape(&side.columns) {
+        if reference.columns != side.columns {
             return Some(format!(
                 "the columns differ: ({}) on the reference, ({}) here",
-                shape(&reference.columns),
-                shape(&side.columns)
+                reference.columns.join(", "),
+                side.columns.join(", ")
             ));
         }
         if let Err(missing) = &reference.key_positions {
@@ -383,10 +388,10 @@ mod tests {
         }
     }
 
-    fn columns() -> Vec<pb::Column> {
+    fn columns() -> Vec<Column> {
         ["id", "name"]
             .into_iter()
-            .map(|name| pb::Column {
+            .map(|name| Column {
                 name: name.to_owned(),
                 type_oid: 0,
                 type_name: "t".to_owned(),
@@ -404,6 +409,40 @@ mod tests {
             .collect()
     }
 
+    /// The events of one target that ran one statement returning `rows`.
+    fn feed(comparison: &mut RowComparison, target: usize, rows: &[pb::Row], success: bool) {
+        let events = [
+            TargetEvent::Header {
+                statement: 0,
+                columns: columns(),
+            },
+            TargetEvent::Rows {
+                statement: 0,
+                rows: rows.to_vec(),
+            },
+            TargetEvent::StatementDone(pgfleet_engine::query::StatementOutcome {
+                index: 0,
+                command_tag: format!("SELECT {}", rows.len()),
+                rows_affected: rows.len() as u64,
+                duration: std::time::Duration::ZERO,
+                truncated: false,
+            }),
+            TargetEvent::Finished(Box::new(pgfleet_engine::query::TargetOutcome {
+                success,
+                error: None,
+                duration: std::time::Duration::ZERO,
+                failed_statement_index: None,
+                outcome_unknown: false,
+                replica: String::new(),
+                skipped_replicas: Vec::new(),
+                rows: rows.len() as u64,
+            })),
+        ];
+        for event in &events {
+            comparison.see(target, event);
+        }
+    }
+
     fn compare(key: &[&str], reference: &[pb::Row], other: &[pb::Row]) -> pb::RowDivergence {
         let spec = ComparisonSpec::from_wire(
             Some(pb::RowComparisonSpec {
@@ -415,12 +454,8 @@ mod tests {
         .expect("valid")
         .expect("asked");
         let mut comparison = RowComparison::new(spec, 2, 1_000, 1 << 20);
-        for (target, rows) in [(0, reference), (1, other)] {
-            comparison.header(target, 0, &columns());
-            comparison.rows(target, 0, rows);
-            comparison.statement_done(target, 0, false);
-            comparison.target_finished(target, true);
-        }
+        feed(&mut comparison, 0, reference, true);
+        feed(&mut comparison, 1, other, true);
         let mut result = comparison.finish(&targets());
         assert_eq!(result.len(), 1);
         result.remove(0).targets.remove(0)
@@ -478,13 +513,26 @@ mod tests {
             .expect("asked");
         let mut comparison = RowComparison::new(spec, 2, 1, 1 << 20);
         for target in 0..2 {
-            comparison.header(target, 0, &columns());
-            comparison.rows(target, 0, &[row(1, "a"), row(2, "b")]);
-            comparison.target_finished(target, true);
+            feed(&mut comparison, target, &[row(1, "a"), row(2, "b")], true);
         }
         let result = comparison.finish(&targets());
         assert!(result[0].targets[0].incomplete);
         assert_eq!(result[0].targets[0].rows, 1);
+    }
+
+    #[test]
+    fn a_failed_target_is_not_compared() {
+        let spec = ComparisonSpec::from_wire(Some(pb::RowComparisonSpec::default()), 2)
+            .expect("valid")
+            .expect("asked");
+        let mut comparison = RowComparison::new(spec, 2, 1_000, 1 << 20);
+        feed(&mut comparison, 0, &[row(1, "a")], true);
+        feed(&mut comparison, 1, &[row(2, "b")], false);
+        let result = comparison.finish(&targets());
+        let divergence = &result[0].targets[0];
+        assert_eq!(divergence.not_compared, "this target failed");
+        assert!(!divergence.agrees);
+        assert_eq!(divergence.target.clone().unwrap_or_default().cloud, "gcp");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use crate::support::{self, ProxiedCloud, bearer, session};
+use crate::support::{self, ProxiedCloud, bearer, resident_bytes, session};
 
 fn client(channel: &Channel) -> QueryServiceClient<Channel> {
     QueryServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024)
@@ -788,16 +788,6 @@ async fn a_reader_cannot_write_whatever_the_sql_hides() -> anyhow::Result<()> {
     assert!(!std::path::Path::new(&pwned).exists(), "COPY TO PROGRAM ran");
     s.server.shutdown().await?;
     Ok(())
-}
-
-/// Resident memory of this process (the server runs in it), in bytes.
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn stream_request(

@@ -620,6 +620,16 @@ pub fn big_table_sql(rows: u64) -> String {
     )
 }
 
+/// Resident memory of this process (a test or bench that runs the server in process), in bytes.
+pub fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// Resident bytes of process `root` and all its descendants now (the sum of
 /// their `VmRSS`); processes that exit while they are read are skipped.
 pub fn tree_rss(root: u32) -> u64 {
