@@ -10,7 +10,11 @@
 //! so PostgreSQL's own output function renders it: the text is exactly what
 //! psql shows under the session's DateStyle, IntervalStyle and TimeZone, for
 //! any type that has binary I/O, including ones created a moment ago in the
-//! same transaction.
+//! same transaction. Two types PostgreSQL will not take back as a parameter
+//! are handled here: `void` (whose output is always empty) and anonymous
+//! records (`SELECT ROW(1, 'a')`, `SELECT t FROM t`: "input of anonymous
+//! composite types is not implemented"), taken apart from their binary form
+//! (each field carries its type) and put together as `record_out` does.
 
 use super::encode::{Cell, Column, RowEncoder};
 use sqlx::encode::IsNull;
@@ -43,6 +47,8 @@ mod oid {
     pub const BPCHAR: u32 = 1042;
     pub const VARCHAR: u32 = 1043;
     pub const JSONB: u32 = 3802;
+    pub const RECORD: u32 = 2249;
+    pub const VOID: u32 = 2278;
 }
 
 /// How a column's values travel.
@@ -63,6 +69,8 @@ enum Decoding {
     Numeric,
     /// uuid, written as `uuid_out` does.
     Uuid,
+    /// void (a function that returns nothing): always empty text.
+    Void,
     /// Rendered by PostgreSQL's output function.
     Formatted,
 }
@@ -82,6 +90,7 @@ fn decoding_for(type_oid: u32) -> Decoding {
         oid::JSONB => Decoding::Jsonb,
         oid::NUMERIC => Decoding::Numeric,
         oid::UUID => Decoding::Uuid,
+        oid::VOID => Decoding::Void,
         _ => Decoding::Formatted,
     }
 }
@@ -156,15 +165,17 @@ impl ResultShape {
         connection: &mut PgConnection,
     ) -> Result<Vec<E::Row>, ValueError> {
         let (mut converted, pending) = self.decode_rows::<E>(rows)?;
-        for chunk in pending.chunks(MAX_PARAMS.min(4096)) {
-            let texts = render(
-                chunk.iter().map(|(_, _, oid, bytes)| (*oid, bytes.as_slice())),
-                connection,
-            )
-            .await?;
-            for ((row, column, _, _), text) in chunk.iter().zip(texts) {
-                E::replace(&mut converted[*row], *column, Cell::Formatted(text));
-            }
+        let mut leaves = Vec::new();
+        let values = pending
+            .iter()
+            .map(|(_, _, oid, bytes)| Rendered::plan(*oid, bytes, &mut leaves))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut texts = Vec::with_capacity(leaves.len());
+        for chunk in leaves.chunks(MAX_PARAMS.min(4096)) {
+            texts.extend(render(chunk.iter().copied(), connection).await?);
+        }
+        for ((row, column, _, _), value) in pending.iter().zip(values) {
+            E::replace(&mut converted[*row], *column, Cell::Formatted(value.text(&texts)));
         }
         Ok(converted)
     }
@@ -250,6 +261,113 @@ mod type_names {
     }
 }
 
+/// How a value PostgreSQL renders becomes text: one rendered value, or an
+/// anonymous record put together from its fields.
+enum Rendered {
+    /// The text PostgreSQL rendered for `leaves[i]`.
+    Leaf(usize),
+    /// A `void` field: empty text.
+    Empty,
+    /// An anonymous record's fields (`None`: NULL).
+    Record(Vec<Option<Rendered>>),
+}
+
+impl Rendered {
+    /// Plans `bytes` (of type `oid`): values PostgreSQL renders go to
+    /// `leaves`; an anonymous record is taken apart (`record_send`'s format:
+    /// the field count, then per field its type OID, its length or -1 for
+    /// NULL, and its bytes), its fields planned in turn.
+    fn plan<'a>(oid: u32, bytes: &'a [u8], leaves: &mut Vec<(u32, &'a [u8])>) -> Result<Self, ValueError> {
+        match oid {
+            oid::VOID => Ok(Self::Empty),
+            oid::RECORD => {
+                let mut rest = bytes;
+                let count = take_i32(&mut rest)?;
+                let mut fields = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1664));
+                for _ in 0..count {
+                    let field_oid = take_i32(&mut rest)? as u32;
+                    let length = take_i32(&mut rest)?;
+                    let Ok(length) = usize::try_from(length) else {
+                        fields.push(None);
+                        continue;
+                    };
+                    let (value, tail) = rest
+                        .split_at_checked(length)
+                        .ok_or_else(|| malformed_record("a field runs past the value"))?;
+                    rest = tail;
+                    fields.push(Some(Self::plan(field_oid, value, leaves)?));
+                }
+                Ok(Self::Record(fields))
+            }
+            _ => {
+                leaves.push((oid, bytes));
+                Ok(Self::Leaf(leaves.len() - 1))
+            }
+        }
+    }
+
+    /// The text, `texts` being what PostgreSQL rendered for the leaves.
+    fn text(&self, texts: &[String]) -> String {
+        match self {
+            Self::Leaf(index) => texts.get(*index).cloned().unwrap_or_default(),
+            Self::Empty => String::new(),
+            Self::Record(fields) => {
+                let mut text = String::from("(");
+                for (index, field) in fields.iter().enumerate() {
+                    if index > 0 {
+                        text.push(',');
+                    }
+                    if let Some(field) = field {
+                        push_record_field(&mut text, &field.text(texts));
+                    }
+                }
+                text.push(')');
+                text
+            }
+        }
+    }
+}
+
+/// One field's text as `record_out` writes it: in double quotes (with `"`
+/// and `\` doubled) when it is empty or holds `"`, `\`, a parenthesis, a
+/// comma or white space.
+fn push_record_field(record: &mut String, field: &str) {
+    let quote = field.is_empty()
+        || field.chars().any(|c| {
+            matches!(
+                c,
+                '"' | '\\' | '(' | ')' | ',' | ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'
+            )
+        });
+    if !quote {
+        record.push_str(field);
+        return;
+    }
+    record.push('"');
+    for c in field.chars() {
+        if matches!(c, '"' | '\\') {
+            record.push(c);
+        }
+        record.push(c);
+    }
+    record.push('"');
+}
+
+fn take_i32(rest: &mut &[u8]) -> Result<i32, ValueError> {
+    let (head, tail) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| malformed_record("it ends inside a field header"))?;
+    *rest = tail;
+    Ok(i32::from_be_bytes(*head))
+}
+
+fn malformed_record(reason: &str) -> ValueError {
+    ValueError::Malformed {
+        type_name: "record",
+        reason: reason.to_owned(),
+    }
+}
+
 /// A value that could not be turned into a cell.
 #[derive(Debug, thiserror::Error)]
 pub enum ValueError {
@@ -308,6 +426,7 @@ fn decode(decoding: Decoding, value: PgValueRef<'_>) -> Result<Cell, ValueError>
                 .hyphenated()
                 .to_string(),
         ),
+        Decoding::Void => Cell::Formatted(String::new()),
         Decoding::Formatted => {
             return Err(ValueError::Malformed {
                 type_name: "formatted",
@@ -462,6 +581,42 @@ fn render_sql(count: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_anonymous_record_is_written_as_record_out_writes_it() {
+        // ROW(1, NULL, ROW('x y')) as record_send sends it.
+        let mut inner = Vec::new();
+        inner.extend(1_i32.to_be_bytes());
+        inner.extend(25_i32.to_be_bytes());
+        inner.extend(3_i32.to_be_bytes());
+        inner.extend(b"x y");
+        let mut bytes = Vec::new();
+        bytes.extend(3_i32.to_be_bytes());
+        bytes.extend(23_i32.to_be_bytes());
+        bytes.extend(4_i32.to_be_bytes());
+        bytes.extend(1_i32.to_be_bytes());
+        bytes.extend(25_i32.to_be_bytes());
+        bytes.extend((-1_i32).to_be_bytes());
+        bytes.extend(2249_i32.to_be_bytes());
+        bytes.extend(i32::try_from(inner.len()).expect("small").to_be_bytes());
+        bytes.extend(&inner);
+        let mut leaves = Vec::new();
+        let plan = Rendered::plan(oid::RECORD, &bytes, &mut leaves).expect("well formed");
+        assert_eq!(leaves, [(23, &1_i32.to_be_bytes()[..]), (25, &b"x y"[..])]);
+        let text = plan.text(&["1".to_owned(), "x y".to_owned()]);
+        assert_eq!(text, r#"(1,,"(""x y"")")"#);
+        assert!(Rendered::plan(oid::RECORD, &bytes[..10], &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn record_fields_are_quoted_only_when_record_out_would() {
+        let mut text = String::new();
+        for field in ["plain", "", "a\"b", "back\\slash", "tab\there"] {
+            push_record_field(&mut text, field);
+            text.push('|');
+        }
+        assert_eq!(text, r#"plain|""|"a""b"|"back\\slash"|"tab	here"|"#);
+    }
 
     #[test]
     fn render_sql_numbers_every_parameter() {

@@ -484,6 +484,9 @@ const TYPED_EXPRESSIONS: &[&str] = &[
     "99999999.99990000::numeric",
     "'00000000-0000-0000-0000-000000000000'::uuid",
     "'FFFFFFFF-ABCD-4000-8000-00000000000A'::uuid",
+    // Types PostgreSQL does not take back as parameters: written in Rust.
+    "pg_sleep(0)",
+    "ROW(1, 'x y', NULL, '', 'a\"b', ROW(2, 'c'), ROW())",
 ];
 
 #[tokio::test(flavor = "multi_thread")]
