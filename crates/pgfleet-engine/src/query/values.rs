@@ -266,8 +266,10 @@ mod type_names {
 enum Rendered {
     /// The text PostgreSQL rendered for `leaves[i]`.
     Leaf(usize),
-    /// A `void` field: empty text.
-    Empty,
+    /// Text known without PostgreSQL: a `void` field (empty) or one of type
+    /// `unknown` (an untyped literal in `ROW(...)`, which cannot be a
+    /// parameter either; its binary form is its text).
+    Known(String),
     /// An anonymous record's fields (`None`: NULL).
     Record(Vec<Option<Rendered>>),
 }
@@ -279,7 +281,8 @@ impl Rendered {
     /// NULL, and its bytes), its fields planned in turn.
     fn plan<'a>(oid: u32, bytes: &'a [u8], leaves: &mut Vec<(u32, &'a [u8])>) -> Result<Self, ValueError> {
         match oid {
-            oid::VOID => Ok(Self::Empty),
+            oid::VOID => Ok(Self::Known(String::new())),
+            oid::UNKNOWN => Ok(Self::Known(utf8(bytes, "unknown")?)),
             oid::RECORD => {
                 let mut rest = bytes;
                 let count = take_i32(&mut rest)?;
@@ -310,7 +313,7 @@ impl Rendered {
     fn text(&self, texts: &[String]) -> String {
         match self {
             Self::Leaf(index) => texts.get(*index).cloned().unwrap_or_default(),
-            Self::Empty => String::new(),
+            Self::Known(text) => text.clone(),
             Self::Record(fields) => {
                 let mut text = String::from("(");
                 for (index, field) in fields.iter().enumerate() {
