@@ -3,7 +3,10 @@ import { useEffect, useState } from "preact/hooks";
 import { auth, describeError, isUnauthenticated } from "./api.js";
 import { Role } from "./gen/pgfleet/v1/common_pb.js";
 import { AccessPage } from "./access.js";
+import { BackupsPage } from "./backups.js";
 import { HistoryPage } from "./history.js";
+import { InsightsPage } from "./insights.js";
+import { MigrationsPage } from "./migrations.js";
 import { OverviewPage } from "./overview.js";
 import { QueryPage } from "./query.js";
 import { ReplicationPage } from "./replication.js";
@@ -14,7 +17,7 @@ export interface Session {
   role: Role;
 }
 
-type Page = "query" | "history" | "fleet" | "replication" | "access";
+type Page = "query" | "history" | "fleet" | "replication" | "backups" | "migrations" | "insights" | "access";
 
 function pageFromHash(): Page {
   const hash = window.location.hash;
@@ -22,6 +25,9 @@ function pageFromHash(): Page {
   if (hash === "#/fleet") return "fleet";
   if (hash === "#/access") return "access";
   if (hash === "#/replication") return "replication";
+  if (hash === "#/backups") return "backups";
+  if (hash === "#/migrations") return "migrations";
+  if (hash === "#/insights") return "insights";
   return "query";
 }
 
@@ -90,6 +96,15 @@ export function App() {
           <a href="#/replication" aria-current={page === "replication" ? "page" : undefined}>
             Replication
           </a>
+          <a href="#/backups" aria-current={page === "backups" ? "page" : undefined}>
+            Backups
+          </a>
+          <a href="#/migrations" aria-current={page === "migrations" ? "page" : undefined}>
+            Migrations
+          </a>
+          <a href="#/insights" aria-current={page === "insights" ? "page" : undefined}>
+            Insights
+          </a>
           {session.role === Role.MASTER && (
             <a href="#/access" aria-current={page === "access" ? "page" : undefined}>
               Users and keys
@@ -113,6 +128,9 @@ export function App() {
         {page === "history" && <HistoryPage session={session} />}
         {page === "fleet" && <OverviewPage />}
         {page === "replication" && <ReplicationPage session={session} />}
+        {page === "backups" && <BackupsPage session={session} />}
+        {page === "migrations" && <MigrationsPage />}
+        {page === "insights" && <InsightsPage session={session} />}
         {page === "access" && session.role === Role.MASTER && <AccessPage />}
       </main>
     </div>
