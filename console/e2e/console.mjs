@@ -5,7 +5,8 @@
 // in the Rust test, except where the page must be in a state to go on.
 //
 // Environment: CONSOLE_URL, MASTER_USER, MASTER_PASSWORD, READER_USER,
-// READER_PASSWORD, SCREENSHOTS (a directory), CHROMIUM (default /usr/bin/chromium).
+// READER_PASSWORD, SCREENSHOTS (a directory), BACKUP_ID (a backup of aws/app
+// the test made), CHROMIUM (default /usr/bin/chromium).
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -258,6 +259,77 @@ try {
   out.lagSamples = Number(await copied.locator("svg.lag").getAttribute("data-samples"));
   await page.screenshot({ path: join(shots, "replication.png"), fullPage: true });
 
+  // Backups: each covered target's health (DEGRADED first, marked), the
+  // test's backup verified, then the policy run now with its progress.
+  await page.getByRole("link", { name: "Backups" }).click();
+  const healthRows = () =>
+    page.$$eval("[data-testid=backup-health] tbody tr", (rows) =>
+      rows.map((r) => `${r.getAttribute("data-target")}=${r.getAttribute("data-state")}`).join(" "),
+    );
+  await page.locator("[data-testid=backup-health] tbody tr").first().waitFor();
+  out.backupHealth = await healthRows();
+  out.degradedMarked = await page.locator("[data-testid=backup-health] tr.degraded").count();
+  const listed = page.locator(`tr[data-backup='${env("BACKUP_ID")}']`);
+  out.listedBackup = await listed.getAttribute("data-target");
+  await listed.getByRole("button", { name: `Verify ${env("BACKUP_ID")}` }).click();
+  await listed.getByTestId("verified").waitFor();
+  out.verified = await listed.getByTestId("verified").innerText();
+  const policy = page.locator("article[data-policy=app-hourly]");
+  await policy.getByRole("button", { name: "Run app-hourly now" }).click();
+  await policy.getByTestId("backup-progress").getByText(/^done:/).waitFor();
+  out.backupProgress = await policy.getByTestId("backup-progress").locator("li").allInnerTexts();
+  // Reloaded after the run: no DEGRADED left.
+  await page.waitForFunction(() => document.querySelectorAll("[data-testid=backup-health] tr.degraded").length === 0);
+  out.backupHealthAfter = await healthRows();
+  await page.screenshot({ path: join(shots, "backups.png"), fullPage: true });
+
+  // Migrations: app's status per copy, then the drift between the copies.
+  await page.getByRole("link", { name: "Migrations" }).click();
+  await page.getByLabel("Database").selectOption("app");
+  await page.locator("article[data-target='gcp/app'] [data-testid=target-summary]").waitFor();
+  out.migrationSummary = await page.getByTestId("migration-summary").innerText();
+  out.migrationTargets = await page.$$eval("article.target-status", (articles) =>
+    articles.map((a) => `${a.getAttribute("data-target")}: ${a.querySelector("[data-testid=target-summary]")?.textContent}`),
+  );
+  await page.getByRole("button", { name: "Check drift" }).click();
+  await page.getByTestId("drift").waitFor();
+  out.driftStatus = await page.getByTestId("drift").getByRole("status").innerText();
+  out.drift = await page.$$eval("[data-testid=drift] div[data-target]", (targets) =>
+    targets.flatMap((t) =>
+      [...t.querySelectorAll("tbody tr")].map((tr) =>
+        [t.getAttribute("data-target"), ...[...tr.querySelectorAll("td")].map((td) => td.textContent)].join("\t"),
+      ),
+    ),
+  );
+  await page.screenshot({ path: join(shots, "migrations.png"), fullPage: true });
+
+  // Insights: the slow log filtered by text, and a waiting backend cancelled.
+  await page.getByRole("link", { name: "Insights" }).click();
+  await page.getByLabel("Database").selectOption("app");
+  const slowRows = () =>
+    page.$$eval("[data-testid=slow-queries] tbody tr", (rows) =>
+      rows.map((r) => ({
+        target: r.getAttribute("data-target"),
+        caller: r.querySelectorAll("td")[4]?.textContent,
+        query: r.querySelector("td.query")?.textContent,
+      })),
+    );
+  await page.locator("[data-testid=slow-queries] tbody tr").first().waitFor();
+  out.slowUnfiltered = (await slowRows()).length;
+  await page.getByLabel("Query contains").fill("console_slow_marker");
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll("[data-testid=slow-queries] td.query")].every((td) =>
+      td.textContent.includes("console_slow_marker"),
+    ),
+  );
+  out.slowFiltered = await slowRows();
+  const waiter = page.locator("article[data-target='aws/app'] tr[data-application=console-waiter]");
+  await waiter.waitFor();
+  await waiter.getByRole("button", { name: /^Cancel \d+ on aws\/app$/ }).click();
+  await page.getByTestId("signal").getByText(/^Cancel sent to/).waitFor();
+  out.cancelSignal = await page.getByTestId("signal").innerText();
+  await page.screenshot({ path: join(shots, "insights.png"), fullPage: true });
+
   // Users and API keys: a user, a key kept and a key revoked.
   await page.getByRole("link", { name: "Users and keys" }).click();
   const newUser = page.getByRole("form", { name: "New user" });
@@ -311,6 +383,22 @@ try {
   await page.getByRole("link", { name: "Replication" }).click();
   await page.locator("article[data-job=orders-to-analytics]").waitFor();
   out.readerRunButtons = await page.getByRole("button", { name: /^Run / }).count();
+  // Backups: Verify (a READER may), no Run now.
+  await page.getByRole("link", { name: "Backups" }).click();
+  await page.locator("article[data-policy=app-hourly]").waitFor();
+  out.readerBackupRunButtons = await page.getByRole("button", { name: /^Run / }).count();
+  const readerListed = page.locator(`tr[data-backup='${env("BACKUP_ID")}']`);
+  await readerListed.getByRole("button", { name: `Verify ${env("BACKUP_ID")}` }).click();
+  await readerListed.getByTestId("verified").waitFor();
+  out.readerVerified = await readerListed.getByTestId("verified").innerText();
+  await page.screenshot({ path: join(shots, "reader-backups.png"), fullPage: true });
+  // Insights: the backends, but no Cancel.
+  await page.getByRole("link", { name: "Insights" }).click();
+  await page.getByLabel("Database").selectOption("app");
+  await page.locator("article.activity tr[data-pid]").first().waitFor();
+  out.readerBackends = await page.locator("article.activity tr[data-pid]").count();
+  out.readerCancelButtons = await page.getByRole("button", { name: /^Cancel/ }).count();
+  await page.screenshot({ path: join(shots, "reader-insights.png"), fullPage: true });
   await page.getByRole("link", { name: "Query" }).click();
   await setSql(page, "UPDATE items SET name = 'reader' WHERE id = 1");
   await page.getByRole("button", { name: "Run", exact: true }).click();

@@ -4,6 +4,10 @@
 //! a browser). The script does what a DBA does and prints what the page
 //! showed as one JSON object; this test checks it against the databases.
 //! Screenshots of every page land in target/console-e2e/.
+//!
+//! The fleet has a backup directory (age-encrypted), a migrations directory
+//! for `app` and a low slow-query threshold, so the backups, migrations and
+//! insights pages have something of the test's own to show.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +22,8 @@ use serde_json::Value;
 
 use pgfleet_proto::pgfleet::v1 as pb;
 
+use pgfleet_proto::pgfleet::v1::backup_service_client::BackupServiceClient;
+use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use pgfleet_proto::pgfleet::v1::replication_service_client::ReplicationServiceClient;
 
 use crate::grpc_web::{Wire, client, frames};
@@ -62,6 +68,56 @@ async fn sleeping(fleet: &Fleet) -> anyhow::Result<i64> {
     .await?)
 }
 
+/// What the backups, migrations and insights pages need: an age key pair
+/// and a backup directory, one migration for `app`, and a slow-query
+/// threshold the test's `pg_sleep(0.3)` passes.
+fn extra_toml(dir: &std::path::Path) -> anyhow::Result<String> {
+    use age::secrecy::ExposeSecret as _;
+    let identity = age::x25519::Identity::generate();
+    let identity_file = dir.join("backup.key");
+    std::fs::write(
+        &identity_file,
+        format!("{}\n", identity.to_string().expose_secret()),
+    )?;
+    let migrations = dir.join("migrations");
+    std::fs::create_dir_all(&migrations)?;
+    std::fs::write(
+        migrations.join("0001_notes.sql"),
+        "CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL);\n",
+    )?;
+    Ok(format!(
+        "[insights]\nslow_query_threshold = '250ms'\n\
+         [backup]\ndir = '{}'\nrecipients = ['{}']\nidentity_file = '{}'\nscheduler = false\n\
+         [[migrations]]\ndatabase = 'app'\ndir = '{}'\n",
+        dir.join("store").display(),
+        identity.to_public(),
+        identity_file.display(),
+        migrations.display()
+    ))
+}
+
+/// A backup of aws/app made through the API (no policy), its id.
+async fn backup_aws_app(channel: &tonic::transport::Channel, token: &str) -> anyhow::Result<String> {
+    let mut stream = BackupServiceClient::new(channel.clone())
+        .run_backup(bearer(
+            pb::RunBackupRequest {
+                policy_id: String::new(),
+                targets: vec![target("aws", "app")],
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    let mut made = None;
+    while let Some(message) = stream.message().await? {
+        if let Some(pb::run_backup_response::Event::Finished(f)) = message.event {
+            anyhow::ensure!(f.error.is_empty(), "the backup failed: {}", f.error);
+            made = f.backup.map(|b| b.id);
+        }
+    }
+    made.ok_or_else(|| anyhow::anyhow!("no finished backup"))
+}
+
 fn text<'a>(out: &'a Value, pointer: &str) -> &'a str {
     out.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
 }
@@ -99,7 +155,8 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
     sqlx::raw_sql("CREATE TABLE orders (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL)")
         .execute(&mut analytics)
         .await?;
-    let server = fleet.start("").await?;
+    let dir = tempfile::tempdir()?;
+    let server = fleet.start(&extra_toml(dir.path())?).await?;
     let console_addr = server.console_addr().expect("console_addr is configured");
     let master_password = fleet.create_user("console-master", Role::Master).await?;
     let reader_password = fleet.create_user("console-reader", Role::Reader).await?;
@@ -122,6 +179,69 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
             &master,
         ))
         .await?;
+    // A policy over both copies of app wanting a backup within the hour, and
+    // one backup of aws/app only: gcp/app is DEGRADED until the page runs
+    // the policy.
+    BackupServiceClient::new(channel.clone())
+        .create_policy(bearer(
+            pb::CreatePolicyRequest {
+                policy: Some(pb::BackupPolicy {
+                    name: "app-hourly".to_owned(),
+                    targets: Some(pb::BackupTargets {
+                        selection: Some(pb::backup_targets::Selection::AllCloudsDatabase("app".to_owned())),
+                    }),
+                    retention: Some(pb::Retention {
+                        keep_last: 5,
+                        ..Default::default()
+                    }),
+                    max_age: Some(prost_types::Duration {
+                        seconds: 3600,
+                        nanos: 0,
+                    }),
+                    enabled: false,
+                    ..Default::default()
+                }),
+            },
+            &master,
+        ))
+        .await?;
+    let backup_id = backup_aws_app(&channel, &master).await?;
+    // Two slow statements on both copies (past the 250 ms threshold), one
+    // with the marker the page's filter looks for. (Not `SELECT pg_sleep(…)`:
+    // pgfleet fails reading a `void` value.)
+    for text in [
+        "SELECT 1 AS console_slow_marker FROM pg_sleep(0.3)",
+        "SELECT 2 AS console_other FROM pg_sleep(0.3)",
+    ] {
+        let response = QueryServiceClient::new(channel.clone())
+            .execute(bearer(
+                pb::ExecuteRequest {
+                    query: text.to_owned(),
+                    database: "app".to_owned(),
+                    ..Default::default()
+                },
+                &master,
+            ))
+            .await?
+            .into_inner();
+        assert!(response.success, "{response:?}");
+    }
+    // A backend for the insights page to cancel: waiting on an advisory lock
+    // another connection holds (not pg_sleep, which the query page counts).
+    let mut holder = fleet.database("aws", "app").connect().await?;
+    sqlx::raw_sql("SELECT pg_advisory_lock(7431)")
+        .execute(&mut holder)
+        .await?;
+    let mut waiter = fleet.database("aws", "app").connect().await?;
+    sqlx::raw_sql("SET application_name = 'console-waiter'")
+        .execute(&mut waiter)
+        .await?;
+    let waiting = tokio::spawn(async move {
+        sqlx::raw_sql("SELECT pg_advisory_lock(7431)")
+            .execute(&mut waiter)
+            .await
+            .map(|_| ())
+    });
     let screenshots = workspace_root().join("target/console-e2e");
     std::fs::create_dir_all(&screenshots)?;
 
@@ -134,6 +254,7 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
         .env("READER_USER", "console-reader")
         .env("READER_PASSWORD", &reader_password)
         .env("SCREENSHOTS", &screenshots)
+        .env("BACKUP_ID", &backup_id)
         .kill_on_drop(true)
         .output()
         .await?;
@@ -297,6 +418,103 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
         .await?;
     assert_eq!(copied, 3);
 
+    // Backups: aws/app healthy from the test's backup, gcp/app DEGRADED and
+    // marked; the backup listed and verified; the policy run from the page
+    // streamed both copies' outcomes and left both healthy.
+    assert_eq!(
+        text(&out, "/backupHealth"),
+        "gcp/app=DEGRADED aws/app=HEALTHY",
+        "{context}"
+    );
+    assert_eq!(out["degradedMarked"], 1, "{context}");
+    assert_eq!(text(&out, "/listedBackup"), "aws/app", "{context}");
+    assert!(text(&out, "/verified").starts_with("Verified: "), "{context}");
+    let backup_progress = out["backupProgress"].as_array().expect("backup progress lines");
+    for cloud in ["aws", "gcp"] {
+        assert!(
+            backup_progress
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|l| l.starts_with(&format!("{cloud}/app: SUCCEEDED"))),
+            "{context}"
+        );
+    }
+    assert_eq!(
+        backup_progress.last().and_then(Value::as_str),
+        Some("done: 2 succeeded, 0 failed"),
+        "{context}"
+    );
+    assert_eq!(
+        text(&out, "/backupHealthAfter"),
+        "aws/app=HEALTHY gcp/app=HEALTHY",
+        "{context}"
+    );
+
+    // Migrations: 0001 pending on both copies (nothing applied from the
+    // page), and the drift check finds aws/app's orders missing on gcp/app.
+    assert!(
+        text(&out, "/migrationSummary").starts_with("Not up to date"),
+        "{context}"
+    );
+    assert_eq!(
+        out["migrationTargets"],
+        serde_json::json!([
+            "aws/app: not tracked yet; pending 1",
+            "gcp/app: not tracked yet; pending 1"
+        ]),
+        "{context}"
+    );
+    assert_eq!(text(&out, "/driftStatus"), "The copies differ.", "{context}");
+    let drift = out["drift"].as_array().expect("drift rows");
+    assert!(
+        drift
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|row| row.starts_with("gcp/app\ttable\tpublic.orders\t")),
+        "{context}"
+    );
+    let mut notes = fleet.database("aws", "app").connect().await?;
+    let applied: Option<String> = sqlx::query_scalar("SELECT to_regclass('public.notes')::text")
+        .fetch_one(&mut notes)
+        .await?;
+    assert_eq!(applied, None, "the page applied nothing");
+
+    // Insights: the marked slow statement on both copies, the filter hiding
+    // the other one; the waiting backend cancelled from the page.
+    let slow = out["slowFiltered"].as_array().expect("slow rows");
+    assert_eq!(
+        slow.iter()
+            .map(|r| text(r, "/target"))
+            .collect::<std::collections::BTreeSet<_>>(),
+        ["aws/app", "gcp/app"].into_iter().collect(),
+        "{context}"
+    );
+    assert!(
+        slow.iter().all(
+            |r| text(r, "/query") == "SELECT $1 AS console_slow_marker FROM pg_sleep($2)"
+                && text(r, "/caller") == "user:console-master"
+        ),
+        "{context}"
+    );
+    assert!(
+        out["slowUnfiltered"].as_u64().is_some_and(|n| n >= 4),
+        "{context}"
+    );
+    assert!(
+        text(&out, "/cancelSignal").starts_with("Cancel sent to "),
+        "{context}"
+    );
+    let cancelled = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .map_err(|_| anyhow::anyhow!("the waiting backend was not cancelled"))??;
+    let code = cancelled
+        .expect_err("the advisory lock wait was cancelled")
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("57014"), "query_canceled");
+    drop(holder);
+
     // What the MASTER made on the users and keys page works (or, revoked, not).
     let new_user = login(&channel, "console-new", "Harbor-lamp-7781").await?;
     let me = auth_client(&channel)
@@ -329,6 +547,15 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
     assert_eq!(out["readerReadOnlySwitch"], 0, "{context}");
     assert_eq!(out["readerAccessLink"], 0, "{context}");
     assert_eq!(out["readerRunButtons"], 0, "{context}");
+    // Backups: no Run now, but Verify, which a READER may call (and did).
+    assert_eq!(out["readerBackupRunButtons"], 0, "{context}");
+    assert!(
+        text(&out, "/readerVerified").starts_with("Verified: "),
+        "{context}"
+    );
+    // Insights: backends listed, none with Cancel.
+    assert!(out["readerBackends"].as_u64().is_some_and(|n| n > 0), "{context}");
+    assert_eq!(out["readerCancelButtons"], 0, "{context}");
     assert!(
         text(&out, "/readerError").starts_with("PERMISSION_DENIED"),
         "{context}"
@@ -343,7 +570,12 @@ async fn a_dba_uses_the_console_in_headless_chromium() -> anyhow::Result<()> {
         "history",
         "cancelled",
         "replication",
+        "backups",
+        "migrations",
+        "insights",
         "reader",
+        "reader-backups",
+        "reader-insights",
     ] {
         assert!(screenshots.join(format!("{page}.png")).is_file(), "{page}.png");
     }
