@@ -19,6 +19,16 @@
 //!   STDIN` of the page's bytes as read, then `INSERT … SELECT … ON CONFLICT
 //!   (primary key) DO UPDATE` of every other column. Generated columns are
 //!   neither read nor written: the target computes them.
+//! - **Into an empty table**: a copy from the beginning that finds the
+//!   target table empty writes each page with a plain `COPY … FROM STDIN`
+//!   into the table itself: nothing there to conflict with or delete, so no
+//!   staging, upsert or key table (the speed of `pg_dump | psql`). A re-run
+//!   after an interruption finds rows and takes the upsert path, so re-runs
+//!   stay idempotent. If rows appear in the table meanwhile (another writer:
+//!   a page's COPY fails on a duplicate key), that page and the rest are
+//!   upserted; a full refresh then skips its final delete (the keys of the
+//!   pages copied directly were not recorded), which leaves the other
+//!   writer's rows to the next full refresh, and says so in the log.
 //! - **Deletes (full refresh)**: every batch transaction also adds the
 //!   batch's primary keys to a session temporary table on the target; after
 //!   the last batch one transaction deletes the target rows whose key is not
@@ -567,6 +577,16 @@ async fn copy_batches(
     if cancel.is_cancelled() {
         return Err(CopyError::Cancelled);
     }
+    // See the module's "Into an empty table".
+    let mut direct = matches!(page, Page::Beginning)
+        && target_is_empty(
+            writer.connection_mut(),
+            statements,
+            plan.settings.statement_timeout,
+        )
+        .await
+        .map_err(on_target)?;
+    let started_direct = direct;
     let mut data = read_source_page(registry, plan, &page).await?;
     loop {
         let rows = count_rows(&data);
@@ -586,8 +606,9 @@ async fn copy_batches(
             writer.connection_mut(),
             statements,
             &data,
-            full_refresh,
+            full_refresh && !started_direct,
             plan.settings.statement_timeout,
+            &mut direct,
         );
         let (written, next) = if last_page || cancel.is_cancelled() {
             (write.await, None)
@@ -614,7 +635,17 @@ async fn copy_batches(
             None => read_source_page(registry, plan, &next_page).await?,
         };
     }
-    if full_refresh {
+    if full_refresh && started_direct {
+        // The table was empty: nothing of the target's own to delete.
+        if !direct {
+            tracing::warn!(
+                target = %target,
+                table = %statements.table,
+                "rows appeared in the target table while a full refresh copied into it empty; \
+                 they are left to the next full refresh"
+            );
+        }
+    } else if full_refresh {
         // Deleting before every page committed would remove rows not yet
         // reached; a cancelled run deletes nothing.
         if cancel.is_cancelled() {
@@ -719,14 +750,44 @@ async fn read_page(
     Ok(data)
 }
 
-/// Upserts one page in one target transaction; returns the rows written.
+/// Whether the target table has no rows, in a bounded read-only
+/// transaction.
+async fn target_is_empty(
+    connection: &mut PgConnection,
+    statements: &TargetStatements,
+    timeout: Duration,
+) -> Result<bool, sqlx::Error> {
+    let mut transaction = pgfleet_registry::begin_read_only(connection, timeout).await?;
+    let empty = sqlx::query_scalar(sqlx::AssertSqlSafe(statements.is_empty()))
+        .persistent(false)
+        .fetch_one(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(empty)
+}
+
+/// Writes one page in one target transaction: straight into the table
+/// while `direct` (see the module's "Into an empty table"), which a
+/// duplicate key turns off for this page and the rest, otherwise upserted;
+/// returns the rows written.
 async fn write_batch(
     connection: &mut PgConnection,
     statements: &TargetStatements,
     data: &[u8],
     remember_keys: bool,
     timeout: Duration,
+    direct: &mut bool,
 ) -> Result<u64, sqlx::Error> {
+    if *direct {
+        match copy_into_table(connection, statements, data, timeout).await {
+            Ok(written) => return Ok(written),
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("23505") => {
+                // Rolled back as a whole; the upsert below writes the page.
+                *direct = false;
+            }
+            Err(error) => return Err(error),
+        }
+    }
     let mut transaction = begin_bounded(connection, "BEGIN", timeout).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(statements.create_batch_table()))
         .execute(&mut *transaction)
@@ -743,6 +804,21 @@ async fn write_batch(
             .execute(&mut *transaction)
             .await?;
     }
+    transaction.commit().await?;
+    Ok(written)
+}
+
+/// One page with a plain COPY into the target table, in one transaction.
+async fn copy_into_table(
+    connection: &mut PgConnection,
+    statements: &TargetStatements,
+    data: &[u8],
+    timeout: Duration,
+) -> Result<u64, sqlx::Error> {
+    let mut transaction = begin_bounded(connection, "BEGIN", timeout).await?;
+    let mut copy = transaction.copy_in_raw(&statements.copy_into_table()).await?;
+    copy.send(data).await?;
+    let written = copy.finish().await?;
     transaction.commit().await?;
     Ok(written)
 }

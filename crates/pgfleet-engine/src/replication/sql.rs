@@ -162,6 +162,20 @@ impl TargetStatements {
         )
     }
 
+    /// A page straight into the target table (a copy that found it empty).
+    pub fn copy_into_table(&self) -> String {
+        format!(
+            "COPY {} ({}) FROM STDIN",
+            self.table,
+            column_list(&self.columns, None)
+        )
+    }
+
+    /// Whether the target table has no rows.
+    pub fn is_empty(&self) -> String {
+        format!("SELECT NOT EXISTS (SELECT 1 FROM {})", self.table)
+    }
+
     pub fn copy_in(&self) -> String {
         format!(
             "COPY {BATCH_TABLE} ({}) FROM STDIN",

@@ -196,6 +196,85 @@ async fn full_refresh_copies_every_type_and_removes_rows_deleted_at_the_source()
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_into_an_empty_table_goes_on_with_upserts_when_rows_appear_meanwhile() -> anyhow::Result<()> {
+    let s = session("").await?;
+    for (cloud, name) in [("aws", "app"), ("gcp", "app")] {
+        run_sql(&s, cloud, name, KINDS).await?;
+    }
+    run_sql(&s, "aws", "app", KINDS_ROWS).await?;
+    // Another writer: with the first page copied straight into the empty
+    // table, a row appears whose key the third page carries, so that page's
+    // plain COPY fails on the duplicate and must be upserted instead.
+    run_sql(
+        &s,
+        "gcp",
+        "app",
+        "CREATE TABLE public.interfered (at timestamptz);
+         CREATE FUNCTION public.interfere() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NOT EXISTS (SELECT 1 FROM public.interfered) THEN
+             INSERT INTO public.interfered VALUES (now());
+             INSERT INTO public.kinds (id, label) VALUES (2400, 'another writer');
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER interfere AFTER INSERT ON public.kinds
+           FOR EACH STATEMENT EXECUTE FUNCTION public.interfere();",
+    )
+    .await?;
+    let events = replicate(
+        &s,
+        request(
+            "public.kinds",
+            &[("gcp", "app")],
+            pb::ReplicationMode::FullRefresh,
+            1000,
+        ),
+        &s.master,
+    )
+    .await?;
+    let done = finished(&events);
+    let gcp = finished_for(&done, "gcp/app");
+    assert_eq!(gcp.outcome, pb::ReplicationOutcome::Succeeded as i32, "{gcp:?}");
+    assert_eq!((gcp.rows_read, gcp.rows_written, gcp.batches), (2500, 2500, 3));
+    assert_eq!(
+        scalar(&s, "gcp", "app", "SELECT label FROM public.kinds WHERE id = 2400").await?,
+        scalar(&s, "aws", "app", "SELECT label FROM public.kinds WHERE id = 2400").await?,
+        "the other writer's row took the source's values"
+    );
+    assert_eq!(
+        table_hash(&s, "gcp", "app", "public.kinds").await?,
+        table_hash(&s, "aws", "app", "public.kinds").await?
+    );
+    // A re-run finds rows and upserts, removing what the source lacks.
+    run_sql(
+        &s,
+        "gcp",
+        "app",
+        "INSERT INTO public.kinds (id, label) VALUES (-1, 'stray')",
+    )
+    .await?;
+    let events = replicate(
+        &s,
+        request(
+            "public.kinds",
+            &[("gcp", "app")],
+            pb::ReplicationMode::FullRefresh,
+            1000,
+        ),
+        &s.master,
+    )
+    .await?;
+    assert_eq!(finished_for(&finished(&events), "gcp/app").rows_deleted, 1);
+    assert_eq!(
+        table_hash(&s, "gcp", "app", "public.kinds").await?,
+        table_hash(&s, "aws", "app", "public.kinds").await?
+    );
+    s.server.shutdown().await?;
+    Ok(())
+}
+
 const ORDERS: &str = "CREATE TABLE public.orders (
     id bigint PRIMARY KEY,
     amount numeric(12,2) NOT NULL,
