@@ -239,6 +239,11 @@ async fn a_copy_into_an_empty_table_goes_on_with_upserts_when_rows_appear_meanwh
     assert_eq!(gcp.outcome, pb::ReplicationOutcome::Succeeded as i32, "{gcp:?}");
     assert_eq!((gcp.rows_read, gcp.rows_written, gcp.batches), (2500, 2500, 3));
     assert_eq!(
+        count(&s, "gcp", "app", "public.interfered").await?,
+        1,
+        "the other writer wrote"
+    );
+    assert_eq!(
         scalar(&s, "gcp", "app", "SELECT label FROM public.kinds WHERE id = 2400").await?,
         scalar(&s, "aws", "app", "SELECT label FROM public.kinds WHERE id = 2400").await?,
         "the other writer's row took the source's values"
