@@ -138,13 +138,17 @@ impl Bench {
             .await?;
         let fleet =
             Fleet::with_databases(history, vec![("aws", "app", aws_app), ("gcp", "app", gcp_app)]).await?;
-        // 16 more clouds, each with a database `fan` that is aws's `app`.
+        // 16 more clouds, each with a database `fan` that is aws's `app`. One
+        // connection per pool: a fan-out call takes one per target, and 16
+        // full pools beside the others would pass PostgreSQL's default
+        // max_connections (100).
         let database = fleet.database("aws", "app");
         let fan_out: String = (1..=FAN_OUT)
             .map(|i| {
                 format!(
                     "[[clouds]]\nname = 'f{i:02}'\n[[clouds.databases]]\nname = 'fan'\nhost = '{}'\n\
-                     port = {}\nuser = '{}'\ndatabase = '{}'\nsslmode = 'disable'\n{}",
+                     port = {}\nuser = '{}'\ndatabase = '{}'\nsslmode = 'disable'\n{}\
+                     [clouds.databases.pool]\nmin_connections = 0\nmax_connections = 1\n",
                     database.host(),
                     database.port(),
                     database.user(),
