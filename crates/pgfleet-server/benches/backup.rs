@@ -58,7 +58,7 @@ use pgfleet_server::app::RunningServer;
 use pgfleet_testkit::TestDatabase;
 use tonic::transport::Channel;
 
-use common::{drop_databases, env_number, log_out_and_stop, median, pg_binary};
+use common::{drop_databases, log_out_and_stop, median, pg_binary};
 use support::{Fleet, RssSampler, bearer, big_table_sql, target};
 
 const MASTER: &str = "bench-master";
@@ -350,16 +350,5 @@ async fn bench(rows: u64, reps: usize) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench` (and any filter): nothing to choose here.
-    let rows: u64 = env_number("PGFLEET_BENCH_ROWS", DEFAULT_ROWS)?;
-    let reps: usize = env_number("PGFLEET_BENCH_REPS", DEFAULT_REPS)?;
-    anyhow::ensure!(
-        rows > 0 && reps > 0,
-        "PGFLEET_BENCH_ROWS and PGFLEET_BENCH_REPS must be above 0"
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
-    runtime.block_on(bench(rows, reps))
+    common::run_rows_and_reps(1, DEFAULT_ROWS, DEFAULT_REPS, bench)
 }

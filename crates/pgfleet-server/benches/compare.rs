@@ -24,6 +24,10 @@
 #[allow(dead_code)]
 mod support;
 
+// The runner shared with the other benches (their other helpers unused here).
+#[allow(dead_code)]
+mod common;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -31,36 +35,12 @@ use futures::TryStreamExt as _;
 use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 
-use support::{bearer, run_sql, session};
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name} must be a number, got {value:?}")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values.get(values.len() / 2).copied().unwrap_or_default()
-}
+use support::{bearer, orders_sql, run_sql, session};
 
 async fn bench(rows: u64, reps: usize) -> anyhow::Result<()> {
     let s = session("").await?;
     for cloud in ["aws", "gcp"] {
-        run_sql(
-            &s,
-            cloud,
-            "app",
-            &format!(
-                "CREATE TABLE orders (id bigint PRIMARY KEY, customer int, note text);\n\
-                 INSERT INTO orders SELECT g, g % 977, 'note ' || g FROM generate_series(1, {rows}) AS g;\n\
-                 ANALYZE orders;"
-            ),
-        )
-        .await?;
+        run_sql(&s, cloud, "app", &orders_sql(rows)).await?;
     }
     let (a, b, c) = (rows / 7, rows / 2, rows - 1);
     run_sql(
@@ -134,26 +114,15 @@ async fn bench(rows: u64, reps: usize) -> anyhow::Result<()> {
         );
         copy_times.push(elapsed);
     }
-    let (compare, copy) = (median(compare_times), median(copy_times));
+    let seconds = |times: Vec<Duration>| common::median(times.iter().map(Duration::as_secs_f64).collect());
+    let (compare, copy) = (seconds(compare_times), seconds(copy_times));
     println!(
-        "median: compare {:.3} s, COPY of both tables {:.3} s (compare / COPY = {:.2})",
-        compare.as_secs_f64(),
-        copy.as_secs_f64(),
-        compare.as_secs_f64() / copy.as_secs_f64().max(f64::EPSILON)
+        "median: compare {compare:.3} s, COPY of both tables {copy:.3} s (compare / COPY = {:.2})",
+        compare / copy.max(f64::EPSILON)
     );
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    let rows: u64 = env_number("PGFLEET_BENCH_ROWS", 1_000_000)?;
-    let reps: usize = env_number("PGFLEET_BENCH_REPS", 3)?;
-    anyhow::ensure!(
-        rows >= 100 && reps > 0,
-        "PGFLEET_BENCH_ROWS >= 100 and PGFLEET_BENCH_REPS > 0"
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
-    runtime.block_on(bench(rows, reps))
+    common::run_rows_and_reps(100, 1_000_000, 3, bench)
 }

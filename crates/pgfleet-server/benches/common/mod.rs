@@ -71,6 +71,33 @@ pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Resul
     }
 }
 
+/// A bench's `main`: `PGFLEET_BENCH_ROWS` (at least `min_rows`) and
+/// `PGFLEET_BENCH_REPS` from the environment or the bench's defaults, then
+/// `bench(rows, reps)` on a multi-threaded runtime. `cargo bench` passes
+/// `--bench` (and any filter): nothing to choose from the arguments.
+pub fn run_rows_and_reps<F, Fut>(
+    min_rows: u64,
+    default_rows: u64,
+    default_reps: usize,
+    bench: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(u64, usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rows: u64 = env_number("PGFLEET_BENCH_ROWS", default_rows)?;
+    let reps: usize = env_number("PGFLEET_BENCH_REPS", default_reps)?;
+    anyhow::ensure!(
+        rows >= min_rows && reps > 0,
+        "PGFLEET_BENCH_ROWS must be at least {min_rows} and PGFLEET_BENCH_REPS above 0"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    runtime.block_on(bench(rows, reps))
+}
+
 /// The median of `values` (NaN for none).
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);

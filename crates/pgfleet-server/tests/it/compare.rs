@@ -9,23 +9,13 @@ use pgfleet_proto::pgfleet::v1 as pb;
 use pgfleet_proto::pgfleet::v1::query_service_client::QueryServiceClient;
 use tonic::Code;
 
-use crate::support::{Session, bad_field, bearer, run_sql, session};
+use crate::support::{Session, bad_field, bearer, orders_sql, run_sql, session};
 
 /// `orders (id bigint primary key, customer int, note text)` with
 /// `rows` rows on aws/app and gcp/app.
 async fn orders(s: &Session, rows: i64) -> anyhow::Result<()> {
     for cloud in ["aws", "gcp"] {
-        run_sql(
-            s,
-            cloud,
-            "app",
-            &format!(
-                "CREATE TABLE orders (id bigint PRIMARY KEY, customer int, note text);\n\
-                 INSERT INTO orders SELECT g, g % 977, 'note ' || g FROM generate_series(1, {rows}) AS g;\n\
-                 ANALYZE orders;"
-            ),
-        )
-        .await?;
+        run_sql(s, cloud, "app", &orders_sql(rows)).await?;
     }
     Ok(())
 }

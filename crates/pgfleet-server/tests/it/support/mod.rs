@@ -620,6 +620,17 @@ pub fn big_table_sql(rows: u64) -> String {
     )
 }
 
+/// `orders (id bigint primary key, customer int, note text)` with `rows`
+/// rows from `generate_series`: the table the CompareTables tests and
+/// benchmark compare.
+pub fn orders_sql(rows: impl std::fmt::Display) -> String {
+    format!(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, customer int, note text);\n\
+         INSERT INTO orders SELECT g, g % 977, 'note ' || g FROM generate_series(1, {rows}) AS g;\n\
+         ANALYZE orders;"
+    )
+}
+
 /// Resident memory of this process (a test or bench that runs the server in process), in bytes.
 pub fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
