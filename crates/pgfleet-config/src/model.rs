@@ -463,6 +463,14 @@ pub struct PoolConfig {
     /// Connections are replaced after this age.
     #[serde(with = "humantime_serde")]
     pub max_lifetime: Option<Duration>,
+    /// A pooled connection idle for longer than this is checked with one
+    /// round trip before it is handed out (PgBouncer's
+    /// `server_check_delay`); one reused sooner is not, so a busy pool pays
+    /// no check per call. A connection that turns out broken when a query
+    /// begins on it is replaced there and the query goes on (nothing of it
+    /// had run). `0s` checks every checkout.
+    #[serde(with = "humantime_serde")]
+    pub check_after_idle: Duration,
 }
 
 impl Default for PoolConfig {
@@ -473,6 +481,7 @@ impl Default for PoolConfig {
             acquire_timeout: Duration::from_secs(10),
             idle_timeout: Some(Duration::from_secs(300)),
             max_lifetime: Some(Duration::from_secs(1800)),
+            check_after_idle: Duration::from_secs(1),
         }
     }
 }
@@ -931,6 +940,14 @@ pub struct AuthConfig {
     /// password is checked (`0s`: report only).
     #[serde(with = "humantime_serde")]
     pub login_username_delay: Duration,
+    /// The longest each replica serves a user's role and standing from its
+    /// own memory instead of reading the history store. A change made
+    /// through pgfleet applies on the next call everywhere regardless (the
+    /// session store's users version says when); this bounds only a change
+    /// made outside pgfleet (an `UPDATE` of `pgfleet.users` by hand). `0s`
+    /// reads the store on every call.
+    #[serde(with = "humantime_serde")]
+    pub user_cache_ttl: Duration,
 }
 
 impl Default for AuthConfig {
@@ -948,6 +965,7 @@ impl Default for AuthConfig {
             login_window: Duration::from_secs(5 * 60),
             login_username_slowdown_after: 100,
             login_username_delay: Duration::from_secs(1),
+            user_cache_ttl: Duration::from_secs(10),
         }
     }
 }

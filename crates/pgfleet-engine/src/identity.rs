@@ -105,7 +105,8 @@ pub struct Session {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub principal: Principal,
-    /// The role in force for this call (read fresh on every call).
+    /// The role in force for this call (as stored now: see the server's
+    /// `auth::user_cache`).
     pub role: Role,
     /// The session this call came with (none for API keys).
     pub session: Option<Session>,

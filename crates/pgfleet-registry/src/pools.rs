@@ -12,7 +12,7 @@ use pgfleet_config::{
 };
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{PgConnection, Postgres, Row as _};
+use sqlx::{Connection as _, PgConnection, Postgres, Row as _};
 
 use crate::error::RegistryError;
 use crate::health::{HealthStatus, MemberHealth, MemberState};
@@ -51,13 +51,34 @@ pub fn connect_options(connection: &ConnectionConfig) -> PgConnectOptions {
 }
 
 /// sqlx pool options from a pool section.
+///
+/// sqlx pings every connection it hands out by default: a round trip on
+/// every call, paid again for each pool a call touches. Here only a
+/// connection idle for longer than `check_after_idle` is pinged (PgBouncer's
+/// `server_check_delay`): those are the ones an outage or a server restart
+/// may have broken unseen. A connection reused sooner that is broken all the
+/// same fails its first message; the query path replaces it then
+/// (`pgfleet_engine::query::run`), and other users see a failed call, as
+/// they would for a connection broken during the call.
 pub fn pool_options(pool: &PoolConfig) -> PgPoolOptions {
+    let check_after_idle = pool.check_after_idle;
     PgPoolOptions::new()
         .min_connections(pool.min_connections)
         .max_connections(pool.max_connections)
         .acquire_timeout(pool.acquire_timeout)
         .idle_timeout(pool.idle_timeout)
         .max_lifetime(pool.max_lifetime)
+        .test_before_acquire(false)
+        .before_acquire(move |connection, metadata| {
+            Box::pin(async move {
+                if metadata.idle_for >= check_after_idle {
+                    // An error discards the connection and the pool
+                    // opens another, as sqlx's own ping does.
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// A connection handed out by the registry, with the member it came from.

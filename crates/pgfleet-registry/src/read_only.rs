@@ -103,12 +103,20 @@ pub async fn discard_session(connection: &mut PgConnection) -> bool {
 /// implicit transaction of this message `now()` is the time the message
 /// arrived, which is `statement_timestamp()`; an older `now()` means a
 /// transaction was left open and these statements ran inside it.
-const RESET_SESSION: &str = "CLOSE ALL; UNLISTEN *; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; \
+macro_rules! reset_session_sql {
+    () => {
+        "CLOSE ALL; UNLISTEN *; SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; \
      RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
      DISCARD PLANS; \
      SELECT pg_catalog.now() = pg_catalog.statement_timestamp(), \
      (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), \
-     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql)";
+     (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql)"
+    };
+}
+const RESET_SESSION: &str = reset_session_sql!();
+/// [`RESET_SESSION`] after the `COMMIT` of a read-only transaction: one
+/// round trip for both.
+const COMMIT_AND_RESET_SESSION: &str = concat!("COMMIT; ", reset_session_sql!());
 
 /// Resets a session for the next caller of its pool like [`discard_session`]
 /// in one round trip, keeping the statements sqlx prepared before the call
@@ -120,7 +128,16 @@ const RESET_SESSION: &str = "CLOSE ALL; UNLISTEN *; SET SESSION AUTHORIZATION DE
 /// (or `DEALLOCATE` of sqlx's statements) ends with `DEALLOCATE ALL` and an
 /// empty cache. False when the connection must not be reused (a
 /// transaction was still open, or a statement failed).
-pub async fn reset_session(connection: &mut PgConnection, cached_before: usize) -> bool {
+///
+/// With `commit_read_only`, the open transaction is first committed in the
+/// same message: only for a `READ ONLY` transaction, whose `COMMIT` has
+/// nothing to make durable and cannot fail but with the connection (which
+/// is then not reused), so nobody needs its answer apart.
+pub async fn reset_session(
+    connection: &mut PgConnection,
+    cached_before: usize,
+    commit_read_only: bool,
+) -> bool {
     let cached = connection.cached_statements_size();
     // The cache grows on each insert and evicts only when full: the same
     // size below capacity means nothing was prepared under a name.
@@ -128,7 +145,12 @@ pub async fn reset_session(connection: &mut PgConnection, cached_before: usize) 
     if prepared_in_call && connection.clear_cached_statements().await.is_err() {
         return false;
     }
-    let rows = match sqlx::raw_sql(RESET_SESSION).fetch_all(&mut *connection).await {
+    let reset = if commit_read_only {
+        COMMIT_AND_RESET_SESSION
+    } else {
+        RESET_SESSION
+    };
+    let rows = match sqlx::raw_sql(reset).fetch_all(&mut *connection).await {
         Ok(rows) => rows,
         Err(_) => return false,
     };

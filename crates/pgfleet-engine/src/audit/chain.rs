@@ -118,11 +118,15 @@ pub async fn append_all(
     let Some(last) = appended.last() else {
         return Ok(appended);
     };
+    // The links and the new head in one statement: one round trip fewer
+    // while the head's lock is held (every replica's writes wait on it).
     sqlx::query(
-        "INSERT INTO pgfleet.audit_chain (sequence, execution_id, link, prev_hash, hash, key_id) \
-         SELECT l.sequence, l.execution_id, l.link, l.prev_hash, l.hash, $6 \
-         FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[]) \
-         AS l (sequence, execution_id, link, prev_hash, hash)",
+        "WITH links AS (\
+           INSERT INTO pgfleet.audit_chain (sequence, execution_id, link, prev_hash, hash, key_id) \
+           SELECT l.sequence, l.execution_id, l.link, l.prev_hash, l.hash, $6 \
+           FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[]) \
+           AS l (sequence, execution_id, link, prev_hash, hash)) \
+         UPDATE pgfleet.audit_chain_head SET sequence = $7, hash = $8",
     )
     .bind(appended.iter().map(|l| l.sequence).collect::<Vec<_>>())
     .bind(links.iter().map(|(row, _)| row.id).collect::<Vec<_>>())
@@ -130,13 +134,10 @@ pub async fn append_all(
     .bind(appended.iter().map(|l| l.prev_hash.as_str()).collect::<Vec<_>>())
     .bind(appended.iter().map(|l| l.hash.as_str()).collect::<Vec<_>>())
     .bind(key_id)
+    .bind(last.sequence)
+    .bind(&last.hash)
     .execute(&mut *connection)
     .await?;
-    sqlx::query("UPDATE pgfleet.audit_chain_head SET sequence = $1, hash = $2")
-        .bind(last.sequence)
-        .bind(&last.hash)
-        .execute(&mut *connection)
-        .await?;
     Ok(appended)
 }
 

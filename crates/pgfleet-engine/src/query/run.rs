@@ -203,8 +203,8 @@ async fn run_on_target<E: RowEncoder>(
     cancel: CancellationToken,
 ) -> TargetOutcome {
     let started = Instant::now();
-    let mut checkout = match acquire(registry, plan, target, &cancel).await {
-        Ok(checkout) => checkout,
+    let (mut checkout, set_up) = match begin(registry, plan, target, access, &cancel).await {
+        Ok(begun) => begun,
         Err(None) => return cancelled_outcome(started, None, String::new()),
         Err(Some(failure)) => {
             return TargetOutcome {
@@ -243,16 +243,32 @@ async fn run_on_target<E: RowEncoder>(
 
     let commit_sent = AtomicBool::new(false);
     let rows = AtomicU64::new(0);
-    let run = run_to_the_end::<E>(
-        &server,
-        checkout.connection_mut(),
-        plan,
-        access,
-        sink,
-        &cancel,
-        (&commit_sent, &rows),
-    )
-    .await;
+    let run = match set_up {
+        Ok(set_up) => {
+            run_to_the_end::<E>(
+                &server,
+                checkout.connection_mut(),
+                (plan, set_up),
+                access,
+                sink,
+                &cancel,
+                (&commit_sent, &rows),
+            )
+            .await
+        }
+        // The caller's statement failed in the set-up's message: the
+        // connection is as after any failed statement.
+        Err(stop @ Stop::Statement { .. }) => Run {
+            result: Err(stop),
+            completed: true,
+            backend: None,
+        },
+        Err(stop) => Run {
+            result: Err(stop),
+            completed: false,
+            backend: None,
+        },
+    };
     let over_budget = matches!(run.result, Err(Stop::Budget { .. }));
     if over_budget && let Some(pid) = run.backend {
         // The statement may still be producing rows nobody will read: stop
@@ -263,7 +279,13 @@ async fn run_on_target<E: RowEncoder>(
     // PostgreSQL rolls the transaction back.
     let reusable = run.completed
         && !over_budget
-        && reset(checkout.connection_mut(), run.result.is_ok(), cached_before).await;
+        && reset(
+            checkout.connection_mut(),
+            run.result.is_ok(),
+            cached_before,
+            commits_with_reset(plan, access),
+        )
+        .await;
     let mut outcome = match run.result {
         Ok(()) => TargetOutcome {
             success: true,
@@ -291,6 +313,40 @@ async fn run_on_target<E: RowEncoder>(
         let _ = checkout.connection.detach().close().await;
     }
     outcome
+}
+
+/// A connection for `plan` on `target` with its transaction set up
+/// ([`set_up`], which also says which backend runs it); `Err(None)` when
+/// cancelled first.
+///
+/// Pools check only connections that sat idle (`check_after_idle`), so a
+/// pooled connection may turn out broken here, at the first message. Nothing
+/// of the plan has run then (and nothing commits without `COMMIT`): the
+/// connection is closed and another taken, at most once per connection the
+/// pool can hold, after which the pool has had to open a new one.
+async fn begin(
+    registry: &Registry,
+    plan: &Plan,
+    target: &Target,
+    access: Access,
+    cancel: &CancellationToken,
+) -> Result<(Checkout, Result<SetUp, Stop>), Option<TargetFailure>> {
+    let schema = plan.schema_for(target);
+    let mut replaced: u32 = 0;
+    loop {
+        let mut checkout = acquire(registry, plan, target, cancel).await?;
+        let set_up = set_up(checkout.connection_mut(), plan, access, &schema).await;
+        let broken = set_up.as_ref().is_err_and(Stop::lost_connection);
+        let may_replace = registry
+            .pool_of(target, &checkout.member, checkout.reader_login)
+            .is_some_and(|pool| replaced < pool.options().get_max_connections());
+        if !(broken && may_replace) || cancel.is_cancelled() {
+            return Ok((checkout, set_up));
+        }
+        tracing::debug!(%target, "a pooled connection was broken before the call began on it; replacing it");
+        let _ = checkout.connection.detach().close().await;
+        replaced += 1;
+    }
 }
 
 /// A connection for `plan` on `target`: `Err(None)` when cancelled first.
@@ -382,24 +438,14 @@ struct Run {
 async fn run_to_the_end<E: RowEncoder>(
     server: &Server<'_>,
     connection: &mut PgConnection,
-    plan: &Plan,
+    (plan, set_up): (&Plan, SetUp),
     access: Access,
     sink: &EventSink<E::Row>,
     cancel: &CancellationToken,
     (commit_sent, rows): (&AtomicBool, &AtomicU64),
 ) -> Run {
-    let schema = plan.schema_for(server.target);
-    let backend_pid = match set_up(connection, plan, access, &schema).await {
-        Ok(pid) => pid,
-        Err(error) => {
-            return Run {
-                result: Err(Stop::Setup(error)),
-                completed: false,
-                backend: None,
-            };
-        }
-    };
-    let work = run_statements::<E>(connection, plan, access, sink, (commit_sent, rows));
+    let backend_pid = set_up.backend_pid;
+    let work = run_statements::<E>(connection, (plan, set_up), access, sink, (commit_sent, rows));
     tokio::pin!(work);
     // A backstop: statement_timeout should fire first.
     let deadline = tokio::time::sleep(plan.timeout + Duration::from_secs(1));
@@ -445,6 +491,15 @@ async fn run_to_the_end<E: RowEncoder>(
     }
 }
 
+/// What [`set_up`] did on the connection.
+#[derive(Debug, Clone, Copy)]
+struct SetUp {
+    /// The backend running the call (to cancel its statement).
+    backend_pid: i32,
+    /// The first statement's cursor is declared already.
+    declared_first: bool,
+}
+
 /// Begins the transaction, sets `statement_timeout` and `search_path` (local
 /// to the transaction when there is one; otherwise for the session, which
 /// the reset undoes afterwards) and learns the backend's pid, in one
@@ -452,30 +507,82 @@ async fn run_to_the_end<E: RowEncoder>(
 /// six. No value in it comes from the caller unquoted: the timeout is a
 /// number and the schema a string literal that PostgreSQL quotes as an
 /// identifier.
+///
+/// When the first statement is a plain read without parameters, the same
+/// message also declares its cursor ([`first_declared_here`]): the
+/// extended protocol would take two more round trips (sqlx describes a
+/// statement before it binds it). The caller's text is one statement the
+/// validator parsed whole, after `BEGIN READ ONLY` (or the audited `BEGIN`)
+/// and the settings, so it runs exactly as the cursor's own `DECLARE` would;
+/// its errors, with their positions, are the statement's.
 async fn set_up(
     connection: &mut PgConnection,
     plan: &Plan,
     access: Access,
     schema: &str,
-) -> Result<i32, sqlx::Error> {
+) -> Result<SetUp, Stop> {
     let begin = match (plan.transactional, access) {
         (false, _) => "",
         (true, Access::ReadWrite | Access::Prepare(_)) => "BEGIN; ",
         (true, Access::ReadOnly | Access::Refused) => "BEGIN READ ONLY; ",
     };
-    let schema = string_literal(schema)
-        .ok_or_else(|| sqlx::Error::Protocol("the schema name contains a NUL character".to_owned()))?;
+    let schema = string_literal(schema).ok_or_else(|| {
+        Stop::Setup(sqlx::Error::Protocol(
+            "the schema name contains a NUL character".to_owned(),
+        ))
+    })?;
     let timeout_ms = plan.timeout.as_millis();
     let local = plan.transactional;
-    let setup = format!(
+    let mut setup = format!(
         "{begin}SELECT pg_catalog.pg_backend_pid(), \
          pg_catalog.set_config('statement_timeout', '{timeout_ms}', {local}), \
          pg_catalog.set_config('search_path', pg_catalog.quote_ident({schema}), {local})"
     );
-    let row = sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
-        .fetch_one(&mut *connection)
-        .await?;
-    row.try_get(0)
+    let first = first_declared_here(plan);
+    let mut shift = 0;
+    if let Some(first) = first {
+        setup.push_str("; ");
+        setup.push_str(&declare_prefix());
+        shift = u32::try_from(setup.chars().count()).unwrap_or(0);
+        setup.push_str(&first.text);
+    }
+    // Every result read (not `fetch_one`): an error of the DECLARE comes
+    // after the settings' row.
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(setup))
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(|error| match (first, &error) {
+            (Some(first), sqlx::Error::Database(_)) => Stop::Statement {
+                index: first.index,
+                error,
+                shift,
+            },
+            _ => Stop::Setup(error),
+        })?;
+    let backend_pid = rows
+        .first()
+        .ok_or(sqlx::Error::RowNotFound)
+        .and_then(|row| row.try_get(0))
+        .map_err(Stop::Setup)?;
+    Ok(SetUp {
+        backend_pid,
+        declared_first: first.is_some(),
+    })
+}
+
+/// The first statement, when [`set_up`] declares its cursor: a plain read
+/// in a transaction, with no parameters and no `$` in its text (a `$1`
+/// without parameters is refused differently by the simple protocol; a
+/// dollar-quoted text simply takes the usual path).
+fn first_declared_here(plan: &Plan) -> Option<&PlannedStatement> {
+    let first = plan.statements.first()?;
+    (plan.transactional && first.cursorable && first.params.is_empty() && !first.text.contains('$'))
+        .then_some(first)
+}
+
+/// The text put before a statement to declare its cursor.
+fn declare_prefix() -> String {
+    format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR ")
 }
 
 /// `text` as an SQL string literal in escape syntax (`E'...'`, as libpq's
@@ -504,31 +611,45 @@ fn string_literal(text: &str) -> Option<String> {
 /// locks, cursors, temp tables, a caller's prepared statements, and every
 /// statement sqlx prepared during the call). False when the connection must
 /// not be reused.
-async fn reset(connection: &mut PgConnection, succeeded: bool, cached_before: usize) -> bool {
+async fn reset(
+    connection: &mut PgConnection,
+    succeeded: bool,
+    cached_before: usize,
+    commit_read_only: bool,
+) -> bool {
     if !succeeded {
         // Harmless outside a transaction (a warning only).
         if sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await.is_err() {
             return false;
         }
     }
-    pgfleet_registry::reset_session(connection, cached_before).await
+    pgfleet_registry::reset_session(connection, cached_before, succeeded && commit_read_only).await
+}
+
+/// A `READ ONLY` transaction is committed by the reset's own message (one
+/// round trip for both; see [`pgfleet_registry::reset_session`]): its rows
+/// are all read by then, and its `COMMIT` decides nothing.
+fn commits_with_reset(plan: &Plan, access: Access) -> bool {
+    plan.transactional && access == Access::ReadOnly
 }
 
 /// Runs every statement of the plan, in one transaction unless the plan says
 /// otherwise.
 async fn run_statements<E: RowEncoder>(
     connection: &mut PgConnection,
-    plan: &Plan,
+    (plan, set_up): (&Plan, SetUp),
     access: Access,
     sink: &EventSink<E::Row>,
     (commit_sent, rows): (&AtomicBool, &AtomicU64),
 ) -> Result<(), Stop> {
-    // `set_up` began the transaction.
-    for statement in &plan.statements {
-        let done = run_statement::<E>(connection, plan, statement, sink).await?;
+    // `set_up` began the transaction (and may have declared the first
+    // statement's cursor).
+    for (position, statement) in plan.statements.iter().enumerate() {
+        let declared = position == 0 && set_up.declared_first;
+        let done = run_statement::<E>(connection, plan, (statement, declared), sink).await?;
         rows.fetch_add(done, Ordering::Relaxed);
     }
-    if plan.transactional {
+    if plan.transactional && !commits_with_reset(plan, access) {
         // PREPARE, like COMMIT, may have taken effect if the connection is
         // lost once it was sent: the same "outcome unknown".
         let end = match access {
@@ -553,14 +674,19 @@ async fn run_statements<E: RowEncoder>(
 async fn run_statement<E: RowEncoder>(
     connection: &mut PgConnection,
     plan: &Plan,
-    statement: &PlannedStatement,
+    (statement, declared): (&PlannedStatement, bool),
     sink: &EventSink<E::Row>,
 ) -> Result<u64, Stop> {
     let index = statement.index;
     let started = Instant::now();
     let (arguments, types) = bind_params(connection, statement).await?;
     let (tag, rows_affected, truncated) = if statement.cursorable {
-        read_through_cursor::<E>(connection, plan, statement, arguments, sink).await?
+        let cursor = if declared {
+            Cursor::Declared
+        } else {
+            Cursor::Declare(arguments)
+        };
+        read_through_cursor::<E>(connection, plan, statement, cursor, sink).await?
     } else {
         read_direct::<E>(connection, plan, statement, arguments, &types, sink).await?
     };
@@ -611,14 +737,27 @@ impl Held {
     }
 }
 
+/// Whether a read's cursor is still to declare.
+enum Cursor {
+    /// Declared by [`set_up`] in its message.
+    Declared,
+    /// To declare with these arguments.
+    Declare(PgArguments),
+}
+
 /// A plain read: DECLARE a cursor and FETCH it in batches whose row count
 /// follows the size of the rows seen, each row admitted under the budgets
 /// as it arrives.
+///
+/// Neither the caller's text nor the FETCH is kept prepared under a name
+/// (`persistent(false)`: the unnamed statement, which the reset's simple
+/// query destroys): a named one would outlive the call, and a FETCH's
+/// description is the cursor's, different on the next call.
 async fn read_through_cursor<E: RowEncoder>(
     connection: &mut PgConnection,
     plan: &Plan,
     statement: &PlannedStatement,
-    arguments: PgArguments,
+    cursor: Cursor,
     sink: &EventSink<E::Row>,
 ) -> Result<(String, u64, bool), Stop> {
     let index = statement.index;
@@ -629,15 +768,18 @@ async fn read_through_cursor<E: RowEncoder>(
     };
     let over = |exceeded| Stop::Budget { index, exceeded };
     let budgets = &plan.budgets;
-    let prefix = format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR ");
-    let shift = u32::try_from(prefix.chars().count()).unwrap_or(0);
-    sqlx::query_with(
-        sqlx::AssertSqlSafe(format!("{prefix}{}", statement.text)),
-        arguments,
-    )
-    .execute(&mut *connection)
-    .await
-    .map_err(|error| Stop::Statement { index, error, shift })?;
+    if let Cursor::Declare(arguments) = cursor {
+        let prefix = declare_prefix();
+        let shift = u32::try_from(prefix.chars().count()).unwrap_or(0);
+        sqlx::query_with(
+            sqlx::AssertSqlSafe(format!("{prefix}{}", statement.text)),
+            arguments,
+        )
+        .persistent(false)
+        .execute(&mut *connection)
+        .await
+        .map_err(|error| Stop::Statement { index, error, shift })?;
+    }
     let mut shape: Option<ResultShape> = None;
     let mut total: u64 = 0;
     let mut truncated = false;
@@ -649,7 +791,9 @@ async fn read_through_cursor<E: RowEncoder>(
         {
             // Row by row, not fetch_all: a row past a budget stops the read
             // before the next one is held.
-            let mut stream = sqlx::query(sqlx::AssertSqlSafe(fetch_sql.clone())).fetch(&mut *connection);
+            let mut stream = sqlx::query(sqlx::AssertSqlSafe(fetch_sql.clone()))
+                .persistent(false)
+                .fetch(&mut *connection);
             while let Some(row) = stream.try_next().await.map_err(fail)? {
                 largest = largest.max(held.push(row, budgets).map_err(over)?);
             }
@@ -763,7 +907,9 @@ async fn read_direct<E: RowEncoder>(
         // fetch_many sees both rows and counts. Its deprecation is about
         // several statements in one text, which pgfleet never sends.
         #[allow(deprecated)]
+        // Unnamed, like a cursor's text (see `read_through_cursor`).
         let mut results = sqlx::query_with(sqlx::AssertSqlSafe(statement.text.clone()), arguments)
+            .persistent(false)
             .fetch_many(&mut *connection);
         while let Some(item) = results.try_next().await.map_err(fail)? {
             let row = match item {

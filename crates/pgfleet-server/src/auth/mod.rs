@@ -7,6 +7,8 @@
 //! - [`throttle`]: login throttling (backoff per username and address,
 //!   limit per address, slow-down and alert per username; no lockout).
 //! - [`users`], [`api_keys`]: the accounts in the history store.
+//! - [`user_cache`]: users as last read, per replica, valid while the
+//!   session store's users version is unchanged.
 //! - [`passwords`]: policy and bcrypt hashing off the async runtime.
 
 pub mod access;
@@ -18,9 +20,11 @@ pub mod gate;
 pub mod passwords;
 pub mod sessions;
 pub mod throttle;
+pub mod user_cache;
 pub mod users;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::HeaderMap;
 use pgfleet_config::AuthConfig;
@@ -34,7 +38,8 @@ use self::api_keys::{ApiKeyStore, KeyCheck};
 use self::credentials::Credential;
 use self::passwords::PasswordHasher;
 use self::throttle::LoginThrottle;
-use self::users::{NewUser, UserRecord, UserStore};
+use self::user_cache::{CachedUser, UserCache};
+use self::users::{NewUser, StandingChange, UserRecord, UserStore};
 use crate::telemetry::metrics::RefusalReason;
 use pgfleet_engine::identity::{Identity, Principal, Role};
 
@@ -55,6 +60,8 @@ pub struct Authenticator {
     pub passwords: PasswordHasher,
     pub throttle: LoginThrottle,
     pub settings: AuthConfig,
+    /// Users as the gate last read them (see [`user_cache`]).
+    user_cache: UserCache,
 }
 
 impl Authenticator {
@@ -71,8 +78,64 @@ impl Authenticator {
             sessions,
             passwords,
             throttle: LoginThrottle::new(&settings),
+            user_cache: UserCache::new(settings.user_cache_ttl),
             settings,
         }))
+    }
+
+    /// Sets `active` on one user ([`UserStore::set_active`]), so that every
+    /// replica sees it on its next call.
+    pub async fn set_active(&self, username: &str, active: bool) -> Result<StandingChange, AuthError> {
+        self.change_user(self.users.set_active(username, active)).await
+    }
+
+    /// Changes one user's role ([`UserStore::set_role`]), so that every
+    /// replica sees it on its next call.
+    pub async fn set_role(&self, username: &str, role: Role) -> Result<StandingChange, AuthError> {
+        self.change_user(self.users.set_role(username, role)).await
+    }
+
+    /// Runs `change` between marking the users version as changing and
+    /// replacing it ([`user_cache`] says why both). No marker, no change:
+    /// a replica could otherwise keep serving what it cached.
+    async fn change_user(
+        &self,
+        change: impl Future<Output = Result<StandingChange, AuthError>>,
+    ) -> Result<StandingChange, AuthError> {
+        self.sessions.begin_user_change().await?;
+        let changed = change.await;
+        self.user_cache.clear();
+        if let Err(error) = self.sessions.end_user_change().await {
+            // Committed, and the marker stays until it expires: every
+            // replica reads users from the store until then.
+            tracing::warn!(%error, "could not record the end of a user change; replicas read users from the store until its marker expires");
+        }
+        changed
+    }
+
+    /// The user behind a session: from this replica's cache when `version`
+    /// allows, otherwise from the store (and cached when active).
+    async fn session_user(
+        &self,
+        user_id: uuid::Uuid,
+        version: &user_cache::UsersVersion,
+    ) -> Result<Result<CachedUser, Option<UserRecord>>, AuthError> {
+        if let Some(user) = self.user_cache.get(user_id, version) {
+            return Ok(Ok(user));
+        }
+        let read_at = Instant::now();
+        match self.users.by_id(user_id).await? {
+            Some(user) if user.active => {
+                let cached = CachedUser {
+                    id: user.id,
+                    role: user.role(),
+                    username: user.username,
+                };
+                self.user_cache.put(version, cached.clone(), read_at);
+                Ok(Ok(cached))
+            }
+            gone_or_inactive => Ok(Err(gone_or_inactive)),
+        }
     }
 
     /// Checks every field of `spec`, hashes the password and stores the user.
@@ -139,7 +202,7 @@ impl Authenticator {
                     .settings
                     .sliding_sessions
                     .then_some(self.settings.session_ttl);
-                let session = self
+                let (session, users_version) = self
                     .sessions
                     .get(&token.session_id(), renew)
                     .await
@@ -148,9 +211,9 @@ impl Authenticator {
                         AuthError::Unauthenticated("session expired or unknown; log in again"),
                         RefusalReason::InvalidSession,
                     ))?;
-                let user = match self.users.by_id(session.user_id).await? {
-                    Some(user) if user.active => user,
-                    gone_or_inactive => {
+                let user = match self.session_user(session.user_id, &users_version).await? {
+                    Ok(user) => user,
+                    Err(gone_or_inactive) => {
                         // Deactivated (or deleted) since login: end the
                         // session here too, in case the bulk deletion missed it.
                         self.sessions.delete(&session).await.map_err(AuthError::from)?;
@@ -165,7 +228,7 @@ impl Authenticator {
                     }
                 };
                 Ok(Identity {
-                    role: user.role(),
+                    role: user.role,
                     principal: Principal::User {
                         id: user.id,
                         username: user.username,

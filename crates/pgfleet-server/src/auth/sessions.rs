@@ -4,7 +4,10 @@
 //! Sessions are stored under the SHA-256 of their token with a TTL, plus a
 //! per-user set of session ids so deactivation and password resets can end
 //! all of a user's sessions at once. Nothing here decides who a user is or
-//! which role they hold: that is read fresh from PostgreSQL on every call.
+//! which role they hold: that is in PostgreSQL. The store keeps the users
+//! version beside the sessions, read with each session and replaced after
+//! every change of a role or standing, which tells each replica when the
+//! users it read before are out of date (see [`super::user_cache`]).
 //!
 //! Login counters ([`SessionStore::admit_login`]) are checked and updated
 //! in one step (a Lua script in Redis, one mutex in memory), so concurrent
@@ -24,6 +27,7 @@ use uuid::Uuid;
 
 use super::SessionStoreError;
 use super::credentials::SessionToken;
+use super::user_cache::UsersVersion;
 use crate::redis_pool::RedisPool;
 
 /// A live session (the engine's type: an [`Identity`](pgfleet_engine::identity::Identity) carries it).
@@ -145,16 +149,42 @@ impl SessionStore {
         Ok((token, session))
     }
 
-    /// The live session stored under `session_id`; with `renew`, its
-    /// lifetime starts over (sliding sessions).
+    /// The live session stored under `session_id`, with the users version
+    /// read in the same round trip; with `renew`, its lifetime starts over
+    /// (sliding sessions).
     pub async fn get(
         &self,
         session_id: &str,
         renew: Option<Duration>,
-    ) -> Result<Option<Session>, SessionStoreError> {
+    ) -> Result<Option<(Session, UsersVersion)>, SessionStoreError> {
         match self {
             SessionStore::Redis(redis) => redis.get(session_id, renew).await,
             SessionStore::Memory(memory) => Ok(memory.get(session_id, renew)),
+        }
+    }
+
+    /// Marks the users version as changing, before a user's role or
+    /// standing changes: until [`SessionStore::end_user_change`] (or
+    /// [`USERS_CHANGE_MARKER_TTL`]), no replica trusts a user it read
+    /// before. An error means no change may be made.
+    pub async fn begin_user_change(&self) -> Result<(), SessionStoreError> {
+        match self {
+            SessionStore::Redis(redis) => redis.set_users_version(true).await,
+            SessionStore::Memory(memory) => {
+                memory.change_users(true);
+                Ok(())
+            }
+        }
+    }
+
+    /// Replaces the users version once the change committed (or failed).
+    pub async fn end_user_change(&self) -> Result<(), SessionStoreError> {
+        match self {
+            SessionStore::Redis(redis) => redis.set_users_version(false).await,
+            SessionStore::Memory(memory) => {
+                memory.change_users(false);
+                Ok(())
+            }
         }
     }
 
@@ -249,6 +279,14 @@ end
 return 0
 ";
 
+/// How long the "changing" users version lasts when the replica making a
+/// change never replaces it (it died, or Redis was cut): the longest a
+/// change can take, after which replicas cache users again.
+pub const USERS_CHANGE_MARKER_TTL: Duration = Duration::from_secs(60);
+
+/// The prefix of a users version that marks a change under way.
+const CHANGING: &str = "changing:";
+
 /// What is stored under a session key (the id is the key itself).
 #[derive(Serialize, Deserialize)]
 struct StoredSession {
@@ -269,6 +307,34 @@ impl RedisSessions {
 
     fn user_sessions_key(&self, user_id: Uuid) -> String {
         format!("{}user-sessions:{user_id}", self.prefix)
+    }
+
+    fn users_version_key(&self) -> String {
+        format!("{}users-version", self.prefix)
+    }
+
+    /// A fresh users version (random, so a Redis restored from an older
+    /// snapshot can never bring back a value a cache holds), or the marker
+    /// of a change under way, which expires.
+    async fn set_users_version(&self, changing: bool) -> Result<(), SessionStoreError> {
+        let fresh = Uuid::new_v4();
+        let mut pipeline = redis::pipe();
+        if changing {
+            pipeline
+                .cmd("SET")
+                .arg(self.users_version_key())
+                .arg(format!("{CHANGING}{fresh}"))
+                .arg("PX")
+                .arg(millis(USERS_CHANGE_MARKER_TTL))
+                .ignore();
+        } else {
+            pipeline
+                .cmd("SET")
+                .arg(self.users_version_key())
+                .arg(fresh.to_string())
+                .ignore();
+        }
+        self.run::<()>(&pipeline).await
     }
 
     /// The four keys of the login scripts, in their order.
@@ -322,17 +388,28 @@ impl RedisSessions {
         &self,
         session_id: &str,
         renew: Option<Duration>,
-    ) -> Result<Option<Session>, SessionStoreError> {
+    ) -> Result<Option<(Session, UsersVersion)>, SessionStoreError> {
         let key = self.session_key(session_id);
         let mut pipeline = redis::pipe();
         if let Some(ttl) = renew {
             // PEXPIRE XX-like: on a missing key it is a no-op.
             pipeline.cmd("PEXPIRE").arg(&key).arg(millis(ttl)).ignore();
         }
-        pipeline.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
-        let (value, ttl_ms): (Option<String>, i64) = self.run(&pipeline).await?;
+        pipeline
+            .cmd("GET")
+            .arg(&key)
+            .cmd("PTTL")
+            .arg(&key)
+            .cmd("GET")
+            .arg(self.users_version_key());
+        let (value, ttl_ms, version): (Option<String>, i64, Option<String>) = self.run(&pipeline).await?;
         let Some(value) = value else {
             return Ok(None);
+        };
+        let version = match version {
+            Some(version) if version.starts_with(CHANGING) => UsersVersion::Changing,
+            // Never set (or lost with Redis' data): a version like any other.
+            version => UsersVersion::Current(version.unwrap_or_default()),
         };
         let stored: StoredSession = serde_json::from_str(&value)?;
         if let Some(ttl) = renew {
@@ -350,12 +427,13 @@ impl RedisSessions {
             }
         }
         let remaining = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
-        Ok(Some(Session {
+        let session = Session {
             id: session_id.to_owned(),
             user_id: stored.user_id,
             created_at: stored.created_at,
             expires_at: Utc::now() + remaining,
-        }))
+        };
+        Ok(Some((session, version)))
     }
 
     async fn delete(&self, session: &Session) -> Result<(), SessionStoreError> {
@@ -459,6 +537,10 @@ struct MemoryState {
     by_user: HashMap<Uuid, HashSet<String>>,
     /// Boxed: it is only used by Login, and keeps the store enum small.
     login: Box<LoginCounters>,
+    /// The users version: bumped at the start and the end of each change.
+    users_version: u64,
+    /// Changes under way.
+    users_changing: u32,
 }
 
 /// The in-memory twin of the Redis login keys.
@@ -567,9 +649,14 @@ impl MemorySessions {
             .insert(session.id.clone(), (session.clone(), now + ttl));
     }
 
-    fn get(&self, session_id: &str, renew: Option<Duration>) -> Option<Session> {
+    fn get(&self, session_id: &str, renew: Option<Duration>) -> Option<(Session, UsersVersion)> {
         let now = Instant::now();
         let mut state = self.lock();
+        let version = if state.users_changing > 0 {
+            UsersVersion::Changing
+        } else {
+            UsersVersion::Current(state.users_version.to_string())
+        };
         let (session, deadline) = state.sessions.get_mut(session_id)?;
         if *deadline <= now {
             state.sessions.remove(session_id);
@@ -579,7 +666,17 @@ impl MemorySessions {
             *deadline = now + ttl;
             session.expires_at = Utc::now() + ttl;
         }
-        Some(session.clone())
+        Some((session.clone(), version))
+    }
+
+    fn change_users(&self, begins: bool) {
+        let mut state = self.lock();
+        state.users_version += 1;
+        if begins {
+            state.users_changing += 1;
+        } else {
+            state.users_changing = state.users_changing.saturating_sub(1);
+        }
     }
 
     fn delete(&self, session_id: &str) {
@@ -677,7 +774,7 @@ mod tests {
                 .get(&token.session_id(), None)
                 .await
                 .expect("get")
-                .map(|s| s.user_id),
+                .map(|(session, _)| session.user_id),
             Some(alice)
         );
         assert_eq!(
@@ -811,15 +908,55 @@ mod tests {
         login_counters_follow_the_rules(&SessionStore::memory()).await;
     }
 
-    #[tokio::test]
-    async fn redis_login_counters_follow_the_same_rules() {
+    fn redis_store() -> SessionStore {
         let config = RedisConfig {
             url: pgfleet_config::Secret::new(pgfleet_testkit::redis_url()),
             key_prefix: format!("unit-{}:", Uuid::new_v4().simple()),
             max_connections: 2,
             connect_timeout: Duration::from_secs(2),
         };
-        let store = SessionStore::redis(&config).expect("redis store");
-        login_counters_follow_the_rules(&store).await;
+        SessionStore::redis(&config).expect("redis store")
+    }
+
+    #[tokio::test]
+    async fn redis_login_counters_follow_the_same_rules() {
+        login_counters_follow_the_rules(&redis_store()).await;
+    }
+
+    /// The users version a session is read with: the same until a change
+    /// begins, "changing" while it runs, a value never seen before once it
+    /// ended; both stores.
+    async fn users_version_follows_changes(store: &SessionStore) {
+        let (_, session) = store
+            .create(Uuid::new_v4(), Duration::from_secs(60))
+            .await
+            .expect("create");
+        let version = async || {
+            store
+                .get(&session.id, None)
+                .await
+                .expect("get")
+                .expect("live session")
+                .1
+        };
+        let first = version().await;
+        assert!(matches!(first, UsersVersion::Current(_)));
+        assert_eq!(version().await, first, "unchanged between calls");
+        store.begin_user_change().await.expect("begin");
+        assert_eq!(version().await, UsersVersion::Changing);
+        store.end_user_change().await.expect("end");
+        let second = version().await;
+        assert!(matches!(second, UsersVersion::Current(_)));
+        assert_ne!(second, first);
+    }
+
+    #[tokio::test]
+    async fn memory_users_version_follows_changes() {
+        users_version_follows_changes(&SessionStore::memory()).await;
+    }
+
+    #[tokio::test]
+    async fn redis_users_version_follows_changes() {
+        users_version_follows_changes(&redis_store()).await;
     }
 }

@@ -1,7 +1,10 @@
 //! Users in the history store (`pgfleet.users`).
 //!
-//! Role and active flag are read from here on every authenticated call, so a
-//! change made through any replica applies to the very next call everywhere.
+//! Role and active flag are read from here by the auth gate whenever its
+//! per-replica cache may be out of date (`super::user_cache`), so a change
+//! made through any replica applies to the very next call everywhere. Change
+//! them through `Authenticator::set_role`/`set_active`, which tell the other
+//! replicas.
 //! Changes that could remove the last active MASTER take a transaction-level
 //! advisory lock first, so two concurrent demotions cannot both succeed.
 //! A change that ends a user's standing as an active MASTER revokes the API

@@ -168,8 +168,9 @@ impl AuthService {
     }
 
     /// Ends all sessions of a user after a change that must lock them out.
-    /// The change itself is already effective (every call re-reads the
-    /// user), so a session store outage here is logged, not fatal.
+    /// The change itself is already effective (every replica re-reads the
+    /// user once the users version moved), so a session store outage here
+    /// is logged, not fatal.
     async fn end_sessions(&self, user_id: Uuid, keep: Option<&str>) {
         if let Err(error) = self.auth.sessions.delete_user_sessions(user_id, keep).await {
             tracing::warn!(%error, %user_id, "could not delete the user's sessions");
@@ -197,7 +198,7 @@ impl AuthService {
                 username: requested,
                 ..Default::default()
             };
-            match self.auth.users.set_active(&username, active).await? {
+            match self.auth.set_active(&username, active).await? {
                 StandingChange::Done { user, revoked_keys } => {
                     if !active {
                         self.end_sessions(user.id, None).await;
@@ -606,7 +607,7 @@ impl auth_service_server::AuthService for AuthService {
         let request = request.into_inner();
         let username = normalize_username("username", &request.username)?;
         let role = required_role("role", request.role)?;
-        match self.auth.users.set_role(&username, role).await? {
+        match self.auth.set_role(&username, role).await? {
             StandingChange::Done { user, revoked_keys } => {
                 tracing::info!(%username, %role, by = %identity.label(), revoked_keys, "role changed");
                 Ok(Response::new(pb::ChangeRoleResponse {
