@@ -1,0 +1,124 @@
+//! Where `analyze`'s time goes, beside `pg_query::parse` alone (issue #19's
+//! "validator" row: statements/s through `analyze` / through `pg_query::parse`).
+//!
+//! Every function runs over the same five texts as the server bench's
+//! `VALIDATED` (crates/pgfleet-server/benches/query.rs), so criterion's
+//! elements/s are statements/s and the rows compare directly:
+//! - `pg_query_parse`: the baseline, `pg_query::parse` on the bench thread;
+//! - `analyze`, `parse` and `fingerprint`: this crate's entry points;
+//! - `pg_query_scan`, `pg_query_scan_tokens`, `pg_query_fingerprint`,
+//!   `pg_query_normalize`: the other libpg_query passes `analyze` makes;
+//! - `hop`: an empty round trip to a thread of its own over the same kind of
+//!   channels `engine.rs` used for its parser thread (what a text paid to
+//!   get there and back before any parsing).
+//!
+//! `cargo bench -p pgfleet-sqlcheck --bench analyze`
+
+use std::hint::black_box;
+use std::sync::mpsc;
+use std::thread;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// The server bench's `VALIDATED`, copied.
+const VALIDATED: &[&str] = &[
+    "SELECT id, name FROM users WHERE id = 42",
+    "SELECT c.name, sum(o.total) FROM customers c JOIN orders o ON o.customer_id = c.id \
+     WHERE o.created_at > now() - interval '7 days' GROUP BY c.name ORDER BY 2 DESC LIMIT 10",
+    "INSERT INTO audit (who, what) VALUES (current_user, 'bench') ON CONFLICT DO NOTHING",
+    "UPDATE accounts SET balance = balance - 10 WHERE id = 7 RETURNING balance",
+    "WITH moved AS (DELETE FROM queue WHERE run_at < now() RETURNING *) \
+     INSERT INTO queue_archive SELECT * FROM moved",
+];
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread that runs jobs sent to it, as `engine.rs`'s parser thread did.
+fn hop_thread() -> mpsc::Sender<Job> {
+    let (jobs, inbox) = mpsc::channel::<Job>();
+    thread::Builder::new()
+        .name("bench-hop".into())
+        .stack_size(64 * 1024 * 1024)
+        .spawn(move || {
+            for job in inbox {
+                job();
+            }
+        })
+        .expect("the hop thread starts");
+    jobs
+}
+
+fn each_text(work: impl Fn(&'static str)) -> impl Fn() {
+    move || {
+        for text in VALIDATED {
+            work(black_box(text));
+        }
+    }
+}
+
+fn analyze(c: &mut Criterion) {
+    let mut group = c.benchmark_group("validated");
+    group.throughput(Throughput::Elements(VALIDATED.len() as u64));
+
+    let run = each_text(|text| {
+        black_box(pg_query::parse(text, 0).expect("valid SQL"));
+    });
+    group.bench_function("pg_query_parse", |b| b.iter(&run));
+
+    let run = each_text(|text| {
+        black_box(pgfleet_sqlcheck::analyze(text).expect("valid SQL"));
+    });
+    group.bench_function("analyze", |b| b.iter(&run));
+
+    let run = each_text(|text| {
+        black_box(pgfleet_sqlcheck::parse(text).expect("valid SQL"));
+    });
+    group.bench_function("parse", |b| b.iter(&run));
+
+    let run = each_text(|text| {
+        black_box(pgfleet_sqlcheck::fingerprint(text).expect("valid SQL"));
+    });
+    group.bench_function("fingerprint", |b| b.iter(&run));
+
+    let run = each_text(|text| {
+        black_box(pg_query::scan(text).expect("valid SQL"));
+    });
+    group.bench_function("pg_query_scan", |b| b.iter(&run));
+
+    let run = each_text(|text| {
+        black_box(pg_query::scan_tokens(text).expect("valid SQL"));
+    });
+    group.bench_function("pg_query_scan_tokens", |b| b.iter(&run));
+
+    let run = each_text(|text| {
+        black_box(pg_query::fingerprint(text, 0, 0).expect("valid SQL"));
+    });
+    group.bench_function("pg_query_fingerprint", |b| b.iter(&run));
+
+    let run = each_text(|text| {
+        black_box(pg_query::normalize(text).expect("valid SQL"));
+    });
+    group.bench_function("pg_query_normalize", |b| b.iter(&run));
+
+    let jobs = hop_thread();
+    let run = each_text(|text| {
+        let (reply, answer) = mpsc::sync_channel(1);
+        jobs.send(Box::new(move || {
+            let _ = reply.send(text.len());
+        }))
+        .expect("the hop thread runs");
+        black_box(answer.recv().expect("the hop thread answers"));
+    });
+    group.bench_function("hop", |b| b.iter(&run));
+
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = analyze
+}
+criterion_main!(benches);
