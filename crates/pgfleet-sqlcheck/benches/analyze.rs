@@ -5,7 +5,10 @@
 //! `VALIDATED` (crates/pgfleet-server/benches/query.rs), so criterion's
 //! elements/s are statements/s and the rows compare directly:
 //! - `pg_query_parse`: the baseline, `pg_query::parse` on the bench thread;
-//! - `analyze`, `parse` and `fingerprint`: this crate's entry points;
+//! - `analyze`, `parse` and `fingerprint`: this crate's entry points, from
+//!   the bench's main thread (8 MiB of stack: libpg_query runs on it);
+//! - `analyze_from_2mib_thread`: `analyze` from a thread with tokio's 2 MiB
+//!   stack, which hands every text to the crate's parser thread;
 //! - `pg_query_scan`, `pg_query_scan_tokens`, `pg_query_fingerprint`,
 //!   `pg_query_normalize`: the other libpg_query passes `analyze` makes;
 //! - `hop`: an empty round trip to a thread of its own over the same kind of
@@ -17,6 +20,7 @@
 use std::hint::black_box;
 use std::sync::mpsc;
 use std::thread;
+use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -69,6 +73,27 @@ fn analyze(c: &mut Criterion) {
         black_box(pgfleet_sqlcheck::analyze(text).expect("valid SQL"));
     });
     group.bench_function("analyze", |b| b.iter(&run));
+
+    // From a thread with tokio's 2 MiB stack: too little to run libpg_query
+    // on, so every text goes to the crate's parser thread and back.
+    group.bench_function("analyze_from_2mib_thread", |b| {
+        b.iter_custom(|iters| {
+            thread::Builder::new()
+                .stack_size(2 * 1024 * 1024)
+                .spawn(move || {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        for text in VALIDATED {
+                            black_box(pgfleet_sqlcheck::analyze(black_box(text)).expect("valid SQL"));
+                        }
+                    }
+                    started.elapsed()
+                })
+                .expect("the 2 MiB thread starts")
+                .join()
+                .expect("the 2 MiB thread finishes")
+        })
+    });
 
     let run = each_text(|text| {
         black_box(pgfleet_sqlcheck::parse(text).expect("valid SQL"));

@@ -1,24 +1,36 @@
-//! The only door to libpg_query: one dedicated parser thread with a large stack.
+//! The only door to libpg_query: every call runs under one lock, on a
+//! thread with a large stack.
 //!
 //! Two facts about pg_query 18 shape this module:
 //! - libpg_query redirects the process's stderr (file descriptor 2) into a pipe
-//!   around every parse, scan, normalize and fingerprint, and restores it
-//!   afterwards. Two threads doing that at once can leave fd 2 pointing at a
-//!   closed pipe, and the server's own logs are lost. One thread makes every
-//!   call sequential.
+//!   around every parse, scan and fingerprint, and restores it afterwards.
+//!   Two threads doing that at once can leave fd 2 pointing at a closed pipe,
+//!   and the server's own logs are lost. [`LIBPG_QUERY`] makes every call
+//!   sequential, whichever thread makes it.
 //! - Decoding the protobuf tree takes about 20 KiB of stack per nesting level;
 //!   about 47 chained operators (`a || b || …`) overflow a default 2 MiB thread
-//!   stack and abort the process. prost stops decoding at 100 levels, which the
-//!   parser thread's stack covers many times over, so a deep statement becomes
-//!   [`EngineError::TooDeep`] instead of a crash.
+//!   stack and abort the process. prost stops decoding at 100 levels, so a
+//!   deep statement becomes [`EngineError::TooDeep`] instead of a crash on a
+//!   thread with [`INLINE_STACK_BYTES`] left. libpg_query also sizes its own
+//!   depth limit (at most 2 MiB) from the stack the calling thread has left,
+//!   so where a deep text fails, and with which message, depends on it.
 //!
-//! The thread also builds the [`Tree`]s and drops the protobuf, so no deep
-//! recursion runs on the caller's stack, and a panic inside pg_query becomes an
+//! A caller with at least [`INLINE_STACK_BYTES`] of stack left (a main
+//! thread, a thread spawned with a large stack) runs libpg_query itself: a
+//! trip to another thread cost about as much as the parse. Any other caller
+//! (tokio's 2 MiB threads) hands the work to one parser thread with a 64 MiB
+//! stack. Both see libpg_query's full 2 MiB depth limit, so the results are
+//! the same either way. A new stack segment (`stacker::maybe_grow`) would not
+//! do: libpg_query measures the stack left against the thread's own stack,
+//! not the segment, and would pick another depth limit.
+//!
+//! The work also builds the [`Tree`]s and drops the protobuf, so no deep
+//! recursion runs on a small stack, and a panic inside pg_query becomes an
 //! error instead of killing the caller.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::OnceLock;
 use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::thread;
 
 use pg_query::protobuf;
@@ -27,6 +39,16 @@ use crate::tree::{self, Tree};
 
 /// Stack of the parser thread; pages are only committed when touched.
 const PARSER_STACK_BYTES: usize = 64 * 1024 * 1024;
+
+/// Stack a calling thread must have left to run libpg_query itself: the
+/// 2 MiB depth limit libpg_query gives itself on the parser thread plus
+/// PostgreSQL's 512 KiB of slop beyond it, and room for prost's 100 levels
+/// of decoding afterwards (`tests/stack.rs` runs the deepest texts on a
+/// thread with exactly this much).
+pub(crate) const INLINE_STACK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Held around every libpg_query call (see the module docs: fd 2).
+static LIBPG_QUERY: Mutex<()> = Mutex::new(());
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -60,8 +82,8 @@ fn parser_thread() -> Option<&'static mpsc::Sender<Job>> {
                 .stack_size(PARSER_STACK_BYTES)
                 .spawn(move || {
                     for job in inbox {
-                        // A panic inside pg_query drops the job's reply sender,
-                        // which the caller sees as an error; the thread lives on.
+                        // `run_here` catches pg_query's panics; this one is
+                        // for the job's own code, so the thread lives on.
                         let _ = catch_unwind(AssertUnwindSafe(job));
                     }
                 })
@@ -71,20 +93,51 @@ fn parser_thread() -> Option<&'static mpsc::Sender<Job>> {
         .as_ref()
 }
 
-/// Runs `work` on the parser thread and waits for its result.
+/// How deep libpg_query may recurse on a piece of work, which decides
+/// where it may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// Bounded: libpg_query's parser, scanner and normalizer check their
+    /// depth against its limit, prost stops decoding at 100 levels, and a
+    /// fingerprint taken after the same text parsed walks a tree prost took.
+    Checked,
+    /// libpg_query's fingerprint of any text: its walk has no depth check
+    /// and recurses once per level of a tree bison built without limit
+    /// (`a || a || …`), so only the parser thread's stack will do.
+    Unchecked,
+}
+
+/// Runs `work` on this thread if it has the stack for it, else on the
+/// parser thread, and waits for its result.
 fn run<T: Send + 'static>(
+    depth: Depth,
     work: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, EngineError> {
+    if depth == Depth::Checked && stacker::remaining_stack().is_some_and(|left| left >= INLINE_STACK_BYTES) {
+        return run_here(work);
+    }
     let jobs = parser_thread()
         .ok_or_else(|| EngineError::Unavailable("the SQL parser thread could not start".into()))?;
     let (reply, answer) = mpsc::sync_channel(1);
     jobs.send(Box::new(move || {
-        let _ = reply.send(work());
+        let _ = reply.send(run_here(work));
     }))
     .map_err(|_| EngineError::Unavailable("the SQL parser thread has stopped".into()))?;
     answer
         .recv()
-        .map_err(|_| EngineError::Unavailable("libpg_query panicked while handling this text".into()))?
+        .map_err(|_| EngineError::Unavailable("the SQL parser thread dropped this text".into()))?
+}
+
+/// Runs `work` under [`LIBPG_QUERY`] on this thread; a panic becomes an error.
+fn run_here<T>(work: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+    // The lock guards no data: a panic while it was held (caught below
+    // anyway) leaves nothing half-done.
+    let _one_at_a_time = LIBPG_QUERY.lock().unwrap_or_else(PoisonError::into_inner);
+    catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|_| {
+        Err(EngineError::Unavailable(
+            "libpg_query panicked while handling this text".into(),
+        ))
+    })
 }
 
 /// libpg_query's own message when its protobuf encoder refuses a deep tree
@@ -120,10 +173,10 @@ pub(crate) struct Summary {
 }
 
 /// Parses, scans and (if `summarize`) fingerprints and normalizes `sql` in one
-/// round trip: the hand-off to the parser thread costs about as much as a parse.
+/// [`run`]: a hand-off to the parser thread costs about as much as a parse.
 pub(crate) fn parse(sql: &str, summarize: bool) -> Result<ParsedText, EngineError> {
     let sql = sql.to_owned();
-    run(move || {
+    run(Depth::Checked, move || {
         let parsed = pg_query::parse(&sql, 0).map_err(pg_error)?;
         let statements = parsed
             .protobuf
@@ -133,6 +186,8 @@ pub(crate) fn parse(sql: &str, summarize: bool) -> Result<ParsedText, EngineErro
             .collect::<Result<_, _>>()?;
         drop(parsed);
         let tokens = scan_here(&sql).unwrap_or_default();
+        // Only now that the text parsed (so prost took its tree) is the
+        // fingerprint's unchecked walk known to be shallow.
         let summary = if summarize {
             Some(summarize_here(&sql)?)
         } else {
@@ -149,7 +204,7 @@ pub(crate) fn parse(sql: &str, summarize: bool) -> Result<ParsedText, EngineErro
 /// Fingerprint and normalized text of a text known to parse.
 pub(crate) fn summarize(sql: &str) -> Result<Summary, EngineError> {
     let sql = sql.to_owned();
-    run(move || summarize_here(&sql))
+    run(Depth::Checked, move || summarize_here(&sql))
 }
 
 fn summarize_here(sql: &str) -> Result<Summary, EngineError> {
@@ -178,7 +233,7 @@ fn raw_statement(stmt: &protobuf::RawStmt) -> Result<RawStatement, EngineError> 
 /// The PostgreSQL error message for `sql`, or `None` if it parses.
 pub(crate) fn parse_error_message(sql: &str) -> Option<String> {
     let sql = sql.to_owned();
-    let outcome = run(move || {
+    let outcome = run(Depth::Checked, move || {
         Ok(match pg_query::parse(&sql, 0) {
             Ok(_) => None,
             Err(pg_query::Error::Parse(message)) => Some(message),
@@ -189,12 +244,12 @@ pub(crate) fn parse_error_message(sql: &str) -> Option<String> {
 }
 
 /// The first of `ranges` (statements of `sql`) that fails to parse on its
-/// own, in one trip to the parser thread (one trip per statement cost more
-/// than the parses).
+/// own, in one [`run`] (one trip to the parser thread per statement cost
+/// more than the parses).
 pub(crate) fn first_failing(sql: &str, ranges: &[std::ops::Range<usize>]) -> Option<usize> {
     let sql = sql.to_owned();
     let ranges = ranges.to_vec();
-    run(move || {
+    run(Depth::Checked, move || {
         Ok(ranges.iter().position(|range| {
             sql.get(range.clone())
                 .is_some_and(|text| pg_query::parse(text, 0).is_err())
@@ -213,10 +268,10 @@ pub(crate) struct Token {
 
 pub(crate) fn scan(sql: &str) -> Result<Vec<Token>, EngineError> {
     let sql = sql.to_owned();
-    run(move || scan_here(&sql))
+    run(Depth::Checked, move || scan_here(&sql))
 }
 
-/// Runs on the parser thread.
+/// Runs under [`LIBPG_QUERY`], from [`run`].
 fn scan_here(sql: &str) -> Result<Vec<Token>, EngineError> {
     // pg_query 18.1's `scan_tokens` builds a slice from a null pointer when there
     // are no tokens (undefined behaviour, an abort in debug builds); `scan`
@@ -225,22 +280,83 @@ fn scan_here(sql: &str) -> Result<Vec<Token>, EngineError> {
         return Ok(Vec::new());
     }
     let scanned = pg_query::scan(sql).map_err(pg_error)?;
-    Ok(scanned
-        .tokens
-        .into_iter()
-        .map(|t| Token {
-            start: usize::try_from(t.start).unwrap_or(0),
-            end: usize::try_from(t.end).unwrap_or(0),
-            kind: protobuf::Token::try_from(t.token).unwrap_or(protobuf::Token::Nul),
-        })
-        .collect())
+    Ok(scanned.tokens.into_iter().map(token).collect())
 }
 
+fn token(scanned: protobuf::ScanToken) -> Token {
+    Token {
+        start: usize::try_from(scanned.start).unwrap_or(0),
+        end: usize::try_from(scanned.end).unwrap_or(0),
+        kind: protobuf::Token::try_from(scanned.token).unwrap_or(protobuf::Token::Nul),
+    }
+}
+
+/// pg_query's fingerprint of any text (see [`Depth::Unchecked`]).
 pub(crate) fn fingerprint(sql: &str) -> Result<u64, EngineError> {
     let sql = sql.to_owned();
-    run(move || {
+    run(Depth::Unchecked, move || {
         pg_query::fingerprint(&sql, 0, 0)
             .map(|f| f.value)
             .map_err(pg_error)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Texts nested as deep as the fuzzer nests them, in its shapes.
+    fn deep_texts() -> Vec<String> {
+        let mut texts = Vec::new();
+        for depth in [30, 47, 100, 1000, 5000] {
+            texts.push(format!("SELECT a{}", " || a".repeat(depth)));
+            texts.push(format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth)));
+            texts.push(format!(
+                "SELECT {}1{}",
+                "(SELECT ".repeat(depth),
+                ")".repeat(depth)
+            ));
+            texts.push(format!("SELECT {}1{}", "ARRAY[".repeat(depth), "]".repeat(depth)));
+            texts.push(format!(
+                "SELECT {}1{}",
+                "CASE WHEN true THEN ".repeat(depth),
+                " END".repeat(depth)
+            ));
+            texts.push(format!("SELECT 1 WHERE {}true", "NOT ".repeat(depth)));
+        }
+        texts
+    }
+
+    fn analyse_all(texts: &[String]) -> Vec<String> {
+        texts
+            .iter()
+            .map(|sql| format!("{:?}", crate::analyze(sql)))
+            .collect()
+    }
+
+    /// A thread with just [`INLINE_STACK_BYTES`] left runs the deepest texts
+    /// itself without overflowing, and answers as the parser thread does.
+    #[test]
+    fn just_enough_stack_runs_the_deepest_texts_like_the_parser_thread() {
+        let texts = deep_texts();
+        let on = |stack: usize, texts: Vec<String>| {
+            thread::Builder::new()
+                .stack_size(stack)
+                .spawn(move || {
+                    let inline = stacker::remaining_stack().is_some_and(|left| left >= INLINE_STACK_BYTES);
+                    (inline, analyse_all(&texts))
+                })
+                .expect("test thread starts")
+                .join()
+                .expect("test thread finishes")
+        };
+        // The thread's own frames above the check take a few KiB.
+        let (inline, here) = on(INLINE_STACK_BYTES + 64 * 1024, texts.clone());
+        assert!(inline, "the thread must be just above the threshold");
+        let (inline, there) = on(2 * 1024 * 1024, texts.clone());
+        assert!(!inline);
+        for ((sql, here), there) in texts.iter().zip(&here).zip(&there) {
+            assert_eq!(here, there, "{}…", &sql[..30.min(sql.len())]);
+        }
+    }
 }

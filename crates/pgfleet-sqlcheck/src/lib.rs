@@ -3,8 +3,9 @@
 //! Everything here comes from PostgreSQL's own parser (libpg_query via the
 //! `pg_query` crate), never from keywords: a statement is a
 //! [`StatementClass::Read`] only if nothing anywhere in its parse tree can
-//! write. The crate does no I/O; it runs libpg_query on one parser thread of
-//! its own (see `engine.rs` for why).
+//! write. The crate does no I/O; it runs libpg_query one call at a time, on
+//! the calling thread when it has a large enough stack and on a parser
+//! thread of its own otherwise (see `engine.rs` for why).
 //!
 //! - [`parse`] checks a text, with PostgreSQL's message and line/column on error.
 //! - [`split`] cuts a multi-statement text into statements.

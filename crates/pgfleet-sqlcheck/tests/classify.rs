@@ -1,5 +1,7 @@
 //! Classification of single statements, one row per case.
 
+mod support;
+
 use pgfleet_sqlcheck::{DangerCode, StatementClass, analyze};
 
 use DangerCode as D;
@@ -1354,4 +1356,11 @@ fn fingerprint_and_normalized_text() {
             .fingerprint,
         a.fingerprint
     );
+}
+
+#[test]
+fn every_case_is_answered_alike_on_the_calling_and_the_parser_thread() {
+    let texts: Vec<String> = CASES.iter().map(|case| case.sql.to_owned()).collect();
+    let differing = support::differing(&texts);
+    assert!(differing.is_empty(), "{}", differing.join("\n"));
 }

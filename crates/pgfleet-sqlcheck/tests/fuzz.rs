@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use pgfleet_sqlcheck::{ParseError, analyze, fingerprint, parse, replace_literals, split};
 use pgfleet_testkit::fuzz;
+
+mod support;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseResult;
 
@@ -166,6 +168,8 @@ fn check_text(sql: String) -> TestCaseResult {
         started.elapsed(),
         sql.len()
     );
+    let differing = support::differing(&[sql]);
+    prop_assert!(differing.is_empty(), "{}", differing.join("\n"));
     Ok(())
 }
 

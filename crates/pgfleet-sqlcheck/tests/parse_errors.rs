@@ -1,5 +1,7 @@
 //! Parse errors carry PostgreSQL's message and where it pointed.
 
+mod support;
+
 use pgfleet_sqlcheck::{ParseError, parse};
 
 /// (case, sql, message, line, column, byte offset)
@@ -280,4 +282,34 @@ fn a_huge_erroneous_text_is_located_quickly() {
         );
         eprintln!("{name}: {elapsed:?} -> {:?}", error.position());
     }
+}
+
+/// Errors, their kinds and positions, deep texts included, are the same
+/// whichever thread ran libpg_query (it sizes its own depth limit from the
+/// stack it runs on).
+#[test]
+fn errors_are_the_same_on_the_calling_and_the_parser_thread() {
+    let mut texts: Vec<String> = SYNTAX.iter().map(|case| case.1.to_owned()).collect();
+    texts.extend(
+        [
+            "SELECT 1;\n  SELECT 1 LIMIT 1, 2",
+            "SELECT 'é\0'",
+            "SELECT 1\nFROM FROM",
+            "",
+            " ;; -- only a comment\n",
+        ]
+        .map(str::to_owned),
+    );
+    for depth in [40, 46, 47, 48, 60, 100, 200, 1000, 5000] {
+        texts.push(format!("SELECT 1;\nSELECT {}", vec!["a"; depth].join(" || ")));
+        texts.push(format!(
+            "SELECT {}1{}",
+            "(SELECT ".repeat(depth),
+            ")".repeat(depth)
+        ));
+        texts.push(format!("SELECT 1 WHERE {}true", "NOT ".repeat(depth)));
+        texts.push(format!("SELECT {}1{}", "ARRAY[".repeat(depth), "]".repeat(depth)));
+    }
+    let differing = support::differing(&texts);
+    assert!(differing.is_empty(), "{}", differing.join("\n"));
 }

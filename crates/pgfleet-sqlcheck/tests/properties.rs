@@ -1,5 +1,7 @@
 //! Property tests for split and classification.
 
+mod support;
+
 use pgfleet_sqlcheck::{NameMatch, SIDE_EFFECT_FUNCTIONS, StatementClass, analyze, parse, split};
 use proptest::prelude::*;
 
@@ -180,6 +182,12 @@ proptest! {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_calling_and_the_parser_thread_answer_alike(sql in sqlish(), (_, joined) in joined()) {
+        let differing = support::differing(&[sql, joined]);
+        prop_assert!(differing.is_empty(), "{}", differing.join("\n"));
     }
 
     #[test]

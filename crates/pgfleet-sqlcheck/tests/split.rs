@@ -1,5 +1,7 @@
 //! Splitting multi-statement texts, valid and not.
 
+mod support;
+
 use pgfleet_sqlcheck::{analyze, split};
 
 const CASES: &[(&str, &str, &[&str])] = &[
@@ -174,4 +176,11 @@ fn analysis_spans_match_split() {
         .map(|s| s.span.text)
         .collect();
     assert_eq!(from_split, from_analysis);
+}
+
+#[test]
+fn every_case_is_answered_alike_on_the_calling_and_the_parser_thread() {
+    let texts: Vec<String> = CASES.iter().map(|(_, sql, _)| (*sql).to_owned()).collect();
+    let differing = support::differing(&texts);
+    assert!(differing.is_empty(), "{}", differing.join("\n"));
 }
