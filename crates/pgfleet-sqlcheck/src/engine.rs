@@ -2,11 +2,15 @@
 //! thread with a large stack.
 //!
 //! Two facts about pg_query 18 shape this module:
-//! - libpg_query redirects the process's stderr (file descriptor 2) into a pipe
-//!   around every parse, scan and fingerprint, and restores it afterwards.
-//!   Two threads doing that at once can leave fd 2 pointing at a closed pipe,
-//!   and the server's own logs are lost. [`LIBPG_QUERY`] makes every call
-//!   sequential, whichever thread makes it.
+//! - libpg_query's sources redirect the process's stderr (file descriptor 2)
+//!   into a pipe around every parse, scan and fingerprint. Two threads doing
+//!   that at once can leave fd 2 pointing at a closed pipe, and the server's
+//!   own logs are lost. pg_query 18.1 builds it with that code compiled out
+//!   (`#define DEBUG` in `pg_query_internal.h`: strace of the bench shows no
+//!   `dup2`), but nothing pins that down, so [`LIBPG_QUERY`] still makes
+//!   every call sequential, whichever thread makes it. Single-threaded the
+//!   lock costs nothing; it does keep two large-stack callers from parsing
+//!   at once.
 //! - Decoding the protobuf tree takes about 20 KiB of stack per nesting level;
 //!   about 47 chained operators (`a || b || …`) overflow a default 2 MiB thread
 //!   stack and abort the process. prost stops decoding at 100 levels, so a
