@@ -47,9 +47,9 @@ const PARSER_STACK_BYTES: usize = 64 * 1024 * 1024;
 /// Stack a calling thread must have left to run libpg_query itself: the
 /// 2 MiB depth limit libpg_query gives itself on the parser thread plus
 /// PostgreSQL's 512 KiB of slop beyond it, and room for prost's 100 levels
-/// of decoding afterwards (`tests/stack.rs` runs the deepest texts on a
-/// thread with exactly this much).
-pub(crate) const INLINE_STACK_BYTES: usize = 4 * 1024 * 1024;
+/// of decoding afterwards (a test below runs the deepest texts on a thread
+/// with just this much left).
+const INLINE_STACK_BYTES: usize = 4 * 1024 * 1024;
 
 /// Held around every libpg_query call (see the module docs: fd 2).
 static LIBPG_QUERY: Mutex<()> = Mutex::new(());
