@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::{HealthStatus, ReplayLag, error_category};
 use crate::pools::{MemberEntry, Registry};
 use crate::privileges::login_privileges;
+use crate::retry::is_unreachable;
 use crate::target::Target;
 
 /// What a probe reads: role; on a standby the replay lag in time (zero
@@ -75,13 +76,30 @@ pub async fn probe_all(registry: &Registry, config: &HealthConfig) {
 
 async fn probe(target: &Target, member: &MemberEntry, config: &HealthConfig) {
     let outcome = tokio::time::timeout(config.probe_timeout, async {
-        let mut connection = member.pool.acquire().await?;
-        let started = Instant::now();
-        // One round trip, like `SELECT 1`: the role (so writes can follow
-        // a failover), a standby's replay lag (so lagging replicas can be
-        // skipped for reads) and the database's size.
-        let (in_recovery, lag_seconds, lag_bytes, size): (bool, Option<f64>, Option<i64>, i64) =
-            sqlx::query_as(PROBE).fetch_one(&mut *connection).await?;
+        // The pool checks only connections idle past `check_after_idle`
+        // (pools.rs): one broken since, while idle, fails here and is
+        // replaced, at most once per connection the pool holds; the probe
+        // is about the server, not about a connection it already lost.
+        let mut replaced: u32 = 0;
+        let (started, (in_recovery, lag_seconds, lag_bytes, size)) = loop {
+            let mut connection = member.pool.acquire().await?;
+            let started = Instant::now();
+            // One round trip, like `SELECT 1`: the role (so writes can follow
+            // a failover), a standby's replay lag (so lagging replicas can be
+            // skipped for reads) and the database's size.
+            let probed: Result<(bool, Option<f64>, Option<i64>, i64), sqlx::Error> =
+                sqlx::query_as(PROBE).fetch_one(&mut *connection).await;
+            match probed {
+                Ok(row) => break (started, row),
+                Err(error)
+                    if is_unreachable(&error) && replaced < member.pool.options().get_max_connections() =>
+                {
+                    drop(connection.detach());
+                    replaced += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let replay_lag = in_recovery.then(|| ReplayLag {
             time: lag_seconds
                 .map(|seconds| Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or_default()),

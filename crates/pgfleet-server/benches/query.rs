@@ -595,7 +595,9 @@ fn criterion_groups(c: &mut Criterion, runtime: &Runtime, bench: &Bench) {
 }
 
 fn main() {
+    // The server's own runtime's threads (see `pgfleet serve`).
     let runtime: Runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(pgfleet_server::RUNTIME_THREAD_STACK_BYTES)
         .enable_all()
         .build()
         .expect("building the tokio runtime");

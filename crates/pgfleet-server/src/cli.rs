@@ -113,7 +113,11 @@ pub fn main() -> ExitCode {
             let Some(loaded) = load(&cli) else {
                 return ExitCode::from(2);
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .thread_stack_size(crate::RUNTIME_THREAD_STACK_BYTES)
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("pgfleet: cannot start the async runtime: {error}");

@@ -336,7 +336,12 @@ async fn begin(
     loop {
         let mut checkout = acquire(registry, plan, target, cancel).await?;
         let set_up = set_up(checkout.connection_mut(), plan, access, &schema).await;
-        let broken = set_up.as_ref().is_err_and(Stop::lost_connection);
+        // A backend ended while the connection sat idle answers the next
+        // message with its FATAL (57P01…) or not at all.
+        let broken = set_up.as_ref().is_err_and(|stop| match stop {
+            Stop::Setup(error) => pgfleet_registry::is_unreachable(error),
+            _ => false,
+        });
         let may_replace = registry
             .pool_of(target, &checkout.member, checkout.reader_login)
             .is_some_and(|pool| replaced < pool.options().get_max_connections());
@@ -552,11 +557,13 @@ async fn set_up(
         .fetch_all(&mut *connection)
         .await
         .map_err(|error| match (first, &error) {
-            (Some(first), sqlx::Error::Database(_)) => Stop::Statement {
-                index: first.index,
-                error,
-                shift,
-            },
+            (Some(first), sqlx::Error::Database(_)) if !pgfleet_registry::is_unreachable(&error) => {
+                Stop::Statement {
+                    index: first.index,
+                    error,
+                    shift,
+                }
+            }
             _ => Stop::Setup(error),
         })?;
     let backend_pid = rows
@@ -749,10 +756,12 @@ enum Cursor {
 /// follows the size of the rows seen, each row admitted under the budgets
 /// as it arrives.
 ///
-/// Neither the caller's text nor the FETCH is kept prepared under a name
-/// (`persistent(false)`: the unnamed statement, which the reset's simple
-/// query destroys): a named one would outlive the call, and a FETCH's
-/// description is the cursor's, different on the next call.
+/// Both go through sqlx's named statements, which the reset closes since
+/// the call prepared them: a caller's text must not outlive the call, and a
+/// FETCH's description is its cursor's. Not the unnamed statement: sqlx
+/// looks up an unknown column type (an enum, a composite) between the
+/// statement's Parse and its Bind, with queries that destroy it (SQLSTATE
+/// 26000, seen in `every_type_comes_back_as_psql_prints_it`).
 async fn read_through_cursor<E: RowEncoder>(
     connection: &mut PgConnection,
     plan: &Plan,
@@ -775,7 +784,6 @@ async fn read_through_cursor<E: RowEncoder>(
             sqlx::AssertSqlSafe(format!("{prefix}{}", statement.text)),
             arguments,
         )
-        .persistent(false)
         .execute(&mut *connection)
         .await
         .map_err(|error| Stop::Statement { index, error, shift })?;
@@ -791,9 +799,7 @@ async fn read_through_cursor<E: RowEncoder>(
         {
             // Row by row, not fetch_all: a row past a budget stops the read
             // before the next one is held.
-            let mut stream = sqlx::query(sqlx::AssertSqlSafe(fetch_sql.clone()))
-                .persistent(false)
-                .fetch(&mut *connection);
+            let mut stream = sqlx::query(sqlx::AssertSqlSafe(fetch_sql.clone())).fetch(&mut *connection);
             while let Some(row) = stream.try_next().await.map_err(fail)? {
                 largest = largest.max(held.push(row, budgets).map_err(over)?);
             }
@@ -907,9 +913,7 @@ async fn read_direct<E: RowEncoder>(
         // fetch_many sees both rows and counts. Its deprecation is about
         // several statements in one text, which pgfleet never sends.
         #[allow(deprecated)]
-        // Unnamed, like a cursor's text (see `read_through_cursor`).
         let mut results = sqlx::query_with(sqlx::AssertSqlSafe(statement.text.clone()), arguments)
-            .persistent(false)
             .fetch_many(&mut *connection);
         while let Some(item) = results.try_next().await.map_err(fail)? {
             let row = match item {

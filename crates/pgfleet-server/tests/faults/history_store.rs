@@ -120,3 +120,58 @@ async fn writes_during_a_slow_then_cut_history_store_are_on_record_and_run_or_re
     server.shutdown().await?;
     Ok(())
 }
+
+/// The auth gate keeps the users it read while the users version in Redis
+/// stands: reads that are not on record then need nothing from the history
+/// store, and go on while it is cut; a write, which must be on record
+/// first, is refused UNAVAILABLE and not run.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_go_on_while_the_history_store_is_cut_and_writes_are_refused() -> anyhow::Result<()> {
+    let mut fleet = Fleet::create().await?;
+    let proxy = FaultProxy::start(format!("{}:{}", fleet.history.host(), fleet.history.port())).await?;
+    fleet.history_port = Some(proxy.port());
+    let server = fleet
+        .start("[audit]\nwrite_timeout = '1s'\n[history.pool]\nacquire_timeout = '2s'\n")
+        .await?;
+    let channel = channel(&server).await?;
+    let reader = fleet.log_in(&channel, "cached-reader", Role::Reader).await?;
+    let writer = fleet.log_in(&channel, "cut-writer", Role::User).await?;
+    let target = fleet.database("aws", "app").pool().await?;
+    sqlx::query("CREATE TABLE items (id int PRIMARY KEY)")
+        .execute(&target)
+        .await?;
+    let read = async |token: &str| {
+        query(&channel)
+            .execute(bearer(
+                execute(Some("aws"), "app", "SELECT count(*) FROM items"),
+                token,
+            ))
+            .await
+    };
+    // Both users read once, so both are cached: the write below is
+    // refused for want of its record, not of its user.
+    assert!(read(&reader).await?.get_ref().success);
+    assert!(read(&writer).await?.get_ref().success);
+
+    proxy.cut();
+    for _ in 0..3 {
+        let response = read(&reader).await?.into_inner();
+        assert!(response.success, "{response:?}");
+    }
+    let refused = query(&channel)
+        .execute(bearer(
+            execute(Some("aws"), "app", "INSERT INTO items VALUES (1)"),
+            &writer,
+        ))
+        .await
+        .expect_err("a write without its record");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    proxy.pass();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&target)
+        .await?;
+    assert_eq!(rows, 0, "the refused write did not run");
+    target.close().await;
+    server.shutdown().await?;
+    Ok(())
+}

@@ -1906,3 +1906,45 @@ async fn the_next_call_on_a_connection_finds_nothing_the_last_one_left() -> anyh
     s.server.shutdown().await?;
     Ok(())
 }
+
+/// Pools check only connections idle for longer than `check_after_idle`
+/// (1 s by default); a pooled connection the server ended while it sat
+/// idle for less is found broken when the next call begins on it, replaced,
+/// and that call goes on: nothing of it had run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_connection_ended_while_idle_is_replaced_and_the_call_goes_on() -> anyhow::Result<()> {
+    let fleet = support::Fleet::create().await?;
+    // One connection, checked only after a minute idle: the next call must
+    // get the very connection that was ended.
+    let solo = solo_copy_toml(&fleet).replace(
+        "max_connections = 1\n",
+        "max_connections = 1\ncheck_after_idle = '1m'\n",
+    );
+    let s = support::session_on(fleet, &solo).await?;
+    let backend = async || -> anyhow::Result<String> {
+        let response = client(&s.channel)
+            .execute(bearer(
+                pb::ExecuteRequest {
+                    scope: Some(pb::execute_request::Scope::Cloud("solo".to_owned())),
+                    ..execute("SELECT pg_backend_pid()", "app")
+                },
+                &s.master,
+            ))
+            .await?
+            .into_inner();
+        anyhow::ensure!(response.success, "{response:?}");
+        Ok(cell_text(&response.results[0].statements[0].rows[0].cells[0]))
+    };
+    let first = backend().await?;
+    let admin = s.fleet.database("aws", "app").pool().await?;
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1::int, 5000)")
+        .bind(&first)
+        .fetch_one(&admin)
+        .await?;
+    assert!(ended, "the pooled backend ended");
+    let second = backend().await?;
+    assert_ne!(second, first, "a new connection served the call");
+    assert_eq!(backend().await?, second, "and stays in the pool");
+    s.server.shutdown().await?;
+    Ok(())
+}
