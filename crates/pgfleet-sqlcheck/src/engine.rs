@@ -363,8 +363,10 @@ mod tests {
         // The thread's own frames above the check take a few KiB.
         let (inline, here) = on(INLINE_STACK_BYTES + 64 * 1024, texts.clone());
         assert!(inline, "the thread must be just above the threshold");
-        let (inline, there) = on(2 * 1024 * 1024, texts.clone());
-        assert!(!inline);
+        // 1 MiB, not tokio's 2 MiB: glibc hands a new thread a cached stack
+        // up to four times the size asked for, such as the one just above.
+        let (inline, there) = on(1024 * 1024, texts.clone());
+        assert!(!inline, "the thread must be below the threshold");
         for ((sql, here), there) in texts.iter().zip(&here).zip(&there) {
             assert_eq!(here, there, "{}…", &sql[..30.min(sql.len())]);
         }
