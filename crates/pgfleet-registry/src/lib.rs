@@ -25,7 +25,7 @@ pub use monitor::{HealthMonitor, probe_all};
 pub use pools::{
     Checkout, LaggingReplica, Registry, Reloaded, STATEMENT_CACHE_CAPACITY, connect_options, pool_options,
 };
-pub use privileges::{LoginPrivileges, READER_FORBIDDEN_ROLES, login_privileges};
+pub use privileges::{LoginPrivileges, READER_FORBIDDEN_ROLES, login_privileges, login_privileges_columns};
 pub use read_only::{
     ReadOnlyError, begin_bounded, begin_read_only, discard_session, reset_session, statement_timeout_setting,
 };

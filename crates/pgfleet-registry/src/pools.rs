@@ -485,8 +485,10 @@ impl Registry {
         route: Route,
     ) -> Result<Checkout, RegistryError> {
         let (pool, reader_login) = match (&member.reader_pool, route) {
-            (Some(reader_pool), Route::ReaderLogin) => (reader_pool, true),
-            (None, Route::ReaderLogin) => {
+            (Some(reader_pool), Route::ReaderLogin | Route::ReaderLoginCheckedByCaller) => {
+                (reader_pool, true)
+            }
+            (None, Route::ReaderLogin | Route::ReaderLoginCheckedByCaller) => {
                 return Err(RegistryError::NoReaderLogin {
                     target: target.clone(),
                 });
@@ -500,7 +502,7 @@ impl Registry {
             let result = pool.acquire().await;
             member.waiting.fetch_sub(1, Ordering::Relaxed);
             let error = match result {
-                Ok(mut connection) if reader_login => {
+                Ok(mut connection) if route == Route::ReaderLogin => {
                     check_reader_login(target, &member.member, &mut connection).await?;
                     return Ok(Checkout {
                         connection,

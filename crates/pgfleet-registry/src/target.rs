@@ -58,6 +58,14 @@ pub enum Route {
     Read,
     /// A read by a READER: like `Read`, but through the database's
     /// `reader_user` login when one is configured, so PostgreSQL's own
-    /// privileges forbid writes whatever the statement does.
+    /// privileges forbid writes whatever the statement does. The login is
+    /// refused when privileged ([`crate::login_privileges`]), checked on
+    /// this checkout.
     ReaderLogin,
+    /// [`Route::ReaderLogin`] for a caller that checks the login itself in
+    /// the first message it sends on the connection
+    /// ([`crate::login_privileges_columns`]) and runs nothing of the
+    /// caller's if it is privileged: the query path, which saves a round
+    /// trip per call so.
+    ReaderLoginCheckedByCaller,
 }

@@ -134,6 +134,9 @@ enum Stop {
     Cancelled {
         index: Option<u32>,
     },
+    /// Refused before anything of the caller's ran (a privileged reader
+    /// login).
+    Refused(TargetFailure),
 }
 
 impl Stop {
@@ -244,6 +247,27 @@ async fn run_on_target<E: RowEncoder>(
     let commit_sent = AtomicBool::new(false);
     let rows = AtomicU64::new(0);
     let run = match set_up {
+        Ok(SetUp {
+            privileged: Some(login),
+            ..
+        }) => {
+            let refusal = RegistryError::PrivilegedReaderLogin {
+                target: target.clone(),
+                member: server.member.clone(),
+                login,
+            };
+            tracing::warn!(%target, member = %server.member, "reader_user is privileged; READER executions refused");
+            // Nothing of the caller's ran (the cursor was declared, not
+            // read): the reset rolls the transaction back.
+            Run {
+                result: Err(Stop::Refused(TargetFailure::new(
+                    FailureCode::FailedPrecondition,
+                    refusal.to_string(),
+                ))),
+                completed: true,
+                backend: None,
+            }
+        }
         Ok(set_up) => {
             run_to_the_end::<E>(
                 &server,
@@ -335,7 +359,8 @@ async fn begin(
     let mut replaced: u32 = 0;
     loop {
         let mut checkout = acquire(registry, plan, target, cancel).await?;
-        let set_up = set_up(checkout.connection_mut(), plan, access, &schema).await;
+        let reader_login = checkout.reader_login;
+        let set_up = set_up(checkout.connection_mut(), plan, access, (&schema, reader_login)).await;
         // A backend ended while the connection sat idle answers the next
         // message with its FATAL (57P01…) or not at all.
         let broken = set_up.as_ref().is_err_and(|stop| match stop {
@@ -363,8 +388,9 @@ async fn acquire(
 ) -> Result<Checkout, Option<TargetFailure>> {
     // A READER's execution never leaves its unprivileged login, whatever
     // the plan says about writing: the login is the guarantee.
+    // The reader login's privileges are checked in `set_up`'s message.
     let route = if plan.reader_login {
-        Route::ReaderLogin
+        Route::ReaderLoginCheckedByCaller
     } else if plan.writes {
         Route::Write
     } else {
@@ -497,12 +523,14 @@ async fn run_to_the_end<E: RowEncoder>(
 }
 
 /// What [`set_up`] did on the connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct SetUp {
     /// The backend running the call (to cancel its statement).
     backend_pid: i32,
     /// The first statement's cursor is declared already.
     declared_first: bool,
+    /// A reader login found privileged: nothing more may run.
+    privileged: Option<Box<pgfleet_registry::LoginPrivileges>>,
 }
 
 /// Begins the transaction, sets `statement_timeout` and `search_path` (local
@@ -520,11 +548,17 @@ struct SetUp {
 /// validator parsed whole, after `BEGIN READ ONLY` (or the audited `BEGIN`)
 /// and the settings, so it runs exactly as the cursor's own `DECLARE` would;
 /// its errors, with their positions, are the statement's.
+///
+/// On a reader login the same `SELECT` also reads the login's privileges
+/// ([`pgfleet_registry::login_privileges_columns`], one more round trip
+/// otherwise); a privileged login runs nothing of the caller's: a `DECLARE`
+/// in the message only plans the cursor, whose query runs at its first
+/// `FETCH`, and the transaction is rolled back.
 async fn set_up(
     connection: &mut PgConnection,
     plan: &Plan,
     access: Access,
-    schema: &str,
+    (schema, reader_login): (&str, bool),
 ) -> Result<SetUp, Stop> {
     let begin = match (plan.transactional, access) {
         (false, _) => "",
@@ -543,6 +577,10 @@ async fn set_up(
          pg_catalog.set_config('statement_timeout', '{timeout_ms}', {local}), \
          pg_catalog.set_config('search_path', pg_catalog.quote_ident({schema}), {local})"
     );
+    if reader_login {
+        setup.push_str(", ");
+        setup.push_str(pgfleet_registry::login_privileges_columns());
+    }
     let first = first_declared_here(plan);
     let mut shift = 0;
     if let Some(first) = first {
@@ -566,14 +604,19 @@ async fn set_up(
             }
             _ => Stop::Setup(error),
         })?;
-    let backend_pid = rows
-        .first()
-        .ok_or(sqlx::Error::RowNotFound)
-        .and_then(|row| row.try_get(0))
-        .map_err(Stop::Setup)?;
+    let row = rows.first().ok_or(Stop::Setup(sqlx::Error::RowNotFound))?;
+    let backend_pid = row.try_get(0).map_err(Stop::Setup)?;
+    let privileged = if reader_login {
+        let user: String = row.try_get(3).map_err(Stop::Setup)?;
+        let excess: Vec<String> = row.try_get(4).map_err(Stop::Setup)?;
+        (!excess.is_empty()).then(|| Box::new(pgfleet_registry::LoginPrivileges { user, excess }))
+    } else {
+        None
+    };
     Ok(SetUp {
         backend_pid,
         declared_first: first.is_some(),
+        privileged,
     })
 }
 
@@ -1199,6 +1242,7 @@ fn failure_outcome(
         }
         Stop::Cancelled { index } => return cancelled_outcome(started, index, replica),
         Stop::Setup(error) => (None, TargetFailure::from_sqlx(&error)),
+        Stop::Refused(failure) => (None, failure),
         Stop::Statement { index, error, shift } => {
             let mut error = TargetFailure::from_sqlx(&error);
             if let Some(postgres) = error.postgres.as_mut()
