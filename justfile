@@ -42,6 +42,10 @@ check-doc-links:
 bench:
     cargo bench --workspace
 
+# perf profile of the query path (docs/PERFORMANCE.md, "Where the time goes").
+profile-query:
+    scripts/profile-query
+
 # Validate a configuration file.
 check-config FILE:
     cargo run --quiet --bin pgfleet -- --config {{FILE}} check-config
