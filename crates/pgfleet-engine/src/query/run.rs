@@ -135,8 +135,8 @@ enum Stop {
         index: Option<u32>,
     },
     /// Refused before anything of the caller's ran (a privileged reader
-    /// login).
-    Refused(TargetFailure),
+    /// login). Boxed: keeps every `Result<_, Stop>` small.
+    Refused(Box<TargetFailure>),
 }
 
 impl Stop {
@@ -260,10 +260,10 @@ async fn run_on_target<E: RowEncoder>(
             // Nothing of the caller's ran (the cursor was declared, not
             // read): the reset rolls the transaction back.
             Run {
-                result: Err(Stop::Refused(TargetFailure::new(
+                result: Err(Stop::Refused(Box::new(TargetFailure::new(
                     FailureCode::FailedPrecondition,
                     refusal.to_string(),
-                ))),
+                )))),
                 completed: true,
                 backend: None,
             }
@@ -1242,7 +1242,7 @@ fn failure_outcome(
         }
         Stop::Cancelled { index } => return cancelled_outcome(started, index, replica),
         Stop::Setup(error) => (None, TargetFailure::from_sqlx(&error)),
-        Stop::Refused(failure) => (None, failure),
+        Stop::Refused(failure) => (None, *failure),
         Stop::Statement { index, error, shift } => {
             let mut error = TargetFailure::from_sqlx(&error);
             if let Some(postgres) = error.postgres.as_mut()
