@@ -89,16 +89,10 @@ const FAN_OUT: usize = 16;
 const POOL_SIZE: u32 = 10;
 const CONCURRENT: usize = 32;
 
-/// Texts for the validator row: short and long, reads and writes.
-const VALIDATED: &[&str] = &[
-    "SELECT id, name FROM users WHERE id = 42",
-    "SELECT c.name, sum(o.total) FROM customers c JOIN orders o ON o.customer_id = c.id \
-     WHERE o.created_at > now() - interval '7 days' GROUP BY c.name ORDER BY 2 DESC LIMIT 10",
-    "INSERT INTO audit (who, what) VALUES (current_user, 'bench') ON CONFLICT DO NOTHING",
-    "UPDATE accounts SET balance = balance - 10 WHERE id = 7 RETURNING balance",
-    "WITH moved AS (DELETE FROM queue WHERE run_at < now() RETURNING *) \
-     INSERT INTO queue_archive SELECT * FROM moved",
-];
+// Shared with the other validator benchmark.
+#[path = "../../pgfleet-sqlcheck/benches/shared/validated.rs"]
+mod validated;
+use validated::VALIDATED;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

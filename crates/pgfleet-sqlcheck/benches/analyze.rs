@@ -2,7 +2,7 @@
 //! "validator" row: statements/s through `analyze` / through `pg_query::parse`).
 //!
 //! Every function runs over the same five texts as the server bench's
-//! `VALIDATED` (crates/pgfleet-server/benches/query.rs), so criterion's
+//! `VALIDATED` (`benches/shared/validated.rs`, shared with it), so criterion's
 //! elements/s are statements/s and the rows compare directly:
 //! - `pg_query_parse`: the baseline, `pg_query::parse` on the bench thread;
 //! - `analyze`, `parse` and `fingerprint`: this crate's entry points, from
@@ -24,16 +24,10 @@ use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-/// The server bench's `VALIDATED`, copied.
-const VALIDATED: &[&str] = &[
-    "SELECT id, name FROM users WHERE id = 42",
-    "SELECT c.name, sum(o.total) FROM customers c JOIN orders o ON o.customer_id = c.id \
-     WHERE o.created_at > now() - interval '7 days' GROUP BY c.name ORDER BY 2 DESC LIMIT 10",
-    "INSERT INTO audit (who, what) VALUES (current_user, 'bench') ON CONFLICT DO NOTHING",
-    "UPDATE accounts SET balance = balance - 10 WHERE id = 7 RETURNING balance",
-    "WITH moved AS (DELETE FROM queue WHERE run_at < now() RETURNING *) \
-     INSERT INTO queue_archive SELECT * FROM moved",
-];
+// Shared with the other validator benchmark.
+#[path = "shared/validated.rs"]
+mod validated;
+use validated::VALIDATED;
 
 type Job = Box<dyn FnOnce() + Send>;
 

@@ -15,18 +15,25 @@ use tonic::Code;
 use crate::support::{Fleet, bearer, channel, login};
 use crate::trail::{closed_records, execute, query};
 
-/// Writes sent in each phase: store healthy, slowed, cut.
-const PER_PHASE: i32 = 10;
-
-#[tokio::test(flavor = "multi_thread")]
-async fn writes_during_a_slow_then_cut_history_store_are_on_record_and_run_or_refused_and_not_run()
--> anyhow::Result<()> {
+/// A fleet whose server reaches its history store through a fault proxy,
+/// with short audit and pool timeouts so a cut store answers soon.
+async fn behind_a_proxy() -> anyhow::Result<(Fleet, FaultProxy, pgfleet_server::app::RunningServer)> {
     let mut fleet = Fleet::create().await?;
     let proxy = FaultProxy::start(format!("{}:{}", fleet.history.host(), fleet.history.port())).await?;
     fleet.history_port = Some(proxy.port());
     let server = fleet
         .start("[audit]\nwrite_timeout = '1s'\n[history.pool]\nacquire_timeout = '2s'\n")
         .await?;
+    Ok((fleet, proxy, server))
+}
+
+/// Writes sent in each phase: store healthy, slowed, cut.
+const PER_PHASE: i32 = 10;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_during_a_slow_then_cut_history_store_are_on_record_and_run_or_refused_and_not_run()
+-> anyhow::Result<()> {
+    let (fleet, proxy, server) = behind_a_proxy().await?;
     let channel = channel(&server).await?;
     let writer = fleet.log_in(&channel, "burst-writer", Role::User).await?;
     let auditor_password = fleet.create_user("burst-auditor", Role::Master).await?;
@@ -127,12 +134,7 @@ async fn writes_during_a_slow_then_cut_history_store_are_on_record_and_run_or_re
 /// first, is refused UNAVAILABLE and not run.
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_go_on_while_the_history_store_is_cut_and_writes_are_refused() -> anyhow::Result<()> {
-    let mut fleet = Fleet::create().await?;
-    let proxy = FaultProxy::start(format!("{}:{}", fleet.history.host(), fleet.history.port())).await?;
-    fleet.history_port = Some(proxy.port());
-    let server = fleet
-        .start("[audit]\nwrite_timeout = '1s'\n[history.pool]\nacquire_timeout = '2s'\n")
-        .await?;
+    let (fleet, proxy, server) = behind_a_proxy().await?;
     let channel = channel(&server).await?;
     let reader = fleet.log_in(&channel, "cached-reader", Role::Reader).await?;
     let writer = fleet.log_in(&channel, "cut-writer", Role::User).await?;
