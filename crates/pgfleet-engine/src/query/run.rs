@@ -367,10 +367,13 @@ async fn begin(
             Stop::Setup(error) => pgfleet_registry::is_unreachable(error),
             _ => false,
         });
-        let may_replace = registry
-            .pool_of(target, &checkout.member, checkout.reader_login)
-            .is_some_and(|pool| replaced < pool.options().get_max_connections());
-        if !(broken && may_replace) || cancel.is_cancelled() {
+        // The pool is looked up only for a broken connection: not on every call.
+        let may_replace = || {
+            registry
+                .pool_of(target, &checkout.member, checkout.reader_login)
+                .is_some_and(|pool| replaced < pool.options().get_max_connections())
+        };
+        if !broken || cancel.is_cancelled() || !may_replace() {
             return Ok((checkout, set_up));
         }
         tracing::debug!(%target, "a pooled connection was broken before the call began on it; replacing it");

@@ -52,6 +52,13 @@ pub struct UserSpec<'a> {
     pub role: Role,
 }
 
+/// The user behind a session, as [`Authenticator::identify`] needs it.
+enum SessionUser {
+    Active(CachedUser),
+    /// Deleted (`None`) or deactivated since the session began.
+    GoneOrInactive(Option<UserRecord>),
+}
+
 /// Everything authentication needs, shared by the gate and `AuthService`.
 pub struct Authenticator {
     pub users: UserStore,
@@ -119,9 +126,9 @@ impl Authenticator {
         &self,
         user_id: uuid::Uuid,
         version: &user_cache::UsersVersion,
-    ) -> Result<Result<CachedUser, Option<UserRecord>>, AuthError> {
+    ) -> Result<SessionUser, AuthError> {
         if let Some(user) = self.user_cache.get(user_id, version) {
-            return Ok(Ok(user));
+            return Ok(SessionUser::Active(user));
         }
         let read_at = Instant::now();
         match self.users.by_id(user_id).await? {
@@ -132,9 +139,9 @@ impl Authenticator {
                     username: user.username,
                 };
                 self.user_cache.put(version, cached.clone(), read_at);
-                Ok(Ok(cached))
+                Ok(SessionUser::Active(cached))
             }
-            gone_or_inactive => Ok(Err(gone_or_inactive)),
+            gone_or_inactive => Ok(SessionUser::GoneOrInactive(gone_or_inactive)),
         }
     }
 
@@ -212,8 +219,8 @@ impl Authenticator {
                         RefusalReason::InvalidSession,
                     ))?;
                 let user = match self.session_user(session.user_id, &users_version).await? {
-                    Ok(user) => user,
-                    Err(gone_or_inactive) => {
+                    SessionUser::Active(user) => user,
+                    SessionUser::GoneOrInactive(gone_or_inactive) => {
                         // Deactivated (or deleted) since login: end the
                         // session here too, in case the bulk deletion missed it.
                         self.sessions.delete(&session).await.map_err(AuthError::from)?;
